@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Builds the test bed's components from their pinned Go module versions (hack/versions.env)
+# into a cache outside the checkout, one directory per component and version:
+#   $QUORATE_CACHE/tools/<component>-<version>/bin/...
+# A component is skipped when its cached binary reports the pinned version, so a warm run
+# costs a few exec calls. Usage: hack/build-tools.sh [component ...]   (default: all)
+set -euo pipefail
+HACK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=hack/lib.sh
+source "$HACK/lib.sh"
+
+export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
+SRC="$QUORATE_CACHE/src"
+mkdir -p "$SRC"
+
+# go_wrapper DIR: a fresh wrapper module (the upstream go.mod `replace` lines are not inherited
+# by a dependent module, so each component gets a module of ours that pins what it needs).
+go_wrapper() {
+  rm -rf "$1" && mkdir -p "$1" && (cd "$1" && go mod init quorate.local/build >/dev/null 2>&1)
+}
+
+# installed NAME VERSION BINARY PATTERN: true when the cached BINARY prints PATTERN for --version.
+installed() {
+  local bin; bin="$(tool_dir "$1" "$2")/bin/$3"
+  [[ -x "$bin" ]] && "$bin" ${4:---version} 2>&1 | grep -qF -- "${5:-${2#v}}"
+}
+
+begin() { log "building $1 $2 (cold build; cached afterwards)"; BUILD_START=$SECONDS; }
+finish() { log "built $1 $2 in $((SECONDS - BUILD_START)) s"; }
+
+build_kubernetes() {
+  local v=$KUBERNETES_VERSION name=kubernetes
+  installed $name "$v" kubelet --version "Kubernetes $v" && installed $name "$v" kubectl "version --client" "$v" && return 0
+  begin $name "$v"
+  local w="$SRC/$name-$v" staging minor="${v#v1.}"
+  go_wrapper "$w"; cd "$w"
+  local gomod; gomod="$(go mod download -json "k8s.io/kubernetes@$v" | jq -r .GoMod)"
+  # Staging modules are required at the fake version v0.0.0 and replaced with local folders
+  # upstream; map each to its published v0.X.Y (Kubernetes v1.X.Y <-> staging v0.X.Y).
+  staging="$(sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' "$gomod")"
+  [[ -n "$staging" ]] || die "no staging modules found in $gomod"
+  for m in $staging; do go mod edit -replace "$m=$m@v0.$minor"; done
+  grep '^godebug' "$gomod" >>go.mod || true
+  local cmds="kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl"
+  for c in $cmds; do go get -tool "k8s.io/kubernetes/cmd/$c@$v" >/dev/null; done
+  go mod tidy >/dev/null 2>&1 || true
+  local commit; commit="$(go mod download -json "k8s.io/kubernetes@$v" | jq -r '.Origin.Hash // "0000000000000000000000000000000000000000"')"
+  local ld="" pkg
+  local major=1 minornum="${minor%%.*}"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minornum"
+    ld+=" -X $pkg.gitCommit=$commit -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  local out; out="$(tool_dir $name "$v")/bin"; mkdir -p "$out"
+  local pkgs=(); for c in $cmds; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+  CGO_ENABLED=0 go build -trimpath -tags selinux,notest,grpcnotrace -ldflags "-s -w $ld" -o "$out/" "${pkgs[@]}"
+  finish $name "$v"
+}
+
+build_etcd() {
+  local v=$ETCD_VERSION name=etcd
+  installed $name "$v" etcd && return 0
+  begin $name "$v"
+  local w="$SRC/$name-$v"; go_wrapper "$w"; cd "$w"
+  # server/v3's go.mod points its sibling modules at ../api etc.; pin them to the same tag.
+  for m in api/v3 client/pkg/v3 client/v3 pkg/v3; do go mod edit -replace "go.etcd.io/etcd/$m=go.etcd.io/etcd/$m@$v"; done
+  go get -tool "go.etcd.io/etcd/server/v3@$v" >/dev/null
+  local out; out="$(tool_dir $name "$v")/bin"; mkdir -p "$out"
+  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=$v" -o "$out/etcd" go.etcd.io/etcd/server/v3
+  finish $name "$v"
+}
+
+build_containerd() {
+  local v=$CONTAINERD_VERSION name=containerd
+  installed $name "$v" containerd && return 0
+  begin $name "$v"
+  local w="$SRC/$name-$v"; go_wrapper "$w"; cd "$w"
+  local m=github.com/containerd/containerd/v2
+  go get -tool "$m/cmd/containerd@$v" "$m/cmd/ctr@$v" "$m/cmd/containerd-shim-runc-v2@$v" >/dev/null
+  local out; out="$(tool_dir $name "$v")/bin"; mkdir -p "$out"
+  CGO_ENABLED=0 go build -trimpath -tags no_btrfs,no_devmapper,no_zfs,no_aufs \
+    -ldflags "-s -w -X $m/version.Version=$v -X $m/version.Revision=$v" \
+    -o "$out/" "$m/cmd/containerd" "$m/cmd/ctr" "$m/cmd/containerd-shim-runc-v2"
+  finish $name "$v"
+}
+
+build_runc() {
+  local v=$RUNC_VERSION name=runc
+  installed $name "$v" runc && return 0
+  need_pkg libseccomp-dev /usr/include/seccomp.h
+  begin $name "$v"
+  local w="$SRC/$name-$v"; go_wrapper "$w"; cd "$w"
+  go get -tool "github.com/opencontainers/runc@$v" >/dev/null
+  local out; out="$(tool_dir $name "$v")/bin"; mkdir -p "$out"
+  CGO_ENABLED=1 go build -trimpath -tags seccomp -ldflags "-s -w -X main.version=${v#v}" -o "$out/runc" github.com/opencontainers/runc
+  finish $name "$v"
+}
+
+build_cni() {
+  local v=$CNI_PLUGINS_VERSION name=cni-plugins
+  installed $name "$v" bridge "" "$v" && return 0
+  begin $name "$v"
+  local w="$SRC/$name-$v"; go_wrapper "$w"; cd "$w"
+  local m=github.com/containernetworking/plugins
+  local p=("$m/plugins/main/bridge" "$m/plugins/ipam/host-local" "$m/plugins/main/loopback" "$m/plugins/meta/portmap")
+  for x in "${p[@]}"; do go get -tool "$x@$v" >/dev/null; done
+  local out; out="$(tool_dir $name "$v")/bin"; mkdir -p "$out"
+  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$v" -o "$out/" "${p[@]}"
+  finish $name "$v"
+}
+
+build_crictl() {
+  local v=$CRI_TOOLS_VERSION name=crictl
+  installed $name "$v" crictl && return 0
+  begin $name "$v"
+  local w="$SRC/$name-$v"; go_wrapper "$w"; cd "$w"
+  go get -tool "sigs.k8s.io/cri-tools/cmd/crictl@$v" >/dev/null
+  local out; out="$(tool_dir $name "$v")/bin"; mkdir -p "$out"
+  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$v" -o "$out/crictl" sigs.k8s.io/cri-tools/cmd/crictl
+  finish $name "$v"
+}
+
+build_coredns() {
+  local v=$COREDNS_VERSION name=coredns
+  installed $name "$v" coredns -version "${v#v}" && return 0
+  begin $name "$v"
+  local w="$SRC/$name-$v"; go_wrapper "$w"; cd "$w"
+  go get -tool "github.com/coredns/coredns@$v" >/dev/null
+  local out; out="$(tool_dir $name "$v")/bin"; mkdir -p "$out"
+  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$out/coredns" github.com/coredns/coredns
+  finish $name "$v"
+}
+
+build_helm() {
+  local v=$HELM_VERSION name=helm
+  installed $name "$v" helm version "$v" && return 0
+  begin $name "$v"
+  local out; out="$(tool_dir $name "$v")/bin"; mkdir -p "$out"
+  GOBIN="$out" CGO_ENABLED=0 go install -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$v" "helm.sh/helm/v3/cmd/helm@$v"
+  finish $name "$v"
+}
+
+all="kubernetes etcd containerd runc cni crictl coredns helm"
+for c in ${@:-$all}; do
+  declare -F "build_$c" >/dev/null || die "unknown component '$c' (known: $all)"
+  ( "build_$c" ) || die "building $c failed (see the output above)"
+done

@@ -1,0 +1,25 @@
+# Shared helpers for the hack/ scripts. Sourced, not run.
+HACK="${HACK:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}"
+ROOT="$(cd "$HACK/.." && pwd)"
+# shellcheck source=hack/versions.env
+source "$HACK/versions.env"
+export QUORATE_CACHE="${QUORATE_CACHE:-$HOME/.cache/quorate}"
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# tool_dir NAME VERSION: where the pinned build of a component lives.
+tool_dir() { printf '%s/tools/%s-%s' "$QUORATE_CACHE" "$1" "$2"; }
+
+# need_cmd CMD HOW: fail with a message naming the missing prerequisite and how to get it.
+need_cmd() { command -v "$1" >/dev/null 2>&1 || die "'$1' is required but not installed; $2"; }
+
+# need_pkg PKG FILE: install a Debian package when FILE is missing (the test bed runs as root).
+need_pkg() {
+  [[ -e "$2" ]] && return 0
+  command -v apt-get >/dev/null || die "'$2' is missing; install the package '$1' (Debian/Ubuntu name)"
+  log "installing Debian package $1 (provides $2)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null; } \
+    || die "could not install Debian package '$1'; install it and retry"
+}

@@ -1,0 +1,2 @@
+//! Quorate: replicated groups of pods on Kubernetes.
+pub mod api;
