@@ -1,2 +1,4 @@
 //! Quorate: replicated groups of pods on Kubernetes.
 pub mod api;
+pub mod agent;
+pub mod pki;

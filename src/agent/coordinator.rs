@@ -1,0 +1,1115 @@
+//! The coordinator's decisions (pure state machine).
+//!
+//! The Raft leader is the group's coordinator. Inputs: time (`now`, monotonic ms of this node),
+//! members' reports, Raft events (leadership, quorum confirmations, applied state). Outputs:
+//! lease grants (answers to reports) and [`Action`]s the runtime carries out (propose a command,
+//! ask the primary to demote).
+//!
+//! Safety rules (DESIGN.md §3, invariant 1):
+//! - A grant is only given to the committed primary, by a leader that applied everything committed
+//!   before its term, and it lasts `lease - (now - t0)` where `t0` is the send time of the latest
+//!   heartbeat round a quorum acknowledged. So every lease a leader of term T granted ends before
+//!   `t0 + lease` with `t0` earlier than any later leader's election.
+//! - A new primary is proposed only when the current one's lease is certainly over: it released it,
+//!   or `now >= max(last grant's end, leadership start + lease) + drift margin`. From that moment
+//!   on this coordinator never grants the old epoch again.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::group::{
+    FailoverFacts, FailoverReason, GroupCommand, GroupConfig, MemberName, Mode, NodeId,
+    ReplicatedState, Roster, ordinal_of,
+};
+use super::lease::Grant;
+use super::timing::{drift_margin_millis, report_stale_after_millis};
+
+/// Why a primary gave its lease back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReleaseReason {
+    Shutdown,
+    Switchover,
+    WorkloadUnhealthy,
+}
+
+/// A member's soft state, sent to the coordinator every report interval.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemberReport {
+    pub workload_healthy: bool,
+    pub load: Option<f64>,
+    pub latency_ms: Option<f64>,
+    pub applied_index: u64,
+    pub priority: u32,
+    /// The highest epoch whose lease this member gave back (0 = none).
+    pub released_epoch: u64,
+    pub release_reason: Option<ReleaseReason>,
+    /// Shutting down: never appoint it.
+    pub leaving: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReportDecision {
+    /// False: this node is not the coordinator.
+    pub accepted: bool,
+    pub grant: Option<Grant>,
+    /// The member is the primary and a switchover asks it to give the lease back.
+    pub demote: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    Propose(GroupCommand),
+    /// Ask the primary to release the lease of `epoch` (switchover).
+    RequestDemotion { member: NodeId, epoch: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseStatus {
+    None,
+    Live,
+    Expired,
+    Released,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberRole {
+    Primary,
+    Backup,
+    Active,
+    Witness,
+    Unknown,
+}
+
+impl MemberRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberRole::Primary => "Primary",
+            MemberRole::Backup => "Backup",
+            MemberRole::Active => "Active",
+            MemberRole::Witness => "Witness",
+            MemberRole::Unknown => "Unknown",
+        }
+    }
+}
+
+/// The coordinator's first-hand view of soft state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CoordinatorView {
+    pub lease: LeaseStatus,
+    pub lease_remaining_millis: u64,
+    pub members: Vec<MemberView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub id: NodeId,
+    pub role: MemberRole,
+    pub healthy: bool,
+    pub load: Option<f64>,
+    pub latency_ms: Option<f64>,
+    pub last_report_age_millis: Option<u64>,
+    pub applied_index: u64,
+    pub matched_index: Option<u64>,
+    pub priority: u32,
+}
+
+/// Who may become primary.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CandidateInfo {
+    pub id: NodeId,
+    pub name: String,
+    pub witness: bool,
+    pub voter: bool,
+    /// Fresh report with a passing workload check.
+    pub healthy: bool,
+    pub leaving: bool,
+    /// Raft log position (max of reported applied and replicated-to index).
+    pub position: u64,
+    pub priority: u32,
+    pub is_coordinator: bool,
+}
+
+/// Positions within this many entries of the best count as equally caught up: they differ only
+/// by reports taken at slightly different moments.
+pub const POSITION_TOLERANCE: u64 = 16;
+
+/// Candidate choice: healthy voters that are not witnesses and not leaving; highest replication
+/// position; then priority (0 = only if nobody else); then, to keep the primary and the Raft leader
+/// apart (a crash of both costs an election on top of the lease), members other than the
+/// coordinator; then lowest ordinal; then lowest id.
+pub fn choose_candidate(candidates: &[CandidateInfo], exclude: Option<NodeId>) -> Option<NodeId> {
+    let eligible: Vec<&CandidateInfo> = candidates
+        .iter()
+        .filter(|c| {
+            c.healthy && c.voter && !c.witness && !c.leaving && Some(c.id) != exclude
+        })
+        .collect();
+    let any_positive = eligible.iter().any(|c| c.priority > 0);
+    let pool: Vec<&CandidateInfo> = eligible
+        .into_iter()
+        .filter(|c| !any_positive || c.priority > 0)
+        .collect();
+    let best_position = pool.iter().map(|c| c.position).max()?;
+    pool.into_iter()
+        .filter(|c| c.position + POSITION_TOLERANCE >= best_position)
+        .min_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then(a.is_coordinator.cmp(&b.is_coordinator))
+                .then(
+                    ordinal_of(&a.name)
+                        .unwrap_or(u32::MAX)
+                        .cmp(&ordinal_of(&b.name).unwrap_or(u32::MAX)),
+                )
+                .then(a.id.cmp(&b.id))
+        })
+        .map(|c| c.id)
+}
+
+#[derive(Clone, Debug)]
+struct Received {
+    at: u64,
+    report: MemberReport,
+}
+
+#[derive(Clone, Debug)]
+struct PrimaryLease {
+    epoch: u64,
+    /// End of the latest grant, on this node's clock.
+    granted_until: Option<u64>,
+    released: Option<ReleaseReason>,
+    /// Set once this coordinator decided the lease is over: never grant this epoch again.
+    revoked: bool,
+    /// When the need to replace the primary was first noticed (unix ms), for the history.
+    detected_at_unix: Option<i64>,
+    last_demotion_request: Option<u64>,
+}
+
+impl PrimaryLease {
+    fn new(epoch: u64) -> Self {
+        Self {
+            epoch,
+            granted_until: None,
+            released: None,
+            revoked: false,
+            detected_at_unix: None,
+            last_demotion_request: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Leadership {
+    term: u64,
+    since: u64,
+    /// The leader applied an entry of its own term, so its state includes everything committed
+    /// before it was elected.
+    caught_up: bool,
+    quorum_ack_at: Option<u64>,
+    lease: PrimaryLease,
+    proposal_since: Option<u64>,
+}
+
+/// Settings of this coordinator (from the agent's flags).
+#[derive(Clone, Debug)]
+pub struct CoordinatorSettings {
+    pub id: NodeId,
+    /// Proposed when the group has no configuration yet.
+    pub initial_config: GroupConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct Coordinator {
+    settings: CoordinatorSettings,
+    state: ReplicatedState,
+    roster: Roster,
+    reports: BTreeMap<NodeId, Received>,
+    matched: BTreeMap<NodeId, u64>,
+    leadership: Option<Leadership>,
+}
+
+impl Coordinator {
+    pub fn new(settings: CoordinatorSettings) -> Self {
+        Self {
+            settings,
+            state: ReplicatedState::default(),
+            roster: Roster::default(),
+            reports: BTreeMap::new(),
+            matched: BTreeMap::new(),
+            leadership: None,
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.settings.id
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leadership.is_some()
+    }
+
+    pub fn state(&self) -> &ReplicatedState {
+        &self.state
+    }
+
+    pub fn roster(&self) -> &Roster {
+        &self.roster
+    }
+
+    fn lease_millis(&self) -> u64 {
+        self.state
+            .config
+            .map_or(self.settings.initial_config.lease_millis, |c| c.lease_millis)
+    }
+
+    /// Raft says who leads. `caught_up`: the applied log includes an entry of `term`.
+    pub fn on_raft_status(&mut self, now: u64, is_leader: bool, term: u64, caught_up: bool) {
+        if !is_leader {
+            self.leadership = None;
+            return;
+        }
+        match &mut self.leadership {
+            Some(l) if l.term == term => l.caught_up |= caught_up,
+            _ => {
+                self.leadership = Some(Leadership {
+                    term,
+                    since: now,
+                    caught_up,
+                    quorum_ack_at: None,
+                    lease: PrimaryLease::new(self.state.epoch),
+                    proposal_since: None,
+                });
+            }
+        }
+    }
+
+    /// A heartbeat round sent at `sent_at` (this node's clock) was acknowledged by a quorum in
+    /// `term`.
+    pub fn on_quorum_ack(&mut self, term: u64, sent_at: u64) {
+        if let Some(l) = &mut self.leadership
+            && l.term == term
+        {
+            l.quorum_ack_at = Some(l.quorum_ack_at.map_or(sent_at, |t| t.max(sent_at)));
+        }
+    }
+
+    /// The locally applied state changed.
+    pub fn on_applied(&mut self, state: &ReplicatedState, roster: &Roster) {
+        self.state = state.clone();
+        self.roster = roster.clone();
+        self.reports.retain(|id, _| roster.members.contains_key(id));
+        if let Some(l) = &mut self.leadership
+            && l.lease.epoch != state.epoch
+        {
+            l.lease = PrimaryLease::new(state.epoch);
+        }
+    }
+
+    /// Raft's replication progress (leader only): member → matched log index.
+    pub fn on_replication(&mut self, matched: BTreeMap<NodeId, u64>) {
+        self.matched = matched;
+    }
+
+    /// A proposal finished (committed, rejected or failed); another may be made.
+    pub fn on_proposal_done(&mut self) {
+        if let Some(l) = &mut self.leadership {
+            l.proposal_since = None;
+        }
+    }
+
+    /// The primary confirmed it released the lease of `epoch` (answer to a demotion request).
+    pub fn on_released(&mut self, member: NodeId, epoch: u64, reason: ReleaseReason) {
+        if self.state.primary_id() != Some(member) || self.state.epoch != epoch {
+            return;
+        }
+        if let Some(l) = &mut self.leadership
+            && l.lease.epoch == epoch
+            && l.lease.released.is_none()
+        {
+            l.lease.released = Some(reason);
+        }
+    }
+
+    /// A member's report at `now`. The answer carries a lease grant for the primary.
+    pub fn on_report(&mut self, now: u64, from: NodeId, report: MemberReport) -> ReportDecision {
+        let released = report.released_epoch;
+        let release_reason = report.release_reason;
+        let healthy = report.workload_healthy && !report.leaving;
+        self.reports.insert(from, Received { at: now, report });
+        let lease_millis = self.lease_millis();
+        let epoch = self.state.epoch;
+        let is_primary = self.state.primary_id() == Some(from);
+        let switchover_pending = self
+            .state
+            .switchover
+            .as_ref()
+            .is_some_and(|s| s.epoch == epoch);
+        let mode = self.state.config.map(|c| c.mode);
+        let Some(l) = &mut self.leadership else {
+            return ReportDecision {
+                accepted: false,
+                grant: None,
+                demote: false,
+            };
+        };
+        let mut decision = ReportDecision {
+            accepted: true,
+            grant: None,
+            demote: false,
+        };
+        if mode != Some(Mode::PrimaryBackup) || !is_primary || !l.caught_up {
+            return decision;
+        }
+        if released >= epoch && l.lease.released.is_none() {
+            l.lease.released = Some(release_reason.unwrap_or(ReleaseReason::Shutdown));
+        }
+        if switchover_pending {
+            decision.demote = true;
+            return decision;
+        }
+        if l.lease.revoked || l.lease.released.is_some() || !healthy {
+            return decision;
+        }
+        let Some(t0) = l.quorum_ack_at else {
+            return decision;
+        };
+        let age = now.saturating_sub(t0);
+        if age >= lease_millis {
+            return decision;
+        }
+        let remaining = lease_millis - age;
+        let until = now + remaining;
+        l.lease.granted_until = Some(l.lease.granted_until.map_or(until, |g| g.max(until)));
+        decision.grant = Some(Grant {
+            epoch,
+            remaining_millis: remaining,
+        });
+        decision
+    }
+
+    fn candidates(&self, now: u64) -> Vec<CandidateInfo> {
+        let stale = report_stale_after_millis(self.lease_millis());
+        self.roster
+            .members
+            .iter()
+            .map(|(id, entry)| {
+                let received = self.reports.get(id);
+                let fresh = received.is_some_and(|r| now.saturating_sub(r.at) <= stale);
+                let report = received.map(|r| &r.report);
+                CandidateInfo {
+                    id: *id,
+                    name: entry.node.name.clone(),
+                    witness: entry.node.witness,
+                    voter: entry.voter,
+                    healthy: fresh && report.is_some_and(|r| r.workload_healthy),
+                    leaving: report.is_some_and(|r| r.leaving),
+                    position: report
+                        .map_or(0, |r| r.applied_index)
+                        .max(self.matched.get(id).copied().unwrap_or(0)),
+                    priority: report.map_or(0, |r| r.priority),
+                    is_coordinator: *id == self.settings.id,
+                }
+            })
+            .collect()
+    }
+
+    /// Can `member` be a switchover target right now?
+    pub fn switchover_target_ok(&self, now: u64, member: NodeId) -> Result<(), String> {
+        let candidates = self.candidates(now);
+        let Some(c) = candidates.iter().find(|c| c.id == member) else {
+            return Err(format!("{member} is not a member"));
+        };
+        if c.witness {
+            return Err(format!("{} is a witness", c.name));
+        }
+        if !c.voter {
+            return Err(format!("{} is a learner that has not caught up", c.name));
+        }
+        if !c.healthy || c.leaving {
+            return Err(format!("{} is not healthy", c.name));
+        }
+        Ok(())
+    }
+
+    /// Periodic decisions at `now` (monotonic) / `now_unix` (wall clock, for records only).
+    pub fn tick(&mut self, now: u64, now_unix: i64) -> Vec<Action> {
+        let candidates = self.candidates(now);
+        let state = &self.state;
+        let roster = &self.roster;
+        let initial_config = self.settings.initial_config;
+        let Some(l) = &mut self.leadership else {
+            return Vec::new();
+        };
+        if !l.caught_up {
+            return Vec::new();
+        }
+        if let Some(since) = l.proposal_since {
+            // A proposal normally finishes within milliseconds; after two leases assume the
+            // runtime lost it.
+            let lease = state.config.map_or(initial_config.lease_millis, |c| c.lease_millis);
+            if now.saturating_sub(since) < 2 * lease {
+                return Vec::new();
+            }
+            l.proposal_since = None;
+        }
+        let Some(config) = state.config else {
+            l.proposal_since = Some(now);
+            return vec![Action::Propose(GroupCommand::Configure(initial_config))];
+        };
+        if config.mode != Mode::PrimaryBackup {
+            return Vec::new();
+        }
+        let lease = config.lease_millis;
+        let margin = drift_margin_millis(lease);
+
+        let Some(primary) = state.primary.clone() else {
+            // No primary was ever appointed, so no lease exists anywhere.
+            if state.paused {
+                return Vec::new();
+            }
+            let Some(member) = choose_candidate(&candidates, None) else {
+                return Vec::new();
+            };
+            l.proposal_since = Some(now);
+            return vec![Action::Propose(GroupCommand::Appoint {
+                member: roster.member_name(member),
+                epoch: state.epoch + 1,
+                failover: None,
+            })];
+        };
+
+        let switchover = state.switchover.as_ref().filter(|s| s.epoch == state.epoch);
+        let lease_end = l
+            .lease
+            .granted_until
+            .unwrap_or(0)
+            .max(l.since + lease);
+        let released = l.lease.released;
+        let still_member = roster.members.contains_key(&primary.id);
+        let needs_replacement =
+            switchover.is_some() || released.is_some() || now >= lease_end || !still_member;
+        if !needs_replacement {
+            l.lease.detected_at_unix = None;
+            return Vec::new();
+        }
+        if l.lease.detected_at_unix.is_none() {
+            l.lease.detected_at_unix = Some(match switchover {
+                Some(s) => s.requested_at_unix_millis,
+                None => now_unix,
+            });
+        }
+        let certainly_over = released.is_some() || now >= lease_end + margin;
+        if !certainly_over {
+            if switchover.is_some() {
+                let due = l
+                    .lease
+                    .last_demotion_request
+                    .is_none_or(|t| now.saturating_sub(t) >= lease / 4);
+                if due {
+                    l.lease.last_demotion_request = Some(now);
+                    return vec![Action::RequestDemotion {
+                        member: primary.id,
+                        epoch: state.epoch,
+                    }];
+                }
+            }
+            return Vec::new();
+        }
+        // From here on the old lease is over for good.
+        l.lease.revoked = true;
+        if switchover.is_none() && state.paused {
+            return Vec::new();
+        }
+        let reason = match (switchover, released) {
+            (Some(_), _) => FailoverReason::Switchover,
+            (None, Some(ReleaseReason::WorkloadUnhealthy)) => FailoverReason::WorkloadUnhealthy,
+            (None, Some(_)) => FailoverReason::Released,
+            (None, None) => FailoverReason::LeaseExpired,
+        };
+        if reason.is_automatic() && state.flap_guard_blocks(now_unix) {
+            if state.flap_guard_tripped {
+                return Vec::new();
+            }
+            l.proposal_since = Some(now);
+            return vec![Action::Propose(GroupCommand::TripFlapGuard)];
+        }
+        let requested = switchover
+            .and_then(|s| s.target)
+            .filter(|t| *t != primary.id)
+            .filter(|t| {
+                candidates.iter().any(|c| {
+                    c.id == *t && c.healthy && c.voter && !c.witness && !c.leaving
+                })
+            });
+        let member = requested
+            .or_else(|| choose_candidate(&candidates, Some(primary.id)))
+            // The old primary itself, under a new epoch, if it is the only one left (it gave
+            // its old lease back and refuses grants for it).
+            .or_else(|| choose_candidate(&candidates, None));
+        let Some(member) = member else {
+            return Vec::new();
+        };
+        l.proposal_since = Some(now);
+        vec![Action::Propose(GroupCommand::Appoint {
+            member: roster.member_name(member),
+            epoch: state.epoch + 1,
+            failover: Some(FailoverFacts {
+                from: Some(MemberName {
+                    id: primary.id,
+                    name: primary.name.clone(),
+                }),
+                reason,
+                detected_at_unix_millis: l.lease.detected_at_unix.unwrap_or(now_unix),
+                appointed_at_unix_millis: now_unix,
+            }),
+        })]
+    }
+
+    /// The next instant `tick` may decide something new (for the runtime's timer); `None` when
+    /// only an input can change anything.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let l = self.leadership.as_ref()?;
+        let config = self.state.config?;
+        self.state.primary.as_ref()?;
+        let lease = config.lease_millis;
+        let end = l.lease.granted_until.unwrap_or(0).max(l.since + lease);
+        Some(end + drift_margin_millis(lease))
+    }
+
+    /// Lease state of the current primary as this coordinator sees it.
+    pub fn lease_status(&self, now: u64) -> (LeaseStatus, u64) {
+        if self.state.primary.is_none() {
+            return (LeaseStatus::None, 0);
+        }
+        let Some(l) = &self.leadership else {
+            return (LeaseStatus::Expired, 0);
+        };
+        if l.lease.released.is_some() {
+            return (LeaseStatus::Released, 0);
+        }
+        match l.lease.granted_until {
+            Some(until) if now < until && !l.lease.revoked => {
+                (LeaseStatus::Live, until - now)
+            }
+            _ => (LeaseStatus::Expired, 0),
+        }
+    }
+
+    /// The coordinator's view of all members (only meaningful on the leader).
+    pub fn view(&self, now: u64) -> CoordinatorView {
+        let (lease, lease_remaining_millis) = self.lease_status(now);
+        let stale = report_stale_after_millis(self.lease_millis());
+        let mode = self.state.config.map_or(self.settings.initial_config.mode, |c| c.mode);
+        let primary = self.state.primary_id();
+        let members = self
+            .roster
+            .members
+            .iter()
+            .map(|(id, entry)| {
+                let received = self.reports.get(id);
+                let age = received.map(|r| now.saturating_sub(r.at));
+                let fresh = age.is_some_and(|a| a <= stale);
+                let report = received.map(|r| &r.report);
+                let healthy = fresh && report.is_some_and(|r| r.workload_healthy);
+                let role = if entry.node.witness {
+                    MemberRole::Witness
+                } else if !fresh {
+                    MemberRole::Unknown
+                } else if mode == Mode::ActiveActive {
+                    MemberRole::Active
+                } else if primary == Some(*id) && lease == LeaseStatus::Live {
+                    MemberRole::Primary
+                } else {
+                    MemberRole::Backup
+                };
+                MemberView {
+                    id: *id,
+                    role,
+                    healthy,
+                    load: report.and_then(|r| r.load),
+                    latency_ms: report.and_then(|r| r.latency_ms),
+                    last_report_age_millis: age,
+                    applied_index: report.map_or(0, |r| r.applied_index),
+                    matched_index: self.matched.get(id).copied(),
+                    priority: report.map_or(0, |r| r.priority),
+                }
+            })
+            .collect();
+        CoordinatorView {
+            lease,
+            lease_remaining_millis,
+            members,
+        }
+    }
+
+    /// Live voters (fresh reports) other than `excluding`, for membership safety checks.
+    pub fn live_voters(&self, now: u64, excluding: Option<NodeId>) -> usize {
+        let stale = report_stale_after_millis(self.lease_millis());
+        self.roster
+            .voters()
+            .filter(|id| Some(*id) != excluding)
+            .filter(|id| {
+                *id == self.settings.id
+                    || self
+                        .reports
+                        .get(id)
+                        .is_some_and(|r| now.saturating_sub(r.at) <= stale)
+            })
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::group::{CommandOutcome, MemberNode, RosterEntry};
+    use proptest::prelude::*;
+
+    const LEASE: u64 = 1000;
+    const MARGIN: u64 = 110;
+
+    fn config() -> GroupConfig {
+        GroupConfig {
+            mode: Mode::PrimaryBackup,
+            lease_millis: LEASE,
+            max_failovers_per_hour: 3,
+        }
+    }
+
+    fn roster(ids: &[NodeId]) -> Roster {
+        let mut r = Roster::default();
+        for id in ids {
+            r.members.insert(
+                *id,
+                RosterEntry {
+                    node: MemberNode {
+                        name: format!("m-{id}"),
+                        address: format!("127.0.0.{id}:7470"),
+                        witness: *id >= 9,
+                    },
+                    voter: true,
+                },
+            );
+        }
+        r
+    }
+
+    fn healthy() -> MemberReport {
+        MemberReport {
+            workload_healthy: true,
+            priority: 50,
+            ..MemberReport::default()
+        }
+    }
+
+    /// A coordinator (node 1) leading a configured group of 1, 2, 3 at `now`.
+    fn leading(now: u64) -> (Coordinator, ReplicatedState, Roster) {
+        let mut c = Coordinator::new(CoordinatorSettings {
+            id: 1,
+            initial_config: config(),
+        });
+        let roster = roster(&[1, 2, 3]);
+        let mut state = ReplicatedState::default();
+        state.apply(&GroupCommand::Configure(config()));
+        c.on_applied(&state, &roster);
+        c.on_raft_status(now, true, 1, true);
+        (c, state, roster)
+    }
+
+    fn apply(c: &mut Coordinator, state: &mut ReplicatedState, roster: &Roster, actions: &[Action]) {
+        for a in actions {
+            if let Action::Propose(cmd) = a {
+                state.apply(cmd);
+            }
+        }
+        c.on_applied(state, roster);
+        c.on_proposal_done();
+    }
+
+    fn appointed(actions: &[Action]) -> Option<(NodeId, u64)> {
+        actions.iter().find_map(|a| match a {
+            Action::Propose(GroupCommand::Appoint { member, epoch, .. }) => Some((member.id, *epoch)),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn unconfigured_group_gets_configured_first() {
+        let mut c = Coordinator::new(CoordinatorSettings {
+            id: 1,
+            initial_config: config(),
+        });
+        c.on_applied(&ReplicatedState::default(), &roster(&[1, 2, 3]));
+        c.on_raft_status(0, true, 1, true);
+        assert_eq!(
+            c.tick(0, 0),
+            vec![Action::Propose(GroupCommand::Configure(config()))]
+        );
+        // No second proposal while the first is in flight.
+        assert_eq!(c.tick(1, 0), vec![]);
+    }
+
+    #[test]
+    fn first_appointment_prefers_a_non_coordinator_by_ordinal() {
+        let (mut c, _, _) = leading(0);
+        for id in [1, 2, 3] {
+            c.on_report(0, id, healthy());
+        }
+        assert_eq!(appointed(&c.tick(1, 0)), Some((2, 1)));
+    }
+
+    #[test]
+    fn no_grant_without_a_quorum_confirmation_and_grant_shrinks_with_its_age() {
+        let (mut c, mut state, roster) = leading(0);
+        for id in [1, 2, 3] {
+            c.on_report(0, id, healthy());
+        }
+        let a = c.tick(1, 0);
+        apply(&mut c, &mut state, &roster, &a);
+        assert_eq!(c.on_report(10, 2, healthy()).grant, None);
+        c.on_quorum_ack(1, 100);
+        let d = c.on_report(300, 2, healthy());
+        assert_eq!(
+            d.grant,
+            Some(Grant {
+                epoch: 1,
+                remaining_millis: 800
+            })
+        );
+        // Backups get no grant.
+        assert_eq!(c.on_report(300, 3, healthy()).grant, None);
+        // A confirmation from an older term does not count.
+        c.on_quorum_ack(0, 1000);
+        assert_eq!(c.on_report(1150, 2, healthy()).grant, None);
+    }
+
+    #[test]
+    fn crashed_primary_is_replaced_only_after_lease_and_margin() {
+        let (mut c, mut state, roster) = leading(0);
+        for id in [1, 2, 3] {
+            c.on_report(0, id, healthy());
+        }
+        let a = c.tick(1, 0);
+        apply(&mut c, &mut state, &roster, &a);
+        // Wait out the new-coordinator period with renewals.
+        let mut now = 0;
+        while now < 3000 {
+            now += 100;
+            c.on_quorum_ack(1, now);
+            for id in [1, 2, 3] {
+                c.on_report(now, id, healthy());
+            }
+            assert_eq!(c.tick(now, 0), vec![]);
+        }
+        // Primary 2 goes silent after its last grant at `now` (lease until now + 1000).
+        let last = now;
+        loop {
+            now += 10;
+            c.on_quorum_ack(1, now);
+            for id in [1, 3] {
+                c.on_report(now, id, healthy());
+            }
+            let actions = c.tick(now, now as i64);
+            if let Some((member, epoch)) = appointed(&actions) {
+                assert!(now >= last + LEASE + MARGIN, "appointed at {now}");
+                assert_eq!(member, 3, "a member other than the coordinator is preferred");
+                assert_eq!(epoch, 2);
+                break;
+            }
+            assert!(now < last + 5000, "never replaced");
+        }
+        // The old primary coming back gets nothing for epoch 1 once the decision is made.
+        assert_eq!(c.on_report(now + 1, 2, healthy()).grant, None);
+    }
+
+    #[test]
+    fn new_coordinator_waits_a_full_lease_but_keeps_renewing_the_primary() {
+        let mut c = Coordinator::new(CoordinatorSettings {
+            id: 1,
+            initial_config: config(),
+        });
+        let roster = roster(&[1, 2, 3]);
+        let mut state = ReplicatedState::default();
+        state.apply(&GroupCommand::Configure(config()));
+        state.apply(&GroupCommand::Appoint {
+            member: roster.member_name(2),
+            epoch: 1,
+            failover: None,
+        });
+        c.on_applied(&state, &roster);
+        c.on_raft_status(5000, true, 7, false);
+        // Not caught up with its own term: no decisions, no grants.
+        c.on_quorum_ack(7, 5000);
+        assert_eq!(c.on_report(5001, 2, healthy()).grant, None);
+        assert_eq!(c.tick(5001, 0), vec![]);
+        c.on_raft_status(5002, true, 7, true);
+        // Renewal of the same primary is allowed at once.
+        assert!(c.on_report(5003, 2, healthy()).grant.is_some());
+        // Primary 2 dies right away. Others report; nothing happens before 5000 + lease + margin
+        // even though the last grant ends earlier... (it ends at 5003 + 997).
+        let mut now = 5003;
+        loop {
+            now += 5;
+            c.on_quorum_ack(7, now);
+            c.on_report(now, 3, healthy());
+            let actions = c.tick(now, 0);
+            if appointed(&actions).is_some() {
+                assert!(now >= 5000 + LEASE + MARGIN);
+                break;
+            }
+        }
+    }
+
+    #[test]
+    fn released_lease_allows_immediate_hand_off() {
+        let (mut c, mut state, roster) = leading(0);
+        for id in [1, 2, 3] {
+            c.on_report(0, id, healthy());
+        }
+        let a = c.tick(1, 0);
+        apply(&mut c, &mut state, &roster, &a);
+        c.on_quorum_ack(1, 10);
+        assert!(c.on_report(10, 2, healthy()).grant.is_some());
+        let released = MemberReport {
+            released_epoch: 1,
+            release_reason: Some(ReleaseReason::Shutdown),
+            leaving: true,
+            ..healthy()
+        };
+        assert_eq!(c.on_report(20, 2, released).grant, None);
+        let actions = c.tick(21, 21);
+        assert_eq!(appointed(&actions), Some((3, 2)));
+        assert!(matches!(
+            &actions[0],
+            Action::Propose(GroupCommand::Appoint { failover: Some(FailoverFacts { reason: FailoverReason::Released, .. }), .. })
+        ));
+    }
+
+    #[test]
+    fn switchover_demotes_then_appoints_the_target() {
+        let (mut c, mut state, roster) = leading(0);
+        for id in [1, 2, 3] {
+            c.on_report(0, id, healthy());
+        }
+        let a = c.tick(1, 0);
+        apply(&mut c, &mut state, &roster, &a);
+        c.on_quorum_ack(1, 10);
+        assert!(c.on_report(10, 2, healthy()).grant.is_some());
+        let begin = [Action::Propose(GroupCommand::BeginSwitchover {
+            epoch: 1,
+            target: Some(1),
+            requested_at_unix_millis: 20,
+        })];
+        apply(&mut c, &mut state, &roster, &begin);
+        // No more grants; the primary is told to demote.
+        let d = c.on_report(30, 2, healthy());
+        assert!(d.demote);
+        assert_eq!(d.grant, None);
+        assert_eq!(
+            c.tick(31, 31),
+            vec![Action::RequestDemotion { member: 2, epoch: 1 }]
+        );
+        assert_eq!(c.tick(32, 32), vec![], "demotion requests are rate limited");
+        c.on_released(2, 1, ReleaseReason::Switchover);
+        let actions = c.tick(40, 40);
+        assert_eq!(appointed(&actions), Some((1, 2)));
+    }
+
+    #[test]
+    fn flap_guard_stops_automatic_failovers() {
+        let (mut c, mut state, roster) = leading(0);
+        let mut now = 0;
+        for id in [1, 2, 3] {
+            c.on_report(now, id, healthy());
+        }
+        let a = c.tick(now, 0);
+        apply(&mut c, &mut state, &roster, &a);
+        let mut failovers = 0;
+        let mut tripped = false;
+        for _ in 0..10 {
+            // The primary releases because its workload failed.
+            let p = state.primary_id().unwrap_or(0);
+            now += 10;
+            let bad = MemberReport {
+                workload_healthy: false,
+                released_epoch: state.epoch,
+                release_reason: Some(ReleaseReason::WorkloadUnhealthy),
+                ..healthy()
+            };
+            for id in [1, 2, 3] {
+                let r = if id == p { bad.clone() } else { healthy() };
+                c.on_report(now, id, r);
+            }
+            let actions = c.tick(now, now as i64);
+            if appointed(&actions).is_some() {
+                failovers += 1;
+            }
+            if actions.contains(&Action::Propose(GroupCommand::TripFlapGuard)) {
+                tripped = true;
+            }
+            apply(&mut c, &mut state, &roster, &actions);
+        }
+        assert_eq!(failovers, 3);
+        assert!(tripped);
+        assert!(state.flap_guard_tripped);
+    }
+
+    #[test]
+    fn pause_blocks_automatic_appointment() {
+        let (mut c, mut state, roster) = leading(0);
+        apply(
+            &mut c,
+            &mut state,
+            &roster,
+            &[Action::Propose(GroupCommand::SetPaused { paused: true })],
+        );
+        for id in [1, 2, 3] {
+            c.on_report(0, id, healthy());
+        }
+        assert_eq!(c.tick(1, 0), vec![]);
+    }
+
+    #[test]
+    fn candidate_choice_order() {
+        let base = CandidateInfo {
+            id: 0,
+            name: String::new(),
+            witness: false,
+            voter: true,
+            healthy: true,
+            leaving: false,
+            position: 100,
+            priority: 50,
+            is_coordinator: false,
+        };
+        let c = |id: NodeId, name: &str, f: &dyn Fn(&mut CandidateInfo)| {
+            let mut x = CandidateInfo {
+                id,
+                name: name.into(),
+                ..base.clone()
+            };
+            f(&mut x);
+            x
+        };
+        // Lowest ordinal wins a tie.
+        let all = vec![c(5, "a-2", &|_| {}), c(6, "a-1", &|_| {})];
+        assert_eq!(choose_candidate(&all, None), Some(6));
+        // Higher priority beats ordinal.
+        let all = vec![c(5, "a-2", &|x| x.priority = 90), c(6, "a-1", &|_| {})];
+        assert_eq!(choose_candidate(&all, None), Some(5));
+        // Position beats priority.
+        let all = vec![
+            c(5, "a-2", &|x| x.priority = 90),
+            c(6, "a-1", &|x| x.position = 200),
+        ];
+        assert_eq!(choose_candidate(&all, None), Some(6));
+        // Priority 0 only if nobody else.
+        let all = vec![c(5, "a-0", &|x| x.priority = 0), c(6, "a-1", &|x| x.position = 90)];
+        assert_eq!(choose_candidate(&all, None), Some(6));
+        let all = vec![c(5, "a-0", &|x| x.priority = 0), c(6, "a-1", &|x| x.healthy = false)];
+        assert_eq!(choose_candidate(&all, None), Some(5));
+        // Witnesses, learners, leaving and unhealthy members never.
+        let all = vec![
+            c(1, "a-0", &|x| x.witness = true),
+            c(2, "a-1", &|x| x.voter = false),
+            c(3, "a-2", &|x| x.leaving = true),
+            c(4, "a-3", &|x| x.healthy = false),
+        ];
+        assert_eq!(choose_candidate(&all, None), None);
+        // The coordinator only if it is the only one.
+        let all = vec![c(5, "a-0", &|x| x.is_coordinator = true), c(6, "a-1", &|_| {})];
+        assert_eq!(choose_candidate(&all, None), Some(6));
+        assert_eq!(choose_candidate(&all, Some(6)), Some(5));
+    }
+
+    // --- Property: a coordinator never lets two leases overlap -------------------------------
+
+    #[derive(Clone, Debug)]
+    enum Ev {
+        Advance(u64),
+        Report(NodeId, bool, bool),
+        Ack,
+        Tick,
+        Lead(bool),
+    }
+
+    fn arb_ev() -> impl Strategy<Value = Ev> {
+        prop_oneof![
+            (1u64..300).prop_map(Ev::Advance),
+            (1u64..4, any::<bool>(), any::<bool>()).prop_map(|(id, ok, rel)| Ev::Report(id, ok, rel)),
+            Just(Ev::Ack),
+            Just(Ev::Tick),
+            prop::bool::weighted(0.9).prop_map(Ev::Lead),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the order of reports, confirmations, leadership changes and ticks, a new
+        /// appointment is proposed only after every grant this coordinator gave for the previous
+        /// epoch (counted from the report time) has ended plus the margin, or after a release.
+        #[test]
+        fn appointments_never_overlap_granted_leases(events in proptest::collection::vec(arb_ev(), 1..200)) {
+            let (mut c, mut state, roster) = leading(0);
+            let mut now = 0u64;
+            let mut term = 1u64;
+            let mut lead_since = 0u64;
+            let mut grant_end: BTreeMap<u64, u64> = BTreeMap::new();
+            let mut released: BTreeMap<u64, bool> = BTreeMap::new();
+            let mut released_by: BTreeMap<NodeId, u64> = BTreeMap::new();
+            for ev in events {
+                match ev {
+                    Ev::Advance(d) => now += d,
+                    Ev::Report(id, ok, rel) => {
+                        let mut r = healthy();
+                        r.workload_healthy = ok;
+                        if rel && state.primary_id() == Some(id) {
+                            released_by.insert(id, state.epoch);
+                            released.insert(state.epoch, true);
+                        }
+                        // A member keeps reporting the highest epoch it gave back.
+                        if let Some(e) = released_by.get(&id) {
+                            r.released_epoch = *e;
+                            r.release_reason = Some(ReleaseReason::WorkloadUnhealthy);
+                        }
+                        if let Some(g) = c.on_report(now, id, r).grant {
+                            prop_assert_eq!(Some(id), state.primary_id());
+                            prop_assert!(!released.get(&g.epoch).copied().unwrap_or(false));
+                            let e = grant_end.entry(g.epoch).or_insert(0);
+                            *e = (*e).max(now + g.remaining_millis);
+                        }
+                    }
+                    Ev::Ack => c.on_quorum_ack(term, now),
+                    Ev::Tick => {
+                        let actions = c.tick(now, now as i64);
+                        for a in &actions {
+                            if let Action::Propose(GroupCommand::Appoint { epoch, .. }) = a {
+                                let prev = epoch - 1;
+                                if prev > 0 && !released.get(&prev).copied().unwrap_or(false) {
+                                    let end = grant_end.get(&prev).copied().unwrap_or(0);
+                                    prop_assert!(now >= end + MARGIN, "appointed {} at {} but lease {} ran to {}", epoch, now, prev, end);
+                                    prop_assert!(now >= lead_since + LEASE + MARGIN);
+                                }
+                            }
+                        }
+                        for a in &actions {
+                            if let Action::Propose(cmd) = a {
+                                prop_assert_eq!(state.apply(cmd), CommandOutcome::Applied);
+                            }
+                        }
+                        c.on_applied(&state, &roster);
+                        c.on_proposal_done();
+                    }
+                    Ev::Lead(keep) => {
+                        if !keep {
+                            c.on_raft_status(now, false, term, false);
+                            term += 1;
+                            lead_since = now;
+                            c.on_raft_status(now, true, term, true);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! `quorate-agent`: the Raft-based agent in every member pod (DESIGN.md §3).
+//!
+//! Pure decision logic lives in [`group`] (replicated state), [`coordinator`] (the Raft leader's
+//! decisions) and [`lease`] (the primary's self-fencing); everything else is IO around them.
+
+pub mod clock;
+pub mod coordinator;
+pub mod group;
+pub mod lease;
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod proto {
+    //! Generated from `proto/quorate/agent/v1/agent.proto`.
+    tonic::include_proto!("quorate.agent.v1");
+}
+pub mod raft;
+pub mod timing;
+pub mod transport;
+
+/// Largest gRPC message accepted or sent (snapshots of the group state are far smaller).
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;

@@ -1,0 +1,221 @@
+//! openraft's network over our gRPC `Peer` service. Raft messages travel as JSON (the serde form
+//! of the pinned openraft types) inside `RaftMessage.payload`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
+    InstallSnapshotResponse, VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::Channel;
+
+use super::types::TypeConfig;
+use crate::agent::group::{MemberNode, NodeId};
+use crate::agent::proto::{RaftMessage, peer_client::PeerClient};
+use crate::agent::transport::{self, TlsClientConfig, TransportError};
+
+/// Test-only fault injection: peers this node pretends it cannot reach (both directions).
+#[derive(Debug, Default)]
+pub struct Faults {
+    isolated: RwLock<BTreeSet<NodeId>>,
+}
+
+impl Faults {
+    pub fn set_isolated(&self, ids: BTreeSet<NodeId>) {
+        *self.isolated.write().unwrap_or_else(|p| p.into_inner()) = ids;
+    }
+
+    pub fn is_isolated(&self, id: NodeId) -> bool {
+        self.isolated
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id)
+    }
+}
+
+/// Connections to peers, by advertised address (created lazily, reused).
+pub struct Peers {
+    self_id: NodeId,
+    tls: Option<TlsClientConfig>,
+    channels: Mutex<HashMap<String, Channel>>,
+    faults: Arc<Faults>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("peer {0} is isolated by fault injection")]
+    Isolated(NodeId),
+    #[error("refusing to dial this node itself ({0})")]
+    SelfDial(NodeId),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+impl Peers {
+    pub fn new(self_id: NodeId, tls: Option<TlsClientConfig>, faults: Arc<Faults>) -> Self {
+        Self {
+            self_id,
+            tls,
+            channels: Mutex::new(HashMap::new()),
+            faults,
+        }
+    }
+
+    pub fn self_id(&self) -> NodeId {
+        self.self_id
+    }
+
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+
+    /// A channel to peer `id` at `address`. Never to this node itself: local calls are
+    /// short-circuited by the callers.
+    pub fn channel(&self, id: NodeId, address: &str) -> Result<Channel, PeerError> {
+        if id == self.self_id {
+            return Err(PeerError::SelfDial(id));
+        }
+        if self.faults.is_isolated(id) {
+            return Err(PeerError::Isolated(id));
+        }
+        self.channel_to_address(address)
+    }
+
+    /// A channel by address only (bootstrap checks of members that have no id yet).
+    pub fn channel_to_address(&self, address: &str) -> Result<Channel, PeerError> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = channels.get(address) {
+            return Ok(c.clone());
+        }
+        let c = transport::channel(address, self.tls.as_ref())?;
+        channels.insert(address.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
+pub struct NetworkFactory {
+    pub peers: Arc<Peers>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> Self::Network {
+        PeerConnection {
+            target,
+            address: node.address.clone(),
+            peers: self.peers.clone(),
+        }
+    }
+}
+
+pub struct PeerConnection {
+    target: NodeId,
+    address: String,
+    peers: Arc<Peers>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct WireError(String);
+
+#[derive(Clone, Copy)]
+enum Method {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl PeerConnection {
+    async fn call<Req, Resp, E>(
+        &self,
+        method: Method,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<NodeId, MemberNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let channel = self
+            .peers
+            .channel(self.target, &self.address)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let payload = serde_json::to_vec(request)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let message = RaftMessage {
+            from_id: self.peers.self_id(),
+            payload,
+        };
+        let mut client = PeerClient::new(channel)
+            .max_decoding_message_size(crate::agent::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::agent::MAX_MESSAGE_BYTES);
+        let fut = async {
+            match method {
+                Method::Append => client.append_entries(message).await,
+                Method::Vote => client.vote(message).await,
+                Method::Snapshot => client.install_snapshot(message).await,
+            }
+        };
+        let reply = match tokio::time::timeout(timeout, fut).await {
+            Err(_) => {
+                let e = WireError(format!("{} timed out after {timeout:?}", self.address));
+                return Err(RPCError::Unreachable(Unreachable::new(&e)));
+            }
+            Ok(Err(status)) => {
+                let e = WireError(format!("{}: {status}", self.address));
+                return Err(match status.code() {
+                    tonic::Code::Unavailable | tonic::Code::Unknown => {
+                        RPCError::Unreachable(Unreachable::new(&e))
+                    }
+                    _ => RPCError::Network(NetworkError::new(&e)),
+                });
+            }
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        let result: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&reply.payload)
+            .map_err(|e| {
+                let e = WireError(format!("{}: malformed reply: {e}", self.address));
+                RPCError::Network(NetworkError::new(&e))
+            })?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>> {
+        self.call(Method::Append, &rpc, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, MemberNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(Method::Snapshot, &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>> {
+        self.call(Method::Vote, &rpc, option.hard_ttl()).await
+    }
+}

@@ -1,0 +1,78 @@
+//! Every timing the agent derives from `leaseMillis`, in one place (docs/agent.md explains the
+//! trade-offs).
+
+/// The margin a coordinator adds to a lease before it treats the lease as certainly over.
+///
+/// Clock rates of two members may differ by up to ±4 %: a lease of `R` ms measured by a slow
+/// primary lasts at most `R / 0.96` real ms, while the coordinator's `R + margin` lasts at least
+/// `(R + margin) / 1.04`; `margin >= R * 0.0834` closes the gap. The extra 10 ms cover the time
+/// between reading the clock and acting on it.
+pub fn drift_margin_millis(lease_millis: u64) -> u64 {
+    lease_millis / 10 + 10
+}
+
+/// The clock-rate bound that [`drift_margin_millis`] tolerates, as a fraction (for the simulation).
+pub const MAX_CLOCK_RATE_ERROR: f64 = 0.04;
+
+/// How often each member reports to the coordinator (the primary's renewal period).
+pub fn report_interval_millis(lease_millis: u64) -> u64 {
+    (lease_millis / 4).max(20)
+}
+
+/// How often the coordinator re-confirms, by a heartbeat round, that a quorum still follows it.
+pub fn quorum_confirm_interval_millis(lease_millis: u64) -> u64 {
+    (lease_millis / 8).max(10)
+}
+
+/// A member whose last report is older than this is not counted as healthy.
+pub fn report_stale_after_millis(lease_millis: u64) -> u64 {
+    lease_millis
+}
+
+/// openraft timers: heartbeat, election timeout range. openraft lets a follower start an election
+/// only after `election_timeout_max + random(min..max)` without hearing from the leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RaftTimers {
+    pub heartbeat_millis: u64,
+    pub election_timeout_min_millis: u64,
+    pub election_timeout_max_millis: u64,
+}
+
+pub fn raft_timers(lease_millis: u64) -> RaftTimers {
+    RaftTimers {
+        heartbeat_millis: (lease_millis / 10).max(10),
+        election_timeout_min_millis: (lease_millis / 5).max(20),
+        election_timeout_max_millis: (lease_millis * 3 / 10).max(30),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn margin_covers_the_clock_rate_bound() {
+        for lease in [200u64, 1000, 5000, 60_000] {
+            let r = lease as f64;
+            let margin = drift_margin_millis(lease) as f64;
+            let holder_real = r / (1.0 - MAX_CLOCK_RATE_ERROR);
+            let coordinator_real = (r + margin) / (1.0 + MAX_CLOCK_RATE_ERROR);
+            assert!(coordinator_real > holder_real, "lease {lease}");
+        }
+    }
+
+    #[test]
+    fn a_new_leader_arrives_before_a_fresh_lease_runs_out() {
+        // After a coordinator crash the primary keeps a lease of at least
+        // lease - confirm interval - report interval; a follower starts an election after at
+        // most 2 * election_timeout_max.
+        for lease in [200u64, 1000, 5000] {
+            let t = raft_timers(lease);
+            let worst_election = 2 * t.election_timeout_max_millis;
+            let least_lease =
+                lease - quorum_confirm_interval_millis(lease) - report_interval_millis(lease);
+            assert!(worst_election < least_lease, "lease {lease}");
+            assert!(t.heartbeat_millis * 2 <= t.election_timeout_min_millis);
+        }
+    }
+}
