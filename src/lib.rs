@@ -2,3 +2,4 @@
 pub mod api;
 pub mod agent;
 pub mod pki;
+pub mod testapp;

@@ -71,6 +71,11 @@ impl LeaseHolder {
         self.live_epoch(now).is_some()
     }
 
+    /// The epoch of the lease held, live or run out but not yet ticked away.
+    pub fn held_epoch(&self) -> Option<u64> {
+        self.held.map(|h| h.epoch)
+    }
+
     /// When the held lease runs out (for scheduling the demotion timer).
     pub fn lease_until(&self) -> Option<u64> {
         self.held.map(|h| h.until)

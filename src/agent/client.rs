@@ -1,0 +1,210 @@
+//! The client the operator (and tests, and kubectl-quorate) use to talk to an agent.
+
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tonic::transport::Channel;
+
+use super::proto::{self, agent_client::AgentClient as GrpcClient};
+pub use super::transport::TlsClientConfig;
+use super::transport::{self, TransportError};
+
+pub use super::proto::{
+    FailoverReason, FailoverRecord, GroupConfig, GroupState, LeaseState, Member, MemberRef,
+    MemberStatus, MembershipReply, Mode, NodeInfo, Role, SwitchoverReply,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid agent address {address:?}: {reason}")]
+    Address { address: String, reason: String },
+    #[error("connecting to agent {address}: {reason}")]
+    Connect { address: String, reason: String },
+    #[error("agent {address}: {code:?}: {message}")]
+    Rpc {
+        address: String,
+        code: tonic::Code,
+        message: String,
+    },
+}
+
+impl ClientError {
+    /// The gRPC status code, for RPC errors (`FailedPrecondition`, `Unavailable`, …).
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            ClientError::Rpc { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// A connection to one agent. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AgentClient {
+    address: String,
+    channel: Channel,
+    timeout: Duration,
+}
+
+impl AgentClient {
+    /// Connects to `address` (`host:port`), with mTLS when `tls` is given.
+    pub async fn connect(address: &str, tls: Option<TlsClientConfig>) -> Result<Self, ClientError> {
+        let channel = transport::channel(address, tls.as_ref()).map_err(|e| match e {
+            TransportError::Address { reason, .. } => ClientError::Address {
+                address: address.to_string(),
+                reason,
+            },
+            other => ClientError::Connect {
+                address: address.to_string(),
+                reason: other.to_string(),
+            },
+        })?;
+        let mut client = Self {
+            address: address.to_string(),
+            channel,
+            timeout: Duration::from_secs(10),
+        };
+        // Fail fast when nothing answers there.
+        client.status().await.map_err(|e| match e {
+            ClientError::Rpc { message, .. } => ClientError::Connect {
+                address: address.to_string(),
+                reason: message,
+            },
+            other => other,
+        })?;
+        client.timeout = Duration::from_secs(30);
+        Ok(client)
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Deadline of unary calls (Switchover and AddMember wait for the group; keep it generous).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    fn grpc(&self) -> GrpcClient<Channel> {
+        GrpcClient::new(self.channel.clone()).max_decoding_message_size(super::MAX_MESSAGE_BYTES)
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(message);
+        r.set_timeout(self.timeout);
+        r
+    }
+
+    fn error(&self, status: tonic::Status) -> ClientError {
+        ClientError::Rpc {
+            address: self.address.clone(),
+            code: status.code(),
+            message: status.message().to_string(),
+        }
+    }
+
+    pub async fn status(&self) -> Result<GroupState, ClientError> {
+        let mut c = self.grpc();
+        c.status(self.request(proto::StatusRequest {}))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| self.error(s))
+    }
+
+    /// The current state at once, then every change, and a heartbeat at least every second.
+    pub fn watch(&self) -> impl Stream<Item = Result<GroupState, ClientError>> + Send + 'static {
+        let mut c = self.grpc();
+        let me = self.clone();
+        async_stream_from(async move {
+            match c.watch(proto::WatchRequest { heartbeat_millis: 0 }).await {
+                Ok(r) => {
+                    let me2 = me.clone();
+                    Ok(r.into_inner().map(move |item| item.map_err(|s| me2.error(s))))
+                }
+                Err(s) => Err(me.error(s)),
+            }
+        })
+    }
+
+    pub async fn bootstrap(&self, members: Vec<Member>) -> Result<u64, ClientError> {
+        let mut c = self.grpc();
+        c.bootstrap(self.request(proto::BootstrapRequest { members }))
+            .await
+            .map(|r| r.into_inner().initialized_by)
+            .map_err(|s| self.error(s))
+    }
+
+    pub async fn add_member(&self, member: Member) -> Result<MembershipReply, ClientError> {
+        let mut c = self.grpc();
+        c.add_member(self.request(member))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| self.error(s))
+    }
+
+    pub async fn remove_member(&self, id: u64) -> Result<MembershipReply, ClientError> {
+        let mut c = self.grpc();
+        c.remove_member(self.request(proto::RemoveMemberRequest { id }))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| self.error(s))
+    }
+
+    /// `target`: member name or decimal id; empty = best candidate.
+    pub async fn switchover(&self, target: &str) -> Result<SwitchoverReply, ClientError> {
+        let mut c = self.grpc();
+        c.switchover(self.request(proto::SwitchoverRequest {
+            target: target.to_string(),
+        }))
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| self.error(s))
+    }
+
+    pub async fn pause(&self) -> Result<u64, ClientError> {
+        let mut c = self.grpc();
+        c.pause(self.request(proto::PauseRequest {}))
+            .await
+            .map(|r| r.into_inner().log_index)
+            .map_err(|s| self.error(s))
+    }
+
+    pub async fn resume(&self) -> Result<u64, ClientError> {
+        let mut c = self.grpc();
+        c.resume(self.request(proto::ResumeRequest {}))
+            .await
+            .map(|r| r.into_inner().log_index)
+            .map_err(|s| self.error(s))
+    }
+
+    /// One replicated no-op write (a commit round trip).
+    pub async fn touch(&self) -> Result<u64, ClientError> {
+        let mut c = self.grpc();
+        c.touch(self.request(proto::TouchRequest {}))
+            .await
+            .map(|r| r.into_inner().log_index)
+            .map_err(|s| self.error(s))
+    }
+
+    /// Test-only fault injection (the agent must run with `--enable-fault-injection`).
+    pub async fn isolate_from(&self, ids: Vec<u64>) -> Result<(), ClientError> {
+        let mut c = super::proto::peer_client::PeerClient::new(self.channel.clone());
+        c.inject_fault(self.request(proto::FaultRequest { isolate_from: ids }))
+            .await
+            .map(|_| ())
+            .map_err(|s| self.error(s))
+    }
+}
+
+/// Turns a future that yields a stream (or an error) into one stream.
+fn async_stream_from<S, F>(fut: F) -> impl Stream<Item = Result<GroupState, ClientError>> + Send + 'static
+where
+    S: Stream<Item = Result<GroupState, ClientError>> + Send + 'static,
+    F: std::future::Future<Output = Result<S, ClientError>> + Send + 'static,
+{
+    futures::stream::once(fut).flat_map(|r| match r {
+        Ok(s) => s.left_stream(),
+        Err(e) => futures::stream::once(async move { Err(e) }).right_stream(),
+    })
+}
