@@ -1,5 +1,6 @@
 //! Quorate: replicated groups of pods on Kubernetes.
 pub mod api;
+pub mod traffic;
 pub mod agent;
 pub mod pki;
 pub mod testapp;
