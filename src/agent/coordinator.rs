@@ -176,6 +176,9 @@ struct Received {
 #[derive(Clone, Debug)]
 struct PrimaryLease {
     epoch: u64,
+    /// When this coordinator first saw the epoch: a newly appointed primary gets a full lease
+    /// to come and fetch its first grant before it counts as gone.
+    seen_at: u64,
     /// End of the latest grant, on this node's clock.
     granted_until: Option<u64>,
     released: Option<ReleaseReason>,
@@ -187,9 +190,10 @@ struct PrimaryLease {
 }
 
 impl PrimaryLease {
-    fn new(epoch: u64) -> Self {
+    fn new(epoch: u64, seen_at: u64) -> Self {
         Self {
             epoch,
+            seen_at,
             granted_until: None,
             released: None,
             revoked: false,
@@ -277,7 +281,7 @@ impl Coordinator {
                     since: now,
                     caught_up,
                     quorum_ack_at: None,
-                    lease: PrimaryLease::new(self.state.epoch),
+                    lease: PrimaryLease::new(self.state.epoch, now),
                     proposal_since: None,
                 });
             }
@@ -295,14 +299,14 @@ impl Coordinator {
     }
 
     /// The locally applied state changed.
-    pub fn on_applied(&mut self, state: &ReplicatedState, roster: &Roster) {
+    pub fn on_applied(&mut self, now: u64, state: &ReplicatedState, roster: &Roster) {
         self.state = state.clone();
         self.roster = roster.clone();
         self.reports.retain(|id, _| roster.members.contains_key(id));
         if let Some(l) = &mut self.leadership
             && l.lease.epoch != state.epoch
         {
-            l.lease = PrimaryLease::new(state.epoch);
+            l.lease = PrimaryLease::new(state.epoch, now);
         }
     }
 
@@ -484,7 +488,7 @@ impl Coordinator {
             .lease
             .granted_until
             .unwrap_or(0)
-            .max(l.since + lease);
+            .max(l.since.max(l.lease.seen_at) + lease);
         let released = l.lease.released;
         let still_member = roster.members.contains_key(&primary.id);
         let needs_replacement =
@@ -573,7 +577,11 @@ impl Coordinator {
         let config = self.state.config?;
         self.state.primary.as_ref()?;
         let lease = config.lease_millis;
-        let end = l.lease.granted_until.unwrap_or(0).max(l.since + lease);
+        let end = l
+            .lease
+            .granted_until
+            .unwrap_or(0)
+            .max(l.since.max(l.lease.seen_at) + lease);
         Some(end + drift_margin_millis(lease))
     }
 
@@ -712,7 +720,7 @@ mod tests {
         let roster = roster(&[1, 2, 3]);
         let mut state = ReplicatedState::default();
         state.apply(&GroupCommand::Configure(config()));
-        c.on_applied(&state, &roster);
+        c.on_applied(0, &state, &roster);
         c.on_raft_status(now, true, 1, true);
         (c, state, roster)
     }
@@ -723,7 +731,7 @@ mod tests {
                 state.apply(cmd);
             }
         }
-        c.on_applied(state, roster);
+        c.on_applied(0, state, roster);
         c.on_proposal_done();
     }
 
@@ -740,7 +748,7 @@ mod tests {
             id: 1,
             initial_config: config(),
         });
-        c.on_applied(&ReplicatedState::default(), &roster(&[1, 2, 3]));
+        c.on_applied(0, &ReplicatedState::default(), &roster(&[1, 2, 3]));
         c.on_raft_status(0, true, 1, true);
         assert_eq!(
             c.tick(0, 0),
@@ -837,7 +845,7 @@ mod tests {
             epoch: 1,
             failover: None,
         });
-        c.on_applied(&state, &roster);
+        c.on_applied(0, &state, &roster);
         c.on_raft_status(5000, true, 7, false);
         // Not caught up with its own term: no decisions, no grants.
         c.on_quorum_ack(7, 5000);
@@ -1097,7 +1105,7 @@ mod tests {
                                 prop_assert_eq!(state.apply(cmd), CommandOutcome::Applied);
                             }
                         }
-                        c.on_applied(&state, &roster);
+                        c.on_applied(now, &state, &roster);
                         c.on_proposal_done();
                     }
                     Ev::Lead(keep) => {

@@ -388,7 +388,7 @@ impl Inner {
                         let applied = me.applied();
                         {
                             let mut c = me.coordinator();
-                            c.on_applied(&applied.state, &applied.roster);
+                            c.on_applied(monotonic_millis(), &applied.state, &applied.roster);
                             c.on_proposal_done();
                         }
                         me.kick_coordinator.notify_one();
@@ -497,7 +497,7 @@ impl Agent {
             elections_allowed: AtomicBool::new(true),
         });
         let applied = inner.applied();
-        inner.coordinator().on_applied(&applied.state, &applied.roster);
+        inner.coordinator().on_applied(monotonic_millis(), &applied.state, &applied.roster);
         inner.refresh_role();
         if let Err(e) = inner
             .publisher
@@ -605,7 +605,7 @@ fn spawn_loops(inner: &Arc<Inner>) {
             let mut applied = me.raft.applied();
             loop {
                 let a = applied.borrow_and_update().clone();
-                me.coordinator().on_applied(&a.state, &a.roster);
+                me.coordinator().on_applied(monotonic_millis(), &a.state, &a.roster);
                 let now = monotonic_millis();
                 let primary_is_me = a.state.primary_id() == Some(me.id);
                 let transition = me.member().holder.observe_committed(a.state.epoch, primary_is_me, now);
