@@ -133,15 +133,29 @@ build_coredns() {
 
 build_helm() {
   local v=$HELM_VERSION name=helm
-  installed $name "$v" helm version "$v" && return 0
+  # The marker records the default Kubernetes version compiled into helm (see below).
+  installed $name "$v" helm version "$v" && [[ -f "$(tool_dir $name "$v")/k8s-${KUBERNETES_VERSION}" ]] && return 0
   begin $name "$v"
   local out; out="$(tool_dir $name "$v")/bin"; mkdir -p "$out"
-  GOBIN="$out" CGO_ENABLED=0 go install -trimpath \
-    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$v" "helm.sh/helm/v3/cmd/helm@$v"
+  # Without the Kubernetes version helm assumes v1.20 for `helm template` and lint
+  # (upstream's Makefile sets these); use the test bed's version.
+  local kminor="${KUBERNETES_VERSION#v1.}"; kminor="${kminor%%.*}" ld="-s -w -X helm.sh/helm/v3/internal/version.version=$v"
+  for p in chartutil lint/rules; do ld+=" -X helm.sh/helm/v3/pkg/$p.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/$p.k8sVersionMinor=$kminor"; done
+  GOBIN="$out" CGO_ENABLED=0 go install -trimpath -ldflags "$ld" "helm.sh/helm/v3/cmd/helm@$v"
+  touch "$(tool_dir $name "$v")/k8s-${KUBERNETES_VERSION}"  # helm's built-in default Kubernetes version
   finish $name "$v"
 }
 
-all="kubernetes etcd containerd runc cni crictl coredns helm"
+build_provisioner() {
+  local v; v="$(provisioner_version)"; local name=hostpath-provisioner
+  installed $name "$v" hostpath-provisioner --version "$v" && return 0
+  begin $name "$v"
+  local out; out="$(tool_dir $name "$v")/bin"; mkdir -p "$out"
+  (cd "$HACK/testbed/hostpath-provisioner" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.buildVersion=$v" -o "$out/hostpath-provisioner" .)
+  finish $name "$v"
+}
+
+all="kubernetes etcd containerd runc cni crictl coredns helm provisioner"
 for c in ${@:-$all}; do
   declare -F "build_$c" >/dev/null || die "unknown component '$c' (known: $all)"
   ( "build_$c" ) || die "building $c failed (see the output above)"

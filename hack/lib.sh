@@ -23,3 +23,25 @@ need_pkg() {
     || { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null; } \
     || die "could not install Debian package '$1'; install it and retry"
 }
+
+# Our own small provisioner (hack/testbed/hostpath-provisioner) is versioned by its source hash.
+provisioner_version() {
+  cat "$HACK/testbed/hostpath-provisioner/"{main.go,go.mod,go.sum} | sha256sum | cut -c1-12
+}
+
+# bin_dir COMPONENT: the cached bin directory of a pinned component.
+bin_dir() {
+  case "$1" in
+    kubernetes) tool_dir kubernetes "$KUBERNETES_VERSION" ;;
+    etcd) tool_dir etcd "$ETCD_VERSION" ;;
+    containerd) tool_dir containerd "$CONTAINERD_VERSION" ;;
+    runc) tool_dir runc "$RUNC_VERSION" ;;
+    cni) tool_dir cni-plugins "$CNI_PLUGINS_VERSION" ;;
+    crictl) tool_dir crictl "$CRI_TOOLS_VERSION" ;;
+    coredns) tool_dir coredns "$COREDNS_VERSION" ;;
+    helm) tool_dir helm "$HELM_VERSION" ;;
+    provisioner) tool_dir hostpath-provisioner "$(provisioner_version)" ;;
+    *) die "unknown component $1" ;;
+  esac
+  printf '/bin'
+}

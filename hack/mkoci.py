@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""mkoci.py - a single-layer OCI image archive from local files; no Docker, no registry.
+
+usage: mkoci.py OUT.tar IMAGE_REF [--entrypoint JSON] [--user UID:GID] ENTRY [ENTRY ...]
+  ENTRY is SRC:DEST (a file, mode 0755) or @DEST=TARGET (a symlink).
+  e.g. mkoci.py pause.tar registry.k8s.io/pause:3.10.2 --entrypoint '["/pause"]' ./pause:/pause
+The archive is deterministic (fixed mtimes and owners) and carries io.containerd.image.name,
+so `ctr -n k8s.io images import OUT.tar` names the image IMAGE_REF.
+"""
+import argparse, gzip, hashlib, io, json, tarfile
+
+
+def digest(data):
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def layer(entries):
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        seen = set()
+
+        def parents(dest):
+            parts = dest.split("/")[:-1]
+            for i in range(1, len(parts) + 1):
+                d = "/".join(parts[:i])
+                if d not in seen:
+                    seen.add(d)
+                    ti = tarfile.TarInfo(d)
+                    ti.type, ti.mode = tarfile.DIRTYPE, 0o755
+                    tar.addfile(ti)
+
+        for entry in entries:
+            if entry.startswith("@"):
+                dest, target = entry[1:].split("=", 1)
+                dest = dest.lstrip("/")
+                parents(dest)
+                ti = tarfile.TarInfo(dest)
+                ti.type, ti.linkname, ti.mode = tarfile.SYMTYPE, target, 0o777
+                tar.addfile(ti)
+            else:
+                src, dest = entry.split(":", 1)
+                dest = dest.lstrip("/")
+                parents(dest)
+                with open(src, "rb") as f:
+                    data = f.read()
+                ti = tarfile.TarInfo(dest)
+                ti.size, ti.mode = len(data), 0o755
+                tar.addfile(ti, io.BytesIO(data))
+    return raw.getvalue()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("ref")
+    ap.add_argument("--entrypoint", default=None)
+    ap.add_argument("--user", default="")
+    ap.add_argument("entries", nargs="+")
+    args = ap.parse_args()
+
+    layer_tar = layer(args.entries)
+    layer_gz = gzip.compress(layer_tar, mtime=0)
+    config = {
+        "created": "1970-01-01T00:00:00Z", "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": [digest(layer_tar)]},
+        "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "hack/mkoci.py"}],
+    }
+    if args.entrypoint:
+        config["config"]["Entrypoint"] = json.loads(args.entrypoint)
+    if args.user:
+        config["config"]["User"] = args.user
+    cfg = json.dumps(config, separators=(",", ":")).encode()
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(cfg), "size": len(cfg)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest(layer_gz), "size": len(layer_gz)}],
+    }, separators=(",", ":")).encode()
+    tag = args.ref.rsplit(":", 1)[1] if ":" in args.ref.rsplit("/", 1)[-1] else "latest"
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+             "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest(manifest), "size": len(manifest),
+                            "platform": {"architecture": "amd64", "os": "linux"},
+                            "annotations": {"io.containerd.image.name": args.ref, "org.opencontainers.image.ref.name": tag}}]}
+    files = {"oci-layout": json.dumps({"imageLayoutVersion": "1.0.0"}).encode(), "index.json": json.dumps(index).encode()}
+    for blob in (layer_gz, cfg, manifest):
+        files["blobs/sha256/" + digest(blob)[7:]] = blob
+    with tarfile.open(args.out, "w") as t:
+        for d in ("blobs", "blobs/sha256"):
+            ti = tarfile.TarInfo(d)
+            ti.type, ti.mode = tarfile.DIRTYPE, 0o755
+            t.addfile(ti)
+        for name, data in files.items():
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mode = len(data), 0o644
+            t.addfile(ti, io.BytesIO(data))
+    print(f"{args.out}: {args.ref} {digest(manifest)}")
+
+
+if __name__ == "__main__":
+    main()
