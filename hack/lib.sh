@@ -41,7 +41,17 @@ bin_dir() {
     coredns) tool_dir coredns "$COREDNS_VERSION" ;;
     helm) tool_dir helm "$HELM_VERSION" ;;
     provisioner) tool_dir hostpath-provisioner "$(provisioner_version)" ;;
+    traefik) tool_dir traefik "$TRAEFIK_VERSION" ;;
     *) die "unknown component $1" ;;
   esac
   printf '/bin'
 }
+
+# The project's image (operator, agent, test workload and kubectl plugin in one image).
+quorate_image() {
+  local version; version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1)"
+  printf '%s' "${QUORATE_IMAGE:-ghcr.io/quorate-dev/quorate:$version}"
+}
+
+# gateway_api_crds: the cached Gateway API standard-channel CRDs (hack/build-tools.sh gatewayapi).
+gateway_api_crds() { printf '%s/crds/standard' "$(tool_dir gateway-api "$GATEWAY_API_VERSION")"; }

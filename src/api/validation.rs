@@ -6,9 +6,10 @@
 //! for offline checks.
 
 use std::fmt;
+use std::sync::LazyLock;
 
 use kube::CustomResourceExt;
-use kube::core::cel::Validator;
+use kube::core::cel::{CompiledSchema, Validator, compile_schema};
 use serde_json::Value;
 
 use super::ReplicaGroup;
@@ -27,11 +28,20 @@ impl fmt::Display for FieldError {
     }
 }
 
-/// The `openAPIV3Schema` of the ReplicaGroup CRD as JSON.
-pub fn openapi_schema() -> Value {
-    let crd = ReplicaGroup::crd();
-    let schema = crd.spec.versions[0].schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref());
-    serde_json::to_value(schema).unwrap_or(Value::Null)
+/// The `openAPIV3Schema` of the ReplicaGroup CRD as JSON (generated once: it is large).
+pub fn openapi_schema() -> &'static Value {
+    static SCHEMA: LazyLock<Value> = LazyLock::new(|| {
+        let crd = ReplicaGroup::crd();
+        let schema = crd.spec.versions[0].schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref());
+        serde_json::to_value(schema).unwrap_or(Value::Null)
+    });
+    &SCHEMA
+}
+
+/// The CEL rules of the schema, compiled once.
+fn compiled_rules() -> &'static CompiledSchema {
+    static COMPILED: LazyLock<CompiledSchema> = LazyLock::new(|| compile_schema(openapi_schema()));
+    &COMPILED
 }
 
 /// Validates a manifest (as JSON) like the API server would on create (`old` = None) or update.
@@ -55,7 +65,7 @@ pub fn validate_manifest(object: &Value, old: Option<&Value>) -> Vec<FieldError>
     if errors.iter().any(|e| e.message.contains("must be of type") || e.message.starts_with("unknown field")) {
         return errors;
     }
-    if let Err(cel_errors) = Validator::new().validate(&schema, object, old) {
+    if let Err(cel_errors) = Validator::new().validate_compiled(compiled_rules(), object, old) {
         for e in cel_errors.iter() {
             errors.push(FieldError { path: e.field_path.trim_start_matches('.').to_owned(), message: e.message.clone() });
         }

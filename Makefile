@@ -1,0 +1,66 @@
+# Quorate. `make demo` and `make test` are the two set-up commands; everything they need is
+# built by this repository's own scripts (hack/), pinned in hack/versions.env and cached in
+# $(QUORATE_CACHE) between runs.
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+export QUORATE_CACHE ?= $(HOME)/.cache/quorate
+# Cargo's build output lives in the cache too, so a fresh clone (CI) starts warm.
+export CARGO_TARGET_DIR ?= $(QUORATE_CACHE)/target
+
+.DEFAULT_GOAL := help
+.PHONY: help demo test tools crds build images cluster-up cluster-down cluster-status \
+        bench-agent bench-failover bench-weights lint kind-up kind-e2e check-cargo
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+check-cargo:
+	@command -v cargo >/dev/null || { echo "error: cargo is not installed; install Rust from https://rustup.rs" >&2; exit 1; }
+	@command -v go >/dev/null || { echo "error: go is not installed; the test bed builds Kubernetes from Go modules (https://go.dev/dl)" >&2; exit 1; }
+
+demo: check-cargo ## the main job: local cluster, images, operator install, a group, its status
+	hack/demo.sh
+
+test: check-cargo ## every test: unit, property, snapshot, agent processes, chart, and the cluster suites
+	hack/test.sh
+
+tools: ## build the pinned test-bed components (cached)
+	hack/build-tools.sh
+
+crds: check-cargo ## regenerate the CRD YAML from the Rust types
+	cargo run --quiet --locked --bin crdgen > crds/replicagroups.quorate.dev.yaml
+	cp crds/replicagroups.quorate.dev.yaml charts/quorate/crds/replicagroups.quorate.dev.yaml
+
+build: check-cargo ## release binaries
+	cargo build --release --locked --bins
+
+images: check-cargo ## static binaries packed as an OCI image, imported into the test bed
+	hack/images.sh
+
+cluster-up: tools ## start the local single-node cluster
+	hack/cluster.sh up
+
+cluster-down: ## stop it and remove everything it created
+	hack/cluster.sh down
+
+cluster-status: ## what runs
+	hack/cluster.sh status
+
+bench-agent: check-cargo ## agent failover and commit latency (3 agent processes, no Kubernetes)
+	cargo bench --locked --bench agent
+
+bench-failover: check-cargo ## failover through Kubernetes routing on the test bed
+	hack/bench.sh failover
+
+bench-weights: check-cargo ## weight convergence and split accuracy through a real Gateway
+	hack/bench.sh weights
+
+lint: check-cargo ## clippy and helm lint
+	cargo clippy --locked --all-targets -- -D warnings
+	hack/build-tools.sh helm && "$$(source hack/lib.sh && bin_dir helm)/helm" lint --strict charts/quorate
+
+kind-up: ## (users with Docker) a kind cluster with the images loaded
+	hack/kind.sh up
+
+kind-e2e: ## (users with Docker) the cluster suites on kind
+	hack/kind.sh e2e

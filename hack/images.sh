@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Builds the project's binaries as static executables, packs them into one OCI image archive
+# (no Docker: hack/mkoci.py) and imports it into the test bed's containerd when it runs.
+#   hack/images.sh            build, pack, import if the cluster runs
+# The image is $QUORATE_IMAGE (default ghcr.io/quorate-dev/quorate:<crate version>); pods use
+# it with imagePullPolicy IfNotPresent. For kind: `kind load image-archive <archive>`.
+set -euo pipefail
+HACK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=hack/lib.sh
+source "$HACK/lib.sh"
+
+TARGET=x86_64-unknown-linux-gnu
+BINARIES="quorate-operator quorate-agent quorate-testapp kubectl-quorate"
+archive="$QUORATE_CACHE/images/quorate.tar"
+image="$(quorate_image)"
+mkdir -p "$QUORATE_CACHE/images"
+
+need_cmd cargo "install Rust (https://rustup.rs)"
+log "building static release binaries ($BINARIES)"
+bins=(); for b in $BINARIES; do bins+=(--bin "$b"); done
+# Static glibc (no musl target here); RUSTFLAGS with --target leaves build scripts dynamic.
+(cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$TARGET" "${bins[@]}")
+out="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/$TARGET/release"
+entries=()
+for b in $BINARIES; do entries+=("$out/$b:/$b"); done
+python3 "$HACK/mkoci.py" "$archive" "$image" --entrypoint '["/quorate-operator"]' --user 65532:65532 "${entries[@]}" >/dev/null
+log "packed $image into $archive ($(du -h "$archive" | cut -f1))"
+
+sock="${QUORATE_CLUSTER_DIR:-/var/tmp/quorate-cluster}/containerd/containerd.sock"
+if [[ -S "$sock" ]]; then
+  "$(bin_dir containerd)/ctr" --address "$sock" -n k8s.io images import "$archive" >/dev/null 2>&1 \
+    || die "importing $archive into the test bed's containerd failed"
+  log "imported $image into the test bed"
+else
+  log "the test bed is not running: archive only (make cluster-up, then make images, imports it)"
+fi

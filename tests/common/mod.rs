@@ -1,0 +1,2 @@
+#![allow(dead_code)] // each test crate uses a different part of the shared support code
+pub mod manifests;
