@@ -10,7 +10,7 @@ HACK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HACK/lib.sh"
 
 TARGET=x86_64-unknown-linux-gnu
-BINARIES="quorate-operator quorate-agent quorate-testapp kubectl-quorate"
+BINARIES="${QUORATE_BINARIES:-quorate-operator quorate-agent quorate-testapp kubectl-quorate}"
 archive="$QUORATE_CACHE/images/quorate.tar"
 image="$(quorate_image)"
 mkdir -p "$QUORATE_CACHE/images"

@@ -9,7 +9,6 @@ use serde_json::Value;
 
 pub struct InvalidCase {
     pub name: String,
-    pub path: PathBuf,
     /// Substrings the rejection must contain.
     pub expects: Vec<String>,
     /// The existing object, for update cases.
@@ -45,7 +44,6 @@ fn load_case(path: &Path) -> InvalidCase {
     let object = docs.pop().expect("one document");
     InvalidCase {
         name: path.file_stem().expect("file name").to_string_lossy().into_owned(),
-        path: path.to_owned(),
         expects,
         old: docs.pop(),
         object,

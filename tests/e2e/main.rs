@@ -1,0 +1,86 @@
+//! The cluster suites: they run against the test bed (or kind) through `make test`, never in a
+//! plain `cargo test`. A small harness instead of libtest because the suites run in phases that
+//! share cluster-wide fixtures (the CRD, the installed operator): smoke first, then the operator,
+//! then traffic, then the uninstall check. Tests within a phase run concurrently, each in its
+//! own namespace. Arguments filter tests by substring, like libtest.
+
+#[path = "../common/manifests.rs"]
+mod manifests;
+mod smoke;
+mod support;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Instant;
+
+use support::Ctx;
+
+type TestFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+pub struct Test {
+    pub name: &'static str,
+    pub run: fn(Ctx) -> TestFuture,
+}
+
+#[macro_export]
+macro_rules! tests {
+    ($($f:ident),* $(,)?) => {
+        vec![$($crate::Test { name: concat!(module_path!(), "::", stringify!($f)), run: |ctx| Box::pin($f(ctx)) }),*]
+    };
+}
+
+fn main() -> std::process::ExitCode {
+    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let threads: usize = std::env::args()
+        .find_map(|a| a.strip_prefix("--test-threads=").and_then(|n| n.parse().ok()))
+        .unwrap_or(2);
+    let phases: Vec<(&str, Vec<Test>)> = vec![("smoke", smoke::tests()), ("uninstall", smoke::last_tests())];
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let failed = runtime.block_on(async move {
+        let ctx = match Ctx::from_env().await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return vec!["setup".to_owned()];
+            }
+        };
+        let mut failed = Vec::new();
+        for (phase, tests) in phases {
+            let selected: Vec<Test> = tests.into_iter().filter(|t| filters.is_empty() || filters.iter().any(|f| t.name.contains(f.as_str()))).collect();
+            if selected.is_empty() {
+                continue;
+            }
+            println!("\n== phase {phase}: {} test(s)", selected.len());
+            let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(threads.max(1)));
+            let mut handles = Vec::new();
+            for test in selected {
+                let ctx = ctx.clone();
+                let permit = semaphore.clone().acquire_owned().await.expect("semaphore");
+                handles.push(tokio::spawn(async move {
+                    let start = Instant::now();
+                    let result = tokio::spawn((test.run)(ctx)).await;
+                    drop(permit);
+                    let secs = start.elapsed().as_secs_f64();
+                    match result {
+                        Ok(Ok(())) => { println!("test {} ... ok ({secs:.1} s)", test.name); None }
+                        Ok(Err(e)) => { println!("test {} ... FAILED ({secs:.1} s)\n    {e:#}", test.name); Some(test.name.to_owned()) }
+                        Err(panic) => { println!("test {} ... PANICKED ({secs:.1} s)\n    {panic}", test.name); Some(test.name.to_owned()) }
+                    }
+                }));
+            }
+            for h in handles {
+                if let Ok(Some(name)) = h.await {
+                    failed.push(name);
+                }
+            }
+        }
+        failed
+    });
+    if failed.is_empty() {
+        println!("\ne2e: all passed");
+        std::process::ExitCode::SUCCESS
+    } else {
+        println!("\ne2e: {} failed: {}", failed.len(), failed.join(", "));
+        std::process::ExitCode::FAILURE
+    }
+}

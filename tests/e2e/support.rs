@@ -1,0 +1,189 @@
+//! Shared fixtures of the cluster suites: the cluster handle, kubectl, namespaces that clean up
+//! after themselves, waiting for conditions with deadlines, and a small HTTP client.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use kube::Client;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// Everything a test needs to reach the cluster.
+#[derive(Clone)]
+pub struct Ctx {
+    pub client: Client,
+    pub kubeconfig: PathBuf,
+    pub kubectl: PathBuf,
+    pub helm: PathBuf,
+    /// The project's image (operator, agent, test workload), already imported on the node.
+    pub image: String,
+    pub root: PathBuf,
+    pub http: HttpClient<HttpConnector, Full<bytes::Bytes>>,
+}
+
+fn env_path(name: &str) -> Result<PathBuf> {
+    std::env::var_os(name)
+        .map(PathBuf::from)
+        .ok_or_else(|| anyhow!("{name} is not set: the cluster suites run through `make test` (hack/test.sh), which brings up the test bed"))
+}
+
+impl Ctx {
+    pub async fn from_env() -> Result<Self> {
+        let kubeconfig = env_path("QUORATE_KUBECONFIG")?;
+        let config = kube::Config::from_custom_kubeconfig(
+            Kubeconfig::read_from(&kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?,
+            &KubeConfigOptions::default(),
+        )
+        .await?;
+        let client = Client::try_from(config)?;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        Ok(Self {
+            client,
+            kubeconfig,
+            kubectl: env_path("QUORATE_KUBECTL")?,
+            helm: env_path("HELM")?,
+            image: std::env::var("QUORATE_IMAGE").map_err(|_| anyhow!("QUORATE_IMAGE is not set (make test sets it)"))?,
+            root: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+            http: HttpClient::builder(TokioExecutor::new()).build(connector),
+        })
+    }
+
+    /// Runs kubectl; Ok(stdout) on success, an error with stderr otherwise.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        self.kubectl_stdin(args, None)
+    }
+
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        let out = run(Command::new(&self.kubectl).arg("--kubeconfig").arg(&self.kubeconfig).args(args), stdin)?;
+        if out.0 {
+            Ok(out.1)
+        } else {
+            bail!("kubectl {} failed: {}", args.join(" "), out.2.trim())
+        }
+    }
+
+    /// Runs kubectl expecting failure; returns stderr.
+    pub fn kubectl_fails(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        let (ok, stdout, stderr) = run(Command::new(&self.kubectl).arg("--kubeconfig").arg(&self.kubeconfig).args(args), stdin)?;
+        if ok {
+            bail!("kubectl {} succeeded but should have failed: {stdout}", args.join(" "));
+        }
+        Ok(stderr)
+    }
+
+    pub fn helm(&self, args: &[&str]) -> Result<String> {
+        let out = run(Command::new(&self.helm).arg("--kubeconfig").arg(&self.kubeconfig).args(args), None)?;
+        if out.0 { Ok(out.1) } else { bail!("helm {} failed: {}", args.join(" "), out.2.trim()) }
+    }
+
+    /// A fresh namespace, deleted when the guard drops (also when the test fails).
+    pub fn namespace(&self, prefix: &str) -> Result<Namespace> {
+        let name = format!("{prefix}-{:04x}", rand::random::<u16>());
+        self.kubectl(&["create", "namespace", &name])?;
+        Ok(Namespace { name, ctx: self.clone() })
+    }
+
+    /// GET over plain HTTP; (status, body). Only ever aimed at the test bed's addresses.
+    pub async fn http_get(&self, url: &str, host: Option<&str>) -> Result<(u16, String)> {
+        let mut req = hyper::Request::get(url);
+        if let Some(h) = host {
+            req = req.header("host", h);
+        }
+        let req = req.body(Full::new(bytes::Bytes::new()))?;
+        let resp = tokio::time::timeout(Duration::from_secs(5), self.http.request(req)).await.context("HTTP timeout")??;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    pub async fn http_post(&self, url: &str, body: &str) -> Result<(u16, String)> {
+        let req = hyper::Request::post(url)
+            .header("content-type", "application/json")
+            .body(Full::new(bytes::Bytes::from(body.to_owned())))?;
+        let resp = tokio::time::timeout(Duration::from_secs(5), self.http.request(req)).await.context("HTTP timeout")??;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<(bool, String, String)> {
+    use std::io::Write as _;
+    let mut child = cmd
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned()))
+}
+
+pub struct Namespace {
+    pub name: String,
+    ctx: Ctx,
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        if std::env::var_os("E2E_KEEP_NAMESPACES").is_some() {
+            eprintln!("keeping namespace {}", self.name);
+            return;
+        }
+        let _ = run(
+            Command::new(&self.ctx.kubectl).arg("--kubeconfig").arg(&self.ctx.kubeconfig).args(["delete", "namespace", &self.name, "--wait=false"]),
+            None,
+        );
+    }
+}
+
+/// Polls `probe` until it yields a value or `timeout` passes; the error names what was awaited
+/// and the last probe error.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no result");
+    loop {
+        match probe().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = format!("{e:#}"),
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what} (last: {last})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A pod spec fragment: the project's image running the test workload.
+pub fn testapp_container(image: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": "app", "image": image, "imagePullPolicy": "IfNotPresent",
+        "command": ["/quorate-testapp"], "args": ["--listen", "0.0.0.0:8080"],
+        "ports": [{"containerPort": 8080, "name": "http"}],
+        "securityContext": restricted_container(),
+    })
+}
+
+pub fn restricted_container() -> serde_json::Value {
+    serde_json::json!({
+        "runAsNonRoot": true, "runAsUser": 65532, "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
+}
+
+pub const BUSYBOX: &str = "docker.io/library/busybox:1.35-testbed";
