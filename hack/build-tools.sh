@@ -155,8 +155,102 @@ build_provisioner() {
   finish $name "$v"
 }
 
-all="kubernetes etcd containerd runc cni crictl coredns helm provisioner"
+build_traefik() {
+  local v=$TRAEFIK_VERSION name=traefik
+  installed $name "$v" traefik version "Version:      $v" && return 0
+  begin $name "$v"
+  local w="$SRC/$name-$v" m=github.com/traefik/traefik/v3
+  go_wrapper "$w"; cd "$w"
+  local gomod; gomod="$(go mod download -json "$m@$v" | jq -r .GoMod)"
+  [[ -f "$gomod" ]] || die "no go.mod for $m@$v"
+  # Upstream's replace/exclude lines are not inherited by a dependent module: copy them. The
+  # only replace to a local folder is the nested module github.com/traefik/traefik/dynamic/ext
+  # (./pkg/config/dynamic/ext), which the module proxy does not serve (nested modules are cut
+  # out of the zip). Upstream it holds two empty extension points embedded in
+  # dynamic.HTTPConfiguration and dynamic.Router (copied by value in the generated deepcopy):
+  # supply the same locally.
+  local r old new
+  while IFS=$'\t' read -r old new; do
+    case "$old=$new" in
+      github.com/traefik/traefik/dynamic/ext=./*)
+        mkdir -p ext
+        printf 'module %s\n\ngo 1.24.0\n' "$old" >ext/go.mod
+        cat >ext/ext.go <<'GO'
+// Package ext stands in for Traefik's nested module github.com/traefik/traefik/dynamic/ext
+// (pkg/config/dynamic/ext upstream, not served by the module proxy): empty extension points.
+package ext
+
+// HTTP is a dynamic.HTTP extension.
+type HTTP struct{}
+
+// Router is a dynamic.Router extension.
+type Router struct{}
+GO
+        go mod edit -replace "$old=./ext" ;;
+      github.com/abbot/go-http-auth=*)
+        # Containous' fork at the pseudo-version upstream pins is not served by the module
+        # proxy here; use the fork's long-standing version pinned in versions.env (same API;
+        # only the basicAuth/digestAuth middlewares use it, and the test bed uses neither).
+        go mod edit -replace "$old=${new%@*}@$TRAEFIK_HTTP_AUTH_FORK_VERSION" ;;
+      *=./*|*=../*) die "$m@$v replaces $old with a local folder ($new); teach build_traefik about it" ;;
+      *) go mod edit -replace "$old=$new" ;;
+    esac
+  done < <(go mod edit -json "$gomod" | jq -r '.Replace[]? | [(.Old.Path + (if .Old.Version then "@" + .Old.Version else "" end)), (.New.Path + (if .New.Version then "@" + .New.Version else "" end))] | @tsv')
+  for r in $(go mod edit -json "$gomod" | jq -r '.Exclude[]? | .Path + "@" + .Version'); do go mod edit -exclude "$r"; done
+  grep '^godebug' "$gomod" >>go.mod || true
+  # ACME DNS-01 providers: lego's providers/dns imports ~200 DNS provider SDKs, a dozen of which
+  # the module proxy here does not serve. An offline test bed never talks to an ACME server, so
+  # build lego with a factory that knows no DNS provider (everything else in lego is upstream's).
+  local lego; lego="$(go mod edit -json "$gomod" | jq -r '.Require[] | select(.Path == "github.com/go-acme/lego/v5") | .Version')"
+  [[ -n "$lego" ]] || die "$m@$v no longer requires github.com/go-acme/lego/v5; revisit the lego stub in build_traefik"
+  mkdir -p lego && cp -r "$(go mod download -json "github.com/go-acme/lego/v5@$lego" | jq -r .Dir)/." lego/ && chmod -R u+w lego
+  find lego/providers/dns -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} + && rm -f lego/providers/dns/*.go
+  rm -rf lego/cmd  # the lego CLI also imports every DNS provider
+  cat >lego/providers/dns/dns_providers.go <<'GO'
+// Package dns is the test bed's stand-in for lego's DNS-01 provider factory: no provider is built in.
+package dns
+
+import (
+	"fmt"
+
+	"github.com/go-acme/lego/v5/challenge"
+)
+
+// NewDNSChallengeProviderByName always fails: this Traefik build has no ACME DNS-01 providers.
+func NewDNSChallengeProviderByName(name string) (challenge.Provider, error) {
+	return nil, fmt.Errorf("DNS provider %q is not built into the test bed's Traefik (no ACME DNS-01 providers)", name)
+}
+GO
+  go mod edit -replace "github.com/go-acme/lego/v5=./lego"
+  # The web UI is embedded from webui/static (//go:embed static); the module zip ships
+  # webui/static/DONT-EDIT-FILES-IN-THIS-DIRECTORY.md there, which satisfies the embed without
+  # the built UI. The test bed never enables the dashboard.
+  local dir; dir="$(go mod download -json "$m@$v" | jq -r .Dir)"
+  compgen -G "$dir/webui/static/[!._]*" >/dev/null || die "$m@$v has no file under webui/static for its //go:embed"
+  go get -tool "$m/cmd/traefik@$v" >/dev/null
+  local out; out="$(tool_dir $name "$v")/bin"; mkdir -p "$out"
+  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X $m/pkg/version.Version=$v -X $m/pkg/version.Codename=testbed \
+    -X $m/pkg/version.BuildDate=1970-01-01T00:00:00Z" -o "$out/traefik" "$m/cmd/traefik"
+  finish $name "$v"
+}
+
+# Gateway API standard-channel CRDs, copied from the module cache so cluster-up needs no network.
+build_gatewayapi() {
+  local v=$GATEWAY_API_VERSION dest; dest="$(gateway_api_crds)"
+  grep -qsF "gateway.networking.k8s.io/bundle-version: $v" "$dest/gateway.networking.k8s.io_gateways.yaml" && return 0
+  begin gateway-api "$v"
+  local dir; dir="$(cd "$SRC" && go mod download -json "sigs.k8s.io/gateway-api@$v" | jq -r .Dir)"
+  compgen -G "$dir/config/crd/standard/*.yaml" >/dev/null || die "no standard CRDs in sigs.k8s.io/gateway-api@$v"
+  rm -rf "$dest" && mkdir -p "$dest"
+  cp "$dir"/config/crd/standard/*.yaml "$dest/" && chmod -R u+w "$dest"
+  finish gateway-api "$v"
+}
+
+all="kubernetes etcd containerd runc cni crictl coredns helm provisioner traefik gatewayapi"
 for c in ${@:-$all}; do
   declare -F "build_$c" >/dev/null || die "unknown component '$c' (known: $all)"
-  ( "build_$c" ) || die "building $c failed (see the output above)"
+  # Not `( build ) || die`: errexit is ignored inside anything that is tested with ||, so a
+  # failed step would not stop the build and a broken component would be reported as built.
+  set +e; ( set -e; "build_$c" ); rc=$?; set -e
+  ((rc == 0)) || die "building $c failed (see the output above)"
 done

@@ -23,8 +23,13 @@ API_SERVICE_IP=10.96.0.1
 DNS_IP=10.96.0.10
 PKI="$DIR/pki"
 KUBECONFIG_ADMIN="$DIR/kubeconfig"
+# Traefik, the Gateway API implementation (docs/testbed-gateway.md): the Gateway entrypoint `web`
+# listens on the bridge only, ping on loopback. Its egress is confined by the group it runs as.
+TRAEFIK_WEB_PORT=8000
+TRAEFIK_PING_ADDR=127.0.0.1:18082
+TRAEFIK_GID=18082
 # Start order; `down` stops in reverse.
-COMPONENTS="etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy coredns hostpath-provisioner"
+COMPONENTS="etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy coredns hostpath-provisioner traefik"
 # Kernel settings the kubelet insists on (protectKernelDefaults), plus forwarding/bridge
 # filtering for Services; the previous values are restored by `down`.
 SYSCTLS="vm.overcommit_memory=1 vm.panic_on_oom=0 kernel.panic=10 kernel.panic_on_oops=1 kernel.keys.root_maxkeys=1000000 kernel.keys.root_maxbytes=25000000 net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1"
@@ -45,14 +50,16 @@ prerequisites() {
   modprobe br_netfilter 2>/dev/null || true
   modprobe overlay 2>/dev/null || true
   [[ -e /proc/sys/net/bridge/bridge-nf-call-iptables ]] || die "the kernel lacks br_netfilter (needed for Service traffic between pods on the bridge)"
-  for c in kubernetes etcd containerd runc cni crictl coredns provisioner; do
+  for c in kubernetes etcd containerd runc cni crictl coredns provisioner traefik; do
     [[ -d "$(bin_dir $c)" ]] || die "component '$c' is not built: run 'make tools' (hack/build-tools.sh)"
   done
+  compgen -G "$(gateway_api_crds)/*.yaml" >/dev/null || die "the Gateway API CRDs are not cached: run 'make tools' (hack/build-tools.sh)"
+  need_cmd setpriv "install the Debian package util-linux"
 }
 
 # ---------------------------------------------------------------------------------------
 gen_pki() {
-  [[ -f "$PKI/admin.crt" ]] && return 0
+  [[ -f "$PKI/admin.crt" ]] && { gen_pki_traefik; return 0; }
   mkdir -p "$PKI"; cd "$PKI"
   local ec="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
   # shellcheck disable=SC2086
@@ -99,6 +106,34 @@ KC
   done
   cp admin.kubeconfig "$KUBECONFIG_ADMIN"
   cd - >/dev/null
+  gen_pki_traefik
+}
+
+# Traefik's identity, bound to what its Kubernetes Gateway provider reads and writes (apply_gateway_api).
+# Made apart from the rest so a cluster brought up before Traefik joined the test bed gets it on
+# its existing CA.
+gen_pki_traefik() {
+  [[ -f "$PKI/traefik.kubeconfig" ]] && return 0
+  local ext=$'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth'
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$PKI/traefik.key" \
+    -out "$PKI/traefik.csr" -subj "/CN=quorate-testbed:traefik" 2>/dev/null
+  openssl x509 -req -in "$PKI/traefik.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial -days 825 \
+    -out "$PKI/traefik.crt" -extfile <(printf '%s\n' "$ext") 2>/dev/null
+  rm -f "$PKI/traefik.csr"
+  cat >"$PKI/traefik.kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: quorate-testbed
+  cluster: {server: "https://$NODE_IP:6443", certificate-authority: "$PKI/ca.crt"}
+users:
+- name: traefik
+  user: {client-certificate: "$PKI/traefik.crt", client-key: "$PKI/traefik.key"}
+contexts:
+- name: quorate-testbed
+  context: {cluster: quorate-testbed, user: traefik}
+current-context: quorate-testbed
+KC
 }
 
 # ---------------------------------------------------------------------------------------
@@ -396,6 +431,92 @@ start_node() {
   wait_for kube-controller-manager 60 kubectl get serviceaccount default --namespace default
 }
 
+# ---------------------------------------------------------------------------------------
+# The Gateway: Gateway API standard CRDs (cached by hack/build-tools.sh), the GatewayClass
+# `traefik`, and Traefik as a host process with its Kubernetes Gateway provider.
+install_gateway_crds() {
+  local crds f; crds="$(gateway_api_crds)"
+  # One call instead of nine (a warm `up` finds them unchanged); the files are separate documents.
+  for f in "$crds"/*.yaml; do echo ---; cat "$f"; done \
+    | kubectl apply --server-side --force-conflicts --field-manager quorate-testbed -f - >/dev/null
+  kubectl wait --for condition=Established --timeout 60s -f "$crds/gateway.networking.k8s.io_gatewayclasses.yaml" \
+    -f "$crds/gateway.networking.k8s.io_gateways.yaml" -f "$crds/gateway.networking.k8s.io_httproutes.yaml" >/dev/null
+}
+
+apply_gateway_api() {
+  # Exactly what Traefik's Kubernetes Gateway provider (v3.7, experimentalChannel=false) reads and
+  # writes: informers (list/watch) on namespaces, Services, EndpointSlices, Secrets, ConfigMaps and
+  # the standard-channel Gateway API kinds, and status updates. No `get`: it reads through its
+  # informer caches. No pods (only for OpenTelemetry attributes), no TCPRoutes (experimental).
+  kubectl apply --server-side --force-conflicts --field-manager quorate-testbed -f - >/dev/null <<EOF
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: quorate-testbed:traefik}
+rules:
+- {apiGroups: [""], resources: [namespaces, services, secrets, configmaps], verbs: [list, watch]}
+- {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [list, watch]}
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [gatewayclasses, gateways, httproutes, grpcroutes, tlsroutes, referencegrants, backendtlspolicies]
+  verbs: [list, watch]
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [gatewayclasses/status, gateways/status, httproutes/status, grpcroutes/status, tlsroutes/status, backendtlspolicies/status]
+  verbs: [update]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: quorate-testbed:traefik}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: quorate-testbed:traefik}
+subjects: [{kind: User, name: "quorate-testbed:traefik", apiGroup: rbac.authorization.k8s.io}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: traefik}
+spec:
+  controllerName: traefik.io/gateway-controller
+  description: Traefik on the test bed's bridge (docs/testbed-gateway.md)
+EOF
+}
+
+# Traefik runs with the group TRAEFIK_GID, and that group may only reach loopback, the pod
+# network and the Service CIDR: a hand-made EndpointSlice can never send it elsewhere.
+traefik_egress_guard() {
+  iptables -w -nL QUORATE-TRAEFIK-OUT >/dev/null 2>&1 && return 0
+  iptables -w -N QUORATE-TRAEFIK-OUT
+  local d
+  for d in 127.0.0.0/8 "$POD_CIDR" "$SERVICE_CIDR"; do iptables -w -A QUORATE-TRAEFIK-OUT -d "$d" -j RETURN; done
+  iptables -w -A QUORATE-TRAEFIK-OUT -j REJECT
+  iptables -w -I OUTPUT 1 -m owner --gid-owner "$TRAEFIK_GID" -j QUORATE-TRAEFIK-OUT
+}
+
+start_traefik() {
+  traefik_egress_guard
+  # A Gateway listener binds to the entrypoint whose address ends in ":<listener port>", so a
+  # listener on port 8000 lands on `web`; no other entrypoint may end in :8000.
+  local flags=(
+    --global.checkNewVersion=false --global.sendAnonymousUsage=false
+    --entryPoints.web.address="$NODE_IP:$TRAEFIK_WEB_PORT"
+    --entryPoints.traefik.address="$TRAEFIK_PING_ADDR" --ping=true --ping.entryPoint=traefik
+    --providers.kubernetesgateway=true --providers.kubernetesgateway.experimentalChannel=false
+    --providers.kubernetesgateway.statusAddress.ip="$NODE_IP"
+    # Traefik applies a provider's first change at once, then holds later ones until this much
+    # time has passed (default 2s): a weight change right after another one (or after an
+    # EndpointSlice change) would wait up to 2 s. Shorter here so convergence is measurable.
+    --providers.providersThrottleDuration=200ms
+    --log.level="${QUORATE_TRAEFIK_LOG_LEVEL:-INFO}" --log.noColor=true --accesslog=false
+  )
+  # KUBECONFIG selects Traefik's cluster-external client (its own identity, gen_pki_traefik).
+  start traefik setpriv --regid "$TRAEFIK_GID" --clear-groups \
+    env -u KUBERNETES_SERVICE_HOST -u KUBERNETES_SERVICE_PORT KUBECONFIG="$PKI/traefik.kubeconfig" \
+    "$(bin_dir traefik)/traefik" "${flags[@]}"
+  wait_for traefik 30 curl -sf --max-time 2 "http://$TRAEFIK_PING_ADDR/ping"
+  # Ready means the provider synced and handles our class (proves its RBAC too).
+  wait_for traefik 30 gatewayclass_accepted
+}
+
+gatewayclass_accepted() {
+  kubectl get gatewayclass traefik -o jsonpath='{.status.conditions[?(@.type=="Accepted")].status}' | grep -qx True
+}
+
 node_ready() { kubectl get node "$NODE" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' | grep -qx True; }
 
 # Images the test bed itself needs: the pause image (sandbox) and busybox (smoke tests).
@@ -436,7 +557,12 @@ cmd_up() {
   write_configs
   start_control_plane
   apply_addons
+  # The Gateway API CRDs take a few seconds to be established: install them while the node starts.
+  install_gateway_crds & local crds=$!
   start_node
+  wait "$crds" || die "installing the Gateway API CRDs failed"
+  apply_gateway_api
+  start_traefik
   echo "cluster-up: ready in $((SECONDS - t0)) s (kubeconfig: $KUBECONFIG_ADMIN)"
 }
 
@@ -492,6 +618,10 @@ cleanup_iptables() {
   if iptables -w -nL QUORATE-TESTBED >/dev/null 2>&1; then
     iptables -w -D FORWARD -j QUORATE-TESTBED 2>/dev/null || true
     iptables -w -F QUORATE-TESTBED && iptables -w -X QUORATE-TESTBED
+  fi
+  if iptables -w -nL QUORATE-TRAEFIK-OUT >/dev/null 2>&1; then
+    iptables -w -D OUTPUT -m owner --gid-owner "$TRAEFIK_GID" -j QUORATE-TRAEFIK-OUT 2>/dev/null || true
+    iptables -w -F QUORATE-TRAEFIK-OUT && iptables -w -X QUORATE-TRAEFIK-OUT
   fi
 }
 
