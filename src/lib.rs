@@ -4,3 +4,4 @@ pub mod traffic;
 pub mod agent;
 pub mod pki;
 pub mod testapp;
+pub mod cli;

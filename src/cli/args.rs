@@ -1,0 +1,221 @@
+//! Command-line arguments of `kubectl quorate` (clap derive).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Operate Quorate ReplicaGroups: show their state, switch the primary over, pause and resume
+/// automatic failover, and validate manifests offline.
+///
+/// kubectl runs this plugin as `kubectl quorate ...` when `kubectl-quorate` is on the PATH.
+/// It talks only to the Kubernetes API, with the credentials of your kubeconfig; the operator
+/// carries out what it asks for.
+#[derive(Parser, Debug, Clone, PartialEq, Eq)]
+#[command(name = "kubectl-quorate", bin_name = "kubectl quorate", version, propagate_version = true)]
+#[command(after_help = "Examples:\n  \
+    kubectl quorate status cache\n  \
+    kubectl quorate status -A\n  \
+    kubectl quorate switchover cache --to cache-2\n  \
+    kubectl quorate pause cache\n  \
+    kubectl quorate validate -f examples/primary-backup.yaml")]
+pub struct Cli {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How to reach the cluster, as in kubectl (these flags go after `kubectl quorate`).
+#[derive(Args, Debug, Clone, Default, PartialEq, Eq)]
+#[command(next_help_heading = "Cluster options (as in kubectl)")]
+pub struct ClusterArgs {
+    /// Path to the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: the current context).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Namespace of the group (default: the context's namespace, else `default`).
+    #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Show a ReplicaGroup: mode, phase, primary, epoch, conditions, members and the last
+    /// failover. Without NAME, list the groups of the namespace (-A: of all namespaces).
+    Status(StatusArgs),
+    /// Move the primary of a PrimaryBackup group to another member, without a window with two
+    /// primaries.
+    ///
+    /// Sets the annotation `quorate.dev/switchover-to` on the group (the target member, or empty
+    /// for the best candidate); the operator performs the switchover and removes the annotation.
+    /// By default the command then waits until the new primary is appointed (the epoch grows).
+    Switchover(SwitchoverArgs),
+    /// Pause automatic failover of a group (sets spec.paused to true).
+    ///
+    /// While a group is paused, no new primary is appointed automatically: the current primary
+    /// keeps its role for as long as its lease holds, and if it fails the group stays without a
+    /// primary until it is resumed. Routing still follows member health:
+    /// unhealthy members are drained from the Services and routes, and a primary whose lease
+    /// expired is no longer routed. Use it for maintenance on the workload or the nodes.
+    Pause(NameArg),
+    /// Resume automatic failover of a paused group (sets spec.paused to false).
+    Resume(NameArg),
+    /// Check ReplicaGroup manifests offline, with the schema and CEL rules of the CRD (the same
+    /// checks the API server runs). Documents of other kinds are ignored.
+    ///
+    /// Prints each problem as `FILE: document N (NAME): FIELD: MESSAGE` and exits with status 1
+    /// when any ReplicaGroup is invalid, 0 otherwise. Documents are numbered from 1 in each
+    /// file (empty documents are not counted). A group that appears twice in the input is
+    /// checked the second time as an update of the first, as `kubectl apply` would apply it.
+    Validate(ValidateArgs),
+    /// Print the version of this plugin.
+    Version,
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct NameArg {
+    /// Name of the ReplicaGroup.
+    pub name: String,
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct StatusArgs {
+    /// Name of the ReplicaGroup (omit it to list the groups).
+    pub name: Option<String>,
+    /// List the groups of all namespaces.
+    #[arg(short = 'A', long, conflicts_with = "name")]
+    pub all_namespaces: bool,
+    /// Print the raw status instead of the readable view (a list: name, namespace and status of
+    /// each group).
+    #[arg(short = 'o', long, value_enum, value_name = "FORMAT")]
+    pub output: Option<OutputFormat>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Json,
+    Yaml,
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct SwitchoverArgs {
+    /// Name of the ReplicaGroup.
+    pub name: String,
+    /// The member to become primary, `NAME-<ordinal>` (default: the best candidate the group
+    /// chooses: healthy, most caught up, highest priority).
+    #[arg(long, value_name = "MEMBER")]
+    pub to: Option<String>,
+    /// Wait until the new primary is appointed (the default).
+    #[arg(long, overrides_with = "no_wait")]
+    pub wait: bool,
+    /// Return as soon as the request is recorded.
+    #[arg(long, overrides_with = "wait")]
+    pub no_wait: bool,
+    /// How long to wait: a number of seconds or a duration such as `90s`, `2m`, `1500ms`.
+    #[arg(long, default_value = "60s", value_parser = parse_timeout, value_name = "DURATION")]
+    pub timeout: Duration,
+}
+
+impl SwitchoverArgs {
+    /// Whether to wait for the switchover: on unless `--no-wait` came last.
+    pub fn should_wait(&self) -> bool {
+        !self.no_wait
+    }
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct ValidateArgs {
+    /// Manifest file, directory (its .yaml, .yml and .json files) or `-` for standard input;
+    /// repeat for several.
+    #[arg(short = 'f', long = "filename", value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+/// Parses `--timeout`: a positive number of seconds, or a number with `ms`, `s`, `m` or `h`.
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let invalid = || format!("{text:?} is not a duration; use a number of seconds or a value such as 90s, 2m, 1500ms");
+    let n: u64 = number.parse().map_err(|_| invalid())?;
+    let duration = match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(invalid()),
+    };
+    if duration.is_zero() {
+        return Err("the timeout must be greater than 0 (use --no-wait to skip waiting)".to_owned());
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn timeouts_parse_with_and_without_units() {
+        assert_eq!(parse_timeout("60"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_timeout("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_timeout("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_timeout("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_timeout("1500ms"), Ok(Duration::from_millis(1500)));
+        for bad in ["", "s", "-5", "1.5s", "10d", "abc", "0", "0s"] {
+            assert!(parse_timeout(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn switchover_waits_by_default_and_the_last_flag_wins() {
+        let parse = |args: &[&str]| match Cli::try_parse_from(args).expect("valid").command {
+            Command::Switchover(s) => s,
+            other => panic!("unexpected {other:?}"),
+        };
+        let s = parse(&["kubectl-quorate", "switchover", "cache"]);
+        assert!(s.should_wait());
+        assert_eq!(s.timeout, Duration::from_secs(60));
+        assert_eq!(s.to, None);
+        assert!(!parse(&["kubectl-quorate", "switchover", "cache", "--no-wait"]).should_wait());
+        assert!(parse(&["kubectl-quorate", "switchover", "cache", "--no-wait", "--wait"]).should_wait());
+        assert!(!parse(&["kubectl-quorate", "switchover", "cache", "--wait", "--no-wait"]).should_wait());
+        let s = parse(&["kubectl-quorate", "switchover", "cache", "--to", "cache-2", "--timeout", "5s"]);
+        assert_eq!(s.to.as_deref(), Some("cache-2"));
+        assert_eq!(s.timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn cluster_flags_go_before_or_after_the_subcommand() {
+        let a = Cli::try_parse_from(["kubectl-quorate", "-n", "shop", "--context", "prod", "status", "cache"]).expect("valid");
+        let b = Cli::try_parse_from(["kubectl-quorate", "status", "cache", "--namespace=shop", "--context=prod"]).expect("valid");
+        assert_eq!(a, b);
+        assert_eq!(a.cluster.namespace.as_deref(), Some("shop"));
+        assert_eq!(a.cluster.context.as_deref(), Some("prod"));
+    }
+
+    #[test]
+    fn all_namespaces_conflicts_with_a_name() {
+        let err = Cli::try_parse_from(["kubectl-quorate", "status", "cache", "-A"]).expect_err("conflict");
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let ok = Cli::try_parse_from(["kubectl-quorate", "status", "-A", "-o", "yaml"]).expect("valid");
+        assert!(matches!(ok.command, Command::Status(StatusArgs { all_namespaces: true, output: Some(OutputFormat::Yaml), .. })));
+    }
+
+    #[test]
+    fn validate_needs_a_file() {
+        let err = Cli::try_parse_from(["kubectl-quorate", "validate"]).expect_err("missing -f");
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let ok = Cli::try_parse_from(["kubectl-quorate", "validate", "-f", "a.yaml", "-f", "-"]).expect("valid");
+        assert!(matches!(ok.command, Command::Validate(ValidateArgs { files }) if files.len() == 2));
+    }
+}

@@ -1,0 +1,114 @@
+//! The Kubernetes API calls of the plugin: a client from the kubeconfig (like kubectl's
+//! `--kubeconfig`, `--context`, `-n`), and get, list and merge-patch of ReplicaGroups with
+//! errors worded for users (a missing group, a missing CRD, RBAC).
+
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use serde_json::Value;
+
+use super::CliError;
+use super::args::ClusterArgs;
+use crate::api::ReplicaGroup;
+
+/// The field manager of the plugin's patches (shown in managedFields).
+pub const FIELD_MANAGER: &str = "kubectl-quorate";
+
+/// A client and the namespace the command works in.
+pub struct Cluster {
+    pub client: Client,
+    pub namespace: String,
+}
+
+/// Loads the kubeconfig like kubectl: `--kubeconfig`, else `$KUBECONFIG`, else
+/// `~/.kube/config` (else the in-cluster service account); `--context` picks the context;
+/// the namespace is `-n`, else the context's, else `default`.
+pub async fn connect(args: &ClusterArgs) -> Result<Cluster, CliError> {
+    let options = KubeConfigOptions { context: args.context.clone(), cluster: None, user: None };
+    let config = match (&args.kubeconfig, &args.context) {
+        (Some(path), _) => {
+            let kubeconfig = Kubeconfig::read_from(path).map_err(|e| CliError::Kubeconfig(Box::new(e)))?;
+            Config::from_custom_kubeconfig(kubeconfig, &options).await.map_err(|e| CliError::Kubeconfig(Box::new(e)))?
+        }
+        (None, Some(_)) => Config::from_kubeconfig(&options).await.map_err(|e| CliError::Kubeconfig(Box::new(e)))?,
+        (None, None) => Config::infer().await.map_err(|e| CliError::Kubeconfig(Box::new(e)))?,
+    };
+    let namespace = args.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
+    let client = Client::try_from(config).map_err(CliError::Client)?;
+    Ok(Cluster { client, namespace })
+}
+
+/// The HTTP status of an API error, if the API server answered.
+fn api_code(error: &kube::Error) -> Option<u16> {
+    match error {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+impl Cluster {
+    fn api(&self) -> Api<ReplicaGroup> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Reads one group.
+    pub async fn get(&self, name: &str) -> Result<ReplicaGroup, CliError> {
+        match self.api().get(name).await {
+            Ok(group) => Ok(group),
+            Err(e) => Err(self.explain(e, format!("get replicagroup \"{name}\" in namespace \"{}\"", self.namespace), Some(name)).await),
+        }
+    }
+
+    /// Lists the groups of the namespace, or of all namespaces, sorted by namespace and name.
+    pub async fn list(&self, all_namespaces: bool) -> Result<Vec<ReplicaGroup>, CliError> {
+        let (api, scope) = if all_namespaces {
+            (Api::all(self.client.clone()), "all namespaces".to_owned())
+        } else {
+            (self.api(), format!("namespace \"{}\"", self.namespace))
+        };
+        match api.list(&ListParams::default()).await {
+            Ok(list) => {
+                let mut groups = list.items;
+                groups.sort_by(|a, b| (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name)));
+                Ok(groups)
+            }
+            Err(e) => Err(self.explain(e, format!("list replicagroups in {scope}"), None).await),
+        }
+    }
+
+    /// Applies a JSON merge patch to a group and returns the result.
+    pub async fn merge_patch(&self, name: &str, patch: &Value) -> Result<ReplicaGroup, CliError> {
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
+        match self.api().patch(name, &params, &Patch::Merge(patch)).await {
+            Ok(group) => Ok(group),
+            Err(e) => Err(self.explain(e, format!("patch replicagroup \"{name}\" in namespace \"{}\"", self.namespace), Some(name)).await),
+        }
+    }
+
+    /// Turns an API error into what the user needs to know. A 404 is either the group or the
+    /// whole resource type: discovery of `quorate.dev/v1alpha1` tells which.
+    async fn explain(&self, error: kube::Error, action: String, name: Option<&str>) -> CliError {
+        let message = match &error {
+            kube::Error::Api(status) => status.message.clone(),
+            _ => String::new(),
+        };
+        match api_code(&error) {
+            Some(404) => {
+                let served = self
+                    .client
+                    .list_api_group_resources("quorate.dev/v1alpha1")
+                    .await
+                    .map(|list| list.resources.iter().any(|r| r.name == "replicagroups"));
+                match (served, name) {
+                    (Ok(true), Some(name)) => CliError::NotFound { name: name.to_owned(), namespace: self.namespace.clone() },
+                    (Err(e), _) if api_code(&e) != Some(404) => CliError::Api { action, source: error },
+                    (Ok(true), None) => CliError::Api { action, source: error },
+                    _ => CliError::CrdNotInstalled,
+                }
+            }
+            Some(403) => CliError::Forbidden { action, message },
+            Some(401) => CliError::Unauthorized { action, message },
+            _ => CliError::Api { action, source: error },
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Runs one `kubectl quorate` command: the thin IO layer around the pure parts.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use kube::ResourceExt;
+
+use super::args::{Cli, Command, StatusArgs, SwitchoverArgs};
+use super::cluster::{Cluster, connect};
+use super::switchover::{Progress, check_switchover, describe_waiting, paused_patch, switchover_patch, switchover_progress};
+use super::{CliError, SWITCHOVER_ANNOTATION, format, validate};
+
+/// How often `switchover --wait` reads the group.
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Writes to standard output; a closed pipe (`| head`) is not an error worth a panic.
+fn emit(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+fn note(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "note: {text}");
+}
+
+/// Runs the command; `Ok` carries the exit status (validate: 1 when anything is invalid).
+pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    match cli.command {
+        Command::Version => {
+            emit(&format!("kubectl-quorate {} (ReplicaGroup API quorate.dev/v1alpha1)\n", env!("CARGO_PKG_VERSION")));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate(args) => {
+            let reports = validate::check_inputs(&args.files);
+            for report in &reports {
+                emit(&report.render());
+            }
+            Ok(if reports.iter().all(validate::FileReport::is_valid) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Status(args) => status(&connect(&cli.cluster).await?, &args).await,
+        Command::Switchover(args) => switchover(&connect(&cli.cluster).await?, &args).await,
+        Command::Pause(args) => set_paused(&connect(&cli.cluster).await?, &args.name, true).await,
+        Command::Resume(args) => set_paused(&connect(&cli.cluster).await?, &args.name, false).await,
+    }
+}
+
+async fn status(cluster: &Cluster, args: &StatusArgs) -> Result<ExitCode, CliError> {
+    let now = Timestamp::now();
+    let text = match &args.name {
+        Some(name) => {
+            let group = cluster.get(name).await?;
+            match args.output {
+                Some(output) => format::raw_status(&group, output)?,
+                None => format::format_status(&group, now),
+            }
+        }
+        None => {
+            let groups = cluster.list(args.all_namespaces).await?;
+            match args.output {
+                Some(output) => format::raw_list(&groups, output)?,
+                None => format::format_list(&groups, args.all_namespaces, &cluster.namespace, now),
+            }
+        }
+    };
+    emit(&text);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn switchover(cluster: &Cluster, args: &SwitchoverArgs) -> Result<ExitCode, CliError> {
+    let group = cluster.get(&args.name).await?;
+    for text in check_switchover(&group, args.to.as_deref())? {
+        note(&text);
+    }
+    let epoch_before = group.status.as_ref().and_then(|s| s.epoch);
+    cluster.merge_patch(&args.name, &switchover_patch(args.to.as_deref())).await?;
+    let target = args.to.as_deref().unwrap_or("the best candidate");
+    emit(&format!("replicagroup \"{}\": switchover to {target} requested ({SWITCHOVER_ANNOTATION})\n", args.name));
+    if !args.should_wait() {
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    let mut seen = "the group could not be read since the request".to_owned();
+    loop {
+        let read = match tokio::time::timeout_at(deadline, cluster.get(&args.name)).await {
+            Ok(read) => read,
+            Err(_elapsed) => Err(CliError::SwitchoverTimeout { name: args.name.clone(), waited: args.timeout, seen: String::new() }),
+        };
+        let read_error = match read {
+            Ok(group) => match switchover_progress(&group, epoch_before) {
+                Progress::Done { primary, epoch } => {
+                    let primary = primary.unwrap_or_else(|| "none".to_owned());
+                    if let Some(requested) = &args.to
+                        && *requested != primary
+                    {
+                        return Err(CliError::OtherPrimary { name: args.name.clone(), requested: requested.clone(), primary, epoch });
+                    }
+                    emit(&format!("replicagroup \"{}\": primary is now {primary} (epoch {epoch})\n", args.name));
+                    return Ok(ExitCode::SUCCESS);
+                }
+                waiting => {
+                    seen = describe_waiting(&waiting, epoch_before);
+                    None
+                }
+            },
+            Err(CliError::NotFound { name, namespace }) => return Err(CliError::DeletedWhileWaiting { name, namespace }),
+            // A transient failure (network, API server restart): keep trying until the deadline.
+            Err(CliError::SwitchoverTimeout { .. }) => Some("the API server did not answer in time".to_owned()),
+            Err(e) => Some(e.to_string()),
+        };
+        if tokio::time::Instant::now() + POLL_INTERVAL > deadline {
+            if let Some(e) = read_error {
+                seen = format!("{seen}; the last read failed: {e}");
+            }
+            return Err(CliError::SwitchoverTimeout { name: args.name.clone(), waited: args.timeout, seen });
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+async fn set_paused(cluster: &Cluster, name: &str, paused: bool) -> Result<ExitCode, CliError> {
+    let group = cluster.get(name).await?;
+    let word = if paused { "paused" } else { "resumed" };
+    if group.spec.paused == paused {
+        emit(&format!("replicagroup \"{}\" is already {}\n", group.name_any(), if paused { "paused" } else { "running (not paused)" }));
+        return Ok(ExitCode::SUCCESS);
+    }
+    cluster.merge_patch(name, &paused_patch(paused)).await?;
+    let what = if paused {
+        format!("no automatic failover until `kubectl quorate resume {name}`; routing still follows member health")
+    } else {
+        "automatic failover is on again".to_owned()
+    };
+    emit(&format!("replicagroup \"{name}\" {word}: {what}\n"));
+    Ok(ExitCode::SUCCESS)
+}
