@@ -9,8 +9,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::RootCertStore;
 use rustls::client::WebPkiServerVerifier;
@@ -123,7 +123,9 @@ fn ca_params(common_name: &str, validity: &Validity) -> Result<CertificateParams
 pub fn generate_group_ca(common_name: &str, validity: &Validity) -> Result<GroupCa, PkiError> {
     let key = KeyPair::generate().map_err(generate("CA key"))?;
     let params = ca_params(common_name, validity)?;
-    let cert = params.self_signed(&key).map_err(generate("CA certificate"))?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(generate("CA certificate"))?;
     Ok(GroupCa {
         common_name: common_name.to_string(),
         cert_pem: cert.pem(),
@@ -162,9 +164,10 @@ fn leaf(
     params.extended_key_usages = usages;
     params.use_authority_key_identifier_extension = true;
     for name in dns_names {
-        let dns = name.clone().try_into().map_err(|_| PkiError::DnsName {
-            name: name.clone(),
-        })?;
+        let dns = name
+            .clone()
+            .try_into()
+            .map_err(|_| PkiError::DnsName { name: name.clone() })?;
         params.subject_alt_names.push(SanType::DnsName(dns));
     }
     for ip in ips {
@@ -339,7 +342,10 @@ mod tests {
             Ok::<_, String>(buf)
         };
         let client_side = async move {
-            let mut tls = connector.connect(name, b).await.map_err(|e| e.to_string())?;
+            let mut tls = connector
+                .connect(name, b)
+                .await
+                .map_err(|e| e.to_string())?;
             tls.write_all(b"hello").await.map_err(|e| e.to_string())?;
             tls.flush().await.map_err(|e| e.to_string())?;
             Ok::<_, String>(tls)
@@ -350,7 +356,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn member_certificates_complete_a_mutual_handshake() -> Result<(), Box<dyn std::error::Error>> {
+    async fn member_certificates_complete_a_mutual_handshake()
+    -> Result<(), Box<dyn std::error::Error>> {
         let v = validity();
         let ca = generate_group_ca("quorate test/cache", &v)?;
         let a = issue_member_certificate(
@@ -367,18 +374,29 @@ mod tests {
             handshake(server.clone(), client.clone(), "cache-0.cache-peers").await?,
             b"hello"
         );
-        assert_eq!(handshake(server.clone(), client.clone(), "127.0.0.2").await?, b"hello");
+        assert_eq!(
+            handshake(server.clone(), client.clone(), "127.0.0.2").await?,
+            b"hello"
+        );
         // The operator's client-only certificate is accepted too.
         let op = issue_client_certificate(&ca, "quorate-operator", &v)?;
         let op_client = client_config(&op.cert_pem, &op.key_pem, &ca.cert_pem)?;
-        assert_eq!(handshake(server.clone(), op_client, "cache-0.cache-peers").await?, b"hello");
+        assert_eq!(
+            handshake(server.clone(), op_client, "cache-0.cache-peers").await?,
+            b"hello"
+        );
         // Wrong name: refused by the client.
-        assert!(handshake(server, client, "cache-9.cache-peers").await.is_err());
+        assert!(
+            handshake(server, client, "cache-9.cache-peers")
+                .await
+                .is_err()
+        );
         Ok(())
     }
 
     #[tokio::test]
-    async fn clients_without_a_group_certificate_are_refused() -> Result<(), Box<dyn std::error::Error>> {
+    async fn clients_without_a_group_certificate_are_refused()
+    -> Result<(), Box<dyn std::error::Error>> {
         let v = validity();
         let ca = generate_group_ca("group a", &v)?;
         let other_ca = generate_group_ca("group b", &v)?;
@@ -390,7 +408,11 @@ mod tests {
         // A certificate from another group's CA.
         let stranger = issue_member_certificate(&other_ca, "m-0", &["m-0".into()], &[], &v)?;
         let stranger_client = client_config(&stranger.cert_pem, &stranger.key_pem, &ca.cert_pem)?;
-        assert!(handshake(server.clone(), stranger_client, "m-0").await.is_err());
+        assert!(
+            handshake(server.clone(), stranger_client, "m-0")
+                .await
+                .is_err()
+        );
         // And a client of the other group does not trust this server.
         let wary = client_config(&stranger.cert_pem, &stranger.key_pem, &other_ca.cert_pem)?;
         assert!(handshake(server, wary, "m-0").await.is_err());
@@ -411,7 +433,10 @@ mod tests {
         let Ok(ca) = generate_group_ca("x", &v) else {
             panic!("CA generation failed");
         };
-        assert!(issue_member_certificate(&ca, "m", &["n\u{e4}m\u{e9}.example".into()], &[], &v).is_err());
+        assert!(
+            issue_member_certificate(&ca, "m", &["n\u{e4}m\u{e9}.example".into()], &[], &v)
+                .is_err()
+        );
         let backwards = Validity {
             not_before: v.not_after,
             not_after: v.not_before,

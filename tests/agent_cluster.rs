@@ -15,20 +15,32 @@ async fn three_agents_elect_and_appoint_a_primary() -> TestResult {
     })?;
     c.bootstrap().await?;
     let s = c
-        .wait_state(Duration::from_secs(20), "a primary with a live lease", |s| {
-            s.primary.is_some() && s.primary_lease == quorate::agent::client::LeaseState::Live as i32
-        })
+        .wait_state(
+            Duration::from_secs(20),
+            "a primary with a live lease",
+            |s| {
+                s.primary.is_some()
+                    && s.primary_lease == quorate::agent::client::LeaseState::Live as i32
+            },
+        )
         .await?;
     assert_eq!(s.epoch, 1);
     assert_eq!(s.members.len(), 3);
-    let p = c.index_of(s.primary.as_ref().map(|p| p.id).unwrap_or(0)).ok_or("unknown primary")?;
+    let p = c
+        .index_of(s.primary.as_ref().map(|p| p.id).unwrap_or(0))
+        .ok_or("unknown primary")?;
     // The primary serves /primary, the others /backup; the role file and the workload agree.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let (code, _) = http_get(&c.nodes[p].http(), "/primary").await?;
         let role = read_role(&c.nodes[p].role_file());
         let (_, app) = http_get(&c.nodes[p].app_addr(), "/").await?;
-        if code == 200 && role.as_ref().is_some_and(|r| r.role == "Primary" && r.epoch == 1) && app.contains(r#""role":"Primary""#) {
+        if code == 200
+            && role
+                .as_ref()
+                .is_some_and(|r| r.role == "Primary" && r.epoch == 1)
+            && app.contains(r#""role":"Primary""#)
+        {
             break;
         }
         if std::time::Instant::now() > deadline {
@@ -53,21 +65,26 @@ fn live(s: &quorate::agent::client::GroupState) -> bool {
     s.primary.is_some() && s.primary_lease == LeaseState::Live as i32
 }
 
-async fn started(opts: ClusterOptions) -> TestResult<(Cluster, quorate::agent::client::GroupState)> {
+async fn started(
+    opts: ClusterOptions,
+) -> TestResult<(Cluster, quorate::agent::client::GroupState)> {
     let mut c = Cluster::start(opts)?;
     c.bootstrap().await?;
     let n = c.nodes.len();
     let s = c
-        .wait_state(Duration::from_secs(20), "a first primary and every member healthy", |s| {
-            live(s) && s.members.iter().filter(|m| m.healthy).count() == n
-        })
+        .wait_state(
+            Duration::from_secs(20),
+            "a first primary and every member healthy",
+            |s| live(s) && s.members.iter().filter(|m| m.healthy).count() == n,
+        )
         .await?;
     Ok((c, s))
 }
 
 fn primary_index(c: &Cluster, s: &quorate::agent::client::GroupState) -> TestResult<usize> {
     let id = s.primary.as_ref().map(|p| p.id).ok_or("no primary")?;
-    c.index_of(id).ok_or_else(|| err("primary is not a known node"))
+    c.index_of(id)
+        .ok_or_else(|| err("primary is not a known node"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,7 +114,9 @@ async fn kill_9_of_the_primary_appoints_a_new_one_with_the_next_epoch() -> TestR
     // The watch stream saw the new epoch too.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let item = tokio::time::timeout_at(deadline, watch.next()).await?.ok_or("watch ended")??;
+        let item = tokio::time::timeout_at(deadline, watch.next())
+            .await?
+            .ok_or("watch ended")??;
         if item.epoch == s1.epoch + 1 {
             break;
         }
@@ -107,7 +126,8 @@ async fn kill_9_of_the_primary_appoints_a_new_one_with_the_next_epoch() -> TestR
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_primary_is_replaced_only_after_its_lease_and_has_demoted_on_resume() -> TestResult {
+async fn a_stopped_primary_is_replaced_only_after_its_lease_and_has_demoted_on_resume() -> TestResult
+{
     let (c, s1) = started(ClusterOptions {
         members: 3,
         ..Default::default()
@@ -116,7 +136,9 @@ async fn a_stopped_primary_is_replaced_only_after_its_lease_and_has_demoted_on_r
     let old = primary_index(&c, &s1)?;
     c.nodes[old].proc.signal(libc::SIGSTOP);
     let s2 = c
-        .wait_state(Duration::from_secs(15), "a replacement", |s| live(s) && s.epoch == s1.epoch + 1)
+        .wait_state(Duration::from_secs(15), "a replacement", |s| {
+            live(s) && s.epoch == s1.epoch + 1
+        })
         .await?;
     assert_ne!(primary_name(&s2), primary_name(&s1));
     // Still stopped: its last lease must be over before the new primary started.
@@ -134,7 +156,10 @@ async fn a_stopped_primary_is_replaced_only_after_its_lease_and_has_demoted_on_r
         .map(|(_, _, start, _)| *start)
         .min()
         .ok_or("the new primary has no lease")?;
-    assert!(new_start >= old_end, "new primary at {new_start} before the old lease ended at {old_end}");
+    assert!(
+        new_start >= old_end,
+        "new primary at {new_start} before the old lease ended at {old_end}"
+    );
     c.nodes[old].proc.signal(libc::SIGCONT);
     // On resume the first answer of /primary is already 503: the lease is judged on the clock.
     let (code, body) = http_get(&c.nodes[old].http(), "/primary").await?;
@@ -166,17 +191,31 @@ async fn a_partitioned_primary_demotes_and_the_majority_moves_on() -> TestResult
     })
     .await?;
     let old = primary_index(&c, &s1)?;
-    let others: Vec<u64> = c.nodes.iter().filter(|n| n.id != c.nodes[old].id).map(|n| n.id).collect();
+    let others: Vec<u64> = c
+        .nodes
+        .iter()
+        .filter(|n| n.id != c.nodes[old].id)
+        .map(|n| n.id)
+        .collect();
     c.client(old).await?.isolate_from(others.clone()).await?;
     for i in 0..c.nodes.len() {
         if i != old {
-            c.client(i).await?.isolate_from(vec![c.nodes[old].id]).await?;
+            c.client(i)
+                .await?
+                .isolate_from(vec![c.nodes[old].id])
+                .await?;
         }
     }
     let s2 = c
-        .wait_state(Duration::from_secs(15), "a primary on the majority side", |s| {
-            live(s) && s.epoch > s1.epoch && s.primary.as_ref().map(|p| p.id) != Some(c.nodes[old].id)
-        })
+        .wait_state(
+            Duration::from_secs(15),
+            "a primary on the majority side",
+            |s| {
+                live(s)
+                    && s.epoch > s1.epoch
+                    && s.primary.as_ref().map(|p| p.id) != Some(c.nodes[old].id)
+            },
+        )
         .await?;
     // The isolated old primary stops answering /primary on its own.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -212,7 +251,9 @@ async fn restarting_every_member_preserves_the_committed_state() -> TestResult {
         client.touch().await?;
     }
     client.pause().await?;
-    let before = c.wait_state(Duration::from_secs(5), "paused", |s| s.paused).await?;
+    let before = c
+        .wait_state(Duration::from_secs(5), "paused", |s| s.paused)
+        .await?;
     for i in 0..3 {
         c.kill9(i);
     }
@@ -220,7 +261,9 @@ async fn restarting_every_member_preserves_the_committed_state() -> TestResult {
         c.restart(i)?;
     }
     let after = c
-        .wait_state(Duration::from_secs(20), "the restarted group", |s| s.commit_index >= before.commit_index)
+        .wait_state(Duration::from_secs(20), "the restarted group", |s| {
+            s.commit_index >= before.commit_index
+        })
         .await?;
     assert!(after.epoch >= s1.epoch);
     assert!(after.paused, "the pause survived");
@@ -232,7 +275,9 @@ async fn restarting_every_member_preserves_the_committed_state() -> TestResult {
     assert_eq!(ids(&after), ids(&before));
     // Paused: nobody is appointed automatically, but the committed primary may renew.
     c.client(1).await?.resume().await?;
-    let s = c.wait_state(Duration::from_secs(15), "a primary after resume", live).await?;
+    let s = c
+        .wait_state(Duration::from_secs(15), "a primary after resume", live)
+        .await?;
     assert!(s.epoch >= s1.epoch);
     c.check_invariants()?;
     Ok(())
@@ -252,31 +297,60 @@ async fn switchover_hands_over_without_two_primaries() -> TestResult {
     // Ask a member that is neither (it forwards to the coordinator when needed).
     let asker = (old + 2) % 3;
     let reply = c.client(asker).await?.switchover(&target_name).await?;
-    assert_eq!(reply.primary.as_ref().map(|p| p.name.clone()), Some(target_name.clone()));
+    assert_eq!(
+        reply.primary.as_ref().map(|p| p.name.clone()),
+        Some(target_name.clone())
+    );
     assert_eq!(reply.epoch, s1.epoch + 1);
     let s2 = c
-        .wait_state(Duration::from_secs(10), "the target with a live lease", |s| {
-            live(s) && primary_name(s).as_deref() == Some(target_name.as_str())
-        })
+        .wait_state(
+            Duration::from_secs(10),
+            "the target with a live lease",
+            |s| live(s) && primary_name(s).as_deref() == Some(target_name.as_str()),
+        )
         .await?;
-    assert_eq!(s2.failovers.last().map(|f| f.reason), Some(FailoverReason::Switchover as i32));
+    assert_eq!(
+        s2.failovers.last().map(|f| f.reason),
+        Some(FailoverReason::Switchover as i32)
+    );
     // Fencing in the workload: the old primary refuses writes, the new one refuses old epochs.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let (old_code, _) = http_request("POST", &c.nodes[old].app_addr(), "/write", Some(r#"{"epoch":1,"value":"x"}"#)).await?;
+        let (old_code, _) = http_request(
+            "POST",
+            &c.nodes[old].app_addr(),
+            "/write",
+            Some(r#"{"epoch":1,"value":"x"}"#),
+        )
+        .await?;
         let body = format!(r#"{{"epoch":{},"value":"y"}}"#, s2.epoch);
-        let (new_code, _) = http_request("POST", &c.nodes[target].app_addr(), "/write", Some(&body)).await?;
-        let (stale_code, _) = http_request("POST", &c.nodes[target].app_addr(), "/write", Some(r#"{"epoch":1,"value":"z"}"#)).await?;
+        let (new_code, _) =
+            http_request("POST", &c.nodes[target].app_addr(), "/write", Some(&body)).await?;
+        let (stale_code, _) = http_request(
+            "POST",
+            &c.nodes[target].app_addr(),
+            "/write",
+            Some(r#"{"epoch":1,"value":"z"}"#),
+        )
+        .await?;
         if old_code == 409 && new_code == 200 && stale_code == 409 {
             break;
         }
         if std::time::Instant::now() > deadline {
-            return Err(err(format!("write fencing: old {old_code}, new {new_code}, stale {stale_code}")));
+            return Err(err(format!(
+                "write fencing: old {old_code}, new {new_code}, stale {stale_code}"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Unknown targets and witnesses are refused.
-    let e = c.client(0).await?.switchover("nobody").await.err().ok_or("accepted an unknown target")?;
+    let e = c
+        .client(0)
+        .await?
+        .switchover("nobody")
+        .await
+        .err()
+        .ok_or("accepted an unknown target")?;
     assert_eq!(e.code(), Some(tonic::Code::NotFound));
     c.check_invariants()?;
     Ok(())
@@ -292,23 +366,47 @@ async fn graceful_stop_and_unhealthy_workload_hand_off_at_once() -> TestResult {
     .await?;
     // Workload fails its check: the primary releases, a healthy backup takes over.
     let first = primary_index(&c, &s1)?;
-    http_request("POST", &c.nodes[first].app_addr(), "/admin/health?ok=false", None).await?;
+    http_request(
+        "POST",
+        &c.nodes[first].app_addr(),
+        "/admin/health?ok=false",
+        None,
+    )
+    .await?;
     let s2 = c
-        .wait_state(Duration::from_secs(10), "a hand-off from the unhealthy primary", |s| live(s) && s.epoch == s1.epoch + 1)
+        .wait_state(
+            Duration::from_secs(10),
+            "a hand-off from the unhealthy primary",
+            |s| live(s) && s.epoch == s1.epoch + 1,
+        )
         .await?;
-    assert_eq!(s2.failovers.last().map(|f| f.reason), Some(FailoverReason::WorkloadUnhealthy as i32));
+    assert_eq!(
+        s2.failovers.last().map(|f| f.reason),
+        Some(FailoverReason::WorkloadUnhealthy as i32)
+    );
     assert_ne!(primary_index(&c, &s2)?, first);
     // SIGTERM: the primary releases, the agent exits, the group moves on well within a lease.
     let second = primary_index(&c, &s2)?;
     let t = std::time::Instant::now();
     c.nodes[second].proc.signal(libc::SIGTERM);
     let s3 = c
-        .wait_state(Duration::from_secs(10), "a hand-off after SIGTERM", |s| live(s) && s.epoch == s2.epoch + 1)
+        .wait_state(Duration::from_secs(10), "a hand-off after SIGTERM", |s| {
+            live(s) && s.epoch == s2.epoch + 1
+        })
         .await?;
     let took = t.elapsed();
-    assert_eq!(s3.failovers.last().map(|f| f.reason), Some(FailoverReason::Released as i32));
-    assert!(took < Duration::from_millis(1000), "graceful hand-off took {took:?}");
-    assert!(c.nodes[second].proc.wait_exit(Duration::from_secs(5)), "agent did not exit");
+    assert_eq!(
+        s3.failovers.last().map(|f| f.reason),
+        Some(FailoverReason::Released as i32)
+    );
+    assert!(
+        took < Duration::from_millis(1000),
+        "graceful hand-off took {took:?}"
+    );
+    assert!(
+        c.nodes[second].proc.wait_exit(Duration::from_secs(5)),
+        "agent did not exit"
+    );
     let role = read_role(&c.nodes[second].role_file()).ok_or("no role file")?;
     assert_eq!(role.role, "Backup");
     c.check_invariants()?;
@@ -326,22 +424,30 @@ async fn flap_guard_stops_automatic_failovers_until_resume() -> TestResult {
     let first = primary_index(&c, &s1)?;
     c.kill9(first);
     let s2 = c
-        .wait_state(Duration::from_secs(15), "one automatic failover", |s| live(s) && s.epoch == s1.epoch + 1)
+        .wait_state(Duration::from_secs(15), "one automatic failover", |s| {
+            live(s) && s.epoch == s1.epoch + 1
+        })
         .await?;
     c.restart(first)?;
     let second = primary_index(&c, &s2)?;
-    c.wait_state(Duration::from_secs(15), "all members back", |s| s.members.iter().filter(|m| m.healthy).count() == 3)
-        .await?;
+    c.wait_state(Duration::from_secs(15), "all members back", |s| {
+        s.members.iter().filter(|m| m.healthy).count() == 3
+    })
+    .await?;
     c.kill9(second);
     let s3 = c
-        .wait_state(Duration::from_secs(15), "the flap guard", |s| s.flap_guard_tripped)
+        .wait_state(Duration::from_secs(15), "the flap guard", |s| {
+            s.flap_guard_tripped
+        })
         .await?;
     assert_eq!(s3.epoch, s2.epoch, "no second automatic failover");
     // Resume clears the guard and lets the coordinator appoint again.
     let survivor = (0..3).find(|i| *i != second).ok_or("no survivor")?;
     c.client(survivor).await?.resume().await?;
     let s4 = c
-        .wait_state(Duration::from_secs(15), "a primary after resume", |s| live(s) && !s.flap_guard_tripped)
+        .wait_state(Duration::from_secs(15), "a primary after resume", |s| {
+            live(s) && !s.flap_guard_tripped
+        })
         .await?;
     assert_eq!(s4.epoch, s2.epoch + 1);
     c.check_invariants()?;
@@ -356,20 +462,35 @@ async fn witness_votes_but_is_never_primary() -> TestResult {
         ..Default::default()
     })
     .await?;
-    let witness = c.nodes.iter().position(|n| n.spec.witness).ok_or("no witness")?;
+    let witness = c
+        .nodes
+        .iter()
+        .position(|n| n.spec.witness)
+        .ok_or("no witness")?;
     assert_ne!(primary_index(&c, &s1)?, witness);
-    let w = s1.members.iter().find(|m| m.witness).ok_or("witness not listed")?;
+    let w = s1
+        .members
+        .iter()
+        .find(|m| m.witness)
+        .ok_or("witness not listed")?;
     assert_eq!(w.role, Role::Witness as i32);
     assert!(w.voter);
     let first = primary_index(&c, &s1)?;
     c.kill9(first);
     let s2 = c
-        .wait_state(Duration::from_secs(15), "the other member as primary", |s| live(s) && s.epoch == s1.epoch + 1)
+        .wait_state(
+            Duration::from_secs(15),
+            "the other member as primary",
+            |s| live(s) && s.epoch == s1.epoch + 1,
+        )
         .await?;
     let p = primary_index(&c, &s2)?;
     assert_ne!(p, witness);
     assert_ne!(p, first);
-    assert_eq!(read_role(&c.nodes[witness].role_file()).map(|r| r.role), Some("Witness".into()));
+    assert_eq!(
+        read_role(&c.nodes[witness].role_file()).map(|r| r.role),
+        Some("Witness".into())
+    );
     c.check_invariants()?;
     Ok(())
 }
@@ -386,7 +507,11 @@ async fn five_agents_survive_two_failures() -> TestResult {
     c.kill9(first);
     c.kill9(other);
     let s2 = c
-        .wait_state(Duration::from_secs(20), "a primary among the three left", |s| live(s) && s.epoch > s1.epoch)
+        .wait_state(
+            Duration::from_secs(20),
+            "a primary among the three left",
+            |s| live(s) && s.epoch > s1.epoch,
+        )
         .await?;
     let p = primary_index(&c, &s2)?;
     assert!(p != first && p != other);
@@ -405,20 +530,42 @@ async fn mtls_group_works_and_refuses_clients_without_a_group_certificate() -> T
     assert_eq!(s1.epoch, 1);
     let addr = c.nodes[0].grpc();
     // Plaintext is refused.
-    assert!(quorate::agent::AgentClient::connect(&addr, None).await.is_err());
+    assert!(
+        quorate::agent::AgentClient::connect(&addr, None)
+            .await
+            .is_err()
+    );
     // TLS without a client certificate is refused.
     let ca = &c.tls.as_ref().ok_or("no tls")?.ca;
-    let anonymous = quorate::agent::client::TlsClientConfig::from_rustls(quorate::pki::anonymous_client_config(&ca.cert_pem)?);
-    assert!(quorate::agent::AgentClient::connect(&addr, Some(anonymous)).await.is_err());
+    let anonymous = quorate::agent::client::TlsClientConfig::from_rustls(
+        quorate::pki::anonymous_client_config(&ca.cert_pem)?,
+    );
+    assert!(
+        quorate::agent::AgentClient::connect(&addr, Some(anonymous))
+            .await
+            .is_err()
+    );
     // A certificate from another CA is refused.
     let v = quorate::pki::Validity::days_from(jiff::Zoned::now().date(), 30)?;
     let other = quorate::pki::generate_group_ca("another group", &v)?;
     let stranger = quorate::pki::issue_client_certificate(&other, "stranger", &v)?;
-    let stranger = quorate::agent::client::TlsClientConfig::from_pem(&stranger.cert_pem, &stranger.key_pem, &ca.cert_pem)?;
-    assert!(quorate::agent::AgentClient::connect(&addr, Some(stranger)).await.is_err());
+    let stranger = quorate::agent::client::TlsClientConfig::from_pem(
+        &stranger.cert_pem,
+        &stranger.key_pem,
+        &ca.cert_pem,
+    )?;
+    assert!(
+        quorate::agent::AgentClient::connect(&addr, Some(stranger))
+            .await
+            .is_err()
+    );
     // The operator's certificate works, and so does a switchover across mTLS peers.
     let client = c.client(0).await?;
-    let target = c.nodes.iter().find(|n| Some(n.id) != s1.primary.as_ref().map(|p| p.id)).ok_or("no target")?;
+    let target = c
+        .nodes
+        .iter()
+        .find(|n| Some(n.id) != s1.primary.as_ref().map(|p| p.id))
+        .ok_or("no target")?;
     let reply = client.switchover(&target.spec.name).await?;
     assert_eq!(reply.epoch, 2);
     c.check_invariants()?;

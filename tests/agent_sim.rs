@@ -53,21 +53,53 @@ struct Entry {
 
 #[derive(Clone, Debug)]
 enum Msg {
-    Vote { term: u64, last_term: u64, last_index: usize },
-    VoteReply { term: u64, granted: bool },
-    Append { term: u64, log: Vec<Entry>, commit: usize, sent_at: u64 },
-    AppendReply { term: u64, ok: bool, matched: usize, sent_at: u64 },
-    Report { sent_at: u64, report: MemberReport },
-    ReportReply { sent_at: u64, grant: Option<Grant>, demote: bool },
-    Demote { epoch: u64 },
-    DemoteReply { epoch: u64 },
+    Vote {
+        term: u64,
+        last_term: u64,
+        last_index: usize,
+    },
+    VoteReply {
+        term: u64,
+        granted: bool,
+    },
+    Append {
+        term: u64,
+        log: Vec<Entry>,
+        commit: usize,
+        sent_at: u64,
+    },
+    AppendReply {
+        term: u64,
+        ok: bool,
+        matched: usize,
+        sent_at: u64,
+    },
+    Report {
+        sent_at: u64,
+        report: MemberReport,
+    },
+    ReportReply {
+        sent_at: u64,
+        grant: Option<Grant>,
+        demote: bool,
+    },
+    Demote {
+        epoch: u64,
+    },
+    DemoteReply {
+        epoch: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
 enum Event {
     /// Node, incarnation (a restart starts a new tick chain).
     Tick(usize, u64),
-    Deliver { from: usize, to: usize, msg: Msg },
+    Deliver {
+        from: usize,
+        to: usize,
+        msg: Msg,
+    },
     Fault,
     Heal,
     Restart(usize),
@@ -209,7 +241,9 @@ impl Sim {
             sim.schedule(jitter, Event::Tick(i, 0));
             let now = sim.local(i);
             sim.nodes[i].election_deadline = now + sim.rng.range(300, 600);
-            sim.nodes[i].coordinator.on_applied(now, &ReplicatedState::default(), &sim.roster);
+            sim.nodes[i]
+                .coordinator
+                .on_applied(now, &ReplicatedState::default(), &sim.roster);
         }
         let first = sim.rng.range(500_000, 1_000_000);
         sim.schedule(first, Event::Fault);
@@ -251,7 +285,9 @@ impl Sim {
                 break;
             }
             self.now_us = t;
-            let Some(e) = self.events.remove(&seq) else { continue };
+            let Some(e) = self.events.remove(&seq) else {
+                continue;
+            };
             self.handle(e)?;
         }
         self.check_liveness()
@@ -318,8 +354,14 @@ impl Sim {
         let n = self.nodes.len();
         let victim = match self.rng.range(0, 3) {
             // Aim at the primary or the coordinator more often than not: that is where it hurts.
-            0 => self.nodes.iter().position(|x| x.holder.held_epoch().is_some()),
-            1 => self.nodes.iter().position(|x| matches!(x.role, RaftRole::Leader { .. })),
+            0 => self
+                .nodes
+                .iter()
+                .position(|x| x.holder.held_epoch().is_some()),
+            1 => self
+                .nodes
+                .iter()
+                .position(|x| matches!(x.role, RaftRole::Leader { .. })),
             _ => None,
         }
         .unwrap_or_else(|| self.rng.range(0, n as u64) as usize);
@@ -358,7 +400,11 @@ impl Sim {
             }
             _ => {
                 // A planned switchover through whoever leads.
-                if let Some(l) = self.nodes.iter().position(|x| x.up && matches!(x.role, RaftRole::Leader { .. })) {
+                if let Some(l) = self
+                    .nodes
+                    .iter()
+                    .position(|x| x.up && matches!(x.role, RaftRole::Leader { .. }))
+                {
                     let epoch = self.nodes[l].state.epoch;
                     if self.nodes[l].state.primary.is_some() {
                         let now = self.local(l);
@@ -398,7 +444,9 @@ impl Sim {
         n.holder = LeaseHolder::new();
         n.release_reason = None;
         let roster = self.roster.clone();
-        self.nodes[i].coordinator.on_applied(now, &ReplicatedState::default(), &roster);
+        self.nodes[i]
+            .coordinator
+            .on_applied(now, &ReplicatedState::default(), &roster);
         self.schedule(1, Event::Tick(i, incarnation));
     }
 
@@ -431,8 +479,12 @@ impl Sim {
             let caught_up = self.nodes[i].applied > 0
                 && self.nodes[i].log[self.nodes[i].applied - 1].term == self.nodes[i].term;
             let term = self.nodes[i].term;
-            self.nodes[i].coordinator.on_raft_status(now, true, term, caught_up);
-            let actions = self.nodes[i].coordinator.tick(now, self.now_us as i64 / 1000);
+            self.nodes[i]
+                .coordinator
+                .on_raft_status(now, true, term, caught_up);
+            let actions = self.nodes[i]
+                .coordinator
+                .tick(now, self.now_us as i64 / 1000);
             for a in actions {
                 match a {
                     Action::Propose(command) => {
@@ -451,7 +503,11 @@ impl Sim {
                             if j == i {
                                 self.demote_self(i, epoch)?;
                                 let id = self.nodes[i].id;
-                                self.nodes[i].coordinator.on_released(id, epoch, ReleaseReason::Switchover);
+                                self.nodes[i].coordinator.on_released(
+                                    id,
+                                    epoch,
+                                    ReleaseReason::Switchover,
+                                );
                             } else {
                                 self.send(i, j, Msg::Demote { epoch });
                             }
@@ -473,7 +529,15 @@ impl Sim {
             node.coordinator.on_raft_status(now, false, term, false);
             for j in 0..n {
                 if j != i {
-                    self.send(i, j, Msg::Vote { term, last_term, last_index });
+                    self.send(
+                        i,
+                        j,
+                        Msg::Vote {
+                            term,
+                            last_term,
+                            last_index,
+                        },
+                    );
                 }
             }
             if self.majority() == 1 {
@@ -489,7 +553,9 @@ impl Sim {
     }
 
     fn report(&mut self, i: usize, now: u64) -> Result<(), String> {
-        let Some(leader) = self.nodes[i].leader else { return Ok(()) };
+        let Some(leader) = self.nodes[i].leader else {
+            return Ok(());
+        };
         let report = MemberReport {
             workload_healthy: self.nodes[i].healthy,
             load: None,
@@ -505,12 +571,25 @@ impl Sim {
             let d = self.nodes[i].coordinator.on_report(now, id, report);
             self.on_report_reply(i, now, d.grant, d.demote)?;
         } else {
-            self.send(i, leader, Msg::Report { sent_at: now, report });
+            self.send(
+                i,
+                leader,
+                Msg::Report {
+                    sent_at: now,
+                    report,
+                },
+            );
         }
         Ok(())
     }
 
-    fn on_report_reply(&mut self, i: usize, sent_at: u64, grant: Option<Grant>, demote: bool) -> Result<(), String> {
+    fn on_report_reply(
+        &mut self,
+        i: usize,
+        sent_at: u64,
+        grant: Option<Grant>,
+        demote: bool,
+    ) -> Result<(), String> {
         let now = self.local(i);
         if let Some(g) = grant {
             if let Some(t) = self.nodes[i].holder.tick(now) {
@@ -539,7 +618,8 @@ impl Sim {
 
     /// Invariant 1, checked whenever a lease becomes live or is extended.
     fn on_transition(&mut self, i: usize, t: LeaseTransition) -> Result<(), String> {
-        if let LeaseTransition::Promoted { epoch, .. } | LeaseTransition::Renewed { epoch, .. } = t {
+        if let LeaseTransition::Promoted { epoch, .. } | LeaseTransition::Renewed { epoch, .. } = t
+        {
             if matches!(t, LeaseTransition::Promoted { .. }) {
                 self.stats.promotions += 1;
             }
@@ -593,7 +673,10 @@ impl Sim {
         let n = self.nodes.len();
         let node = &mut self.nodes[i];
         let term = node.term;
-        node.log.push(Entry { term, command: None });
+        node.log.push(Entry {
+            term,
+            command: None,
+        });
         let len = node.log.len();
         let mut matched = BTreeMap::new();
         for j in 0..n {
@@ -619,14 +702,17 @@ impl Sim {
         if !matches!(node.role, RaftRole::Follower) {
             node.role = RaftRole::Follower;
             node.leader = None;
-            node.coordinator.on_raft_status(now, false, node.term, false);
+            node.coordinator
+                .on_raft_status(now, false, node.term, false);
         }
     }
 
     fn maybe_commit(&mut self, i: usize) {
         let majority = self.majority();
         let node = &self.nodes[i];
-        let RaftRole::Leader { matched, .. } = &node.role else { return };
+        let RaftRole::Leader { matched, .. } = &node.role else {
+            return;
+        };
         let mut values: Vec<usize> = matched.values().copied().collect();
         values.sort_unstable_by(|a, b| b.cmp(a));
         let candidate = values[majority - 1];
@@ -679,7 +765,10 @@ impl Sim {
         if node.coordinator.is_leader() {
             node.coordinator.on_proposal_done();
         }
-        if let Some(t) = node.holder.observe_committed(state.epoch, state.primary_id() == Some(id), now) {
+        if let Some(t) =
+            node.holder
+                .observe_committed(state.epoch, state.primary_id() == Some(id), now)
+        {
             let _ = t;
         }
     }
@@ -687,16 +776,19 @@ impl Sim {
     fn deliver(&mut self, from: usize, to: usize, msg: Msg) -> Result<(), String> {
         let now = self.local(to);
         match msg {
-            Msg::Vote { term, last_term, last_index } => {
+            Msg::Vote {
+                term,
+                last_term,
+                last_index,
+            } => {
                 if term > self.nodes[to].term {
                     self.step_down(to, term);
                 }
                 let node = &self.nodes[to];
                 let my_last_term = node.log.last().map_or(0, |e| e.term);
                 let up_to_date = (last_term, last_index) >= (my_last_term, node.log.len());
-                let granted = term == node.term
-                    && up_to_date
-                    && node.voted_for.is_none_or(|v| v == from);
+                let granted =
+                    term == node.term && up_to_date && node.voted_for.is_none_or(|v| v == from);
                 if granted {
                     self.nodes[to].voted_for = Some(from);
                     self.nodes[to].election_deadline = now + self.rng.range(300, 600);
@@ -723,13 +815,28 @@ impl Sim {
                     self.become_leader(to, now);
                 }
             }
-            Msg::Append { term, log, commit, sent_at } => {
+            Msg::Append {
+                term,
+                log,
+                commit,
+                sent_at,
+            } => {
                 if term < self.nodes[to].term {
                     let t = self.nodes[to].term;
-                    self.send(to, from, Msg::AppendReply { term: t, ok: false, matched: 0, sent_at });
+                    self.send(
+                        to,
+                        from,
+                        Msg::AppendReply {
+                            term: t,
+                            ok: false,
+                            matched: 0,
+                            sent_at,
+                        },
+                    );
                     return Ok(());
                 }
-                if term > self.nodes[to].term || !matches!(self.nodes[to].role, RaftRole::Follower) {
+                if term > self.nodes[to].term || !matches!(self.nodes[to].role, RaftRole::Follower)
+                {
                     self.step_down(to, term);
                     self.nodes[to].term = term;
                 }
@@ -746,7 +853,9 @@ impl Sim {
                     .position(|(a, b)| a.term != b.term);
                 if let Some(at) = conflict {
                     if at < node.applied {
-                        return Err(format!("leader {from} would overwrite applied entry {at} of {to}"));
+                        return Err(format!(
+                            "leader {from} would overwrite applied entry {at} of {to}"
+                        ));
                     }
                     node.log.truncate(at);
                 }
@@ -758,9 +867,23 @@ impl Sim {
                 node.commit = node.commit.max(commit.min(matched));
                 self.apply(to);
                 let t = self.nodes[to].term;
-                self.send(to, from, Msg::AppendReply { term: t, ok: true, matched, sent_at });
+                self.send(
+                    to,
+                    from,
+                    Msg::AppendReply {
+                        term: t,
+                        ok: true,
+                        matched,
+                        sent_at,
+                    },
+                );
             }
-            Msg::AppendReply { term, ok, matched, sent_at } => {
+            Msg::AppendReply {
+                term,
+                ok,
+                matched,
+                sent_at,
+            } => {
                 if term > self.nodes[to].term {
                     self.step_down(to, term);
                     return Ok(());
@@ -790,10 +913,22 @@ impl Sim {
                 let id = self.nodes[from].id;
                 let d = self.nodes[to].coordinator.on_report(now, id, report);
                 if d.accepted {
-                    self.send(to, from, Msg::ReportReply { sent_at, grant: d.grant, demote: d.demote });
+                    self.send(
+                        to,
+                        from,
+                        Msg::ReportReply {
+                            sent_at,
+                            grant: d.grant,
+                            demote: d.demote,
+                        },
+                    );
                 }
             }
-            Msg::ReportReply { sent_at, grant, demote } => {
+            Msg::ReportReply {
+                sent_at,
+                grant,
+                demote,
+            } => {
                 self.on_report_reply(to, sent_at, grant, demote)?;
             }
             Msg::Demote { epoch } => {
@@ -802,7 +937,9 @@ impl Sim {
             }
             Msg::DemoteReply { epoch } => {
                 let id = self.nodes[from].id;
-                self.nodes[to].coordinator.on_released(id, epoch, ReleaseReason::Switchover);
+                self.nodes[to]
+                    .coordinator
+                    .on_released(id, epoch, ReleaseReason::Switchover);
             }
         }
         Ok(())
@@ -817,7 +954,9 @@ impl Sim {
                 "after healing, {} live primaries (epochs {:?}, leaders {:?})",
                 live.len(),
                 self.nodes.iter().map(|n| n.state.epoch).collect::<Vec<_>>(),
-                (0..self.nodes.len()).filter(|i| self.is_leader(*i)).collect::<Vec<_>>()
+                (0..self.nodes.len())
+                    .filter(|i| self.is_leader(*i))
+                    .collect::<Vec<_>>()
             ));
         }
         Ok(())
@@ -831,7 +970,8 @@ fn panic_or_fail(msg: String) -> ! {
 fn run_seed(seed: u64) -> Result<Stats, String> {
     let n = if seed % 4 == 0 { 5 } else { 3 };
     let mut sim = Sim::new(seed, n);
-    sim.run().map_err(|e| format!("seed {seed} ({n} nodes): {e}"))?;
+    sim.run()
+        .map_err(|e| format!("seed {seed} ({n} nodes): {e}"))?;
     Ok(sim.stats)
 }
 
@@ -849,11 +989,19 @@ fn simulated_groups_keep_the_invariants_over_1000_seeds() {
             Ok(Err(e)) => failures.push(e),
             Err(p) => failures.push(format!(
                 "seed {seed}: {}",
-                p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+                p.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default()
             )),
         }
     }
-    assert!(failures.is_empty(), "{} of 1000 seeds failed, first ones: {:#?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} of 1000 seeds failed, first ones: {:#?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     // Not vacuous: the faults did move the primary around.
     assert!(appointments > 3000, "only {appointments} appointments");
     assert!(promotions > 3000, "only {promotions} promotions");
@@ -875,5 +1023,8 @@ fn the_checker_catches_a_coordinator_without_a_drift_margin() {
             broken += 1;
         }
     }
-    assert!(broken > 0, "the invariant checker never fired with out-of-bound drift");
+    assert!(
+        broken > 0,
+        "the invariant checker never fired with out-of-bound drift"
+    );
 }

@@ -117,10 +117,16 @@ impl AgentClient {
         let mut c = self.grpc();
         let me = self.clone();
         async_stream_from(async move {
-            match c.watch(proto::WatchRequest { heartbeat_millis: 0 }).await {
+            match c
+                .watch(proto::WatchRequest {
+                    heartbeat_millis: 0,
+                })
+                .await
+            {
                 Ok(r) => {
                     let me2 = me.clone();
-                    Ok(r.into_inner().map(move |item| item.map_err(|s| me2.error(s))))
+                    Ok(r.into_inner()
+                        .map(move |item| item.map_err(|s| me2.error(s))))
                 }
                 Err(s) => Err(me.error(s)),
             }
@@ -198,7 +204,9 @@ impl AgentClient {
 }
 
 /// Turns a future that yields a stream (or an error) into one stream.
-fn async_stream_from<S, F>(fut: F) -> impl Stream<Item = Result<GroupState, ClientError>> + Send + 'static
+fn async_stream_from<S, F>(
+    fut: F,
+) -> impl Stream<Item = Result<GroupState, ClientError>> + Send + 'static
 where
     S: Stream<Item = Result<GroupState, ClientError>> + Send + 'static,
     F: std::future::Future<Output = Result<S, ClientError>> + Send + 'static,

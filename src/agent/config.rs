@@ -61,7 +61,12 @@ pub struct AgentArgs {
     #[arg(long, env = "QUORATE_HEALTH_EXEC", group = "health_check")]
     pub health_exec: Option<String>,
     /// Address of the workload for tcp/http checks (tests run several workloads on one machine).
-    #[arg(long, env = "QUORATE_HEALTH_HOST", default_value = "127.0.0.1", hide = true)]
+    #[arg(
+        long,
+        env = "QUORATE_HEALTH_HOST",
+        default_value = "127.0.0.1",
+        hide = true
+    )]
     pub health_host: std::net::IpAddr,
     #[arg(long, env = "QUORATE_HEALTH_PERIOD_MILLIS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(50..=600_000))]
@@ -184,10 +189,13 @@ impl AgentArgs {
             ),
             _ => (None, None),
         };
-        let callback = match &self.role_callback {
-            Some(s) => Some(s.parse().map_err(|e: hyper::http::uri::InvalidUri| ConfigError::Callback(e.to_string()))?),
-            None => None,
-        };
+        let callback =
+            match &self.role_callback {
+                Some(s) => Some(s.parse().map_err(|e: hyper::http::uri::InvalidUri| {
+                    ConfigError::Callback(e.to_string())
+                })?),
+                None => None,
+            };
         Ok(AgentSettings {
             health: self.health_config(),
             publisher: PublisherConfig {
@@ -220,7 +228,15 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<AgentArgs, String> {
-        let mut full = vec!["quorate-agent", "--data-dir", "/tmp/x", "--member", "cache-1", "--advertise", "cache-1.peers:7470"];
+        let mut full = vec![
+            "quorate-agent",
+            "--data-dir",
+            "/tmp/x",
+            "--member",
+            "cache-1",
+            "--advertise",
+            "cache-1.peers:7470",
+        ];
         full.extend_from_slice(args);
         AgentArgs::try_parse_from(full).map_err(|e| e.to_string())
     }
@@ -242,29 +258,58 @@ mod tests {
     #[test]
     fn bad_flags_name_the_flag_and_what_is_allowed() {
         let e = parse(&["--lease-millis", "50"]).err().unwrap_or_default();
-        assert!(e.contains("--lease-millis") && e.contains("200..=60000"), "{e}");
+        assert!(
+            e.contains("--lease-millis") && e.contains("200..=60000"),
+            "{e}"
+        );
         let e = parse(&["--mode", "Solo"]).err().unwrap_or_default();
-        assert!(e.contains("--mode") && e.contains("PrimaryBackup, ActiveActive"), "{e}");
+        assert!(
+            e.contains("--mode") && e.contains("PrimaryBackup, ActiveActive"),
+            "{e}"
+        );
         let e = parse(&["--priority", "101"]).err().unwrap_or_default();
         assert!(e.contains("--priority"), "{e}");
-        let e = parse(&["--health-tcp", "1", "--health-exec", "true"]).err().unwrap_or_default();
-        assert!(e.contains("--health-tcp") || e.contains("--health-exec"), "{e}");
+        let e = parse(&["--health-tcp", "1", "--health-exec", "true"])
+            .err()
+            .unwrap_or_default();
+        assert!(
+            e.contains("--health-tcp") || e.contains("--health-exec"),
+            "{e}"
+        );
         let e = parse(&["--tls-cert", "/a"]).err().unwrap_or_default();
         assert!(e.contains("--tls-key") || e.contains("--tls-ca"), "{e}");
-        let e = parse(&["--role-callback", "ftp://x"]).err().unwrap_or_default();
-        assert!(e.contains("--role-callback") && e.contains("http://"), "{e}");
+        let e = parse(&["--role-callback", "ftp://x"])
+            .err()
+            .unwrap_or_default();
+        assert!(
+            e.contains("--role-callback") && e.contains("http://"),
+            "{e}"
+        );
         let e = parse(&["--listen", "nowhere"]).err().unwrap_or_default();
         assert!(e.contains("--listen") && e.contains("IP:PORT"), "{e}");
-        let e = AgentArgs::try_parse_from(["quorate-agent", "--data-dir", "/x", "--member", "Cache_1", "--advertise", "a:1"])
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let e = AgentArgs::try_parse_from([
+            "quorate-agent",
+            "--data-dir",
+            "/x",
+            "--member",
+            "Cache_1",
+            "--advertise",
+            "a:1",
+        ])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
         assert!(e.contains("--member"), "{e}");
     }
 
     #[test]
     fn health_flags() -> Result<(), String> {
-        let a = parse(&["--health-http", "8080/healthz", "--health-failure-threshold", "2"])?;
+        let a = parse(&[
+            "--health-http",
+            "8080/healthz",
+            "--health-failure-threshold",
+            "2",
+        ])?;
         let h = a.health_config().ok_or("no health config")?;
         assert_eq!(
             h.probe,

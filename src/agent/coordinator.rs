@@ -61,7 +61,10 @@ pub struct ReportDecision {
 pub enum Action {
     Propose(GroupCommand),
     /// Ask the primary to release the lease of `epoch` (switchover).
-    RequestDemotion { member: NodeId, epoch: u64 },
+    RequestDemotion {
+        member: NodeId,
+        epoch: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,9 +144,7 @@ pub const POSITION_TOLERANCE: u64 = 16;
 pub fn choose_candidate(candidates: &[CandidateInfo], exclude: Option<NodeId>) -> Option<NodeId> {
     let eligible: Vec<&CandidateInfo> = candidates
         .iter()
-        .filter(|c| {
-            c.healthy && c.voter && !c.witness && !c.leaving && Some(c.id) != exclude
-        })
+        .filter(|c| c.healthy && c.voter && !c.witness && !c.leaving && Some(c.id) != exclude)
         .collect();
     let any_positive = eligible.iter().any(|c| c.priority > 0);
     let pool: Vec<&CandidateInfo> = eligible
@@ -264,7 +265,9 @@ impl Coordinator {
     fn lease_millis(&self) -> u64 {
         self.state
             .config
-            .map_or(self.settings.initial_config.lease_millis, |c| c.lease_millis)
+            .map_or(self.settings.initial_config.lease_millis, |c| {
+                c.lease_millis
+            })
     }
 
     /// Raft says who leads. `caught_up`: the applied log includes an entry of `term`.
@@ -451,7 +454,9 @@ impl Coordinator {
         if let Some(since) = l.proposal_since {
             // A proposal normally finishes within milliseconds; after two leases assume the
             // runtime lost it.
-            let lease = state.config.map_or(initial_config.lease_millis, |c| c.lease_millis);
+            let lease = state
+                .config
+                .map_or(initial_config.lease_millis, |c| c.lease_millis);
             if now.saturating_sub(since) < 2 * lease {
                 return Vec::new();
             }
@@ -542,9 +547,9 @@ impl Coordinator {
             .and_then(|s| s.target)
             .filter(|t| *t != primary.id)
             .filter(|t| {
-                candidates.iter().any(|c| {
-                    c.id == *t && c.healthy && c.voter && !c.witness && !c.leaving
-                })
+                candidates
+                    .iter()
+                    .any(|c| c.id == *t && c.healthy && c.voter && !c.witness && !c.leaving)
             });
         let member = requested
             .or_else(|| choose_candidate(&candidates, Some(primary.id)))
@@ -597,9 +602,7 @@ impl Coordinator {
             return (LeaseStatus::Released, 0);
         }
         match l.lease.granted_until {
-            Some(until) if now < until && !l.lease.revoked => {
-                (LeaseStatus::Live, until - now)
-            }
+            Some(until) if now < until && !l.lease.revoked => (LeaseStatus::Live, until - now),
             _ => (LeaseStatus::Expired, 0),
         }
     }
@@ -608,7 +611,10 @@ impl Coordinator {
     pub fn view(&self, now: u64) -> CoordinatorView {
         let (lease, lease_remaining_millis) = self.lease_status(now);
         let stale = report_stale_after_millis(self.lease_millis());
-        let mode = self.state.config.map_or(self.settings.initial_config.mode, |c| c.mode);
+        let mode = self
+            .state
+            .config
+            .map_or(self.settings.initial_config.mode, |c| c.mode);
         let primary = self.state.primary_id();
         let members = self
             .roster
@@ -725,7 +731,12 @@ mod tests {
         (c, state, roster)
     }
 
-    fn apply(c: &mut Coordinator, state: &mut ReplicatedState, roster: &Roster, actions: &[Action]) {
+    fn apply(
+        c: &mut Coordinator,
+        state: &mut ReplicatedState,
+        roster: &Roster,
+        actions: &[Action],
+    ) {
         for a in actions {
             if let Action::Propose(cmd) = a {
                 state.apply(cmd);
@@ -737,7 +748,9 @@ mod tests {
 
     fn appointed(actions: &[Action]) -> Option<(NodeId, u64)> {
         actions.iter().find_map(|a| match a {
-            Action::Propose(GroupCommand::Appoint { member, epoch, .. }) => Some((member.id, *epoch)),
+            Action::Propose(GroupCommand::Appoint { member, epoch, .. }) => {
+                Some((member.id, *epoch))
+            }
             _ => None,
         })
     }
@@ -821,7 +834,10 @@ mod tests {
             let actions = c.tick(now, now as i64);
             if let Some((member, epoch)) = appointed(&actions) {
                 assert!(now >= last + LEASE + MARGIN, "appointed at {now}");
-                assert_eq!(member, 3, "a member other than the coordinator is preferred");
+                assert_eq!(
+                    member, 3,
+                    "a member other than the coordinator is preferred"
+                );
                 assert_eq!(epoch, 2);
                 break;
             }
@@ -890,7 +906,13 @@ mod tests {
         assert_eq!(appointed(&actions), Some((3, 2)));
         assert!(matches!(
             &actions[0],
-            Action::Propose(GroupCommand::Appoint { failover: Some(FailoverFacts { reason: FailoverReason::Released, .. }), .. })
+            Action::Propose(GroupCommand::Appoint {
+                failover: Some(FailoverFacts {
+                    reason: FailoverReason::Released,
+                    ..
+                }),
+                ..
+            })
         ));
     }
 
@@ -916,7 +938,10 @@ mod tests {
         assert_eq!(d.grant, None);
         assert_eq!(
             c.tick(31, 31),
-            vec![Action::RequestDemotion { member: 2, epoch: 1 }]
+            vec![Action::RequestDemotion {
+                member: 2,
+                epoch: 1
+            }]
         );
         assert_eq!(c.tick(32, 32), vec![], "demotion requests are rate limited");
         c.on_released(2, 1, ReleaseReason::Switchover);
@@ -1013,9 +1038,15 @@ mod tests {
         ];
         assert_eq!(choose_candidate(&all, None), Some(6));
         // Priority 0 only if nobody else.
-        let all = vec![c(5, "a-0", &|x| x.priority = 0), c(6, "a-1", &|x| x.position = 90)];
+        let all = vec![
+            c(5, "a-0", &|x| x.priority = 0),
+            c(6, "a-1", &|x| x.position = 90),
+        ];
         assert_eq!(choose_candidate(&all, None), Some(6));
-        let all = vec![c(5, "a-0", &|x| x.priority = 0), c(6, "a-1", &|x| x.healthy = false)];
+        let all = vec![
+            c(5, "a-0", &|x| x.priority = 0),
+            c(6, "a-1", &|x| x.healthy = false),
+        ];
         assert_eq!(choose_candidate(&all, None), Some(5));
         // Witnesses, learners, leaving and unhealthy members never.
         let all = vec![
@@ -1026,7 +1057,10 @@ mod tests {
         ];
         assert_eq!(choose_candidate(&all, None), None);
         // The coordinator only if it is the only one.
-        let all = vec![c(5, "a-0", &|x| x.is_coordinator = true), c(6, "a-1", &|_| {})];
+        let all = vec![
+            c(5, "a-0", &|x| x.is_coordinator = true),
+            c(6, "a-1", &|_| {}),
+        ];
         assert_eq!(choose_candidate(&all, None), Some(6));
         assert_eq!(choose_candidate(&all, Some(6)), Some(5));
     }
@@ -1045,7 +1079,8 @@ mod tests {
     fn arb_ev() -> impl Strategy<Value = Ev> {
         prop_oneof![
             (1u64..300).prop_map(Ev::Advance),
-            (1u64..4, any::<bool>(), any::<bool>()).prop_map(|(id, ok, rel)| Ev::Report(id, ok, rel)),
+            (1u64..4, any::<bool>(), any::<bool>())
+                .prop_map(|(id, ok, rel)| Ev::Report(id, ok, rel)),
             Just(Ev::Ack),
             Just(Ev::Tick),
             prop::bool::weighted(0.9).prop_map(Ev::Lead),

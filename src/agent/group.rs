@@ -358,11 +358,7 @@ impl Roster {
 
     /// Resolves a member by name or decimal id.
     pub fn find(&self, name_or_id: &str) -> Option<NodeId> {
-        if let Some((id, _)) = self
-            .members
-            .iter()
-            .find(|(_, m)| m.node.name == name_or_id)
-        {
+        if let Some((id, _)) = self.members.iter().find(|(_, m)| m.node.name == name_or_id) {
             return Some(*id);
         }
         let id: NodeId = name_or_id.parse().ok()?;
@@ -473,13 +469,24 @@ mod tests {
         assert!(!s.flap_guard_blocks(0));
         s.apply(&appoint(2, 2, Some(FailoverReason::LeaseExpired), 1_000));
         s.apply(&appoint(3, 1, Some(FailoverReason::Released), 2_000));
-        assert!(!s.flap_guard_blocks(2_000), "graceful release is not counted");
-        s.apply(&appoint(4, 2, Some(FailoverReason::WorkloadUnhealthy), 3_000));
+        assert!(
+            !s.flap_guard_blocks(2_000),
+            "graceful release is not counted"
+        );
+        s.apply(&appoint(
+            4,
+            2,
+            Some(FailoverReason::WorkloadUnhealthy),
+            3_000,
+        ));
         assert!(s.flap_guard_blocks(3_000));
         // An hour after the first automatic failover only one remains in the window.
         assert!(!s.flap_guard_blocks(1_000 + FLAP_WINDOW_MILLIS));
         s.apply(&GroupCommand::TripFlapGuard);
-        assert!(s.flap_guard_blocks(10 * FLAP_WINDOW_MILLIS), "tripped stays tripped");
+        assert!(
+            s.flap_guard_blocks(10 * FLAP_WINDOW_MILLIS),
+            "tripped stays tripped"
+        );
         s.apply(&GroupCommand::SetPaused { paused: false });
         assert!(!s.flap_guard_blocks(3_000), "resume resets the guard");
     }

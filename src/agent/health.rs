@@ -94,7 +94,9 @@ pub fn update(status: &HealthStatus, result: &ProbeResult, failure_threshold: u3
     if result.ok {
         HealthStatus {
             healthy: true,
-            load: result.load.or(if status.checked { status.load } else { None }),
+            load: result
+                .load
+                .or(if status.checked { status.load } else { None }),
             latency_ms,
             consecutive_failures: 0,
             checked: true,
@@ -255,7 +257,11 @@ mod tests {
         assert!(!s.healthy);
         let s = update(&s, &result(true, 10, None), 3);
         assert!(s.healthy);
-        assert_eq!(s.load, Some(0.5), "load is kept when a response carries none");
+        assert_eq!(
+            s.load,
+            Some(0.5),
+            "load is kept when a response carries none"
+        );
     }
 
     #[test]

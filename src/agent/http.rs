@@ -27,7 +27,10 @@ pub(crate) fn spawn_http(inner: Arc<Inner>, listener: tokio::net::TcpListener) {
         let shutdown = async move {
             let _ = stopping.wait_for(|s| *s).await;
         };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
             tracing::error!(error = %e, "HTTP server stopped");
         }
     });

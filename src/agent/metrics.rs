@@ -61,20 +61,42 @@ impl Metrics {
         let demotions = Family::<CauseLabels, Counter>::default();
         let rpc_requests = Family::<MethodLabels, Counter>::default();
         let rpc_seconds =
-            Family::<MethodLabels, Histogram, fn() -> Histogram>::new_with_constructor(rpc_histogram);
-        registry.register("role", "Role this member publishes (1 = current)", role.clone());
+            Family::<MethodLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                rpc_histogram,
+            );
+        registry.register(
+            "role",
+            "Role this member publishes (1 = current)",
+            role.clone(),
+        );
         registry.register("epoch", "Current fencing epoch", epoch.clone());
         registry.register("raft_term", "Current Raft term", term.clone());
-        registry.register("coordinator", "1 while this node is the Raft leader", is_coordinator.clone());
+        registry.register(
+            "coordinator",
+            "1 while this node is the Raft leader",
+            is_coordinator.clone(),
+        );
         registry.register(
             "lease_remaining_millis",
             "Milliseconds left on the primary lease this member holds",
             lease_remaining_millis.clone(),
         );
-        registry.register("failovers", "Primary appointments made by this coordinator", failovers.clone());
-        registry.register("demotions", "Times this member stopped acting as primary", demotions.clone());
+        registry.register(
+            "failovers",
+            "Primary appointments made by this coordinator",
+            failovers.clone(),
+        );
+        registry.register(
+            "demotions",
+            "Times this member stopped acting as primary",
+            demotions.clone(),
+        );
         registry.register("rpc_requests", "gRPC requests served", rpc_requests.clone());
-        registry.register("rpc_duration_seconds", "gRPC request latency", rpc_seconds.clone());
+        registry.register(
+            "rpc_duration_seconds",
+            "gRPC request latency",
+            rpc_seconds.clone(),
+        );
         Self {
             registry,
             role,
@@ -145,8 +167,14 @@ mod tests {
         m.epoch.set(3);
         drop(m.rpc("Status"));
         let text = m.encode();
-        assert!(text.contains("quorate_agent_role{role=\"Primary\"} 1"), "{text}");
+        assert!(
+            text.contains("quorate_agent_role{role=\"Primary\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("quorate_agent_epoch 3"), "{text}");
-        assert!(text.contains("quorate_agent_rpc_requests_total{method=\"Status\"} 1"), "{text}");
+        assert!(
+            text.contains("quorate_agent_rpc_requests_total{method=\"Status\"} 1"),
+            "{text}"
+        );
     }
 }

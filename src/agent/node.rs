@@ -159,7 +159,9 @@ impl Inner {
     pub(crate) fn on_transition(&self, t: LeaseTransition) {
         let now = monotonic_millis();
         let (event, epoch, until, cause) = match t {
-            LeaseTransition::Promoted { epoch, lease_until } => ("promote", epoch, lease_until, None),
+            LeaseTransition::Promoted { epoch, lease_until } => {
+                ("promote", epoch, lease_until, None)
+            }
             LeaseTransition::Renewed { epoch, lease_until } => ("renew", epoch, lease_until, None),
             LeaseTransition::Demoted {
                 epoch,
@@ -337,7 +339,8 @@ impl Inner {
     pub async fn release(self: &Arc<Self>, reason: ReleaseReason) -> Option<u64> {
         let now = monotonic_millis();
         let applied = self.applied();
-        let committed_mine = (applied.state.primary_id() == Some(self.id)).then_some(applied.state.epoch);
+        let committed_mine =
+            (applied.state.primary_id() == Some(self.id)).then_some(applied.state.epoch);
         let (epoch, transition) = {
             let mut m = self.member();
             let epoch = m.holder.held_epoch().max(committed_mine)?;
@@ -348,7 +351,11 @@ impl Inner {
         if let Some(t) = transition {
             self.on_transition(t);
         }
-        if let Err(e) = self.publisher.publish(MemberRole::Backup, applied.state.epoch).await {
+        if let Err(e) = self
+            .publisher
+            .publish(MemberRole::Backup, applied.state.epoch)
+            .await
+        {
             tracing::warn!(error = %e, "publishing the demotion failed");
         }
         tracing::info!(epoch, ?reason, "released the primary lease");
@@ -377,8 +384,13 @@ impl Inner {
                         match result {
                             Ok((index, outcome)) => {
                                 tracing::debug!(index, ?outcome, "proposal applied");
-                                if let (Some(r), super::group::CommandOutcome::Applied) = (reason, outcome) {
-                                    me.metrics.failovers.get_or_create(&CauseLabels { cause: r }).inc();
+                                if let (Some(r), super::group::CommandOutcome::Applied) =
+                                    (reason, outcome)
+                                {
+                                    me.metrics
+                                        .failovers
+                                        .get_or_create(&CauseLabels { cause: r })
+                                        .inc();
                                 }
                             }
                             Err(e) => tracing::info!(error = %e, "proposal failed"),
@@ -405,12 +417,19 @@ impl Inner {
     async fn request_demotion(self: &Arc<Self>, member: NodeId, epoch: u64) {
         if member == self.id {
             if self.release(ReleaseReason::Switchover).await.is_some() {
-                self.coordinator().on_released(member, epoch, ReleaseReason::Switchover);
+                self.coordinator()
+                    .on_released(member, epoch, ReleaseReason::Switchover);
                 self.kick_coordinator.notify_one();
             }
             return;
         }
-        let Some(node) = self.applied().roster.members.get(&member).map(|m| m.node.clone()) else {
+        let Some(node) = self
+            .applied()
+            .roster
+            .members
+            .get(&member)
+            .map(|m| m.node.clone())
+        else {
             return;
         };
         let Ok(channel) = self.peers.channel(member, &node.address) else {
@@ -424,7 +443,8 @@ impl Inner {
         };
         match tokio::time::timeout(timeout, client.demote(request)).await {
             Ok(Ok(reply)) if reply.get_ref().released => {
-                self.coordinator().on_released(member, epoch, ReleaseReason::Switchover);
+                self.coordinator()
+                    .on_released(member, epoch, ReleaseReason::Switchover);
                 self.kick_coordinator.notify_one();
             }
             Ok(Ok(_)) => {}
@@ -497,11 +517,16 @@ impl Agent {
             elections_allowed: AtomicBool::new(true),
         });
         let applied = inner.applied();
-        inner.coordinator().on_applied(monotonic_millis(), &applied.state, &applied.roster);
+        inner
+            .coordinator()
+            .on_applied(monotonic_millis(), &applied.state, &applied.roster);
         inner.refresh_role();
         if let Err(e) = inner
             .publisher
-            .publish(inner.current_role(monotonic_millis()).0, applied.state.epoch)
+            .publish(
+                inner.current_role(monotonic_millis()).0,
+                applied.state.epoch,
+            )
             .await
         {
             tracing::warn!(error = %e, "writing the initial role file failed");
@@ -539,15 +564,20 @@ impl Agent {
         if let Some(epoch) = released {
             // Wait (briefly) for the hand-off to be committed so that a coordinator on this node
             // grants the new primary its first lease before it goes away.
-            let deadline = tokio::time::Instant::now() + Duration::from_millis(inner.lease_millis() * 2);
+            let deadline =
+                tokio::time::Instant::now() + Duration::from_millis(inner.lease_millis() * 2);
             let mut applied = inner.raft.applied();
             while applied.borrow().state.epoch <= epoch {
-                if tokio::time::timeout_at(deadline, applied.changed()).await.is_err() {
+                if tokio::time::timeout_at(deadline, applied.changed())
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
             if inner.raft.status().is_leader {
-                let until = tokio::time::Instant::now() + Duration::from_millis(inner.lease_millis());
+                let until =
+                    tokio::time::Instant::now() + Duration::from_millis(inner.lease_millis());
                 while tokio::time::Instant::now() < until {
                     let (status, _) = inner.coordinator().lease_status(monotonic_millis());
                     if status == super::coordinator::LeaseStatus::Live {
@@ -575,7 +605,12 @@ fn spawn_loops(inner: &Arc<Inner>) {
                 let now = monotonic_millis();
                 {
                     let mut c = me.coordinator();
-                    c.on_raft_status(now, status.is_leader, status.term, status.leader_caught_up());
+                    c.on_raft_status(
+                        now,
+                        status.is_leader,
+                        status.term,
+                        status.leader_caught_up(),
+                    );
                     if status.is_leader {
                         c.on_replication(status.replication.clone());
                     }
@@ -605,10 +640,14 @@ fn spawn_loops(inner: &Arc<Inner>) {
             let mut applied = me.raft.applied();
             loop {
                 let a = applied.borrow_and_update().clone();
-                me.coordinator().on_applied(monotonic_millis(), &a.state, &a.roster);
+                me.coordinator()
+                    .on_applied(monotonic_millis(), &a.state, &a.roster);
                 let now = monotonic_millis();
                 let primary_is_me = a.state.primary_id() == Some(me.id);
-                let transition = me.member().holder.observe_committed(a.state.epoch, primary_is_me, now);
+                let transition =
+                    me.member()
+                        .holder
+                        .observe_committed(a.state.epoch, primary_is_me, now);
                 if let Some(t) = transition {
                     me.on_transition(t);
                 }
@@ -651,7 +690,9 @@ fn spawn_loops(inner: &Arc<Inner>) {
         tokio::spawn(async move {
             let mut stopping = me.stopping.subscribe();
             loop {
-                let interval = Duration::from_millis(timing::quorum_confirm_interval_millis(me.lease_millis()));
+                let interval = Duration::from_millis(timing::quorum_confirm_interval_millis(
+                    me.lease_millis(),
+                ));
                 tokio::select! {
                     _ = tokio::time::sleep(interval) => {}
                     _ = me.kick_quorum.notified() => {}
@@ -675,9 +716,14 @@ fn spawn_loops(inner: &Arc<Inner>) {
         tokio::spawn(async move {
             let mut stopping = me.stopping.subscribe();
             loop {
-                let interval = Duration::from_millis(timing::report_interval_millis(me.lease_millis()));
+                let interval =
+                    Duration::from_millis(timing::report_interval_millis(me.lease_millis()));
                 let now = monotonic_millis();
-                let expiry = me.member().holder.lease_until().map(|u| Duration::from_millis(u.saturating_sub(now)));
+                let expiry = me
+                    .member()
+                    .holder
+                    .lease_until()
+                    .map(|u| Duration::from_millis(u.saturating_sub(now)));
                 let expiry_sleep = async {
                     match expiry {
                         Some(d) => tokio::time::sleep(d).await,

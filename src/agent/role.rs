@@ -244,7 +244,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn file_is_written_and_a_silent_callback_does_not_block_beyond_the_timeout() -> Result<(), Box<dyn std::error::Error>> {
+    async fn file_is_written_and_a_silent_callback_does_not_block_beyond_the_timeout()
+    -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         // A server that accepts connections and never answers.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -265,7 +266,11 @@ mod tests {
         });
         let start = std::time::Instant::now();
         publisher.publish(MemberRole::Backup, 4).await?;
-        assert!(start.elapsed() < Duration::from_millis(1500), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            start.elapsed()
+        );
         let record = parse_role_record(&std::fs::read(&path)?)?;
         assert_eq!(record.role, "Backup");
         assert_eq!(record.epoch, 4);

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::clock::{monotonic_millis, unix_millis};
 use super::coordinator::{LeaseStatus, MemberReport, MemberRole, ReleaseReason};
-use super::group::{FailoverReason, GroupCommand, MemberNode, Mode, NodeId, ordinal_of};
+use super::group::{FailoverReason, GroupCommand, MemberNode, Mode, NodeId};
 use super::node::Inner;
 use super::proto::{self, agent_server::AgentServer, peer_server::PeerServer};
 use super::raft::RaftNodeError;
@@ -44,7 +44,10 @@ pub(crate) fn spawn_grpc(
         Some(tls) => {
             let incoming = transport::tls_incoming(listener, &tls);
             tokio::spawn(async move {
-                if let Err(e) = router.serve_with_incoming_shutdown(incoming, shutdown).await {
+                if let Err(e) = router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+                {
                     tracing::error!(error = %e, "gRPC server stopped");
                 }
             });
@@ -52,7 +55,10 @@ pub(crate) fn spawn_grpc(
         None => {
             let incoming = transport::plain_incoming(listener);
             tokio::spawn(async move {
-                if let Err(e) = router.serve_with_incoming_shutdown(incoming, shutdown).await {
+                if let Err(e) = router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+                {
                     tracing::error!(error = %e, "gRPC server stopped");
                 }
             });
@@ -195,13 +201,17 @@ pub(crate) async fn group_state(inner: &Inner) -> proto::GroupState {
         }),
         from_coordinator,
         epoch: state.epoch,
-        primary: state.primary.as_ref().and_then(|p| member_ref(p.id)).or_else(|| {
-            state.primary.as_ref().map(|p| proto::MemberRef {
-                id: p.id,
-                name: p.name.clone(),
-                address: String::new(),
-            })
-        }),
+        primary: state
+            .primary
+            .as_ref()
+            .and_then(|p| member_ref(p.id))
+            .or_else(|| {
+                state.primary.as_ref().map(|p| proto::MemberRef {
+                    id: p.id,
+                    name: p.name.clone(),
+                    address: String::new(),
+                })
+            }),
         primary_lease: lease as i32,
         primary_lease_remaining_millis: remaining,
         leader: status.leader.and_then(member_ref),
@@ -283,11 +293,12 @@ impl AgentApi {
                 node.name, node.address
             )));
         }
-        let channel = self
-            .inner
-            .peers
-            .channel(id, &node.address)
-            .map_err(|e| Status::unavailable(format!("coordinator {} at {}: {e}", node.name, node.address)))?;
+        let channel = self.inner.peers.channel(id, &node.address).map_err(|e| {
+            Status::unavailable(format!(
+                "coordinator {} at {}: {e}",
+                node.name, node.address
+            ))
+        })?;
         Ok(proto::agent_client::AgentClient::new(channel))
     }
 
@@ -300,7 +311,12 @@ impl AgentApi {
     }
 
     async fn propose(&self, command: GroupCommand) -> Result<u64, Status> {
-        let (index, outcome) = self.inner.raft.propose(command).await.map_err(raft_status)?;
+        let (index, outcome) = self
+            .inner
+            .raft
+            .propose(command)
+            .await
+            .map_err(raft_status)?;
         self.inner.kick_coordinator.notify_one();
         match outcome {
             super::group::CommandOutcome::Applied => Ok(index),
@@ -325,15 +341,24 @@ impl AgentApi {
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(Status::unavailable("agent is stopping")),
-                Err(_) => return Err(Status::deadline_exceeded(format!("not done within {timeout:?}"))),
+                Err(_) => {
+                    return Err(Status::deadline_exceeded(format!(
+                        "not done within {timeout:?}"
+                    )));
+                }
             }
         }
     }
 
-    async fn bootstrap_here(&self, req: proto::BootstrapRequest) -> Result<proto::BootstrapReply, Status> {
+    async fn bootstrap_here(
+        &self,
+        req: proto::BootstrapRequest,
+    ) -> Result<proto::BootstrapReply, Status> {
         let inner = &self.inner;
         if inner.raft.is_initialized().await.map_err(raft_status)? {
-            return Err(Status::failed_precondition("this node is already initialized"));
+            return Err(Status::failed_precondition(
+                "this node is already initialized",
+            ));
         }
         if req.members.is_empty() {
             return Err(Status::invalid_argument("members must not be empty"));
@@ -343,7 +368,10 @@ impl AgentApi {
         for m in &req.members {
             validate_member(m)?;
             if !names.insert(m.name.clone()) {
-                return Err(Status::invalid_argument(format!("member name {} appears twice", m.name)));
+                return Err(Status::invalid_argument(format!(
+                    "member name {} appears twice",
+                    m.name
+                )));
             }
             if members
                 .insert(
@@ -356,7 +384,10 @@ impl AgentApi {
                 )
                 .is_some()
             {
-                return Err(Status::invalid_argument(format!("member id {} appears twice", m.id)));
+                return Err(Status::invalid_argument(format!(
+                    "member id {} appears twice",
+                    m.id
+                )));
             }
         }
         let Some(me) = members.get(&inner.id) else {
@@ -366,30 +397,43 @@ impl AgentApi {
             )));
         };
         if me.witness != inner.settings.witness {
-            return Err(Status::invalid_argument("this node's witness flag differs from its member entry"));
+            return Err(Status::invalid_argument(
+                "this node's witness flag differs from its member entry",
+            ));
         }
         if inner.settings.mode == Mode::PrimaryBackup && members.values().all(|m| m.witness) {
-            return Err(Status::invalid_argument("a PrimaryBackup group needs a member that is not a witness"));
+            return Err(Status::invalid_argument(
+                "a PrimaryBackup group needs a member that is not a witness",
+            ));
         }
         // Every other member must be reachable, be who it claims, and be pristine.
         for (id, node) in &members {
             if *id == inner.id {
                 continue;
             }
-            let channel = inner
-                .peers
-                .channel(*id, &node.address)
-                .map_err(|e| Status::unavailable(format!("{} at {}: {e}", node.name, node.address)))?;
+            let channel = inner.peers.channel(*id, &node.address).map_err(|e| {
+                Status::unavailable(format!("{} at {}: {e}", node.name, node.address))
+            })?;
             let mut client = proto::agent_client::AgentClient::new(channel);
             let mut request = Request::new(proto::StatusRequest {});
             request.set_timeout(Duration::from_secs(5));
             let answer = client
                 .status(request)
                 .await
-                .map_err(|e| Status::unavailable(format!("{} at {}: {}", node.name, node.address, e.message())))?
+                .map_err(|e| {
+                    Status::unavailable(format!(
+                        "{} at {}: {}",
+                        node.name,
+                        node.address,
+                        e.message()
+                    ))
+                })?
                 .into_inner();
             let Some(info) = answer.answered_by else {
-                return Err(Status::unavailable(format!("{} did not identify itself", node.name)));
+                return Err(Status::unavailable(format!(
+                    "{} did not identify itself",
+                    node.name
+                )));
             };
             if info.id != *id {
                 return Err(Status::failed_precondition(format!(
@@ -439,7 +483,9 @@ impl AgentApi {
             )));
         }
         if let Some(existing) = status.members.get(&m.id)
-            && (existing.name != m.name || existing.address != m.address || existing.witness != m.witness)
+            && (existing.name != m.name
+                || existing.address != m.address
+                || existing.witness != m.witness)
         {
             return Err(Status::failed_precondition(format!(
                 "member {} exists as {existing}; remove it first to change it",
@@ -454,10 +500,13 @@ impl AgentApi {
             address: m.address.clone(),
             witness: m.witness,
         };
-        let learned = tokio::time::timeout(Duration::from_secs(60), self.inner.raft.add_learner(m.id, node))
-            .await
-            .map_err(|_| Status::deadline_exceeded(format!("{} did not catch up within 60 s", m.name)))?
-            .map_err(raft_status)?;
+        let learned = tokio::time::timeout(
+            Duration::from_secs(60),
+            self.inner.raft.add_learner(m.id, node),
+        )
+        .await
+        .map_err(|_| Status::deadline_exceeded(format!("{} did not catch up within 60 s", m.name)))?
+        .map_err(raft_status)?;
         let index = self.inner.raft.add_voter(m.id).await.map_err(raft_status)?;
         tracing::info!(member = %m.name, id = m.id, learned, index, "added a member");
         Ok(self.membership_reply(index))
@@ -488,7 +537,12 @@ impl AgentApi {
                 )));
             }
         }
-        let index = self.inner.raft.remove_member(id).await.map_err(raft_status)?;
+        let index = self
+            .inner
+            .raft
+            .remove_member(id)
+            .await
+            .map_err(raft_status)?;
         tracing::info!(id, index, "removed a member");
         Ok(self.membership_reply(index))
     }
@@ -499,7 +553,9 @@ impl AgentApi {
         let applied = inner.applied();
         let state = &applied.state;
         if state.config.map(|c| c.mode) == Some(Mode::ActiveActive) {
-            return Err(Status::failed_precondition("ActiveActive groups have no primary"));
+            return Err(Status::failed_precondition(
+                "ActiveActive groups have no primary",
+            ));
         }
         let Some(primary) = state.primary.clone() else {
             return Err(Status::failed_precondition("no primary is appointed yet"));
@@ -539,7 +595,9 @@ impl AgentApi {
         }
         let lease = inner.lease_millis();
         let done = self
-            .wait_applied(Duration::from_millis(lease * 3 + 2000), |a| a.state.epoch > epoch)
+            .wait_applied(Duration::from_millis(lease * 3 + 2000), |a| {
+                a.state.epoch > epoch
+            })
             .await?;
         let p = done.state.primary.clone();
         Ok(proto::SwitchoverReply {
@@ -566,7 +624,6 @@ fn validate_member(m: &proto::Member) -> Result<(), Status> {
         return Err(Status::invalid_argument("member name must not be empty"));
     }
     transport::split_host_port(&m.address).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let _ = ordinal_of(&m.name);
     Ok(())
 }
 
@@ -586,14 +643,20 @@ macro_rules! forward_or {
 
 #[tonic::async_trait]
 impl proto::agent_server::Agent for AgentApi {
-    async fn status(&self, _request: Request<proto::StatusRequest>) -> Result<Response<proto::GroupState>, Status> {
+    async fn status(
+        &self,
+        _request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::GroupState>, Status> {
         let _t = self.inner.metrics.rpc("Status");
         Ok(Response::new(group_state(&self.inner).await))
     }
 
     type WatchStream = StateStream;
 
-    async fn watch(&self, request: Request<proto::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<proto::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let _t = self.inner.metrics.rpc("Watch");
         let heartbeat = match request.get_ref().heartbeat_millis {
             0 => 1000,
@@ -626,49 +689,89 @@ impl proto::agent_server::Agent for AgentApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
-    async fn bootstrap(&self, request: Request<proto::BootstrapRequest>) -> Result<Response<proto::BootstrapReply>, Status> {
+    async fn bootstrap(
+        &self,
+        request: Request<proto::BootstrapRequest>,
+    ) -> Result<Response<proto::BootstrapReply>, Status> {
         let _t = self.inner.metrics.rpc("Bootstrap");
-        self.bootstrap_here(request.into_inner()).await.map(Response::new)
+        self.bootstrap_here(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
-    async fn add_member(&self, request: Request<proto::Member>) -> Result<Response<proto::MembershipReply>, Status> {
+    async fn add_member(
+        &self,
+        request: Request<proto::Member>,
+    ) -> Result<Response<proto::MembershipReply>, Status> {
         let _t = self.inner.metrics.rpc("AddMember");
         forward_or!(self, request, add_member, |m| self.add_member_here(m))
     }
 
-    async fn remove_member(&self, request: Request<proto::RemoveMemberRequest>) -> Result<Response<proto::MembershipReply>, Status> {
+    async fn remove_member(
+        &self,
+        request: Request<proto::RemoveMemberRequest>,
+    ) -> Result<Response<proto::MembershipReply>, Status> {
         let _t = self.inner.metrics.rpc("RemoveMember");
-        forward_or!(self, request, remove_member, |m: proto::RemoveMemberRequest| self.remove_member_here(m.id))
+        forward_or!(
+            self,
+            request,
+            remove_member,
+            |m: proto::RemoveMemberRequest| self.remove_member_here(m.id)
+        )
     }
 
-    async fn switchover(&self, request: Request<proto::SwitchoverRequest>) -> Result<Response<proto::SwitchoverReply>, Status> {
+    async fn switchover(
+        &self,
+        request: Request<proto::SwitchoverRequest>,
+    ) -> Result<Response<proto::SwitchoverReply>, Status> {
         let _t = self.inner.metrics.rpc("Switchover");
-        forward_or!(self, request, switchover, |m: proto::SwitchoverRequest| self.switchover_here(m.target))
+        forward_or!(self, request, switchover, |m: proto::SwitchoverRequest| {
+            self.switchover_here(m.target)
+        })
     }
 
-    async fn pause(&self, request: Request<proto::PauseRequest>) -> Result<Response<proto::CommandReply>, Status> {
+    async fn pause(
+        &self,
+        request: Request<proto::PauseRequest>,
+    ) -> Result<Response<proto::CommandReply>, Status> {
         let _t = self.inner.metrics.rpc("Pause");
         forward_or!(self, request, pause, |_m| async {
-            let log_index = self.propose(GroupCommand::SetPaused { paused: true }).await?;
+            let log_index = self
+                .propose(GroupCommand::SetPaused { paused: true })
+                .await?;
             Ok::<_, Status>(proto::CommandReply { log_index })
         })
     }
 
-    async fn resume(&self, request: Request<proto::ResumeRequest>) -> Result<Response<proto::CommandReply>, Status> {
+    async fn resume(
+        &self,
+        request: Request<proto::ResumeRequest>,
+    ) -> Result<Response<proto::CommandReply>, Status> {
         let _t = self.inner.metrics.rpc("Resume");
         forward_or!(self, request, resume, |_m| async {
-            let log_index = self.propose(GroupCommand::SetPaused { paused: false }).await?;
+            let log_index = self
+                .propose(GroupCommand::SetPaused { paused: false })
+                .await?;
             Ok::<_, Status>(proto::CommandReply { log_index })
         })
     }
 
-    async fn touch(&self, request: Request<proto::TouchRequest>) -> Result<Response<proto::CommandReply>, Status> {
+    async fn touch(
+        &self,
+        request: Request<proto::TouchRequest>,
+    ) -> Result<Response<proto::CommandReply>, Status> {
         let _t = self.inner.metrics.rpc("Touch");
         forward_or!(self, request, touch, |_m| async {
-            let log_index = self.propose(GroupCommand::Touch { nonce: rand::random() }).await?;
+            let log_index = self
+                .propose(GroupCommand::Touch {
+                    nonce: rand::random(),
+                })
+                .await?;
             Ok::<_, Status>(proto::CommandReply { log_index })
         })
     }
@@ -681,7 +784,9 @@ struct PeerApi {
 impl PeerApi {
     fn check_peer(&self, from: NodeId) -> Result<(), Status> {
         if self.inner.peers.faults().is_isolated(from) {
-            return Err(Status::unavailable(format!("peer {from} is isolated by fault injection")));
+            return Err(Status::unavailable(format!(
+                "peer {from} is isolated by fault injection"
+            )));
         }
         Ok(())
     }
@@ -689,40 +794,67 @@ impl PeerApi {
 
 #[tonic::async_trait]
 impl proto::peer_server::Peer for PeerApi {
-    async fn append_entries(&self, request: Request<proto::RaftMessage>) -> Result<Response<proto::RaftMessage>, Status> {
+    async fn append_entries(
+        &self,
+        request: Request<proto::RaftMessage>,
+    ) -> Result<Response<proto::RaftMessage>, Status> {
         let _t = self.inner.metrics.rpc("AppendEntries");
         let m = request.into_inner();
         self.check_peer(m.from_id)?;
-        let payload = self.inner.raft.handle_append_entries(&m.payload).await.map_err(raft_status)?;
+        let payload = self
+            .inner
+            .raft
+            .handle_append_entries(&m.payload)
+            .await
+            .map_err(raft_status)?;
         Ok(Response::new(proto::RaftMessage {
             from_id: self.inner.id,
             payload,
         }))
     }
 
-    async fn vote(&self, request: Request<proto::RaftMessage>) -> Result<Response<proto::RaftMessage>, Status> {
+    async fn vote(
+        &self,
+        request: Request<proto::RaftMessage>,
+    ) -> Result<Response<proto::RaftMessage>, Status> {
         let _t = self.inner.metrics.rpc("Vote");
         let m = request.into_inner();
         self.check_peer(m.from_id)?;
-        let payload = self.inner.raft.handle_vote(&m.payload).await.map_err(raft_status)?;
+        let payload = self
+            .inner
+            .raft
+            .handle_vote(&m.payload)
+            .await
+            .map_err(raft_status)?;
         Ok(Response::new(proto::RaftMessage {
             from_id: self.inner.id,
             payload,
         }))
     }
 
-    async fn install_snapshot(&self, request: Request<proto::RaftMessage>) -> Result<Response<proto::RaftMessage>, Status> {
+    async fn install_snapshot(
+        &self,
+        request: Request<proto::RaftMessage>,
+    ) -> Result<Response<proto::RaftMessage>, Status> {
         let _t = self.inner.metrics.rpc("InstallSnapshot");
         let m = request.into_inner();
         self.check_peer(m.from_id)?;
-        let payload = self.inner.raft.handle_install_snapshot(&m.payload).await.map_err(raft_status)?;
+        let payload = self
+            .inner
+            .raft
+            .handle_install_snapshot(&m.payload)
+            .await
+            .map_err(raft_status)?;
         Ok(Response::new(proto::RaftMessage {
             from_id: self.inner.id,
             payload,
         }))
     }
 
-    async fn report(&self, request: Request<proto::MemberReport>) -> Result<Response<proto::ReportReply>, Status> {
+    async fn report(
+        &self,
+        request: Request<proto::MemberReport>,
+    ) -> Result<Response<proto::ReportReply>, Status> {
         let _t = self.inner.metrics.rpc("Report");
         let r = request.into_inner();
         self.check_peer(r.from_id)?;
@@ -736,14 +868,18 @@ impl proto::peer_server::Peer for PeerApi {
             release_reason: match proto::ReleaseReason::try_from(r.release_reason) {
                 Ok(proto::ReleaseReason::Shutdown) => Some(ReleaseReason::Shutdown),
                 Ok(proto::ReleaseReason::Switchover) => Some(ReleaseReason::Switchover),
-                Ok(proto::ReleaseReason::WorkloadUnhealthy) => Some(ReleaseReason::WorkloadUnhealthy),
+                Ok(proto::ReleaseReason::WorkloadUnhealthy) => {
+                    Some(ReleaseReason::WorkloadUnhealthy)
+                }
                 _ => None,
             },
             leaving: r.leaving,
         };
         let known = self.inner.applied().roster.members.contains_key(&r.from_id);
         let decision = if known {
-            self.inner.coordinator().on_report(monotonic_millis(), r.from_id, report)
+            self.inner
+                .coordinator()
+                .on_report(monotonic_millis(), r.from_id, report)
         } else {
             super::coordinator::ReportDecision {
                 accepted: false,
@@ -777,7 +913,10 @@ impl proto::peer_server::Peer for PeerApi {
         }))
     }
 
-    async fn demote(&self, request: Request<proto::DemoteRequest>) -> Result<Response<proto::DemoteReply>, Status> {
+    async fn demote(
+        &self,
+        request: Request<proto::DemoteRequest>,
+    ) -> Result<Response<proto::DemoteReply>, Status> {
         let _t = self.inner.metrics.rpc("Demote");
         let r = request.into_inner();
         self.check_peer(r.from_id)?;
@@ -796,7 +935,11 @@ impl proto::peer_server::Peer for PeerApi {
             self.inner.release(ReleaseReason::Switchover).await;
         } else {
             // Nothing held: still refuse grants for that epoch from now on.
-            let transition = self.inner.member().holder.release(r.epoch, monotonic_millis());
+            let transition = self
+                .inner
+                .member()
+                .holder
+                .release(r.epoch, monotonic_millis());
             if let Some(t) = transition {
                 self.inner.on_transition(t);
             }
@@ -804,9 +947,14 @@ impl proto::peer_server::Peer for PeerApi {
         Ok(Response::new(proto::DemoteReply { released: true }))
     }
 
-    async fn inject_fault(&self, request: Request<proto::FaultRequest>) -> Result<Response<proto::FaultReply>, Status> {
+    async fn inject_fault(
+        &self,
+        request: Request<proto::FaultRequest>,
+    ) -> Result<Response<proto::FaultReply>, Status> {
         if !self.inner.settings.enable_fault_injection {
-            return Err(Status::permission_denied("fault injection is disabled on this agent"));
+            return Err(Status::permission_denied(
+                "fault injection is disabled on this agent",
+            ));
         }
         let ids: BTreeSet<NodeId> = request.into_inner().isolate_from.into_iter().collect();
         tracing::warn!(?ids, "fault injection: isolating peers");

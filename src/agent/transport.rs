@@ -107,8 +107,12 @@ pub fn split_host_port(address: &str) -> Result<(String, u16), TransportError> {
         address: address.to_string(),
         reason: reason.to_string(),
     };
-    let (host, port) = address.rsplit_once(':').ok_or_else(|| bad("expected host:port"))?;
-    let port: u16 = port.parse().map_err(|_| bad("port is not a number 0-65535"))?;
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| bad("expected host:port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| bad("port is not a number 0-65535"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err(bad("empty host"));
@@ -195,14 +199,20 @@ pub fn tls_incoming(
             match tokio::time::timeout(CONNECT_TIMEOUT * 2, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => Ok(s),
                 Ok(Err(e)) => Err(e),
-                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")),
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "TLS handshake timed out",
+                )),
             }
         }
     }))
 }
 
 /// Accepts connections and runs `prepare` on each in its own task; yields the prepared ones.
-fn async_stream<IO, F, Fut>(listener: TcpListener, prepare: F) -> impl Stream<Item = Result<IO, io::Error>>
+fn async_stream<IO, F, Fut>(
+    listener: TcpListener,
+    prepare: F,
+) -> impl Stream<Item = Result<IO, io::Error>>
 where
     IO: Send + 'static,
     F: Fn(TcpStream) -> Fut + Send + Sync + 'static,

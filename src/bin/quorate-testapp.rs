@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "quorate-testapp", version, about = "Test workload for Quorate groups")]
+#[command(
+    name = "quorate-testapp",
+    version,
+    about = "Test workload for Quorate groups"
+)]
 struct Args {
     #[arg(long, env = "QUORATE_TESTAPP_LISTEN", default_value = "0.0.0.0:8080")]
     listen: String,
@@ -25,7 +29,10 @@ fn main() -> ExitCode {
         .or_else(|| std::env::var("POD_NAME").ok())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "testapp".into());
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("quorate-testapp: {e}");
@@ -34,7 +41,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&args.listen).await?;
-        quorate::testapp::App::new(member, args.role_file).serve(listener).await
+        quorate::testapp::App::new(member, args.role_file)
+            .serve(listener)
+            .await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

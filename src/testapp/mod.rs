@@ -163,17 +163,28 @@ struct WriteRequest {
 
 async fn write(State(app): State<App>, body: axum::body::Bytes) -> Response {
     let Ok(req) = serde_json::from_slice::<WriteRequest>(&body) else {
-        return (StatusCode::BAD_REQUEST, "expected {\"epoch\": N, \"value\": ...}").into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            "expected {\"epoch\": N, \"value\": ...}",
+        )
+            .into_response();
     };
     app.poll_role_file();
     let mut s = app.state();
     if s.role != "Primary" {
-        return (StatusCode::CONFLICT, format!("not primary (role {})", s.role)).into_response();
+        return (
+            StatusCode::CONFLICT,
+            format!("not primary (role {})", s.role),
+        )
+            .into_response();
     }
     if req.epoch < s.epoch {
         return (
             StatusCode::CONFLICT,
-            format!("stale epoch {}: this primary holds epoch {}", req.epoch, s.epoch),
+            format!(
+                "stale epoch {}: this primary holds epoch {}",
+                req.epoch, s.epoch
+            ),
         )
             .into_response();
     }

@@ -192,7 +192,13 @@ impl Cluster {
             let ca = quorate::pki::generate_group_ca("quorate test group", &v)?;
             for s in &specs {
                 let ip: std::net::IpAddr = s.ip.parse()?;
-                let cert = quorate::pki::issue_member_certificate(&ca, &s.name, &[s.name.clone()], &[ip], &v)?;
+                let cert = quorate::pki::issue_member_certificate(
+                    &ca,
+                    &s.name,
+                    &[s.name.clone()],
+                    &[ip],
+                    &v,
+                )?;
                 let d = root.path().join(&s.name);
                 fs::create_dir_all(&d)?;
                 fs::write(d.join("tls.crt"), &cert.cert_pem)?;
@@ -262,13 +268,28 @@ impl Cluster {
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(fs::OpenOptions::new().create(true).append(true).open(&log)?);
+            .stderr(
+                fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)?,
+            );
         if node.spec.witness {
             cmd.arg("--witness");
         }
         if node.spec.with_testapp {
-            cmd.args(["--health-http", "8080/healthz", "--health-host", &node.spec.ip]);
-            cmd.args(["--health-period-millis", "200", "--health-failure-threshold", "2"]);
+            cmd.args([
+                "--health-http",
+                "8080/healthz",
+                "--health-host",
+                &node.spec.ip,
+            ]);
+            cmd.args([
+                "--health-period-millis",
+                "200",
+                "--health-failure-threshold",
+                "2",
+            ]);
             cmd.arg("--role-callback")
                 .arg(format!("http://{}/quorate/role", node.app_addr()));
         }
@@ -303,7 +324,10 @@ impl Cluster {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(e) => {
-                    return Err(err(format!("{e}\n--- agent log ---\n{}", self.nodes[i].proc.log_tail(30))));
+                    return Err(err(format!(
+                        "{e}\n--- agent log ---\n{}",
+                        self.nodes[i].proc.log_tail(30)
+                    )));
                 }
             }
         }
@@ -329,7 +353,12 @@ impl Cluster {
     }
 
     /// Polls Status of any running node until `pred` holds for a state from the coordinator.
-    pub async fn wait_state<F>(&self, timeout: Duration, what: &str, pred: F) -> TestResult<GroupState>
+    pub async fn wait_state<F>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: F,
+    ) -> TestResult<GroupState>
     where
         F: Fn(&GroupState) -> bool,
     {
@@ -337,7 +366,8 @@ impl Cluster {
         let mut last = None;
         loop {
             for i in 0..self.nodes.len() {
-                let Ok(c) = AgentClient::connect(&self.nodes[i].grpc(), self.tls_client()).await else {
+                let Ok(c) = AgentClient::connect(&self.nodes[i].grpc(), self.tls_client()).await
+                else {
                     continue;
                 };
                 if let Ok(s) = c.status().await {
@@ -360,7 +390,12 @@ impl Cluster {
     pub fn logs(&self, lines: usize) -> String {
         let mut out = String::new();
         for n in &self.nodes {
-            out.push_str(&format!("--- {} ({}) ---\n{}\n", n.spec.name, n.id, n.proc.log_tail(lines)));
+            out.push_str(&format!(
+                "--- {} ({}) ---\n{}\n",
+                n.spec.name,
+                n.id,
+                n.proc.log_tail(lines)
+            ));
         }
         out
     }
@@ -410,12 +445,18 @@ pub fn primary_intervals(lines: &[TransitionLine]) -> Vec<(String, u64, u64, u64
         match l.event.as_str() {
             "promote" => out.push((l.member.clone(), l.epoch, l.mono_ms, l.lease_until_mono_ms)),
             "renew" => {
-                if let Some(i) = out.iter().rposition(|(m, e, _, _)| *m == l.member && *e == l.epoch) {
+                if let Some(i) = out
+                    .iter()
+                    .rposition(|(m, e, _, _)| *m == l.member && *e == l.epoch)
+                {
                     out[i].3 = out[i].3.max(l.lease_until_mono_ms);
                 }
             }
             "demote" => {
-                if let Some(i) = out.iter().rposition(|(m, e, _, _)| *m == l.member && *e == l.epoch) {
+                if let Some(i) = out
+                    .iter()
+                    .rposition(|(m, e, _, _)| *m == l.member && *e == l.epoch)
+                {
                     out[i].3 = l.lease_until_mono_ms.max(out[i].2);
                 }
             }
@@ -435,7 +476,9 @@ pub fn check_transitions(lines: &[TransitionLine]) -> TestResult {
         if let Some(other) = by_epoch.insert(*epoch, member.clone())
             && other != *member
         {
-            return Err(err(format!("epoch {epoch} named both {other} and {member}")));
+            return Err(err(format!(
+                "epoch {epoch} named both {other} and {member}"
+            )));
         }
     }
     for (i, a) in intervals.iter().enumerate() {
@@ -452,7 +495,9 @@ pub fn check_transitions(lines: &[TransitionLine]) -> TestResult {
             }
             // Later epochs start later.
             if (a.1 < b.1 && a.2 > b.2) || (b.1 < a.1 && b.2 > a.2) {
-                return Err(err(format!("epoch order differs from time order: {a:?} vs {b:?}")));
+                return Err(err(format!(
+                    "epoch order differs from time order: {a:?} vs {b:?}"
+                )));
             }
         }
     }
@@ -473,9 +518,15 @@ pub async fn http_get(addr: &str, path: &str) -> TestResult<(u16, String)> {
 }
 
 /// Minimal HTTP/1.1 client over TCP for the tests (no extra dependencies).
-pub async fn http_request(method: &str, addr: &str, path: &str, body: Option<&str>) -> TestResult<(u16, String)> {
+pub async fn http_request(
+    method: &str,
+    addr: &str,
+    path: &str,
+    body: Option<&str>,
+) -> TestResult<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await??;
+    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await??;
     let body = body.unwrap_or("");
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",

@@ -29,9 +29,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 async fn settled(c: &Cluster) -> TestResult<GroupState> {
-    c.wait_state(Duration::from_secs(30), "a primary and three healthy members", |s| {
-        live(s) && s.members.iter().filter(|m| m.healthy).count() == 3
-    })
+    c.wait_state(
+        Duration::from_secs(30),
+        "a primary and three healthy members",
+        |s| live(s) && s.members.iter().filter(|m| m.healthy).count() == 3,
+    )
     .await
 }
 
@@ -49,14 +51,19 @@ async fn observe_new_primary(c: &Cluster, skip: usize, after: u64) -> TestResult
         let tx = tx.clone();
         tasks.push(tokio::spawn(async move {
             loop {
-                let Ok(client) = quorate::agent::AgentClient::connect(&addr, tls.clone()).await else {
+                let Ok(client) = quorate::agent::AgentClient::connect(&addr, tls.clone()).await
+                else {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     continue;
                 };
                 let mut stream = Box::pin(client.watch());
                 while let Some(item) = stream.next().await {
                     let Ok(s) = item else { break };
-                    if s.from_coordinator && s.epoch > after && live(&s) && tx.send(s).await.is_err() {
+                    if s.from_coordinator
+                        && s.epoch > after
+                        && live(&s)
+                        && tx.send(s).await.is_err()
+                    {
                         return;
                     }
                 }
@@ -185,7 +192,11 @@ async fn run() -> TestResult {
 
 fn main() -> std::process::ExitCode {
     // `cargo bench` passes `--bench`; nothing to filter.
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("runtime: {e}");

@@ -18,7 +18,9 @@ pub enum DataDirError {
         #[source]
         source: io::Error,
     },
-    #[error("{path} is corrupt: {reason}; refusing to start (restore it, or wipe the whole data directory and re-add this member)")]
+    #[error(
+        "{path} is corrupt: {reason}; refusing to start (restore it, or wipe the whole data directory and re-add this member)"
+    )]
     Corrupt { path: PathBuf, reason: String },
 }
 

@@ -121,8 +121,8 @@ pub fn decode_log(data: &[u8]) -> Result<(LogContents, usize), String> {
     let mut contents = LogContents::default();
     let mut offset = 0usize;
     for frame in frames {
-        let record: LogRecord = serde_json::from_slice(frame)
-            .map_err(|e| format!("record at byte {offset}: {e}"))?;
+        let record: LogRecord =
+            serde_json::from_slice(frame).map_err(|e| format!("record at byte {offset}: {e}"))?;
         contents
             .apply(record)
             .map_err(|e| format!("record at byte {offset}: {e}"))?;
@@ -192,7 +192,10 @@ fn writer_thread(path: PathBuf, mut file: File, size: Arc<AtomicU64>, rx: mpsc::
         let mut need_sync = false;
         for op in batch {
             let result = match failed {
-                Some(kind) => Err(io::Error::new(kind, "an earlier write to the Raft log failed")),
+                Some(kind) => Err(io::Error::new(
+                    kind,
+                    "an earlier write to the Raft log failed",
+                )),
                 None => Ok(()),
             };
             match op {
@@ -247,7 +250,10 @@ fn writer_thread(path: PathBuf, mut file: File, size: Arc<AtomicU64>, rx: mpsc::
         }
         if need_sync {
             let synced = match failed {
-                Some(kind) => Err(io::Error::new(kind, "an earlier write to the Raft log failed")),
+                Some(kind) => Err(io::Error::new(
+                    kind,
+                    "an earlier write to the Raft log failed",
+                )),
                 None => file.sync_data(),
             };
             if let Err(e) = &synced {
@@ -393,7 +399,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
         {
             return Ok(Vec::new());
         }
-        Ok(c.entries.range((start, end)).map(|(_, e)| e.clone()).collect())
+        Ok(c.entries
+            .range((start, end))
+            .map(|(_, e)| e.clone())
+            .collect())
     }
 }
 
@@ -417,7 +426,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.shared
             .durable(&[LogRecord::Vote(*vote)])
             .await
-            .map_err(|e| StorageError::from(StorageIOError::write_vote(openraft::AnyError::error(e.to_string()))))
+            .map_err(|e| {
+                StorageError::from(StorageIOError::write_vote(openraft::AnyError::error(
+                    e.to_string(),
+                )))
+            })
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -434,7 +447,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.shared.contents().committed)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -543,7 +560,11 @@ mod tests {
         s[last] ^= 0xff;
         bad_last.extend_from_slice(&s);
         let (_, len) = decode_log(&bad_last)?;
-        assert_eq!(len, good.len(), "a checksum failure in the last record is a torn write");
+        assert_eq!(
+            len,
+            good.len(),
+            "a checksum failure in the last record is a torn write"
+        );
 
         let mut inner = good.clone();
         inner[10] ^= 0xff;
@@ -562,7 +583,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn vote_and_entries_survive_reopen_and_corruption_is_named() -> Result<(), Box<dyn std::error::Error>> {
+    async fn vote_and_entries_survive_reopen_and_corruption_is_named()
+    -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         {
             let mut store = LogStore::open(dir.path())?;
@@ -575,7 +597,10 @@ mod tests {
         data.extend_from_slice(&frames(&[LogRecord::Vote(Vote::new(5, 2))]));
         data[9] ^= 0x55;
         fs::write(&path, &data)?;
-        let err = LogStore::open(dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = LogStore::open(dir.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("raft-log") && err.contains("corrupt"), "{err}");
         Ok(())
     }

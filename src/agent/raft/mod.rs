@@ -290,22 +290,22 @@ impl RaftNode {
     // --- incoming peer RPCs ------------------------------------------------------------------
 
     pub async fn handle_append_entries(&self, payload: &[u8]) -> Result<Vec<u8>, RaftNodeError> {
-        let req = serde_json::from_slice(payload)
-            .map_err(|e| RaftNodeError::Malformed(e.to_string()))?;
+        let req =
+            serde_json::from_slice(payload).map_err(|e| RaftNodeError::Malformed(e.to_string()))?;
         let result = self.raft.append_entries(req).await;
         serde_json::to_vec(&result).map_err(|e| RaftNodeError::Malformed(e.to_string()))
     }
 
     pub async fn handle_vote(&self, payload: &[u8]) -> Result<Vec<u8>, RaftNodeError> {
-        let req = serde_json::from_slice(payload)
-            .map_err(|e| RaftNodeError::Malformed(e.to_string()))?;
+        let req =
+            serde_json::from_slice(payload).map_err(|e| RaftNodeError::Malformed(e.to_string()))?;
         let result = self.raft.vote(req).await;
         serde_json::to_vec(&result).map_err(|e| RaftNodeError::Malformed(e.to_string()))
     }
 
     pub async fn handle_install_snapshot(&self, payload: &[u8]) -> Result<Vec<u8>, RaftNodeError> {
-        let req = serde_json::from_slice(payload)
-            .map_err(|e| RaftNodeError::Malformed(e.to_string()))?;
+        let req =
+            serde_json::from_slice(payload).map_err(|e| RaftNodeError::Malformed(e.to_string()))?;
         let result = self.raft.install_snapshot(req).await;
         serde_json::to_vec(&result).map_err(|e| RaftNodeError::Malformed(e.to_string()))
     }

@@ -257,7 +257,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let current = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let current = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         Ok(current.map(|c| Snapshot {
             meta: c.meta,
             snapshot: Box::new(Cursor::new(c.data)),
@@ -285,7 +289,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn snapshot_survives_reopen_and_corruption_is_named() -> Result<(), Box<dyn std::error::Error>> {
+    async fn snapshot_survives_reopen_and_corruption_is_named()
+    -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         {
             let mut sm = StateMachineStore::open(dir.path())?;
@@ -301,7 +306,10 @@ mod tests {
         let n = data.len() - 2;
         data[n] ^= 0x20;
         fs::write(&path, &data)?;
-        let err = StateMachineStore::open(dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = StateMachineStore::open(dir.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("snapshot") && err.contains("corrupt"), "{err}");
         Ok(())
     }
