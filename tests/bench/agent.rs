@@ -37,17 +37,17 @@ async fn settled(c: &Cluster) -> TestResult<GroupState> {
     .await
 }
 
-/// Watches every running member and returns when a coordinator reports a primary with a live
-/// lease at an epoch above `after`.
-async fn observe_new_primary(c: &Cluster, skip: usize, after: u64) -> TestResult<GroupState> {
+/// Watches the members at `addresses` and returns when a coordinator reports a primary with a
+/// live lease at an epoch above `after`.
+async fn observe_new_primary(
+    addresses: Vec<String>,
+    tls: Option<quorate::agent::client::TlsClientConfig>,
+    after: u64,
+) -> TestResult<GroupState> {
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     let mut tasks = Vec::new();
-    for (i, n) in c.nodes.iter().enumerate() {
-        if i == skip {
-            continue;
-        }
-        let addr = n.grpc();
-        let tls = c.tls_client();
+    for addr in addresses {
+        let tls = tls.clone();
         let tx = tx.clone();
         tasks.push(tokio::spawn(async move {
             loop {
@@ -77,7 +77,7 @@ async fn observe_new_primary(c: &Cluster, skip: usize, after: u64) -> TestResult
     }
     match result {
         Ok(Some(s)) => Ok(s),
-        _ => Err(err(format!("no new primary observed\n{}", c.logs(20)))),
+        _ => Err(err("no new primary observed within 30 s")),
     }
 }
 
@@ -96,7 +96,11 @@ async fn failovers(c: &mut Cluster, graceful: bool) -> TestResult<Vec<f64>> {
             .index_of(s.primary.as_ref().map(|p| p.id).unwrap_or(0))
             .ok_or("unknown primary")?;
         // Let the followers' watch streams connect before the fault.
-        let observer = observe_new_primary(c, p, s.epoch);
+        let addresses = (0..c.nodes.len())
+            .filter(|i| *i != p)
+            .map(|i| c.nodes[i].grpc())
+            .collect();
+        let observer = observe_new_primary(addresses, c.tls_client(), s.epoch);
         tokio::pin!(observer);
         tokio::select! {
             r = &mut observer => { r?; return Err(err("a primary appeared before the fault")); }
@@ -108,7 +112,9 @@ async fn failovers(c: &mut Cluster, graceful: bool) -> TestResult<Vec<f64>> {
         } else {
             c.kill9(p);
         }
-        let s2 = observer.await?;
+        let s2 = observer
+            .await
+            .map_err(|e| err(format!("{e}\n{}", c.logs(20))))?;
         let ms = start.elapsed().as_secs_f64() * 1000.0;
         eprintln!(
             "{} round {round}: {ms:.0} ms, epoch {} -> {}",
