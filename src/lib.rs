@@ -1,5 +1,6 @@
 //! Quorate: replicated groups of pods on Kubernetes.
 pub mod api;
+pub mod plan;
 pub mod traffic;
 pub mod agent;
 pub mod pki;

@@ -39,6 +39,13 @@ pub struct ReplicaGroupStatus {
     /// The most recent change of primary that was not a planned switchover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failover: Option<FailoverRecord>,
+    /// When the operator initialized the group's Raft state (it does so exactly once; a group
+    /// whose members all lost their data is reported Failed instead of being re-initialized).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrapped_at: Option<Time>,
+    /// When the published weights last changed (the dwell time of load-driven policies counts from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_changed_at: Option<Time>,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

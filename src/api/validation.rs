@@ -93,6 +93,11 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
+/// A bound as the API server prints it: integral bounds without a fraction.
+fn number(n: f64) -> String {
+    if n.fract() == 0.0 && n.abs() < 1e15 { format!("{}", n as i64) } else { n.to_string() }
+}
+
 fn show(v: &Value) -> String {
     match v {
         Value::String(s) => format!("{s:?}"),
@@ -128,12 +133,12 @@ fn check(value: &Value, schema: &Value, path: &str, errors: &mut Vec<FieldError>
     if let Some(n) = value.as_f64() {
         if let Some(max) = schema.get("maximum").and_then(Value::as_f64) {
             if n > max {
-                errors.push(err(path, format!("Invalid value: {value}: {path} in body should be less than or equal to {}", schema["maximum"])));
+                errors.push(err(path, format!("Invalid value: {value}: {path} in body should be less than or equal to {}", number(max))));
             }
         }
         if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
             if n < min {
-                errors.push(err(path, format!("Invalid value: {value}: {path} in body should be greater than or equal to {}", schema["minimum"])));
+                errors.push(err(path, format!("Invalid value: {value}: {path} in body should be greater than or equal to {}", number(min))));
             }
         }
     }

@@ -1,0 +1,256 @@
+//! Group lifecycle: bootstrap once, add and remove members around StatefulSet changes, planned
+//! switchovers (requested, or because the primary's pod goes away), pause and resume.
+//! At most one agent action per reconcile: each changes the group, and the next decision should
+//! see its effect.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use super::{AgentsObserved, GroupView, Observed, ViewRole};
+use crate::api::names::{GroupNames, SWITCHOVER_ANNOTATION};
+use crate::api::{GroupMode, ReplicaGroup, ReplicaGroupStatus};
+
+/// A member joining the Raft group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct JoinSpec {
+    pub id: u64,
+    pub name: String,
+    pub address: String,
+    pub witness: bool,
+}
+
+/// A call to the group's agents (through the coordinator, or a named member for bootstrap).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum AgentAction {
+    /// Initialize the group on member `via` with these voters. Done exactly once per group.
+    Bootstrap { via: String, members: Vec<JoinSpec> },
+    AddMember(JoinSpec),
+    RemoveMember { id: u64, name: String, reason: String },
+    /// Planned hand-off; `target` None = the best candidate.
+    Switchover { target: Option<String>, reason: String },
+    Pause,
+    Resume,
+}
+
+#[derive(Clone, Debug, Default)]
+pub(super) struct Lifecycle {
+    pub member_replicas: i32,
+    pub witness_replicas: i32,
+    pub action: Option<AgentAction>,
+    pub clear_switchover_request: bool,
+    pub requeue_ms: Option<u64>,
+    /// The group is initialized (now, or before).
+    pub bootstrapped: bool,
+    /// Members about to be removed: drained to weight 0 first.
+    pub draining: BTreeSet<String>,
+    /// A condition the group cannot leave on its own: (reason, message).
+    pub problem: Option<(String, String)>,
+    /// A switchover request that cannot be done: (reason, message), reported as a Warning event.
+    pub rejected_request: Option<(String, String)>,
+}
+
+/// While members are being added or waited for, look again soon.
+const MEMBERSHIP_POLL_MS: u64 = 1_000;
+
+pub(super) fn decide(group: &ReplicaGroup, names: &GroupNames, observed: &Observed, previous: &ReplicaGroupStatus) -> Lifecycle {
+    let spec = &group.spec;
+    let desired_members = spec.replicas.max(0) as u32;
+    let desired_witnesses = spec.effective_witnesses().max(0) as u32;
+    let mut out = Lifecycle {
+        member_replicas: desired_members as i32,
+        witness_replicas: desired_witnesses as i32,
+        ..Default::default()
+    };
+    let view = match &observed.agents {
+        AgentsObserved::Connected { view, .. } => Some(view),
+        _ => None,
+    };
+    let wanted: Vec<(String, bool)> = (0..desired_members)
+        .map(|i| (names.member(i), false))
+        .chain((0..desired_witnesses).map(|i| (names.witness(i), true)))
+        .collect();
+
+    // --- bootstrap, exactly once -------------------------------------------------------------
+    let initialized_somewhere = view.is_some_and(|v| v.initialized) || observed.probes.values().any(|p| p.initialized);
+    if previous.bootstrapped_at.is_none() && !initialized_somewhere {
+        let probed: Vec<JoinSpec> = wanted
+            .iter()
+            .filter_map(|(name, witness)| {
+                let probe = observed.probes.get(name)?;
+                Some(JoinSpec { id: probe.id, name: name.clone(), address: names.agent_address(name), witness: *witness })
+            })
+            .collect();
+        if probed.len() == wanted.len() && !wanted.is_empty() {
+            out.action = Some(AgentAction::Bootstrap { via: names.member(0), members: probed });
+        }
+        out.requeue_ms = Some(MEMBERSHIP_POLL_MS);
+        return out;
+    }
+    out.bootstrapped = true;
+
+    let Some(view) = view else {
+        // Without the group's state never shrink anything: a member may still hold data the
+        // group needs. Keep the pods that exist.
+        keep_existing_pods(&mut out, observed);
+        return out;
+    };
+    if !view.initialized {
+        // Connected to a member that has no Raft state although the group was initialized:
+        // every member we can reach lost its data. Re-initializing would silently lose the
+        // group's committed state, so a human decides.
+        if observed.probes.values().all(|p| !p.initialized) && !observed.probes.is_empty() {
+            out.problem = Some((
+                "MembersLostData".into(),
+                "every reachable member has an empty data directory although the group was initialized; \
+                 restore the volumes, or delete and re-create the group"
+                    .into(),
+            ));
+        }
+        keep_existing_pods(&mut out, observed);
+        out.requeue_ms = Some(MEMBERSHIP_POLL_MS);
+        return out;
+    }
+
+    // Members still in the Raft group keep their pods until they are removed from it.
+    let in_group_ordinals = |witness: bool| {
+        view.members.iter().filter_map(|m| names.ordinal_of(&m.name)).filter(|(w, _)| *w == witness).map(|(_, o)| o + 1).max().unwrap_or(0)
+    };
+    out.member_replicas = desired_members.max(in_group_ordinals(false)) as i32;
+    out.witness_replicas = desired_witnesses.max(in_group_ordinals(true)) as i32;
+    let extra = |name: &str| match names.ordinal_of(name) {
+        Some((false, o)) => o >= desired_members,
+        Some((true, o)) => o >= desired_witnesses,
+        None => true,
+    };
+    out.draining = view.members.iter().filter(|m| extra(&m.name)).map(|m| m.name.clone()).collect();
+
+    out.action = switchover(group, observed, view, &mut out, &extra)
+        .or_else(|| membership(names, observed, view, &wanted, &extra, &mut out))
+        .or_else(|| pause(group, view));
+    out
+}
+
+fn keep_existing_pods(out: &mut Lifecycle, observed: &Observed) {
+    let highest = |witness: bool| observed.pods.iter().filter(|p| p.witness == witness).map(|p| p.ordinal + 1).max().unwrap_or(0) as i32;
+    out.member_replicas = out.member_replicas.max(highest(false));
+    out.witness_replicas = out.witness_replicas.max(highest(true));
+}
+
+fn switchover(
+    group: &ReplicaGroup,
+    observed: &Observed,
+    view: &GroupView,
+    out: &mut Lifecycle,
+    extra: &dyn Fn(&str) -> bool,
+) -> Option<AgentAction> {
+    if group.spec.mode != GroupMode::PrimaryBackup {
+        return None;
+    }
+    let candidate = |name: &str| view.members.iter().any(|m| m.name == name && m.voter && !m.witness && m.healthy);
+    // 1. An explicit request (annotation): hand it over once, then forget it.
+    if let Some(request) = group.metadata.annotations.as_ref().and_then(|a| a.get(SWITCHOVER_ANNOTATION)) {
+        out.clear_switchover_request = true;
+        let target = request.trim();
+        if target.is_empty() {
+            return Some(AgentAction::Switchover { target: None, reason: "Requested".into() });
+        }
+        if view.primary.as_deref() == Some(target) {
+            out.rejected_request = Some(("SwitchoverNotNeeded".into(), format!("{target} is already the primary")));
+            return None;
+        }
+        if !candidate(target) {
+            out.rejected_request = Some((
+                "SwitchoverRejected".into(),
+                format!("{target} is not a healthy voting member of the group; choose one of {}", candidates(view)),
+            ));
+            return None;
+        }
+        return Some(AgentAction::Switchover { target: Some(target.to_owned()), reason: "Requested".into() });
+    }
+    if view.switchover_pending {
+        return None;
+    }
+    let primary = view.primary.as_deref()?;
+    // 2. The primary's pod is being deleted: hand off now rather than after its lease runs out.
+    if observed.pods.iter().any(|p| p.name == primary && p.terminating) {
+        return Some(AgentAction::Switchover { target: None, reason: "PrimaryPodTerminating".into() });
+    }
+    // 3. Scale-down removes the primary's member: move the primary first.
+    if extra(primary) {
+        return Some(AgentAction::Switchover { target: None, reason: "PrimaryRemoved".into() });
+    }
+    // 4. The declared preference.
+    let preferred = group.spec.switchover_to.as_deref()?;
+    if preferred != primary && candidate(preferred) && !view.flap_guard_tripped {
+        return Some(AgentAction::Switchover { target: Some(preferred.to_owned()), reason: "PreferredPrimary".into() });
+    }
+    None
+}
+
+fn candidates(view: &GroupView) -> String {
+    let names: Vec<&str> = view
+        .members
+        .iter()
+        .filter(|m| m.voter && !m.witness && m.healthy && m.role != ViewRole::Primary)
+        .map(|m| m.name.as_str())
+        .collect();
+    if names.is_empty() { "(none is healthy now)".into() } else { names.join(", ") }
+}
+
+fn membership(
+    names: &GroupNames,
+    observed: &Observed,
+    view: &GroupView,
+    wanted: &[(String, bool)],
+    extra: &dyn Fn(&str) -> bool,
+    out: &mut Lifecycle,
+) -> Option<AgentAction> {
+    // A member whose volume was lost comes back with a new, uninitialized id: remove the old id,
+    // then add the new one (an id is never reused).
+    for (name, _) in wanted {
+        let (Some(member), Some(probe)) = (view.members.iter().find(|m| &m.name == name), observed.probes.get(name)) else {
+            continue;
+        };
+        if probe.id != member.id && !probe.initialized && view.primary.as_deref() != Some(name.as_str()) {
+            out.requeue_ms = Some(MEMBERSHIP_POLL_MS);
+            return Some(AgentAction::RemoveMember {
+                id: member.id,
+                name: name.clone(),
+                reason: format!("{name} restarted with an empty data directory (new id {}); re-adding it", probe.id),
+            });
+        }
+    }
+    // New members: their pod runs, their agent answered, they are not in the group yet.
+    for (name, witness) in wanted {
+        if view.members.iter().any(|m| &m.name == name) {
+            continue;
+        }
+        out.requeue_ms = Some(MEMBERSHIP_POLL_MS);
+        if let Some(probe) = observed.probes.get(name).filter(|p| !p.initialized) {
+            return Some(AgentAction::AddMember(JoinSpec {
+                id: probe.id,
+                name: name.clone(),
+                address: names.agent_address(name),
+                witness: *witness,
+            }));
+        }
+    }
+    // Scale-down: remove members beyond the desired count, one at a time, never the primary
+    // (it is switched away first, see `switchover`).
+    let removable = view.members.iter().filter(|m| extra(&m.name) && view.primary.as_deref() != Some(m.name.as_str()));
+    // Highest ordinal first, as the StatefulSet removes pods.
+    if let Some(member) = removable.max_by_key(|m| names.ordinal_of(&m.name).map(|(w, o)| (!w, o))) {
+        out.requeue_ms = Some(MEMBERSHIP_POLL_MS);
+        return Some(AgentAction::RemoveMember { id: member.id, name: member.name.clone(), reason: "scaled down".into() });
+    }
+    None
+}
+
+fn pause(group: &ReplicaGroup, view: &GroupView) -> Option<AgentAction> {
+    match (group.spec.paused, view.paused) {
+        (true, false) => Some(AgentAction::Pause),
+        (false, true) => Some(AgentAction::Resume),
+        _ => None,
+    }
+}

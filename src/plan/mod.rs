@@ -1,0 +1,248 @@
+//! The reconcile decision, as a pure function: `(ReplicaGroup, Observed) -> Plan`.
+//!
+//! `Observed` is everything the operator read (pods, the group's state streamed by its agents,
+//! the current routing objects, the clock); `Plan` is everything it should do: objects to apply
+//! with server-side apply, objects to delete, at most one agent action, the new status, the
+//! events to record and when to look again. No client, no clock, no randomness here, so every
+//! decision is unit-, property- and snapshot-tested.
+
+mod lifecycle;
+mod members;
+mod routing;
+mod status;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use serde::Serialize;
+
+use crate::api::names::GroupNames;
+use crate::api::{ReplicaGroup, ReplicaGroupStatus};
+
+pub use lifecycle::AgentAction;
+pub use routing::HTTPROUTE_API_VERSION;
+
+/// Settings of the operator itself (from its flags), not of a group.
+#[derive(Clone, Debug, Serialize)]
+pub struct OperatorSettings {
+    /// Image of the injected agent sidecar.
+    pub agent_image: String,
+    pub agent_image_pull_policy: String,
+}
+
+/// A member or witness pod as the operator sees it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct MemberPod {
+    pub name: String,
+    pub witness: bool,
+    pub ordinal: u32,
+    pub ip: Option<String>,
+    /// The pod runs and its agent container has started.
+    pub agent_running: bool,
+    /// The pod has a deletionTimestamp (graceful deletion in progress).
+    pub terminating: bool,
+}
+
+/// A member's own answer to `Status` (asked for members not in the group view yet).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NodeProbe {
+    pub id: u64,
+    pub initialized: bool,
+}
+
+/// The role of a member in the group view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum ViewRole {
+    Primary,
+    Backup,
+    Active,
+    Witness,
+    Unknown,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum LeaseView {
+    None,
+    Live,
+    Expired,
+    Released,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MemberView {
+    pub id: u64,
+    pub name: String,
+    pub voter: bool,
+    pub witness: bool,
+    pub role: ViewRole,
+    pub healthy: bool,
+    pub load: Option<f64>,
+    pub latency_ms: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FailoverView {
+    pub from: Option<String>,
+    pub to: String,
+    pub epoch: u64,
+    /// LeaseExpired, Released, WorkloadUnhealthy or Switchover.
+    pub reason: String,
+    pub detected_at_ms: i64,
+    pub appointed_at_ms: i64,
+}
+
+/// The group's own state, as its agents streamed it (converted from the agent API).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GroupView {
+    /// First-hand from the coordinator (Raft leader): only then is the lease state trusted.
+    pub from_coordinator: bool,
+    pub initialized: bool,
+    pub epoch: u64,
+    pub primary: Option<String>,
+    pub lease: LeaseView,
+    pub lease_remaining_ms: u64,
+    pub leader: Option<String>,
+    pub paused: bool,
+    pub flap_guard_tripped: bool,
+    pub switchover_pending: bool,
+    pub members: Vec<MemberView>,
+    pub failovers: Vec<FailoverView>,
+}
+
+/// What the operator knows of the agents' state stream.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum AgentsObserved {
+    /// The stream is being set up (operator start, leader change); decide nothing about routing yet.
+    Connecting,
+    /// The latest state and how old it is (ms since it arrived).
+    Connected { view: GroupView, age_ms: u64 },
+    /// No agent answered since `since_ms` (unix ms).
+    Unreachable { since_ms: i64, error: String },
+}
+
+/// What the Gateway did with the group's HTTPRoute (read back from its status).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RouteObserved {
+    /// Weights of our backendRefs as stored in the route (member Service name -> weight).
+    pub weights: BTreeMap<String, i32>,
+    /// Per parent (Gateway name): (Accepted, ResolvedRefs, message of the first false condition).
+    pub parents: BTreeMap<String, (bool, bool, String)>,
+}
+
+/// Everything the operator read for one reconcile.
+#[derive(Clone, Debug, Serialize)]
+pub struct Observed {
+    /// Wall clock, unix milliseconds (status timestamps, dwell times).
+    pub now_ms: i64,
+    pub pods: Vec<MemberPod>,
+    pub agents: AgentsObserved,
+    pub probes: BTreeMap<String, NodeProbe>,
+    /// Epoch annotation and addresses of the current `-rw` EndpointSlice.
+    pub routed_epoch: Option<u64>,
+    pub routed_addresses: Vec<String>,
+    /// `-ro` and `-r` EndpointSlice addresses as they are now.
+    pub ro_addresses: Vec<String>,
+    pub r_addresses: Vec<String>,
+    /// Whether the Gateway API (HTTPRoute CRD) is installed.
+    pub gateway_api: bool,
+    pub route: Option<RouteObserved>,
+    /// Hash of the group's TLS material (rolls the pods when certificates change).
+    pub tls_hash: String,
+    /// Gateways named in parentRefs that do not exist (namespace/name).
+    pub missing_gateways: Vec<String>,
+}
+
+/// An object to create or update with server-side apply.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum Desired {
+    StatefulSet(Box<StatefulSet>),
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+    PodDisruptionBudget(Box<PodDisruptionBudget>),
+    /// Gateway API HTTPRoute (no typed crate: the `gateway-api` crate is built on kube 4).
+    HttpRoute(serde_json::Value),
+}
+
+/// An object the group no longer needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Obsolete {
+    pub kind: &'static str,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PlannedEvent {
+    pub warning: bool,
+    pub reason: String,
+    pub note: String,
+}
+
+/// Everything to do for one reconcile.
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub apply: Vec<Desired>,
+    pub delete: Vec<Obsolete>,
+    pub action: Option<AgentAction>,
+    pub status: ReplicaGroupStatus,
+    pub events: Vec<PlannedEvent>,
+    /// Remove the `quorate.dev/switchover-to` annotation (its request was handed to the group).
+    pub clear_switchover_request: bool,
+    /// Look again after this long at the latest (lease expiry, dwell time, safety net).
+    pub requeue_ms: u64,
+}
+
+/// How often a group is looked at when nothing happens (a safety net: watches can miss things).
+pub const RESYNC_MS: u64 = 60_000;
+
+/// The reconcile decision.
+pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettings) -> Plan {
+    let names = GroupNames::new(
+        group.metadata.name.clone().unwrap_or_default(),
+        group.metadata.namespace.clone().unwrap_or_default(),
+    );
+    let previous = group.status.clone().unwrap_or_default();
+    let template_problem = members::template_problem(&group.spec);
+
+    let lifecycle = lifecycle::decide(group, &names, observed, &previous);
+    let traffic = routing::decide_traffic(group, &names, observed, &previous, &lifecycle.draining, lifecycle.member_replicas);
+
+    let mut apply = Vec::new();
+    if template_problem.is_none() {
+        apply.extend(members::stateful_sets(group, &names, observed, settings, lifecycle.member_replicas));
+    }
+    apply.extend(routing::services(group, &names, &traffic));
+    apply.extend(routing::endpoint_slices(group, &names, &traffic));
+    apply.push(routing::disruption_budget(group, &names));
+    if let Some(route) = routing::http_route(group, &names, observed, &traffic) {
+        apply.push(route);
+    }
+    let mut delete = Vec::new();
+    if group.spec.effective_witnesses() == 0 && lifecycle.witness_replicas == 0 {
+        delete.push(Obsolete { kind: "StatefulSet", name: names.witnesses() });
+    }
+    if group.spec.traffic.gateway.is_none() && observed.route.is_some() {
+        delete.push(Obsolete { kind: "HTTPRoute", name: names.members() });
+    }
+
+    let (status, events) = status::build(group, &names, observed, &previous, &lifecycle, &traffic, template_problem.as_deref());
+    let requeue_ms = [Some(RESYNC_MS), traffic.requeue_ms, lifecycle.requeue_ms]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(RESYNC_MS);
+    Plan {
+        apply,
+        delete,
+        action: lifecycle.action,
+        status,
+        events,
+        clear_switchover_request: lifecycle.clear_switchover_request,
+        requeue_ms,
+    }
+}

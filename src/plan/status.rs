@@ -1,0 +1,389 @@
+//! The status the operator reports (phase, members, conditions, last failover) and the events
+//! that explain what changed.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use super::lifecycle::Lifecycle;
+use super::routing::{SliceDecision, TrafficPlan};
+use super::{AgentsObserved, GroupView, LeaseView, Observed, PlannedEvent, ViewRole};
+use crate::api::names::{COMPONENT_LABEL, GROUP_LABEL, GroupNames};
+use crate::api::{FailoverRecord, GroupMode, GroupPhase, MemberRole, MemberStatus, ReplicaGroup, ReplicaGroupStatus};
+
+pub const READY: &str = "Ready";
+pub const AVAILABLE: &str = "Available";
+pub const QUORUM: &str = "Quorum";
+pub const ROUTING_CONVERGED: &str = "RoutingConverged";
+pub const DEGRADED: &str = "Degraded";
+
+fn time(ms: i64) -> Time {
+    Time(jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH))
+}
+
+fn role(r: ViewRole) -> MemberRole {
+    match r {
+        ViewRole::Primary => MemberRole::Primary,
+        ViewRole::Backup => MemberRole::Backup,
+        ViewRole::Active => MemberRole::Active,
+        ViewRole::Witness => MemberRole::Witness,
+        ViewRole::Unknown => MemberRole::Unknown,
+    }
+}
+
+struct Conditions<'a> {
+    previous: &'a [Condition],
+    now_ms: i64,
+    generation: Option<i64>,
+    out: Vec<Condition>,
+}
+
+impl Conditions<'_> {
+    fn set(&mut self, type_: &str, status: bool, reason: &str, message: impl Into<String>) {
+        self.set_raw(type_, if status { "True" } else { "False" }, reason, message.into());
+    }
+    fn set_raw(&mut self, type_: &str, status: &str, reason: &str, message: String) {
+        // The transition time moves only when the status does.
+        let since = self
+            .previous
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| time(self.now_ms));
+        self.out.push(Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            last_transition_time: since,
+            observed_generation: self.generation,
+        });
+    }
+}
+
+fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    conditions.iter().any(|c| c.type_ == type_ && c.status == "True")
+}
+
+fn reason_of<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a str> {
+    conditions.iter().find(|c| c.type_ == type_).map(|c| c.reason.as_str())
+}
+
+fn addresses(d: &SliceDecision) -> Option<Vec<String>> {
+    match d {
+        SliceDecision::Keep => None,
+        SliceDecision::Route(m) => {
+            let mut a: Vec<String> = m.iter().map(|(_, ip)| ip.clone()).collect();
+            a.sort();
+            Some(a)
+        }
+    }
+}
+
+fn sorted(v: &[String]) -> Vec<String> {
+    let mut v = v.to_vec();
+    v.sort();
+    v
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn build(
+    group: &ReplicaGroup,
+    names: &GroupNames,
+    observed: &Observed,
+    previous: &ReplicaGroupStatus,
+    lifecycle: &Lifecycle,
+    traffic: &TrafficPlan,
+    template_problem: Option<&str>,
+) -> (ReplicaGroupStatus, Vec<PlannedEvent>) {
+    let spec = &group.spec;
+    let now = observed.now_ms;
+    let mut events = Vec::new();
+    let (view, age_ms) = match &observed.agents {
+        AgentsObserved::Connected { view, age_ms } => (Some(view), *age_ms),
+        _ => (None, 0),
+    };
+    let primary_live = view.is_some_and(|v| v.from_coordinator && v.lease == LeaseView::Live && age_ms < v.lease_remaining_ms);
+
+    // --- members ------------------------------------------------------------------------------
+    let mut member_names: Vec<String> = (0..lifecycle.member_replicas.max(0) as u32)
+        .map(|i| names.member(i))
+        .chain((0..lifecycle.witness_replicas.max(0) as u32).map(|i| names.witness(i)))
+        .collect();
+    for m in view.map(|v| v.members.as_slice()).unwrap_or_default() {
+        if !member_names.contains(&m.name) {
+            member_names.push(m.name.clone());
+        }
+    }
+    let members: Vec<MemberStatus> = member_names
+        .iter()
+        .map(|name| {
+            let in_view = view.and_then(|v| v.members.iter().find(|m| &m.name == name));
+            let is_primary = view.is_some_and(|v| v.primary.as_deref() == Some(name.as_str()));
+            let witness = names.ordinal_of(name).is_some_and(|(w, _)| w);
+            MemberStatus {
+                name: name.clone(),
+                id: in_view.map(|m| m.id as i64),
+                role: in_view.map_or(if witness { MemberRole::Witness } else { MemberRole::Unknown }, |m| role(m.role)),
+                healthy: in_view.is_some_and(|m| m.healthy),
+                voter: in_view.is_some_and(|m| m.voter),
+                weight: traffic.weights.get(name).copied().unwrap_or(0),
+                lease: (is_primary && spec.mode == GroupMode::PrimaryBackup).then(|| {
+                    match view.map(|v| v.lease) {
+                        Some(LeaseView::Live) if primary_live => "Live",
+                        Some(LeaseView::Released) => "Released",
+                        Some(LeaseView::None) | None => "None",
+                        _ => "Expired",
+                    }
+                    .to_owned()
+                }),
+                load: in_view.and_then(|m| m.load),
+                latency_millis: in_view.and_then(|m| m.latency_ms),
+            }
+        })
+        .collect();
+    let wanted_members: Vec<String> = (0..spec.replicas.max(0) as u32).map(|i| names.member(i)).collect();
+    let ready_replicas = members.iter().filter(|m| wanted_members.contains(&m.name) && m.healthy && m.voter).count() as i32;
+    let unhealthy: Vec<&str> = members
+        .iter()
+        .filter(|m| (wanted_members.contains(&m.name) || names.ordinal_of(&m.name).is_some_and(|(w, _)| w)) && !(m.healthy && m.voter))
+        .map(|m| m.name.as_str())
+        .collect();
+
+    // --- last failover (not planned switchovers), with the time it was routed -----------------
+    let last_failover = last_failover(view, previous, traffic, now);
+    if let Some(record) = view.and_then(|v| v.failovers.last()) {
+        let known = previous.epoch.unwrap_or(0).max(0) as u64;
+        if record.epoch > known {
+            let from = record.from.clone().unwrap_or_else(|| "(none)".into());
+            let (warning, reason) = if record.reason == "Switchover" { (false, "Switchover") } else { (true, "Failover") };
+            events.push(PlannedEvent {
+                warning,
+                reason: reason.into(),
+                note: format!("primary {from} -> {} at epoch {} ({})", record.to, record.epoch, record.reason),
+            });
+        }
+    }
+    if let Some(v) = view {
+        if v.epoch > previous.epoch.unwrap_or(0).max(0) as u64 {
+            if let Some(p) = &v.primary {
+                events.push(PlannedEvent { warning: false, reason: "PrimaryAppointed".into(), note: format!("{p} appointed primary with epoch {}", v.epoch) });
+            }
+        }
+    }
+
+    // --- conditions ---------------------------------------------------------------------------
+    let previous_conditions = previous.conditions.as_slice();
+    let mut c = Conditions { previous: previous_conditions, now_ms: now, generation: group.metadata.generation, out: Vec::new() };
+    match (&observed.agents, view) {
+        (_, Some(v)) if v.from_coordinator && v.leader.is_some() => c.set(
+            QUORUM,
+            true,
+            "CoordinatorElected",
+            format!("{} coordinates the group", v.leader.as_deref().unwrap_or_default()),
+        ),
+        (_, Some(_)) => c.set(QUORUM, false, "NoCoordinator", "the members have no coordinator (no Raft majority reachable)"),
+        (AgentsObserved::Connecting, _) => c.set_raw(QUORUM, "Unknown", "Connecting", "connecting to the group's agents".into()),
+        (AgentsObserved::Unreachable { error, .. }, _) => c.set(QUORUM, false, "AgentsUnreachable", error.clone()),
+        (AgentsObserved::Connected { .. }, None) => c.set(QUORUM, false, "AgentsUnreachable", "no state from the agents"),
+    }
+
+    let rw_now = addresses(&traffic.rw).unwrap_or_else(|| sorted(&observed.routed_addresses));
+    let r_now = addresses(&traffic.r).unwrap_or_else(|| sorted(&observed.r_addresses));
+    let available = match spec.mode {
+        GroupMode::PrimaryBackup => !rw_now.is_empty(),
+        GroupMode::ActiveActive => !r_now.is_empty(),
+    };
+    match spec.mode {
+        GroupMode::PrimaryBackup if available => c.set(
+            AVAILABLE,
+            true,
+            "PrimaryRouted",
+            format!("{} routes to the primary{}", names.rw(), traffic.routed_primary.as_deref().map(|p| format!(" {p}")).unwrap_or_default()),
+        ),
+        GroupMode::PrimaryBackup => c.set(AVAILABLE, false, "NoPrimary", format!("{} routes to no member: no primary holds a live lease", names.rw())),
+        GroupMode::ActiveActive if available => c.set(AVAILABLE, true, "MembersRouted", format!("{} routes to {} member(s)", names.r(), r_now.len())),
+        GroupMode::ActiveActive => c.set(AVAILABLE, false, "NoHealthyMember", format!("{} routes to no member", names.r())),
+    }
+
+    // Converged: what is applied (read back) equals what this decision wants.
+    let mut differences = Vec::new();
+    for (label, want, have) in [
+        (names.rw(), addresses(&traffic.rw), &observed.routed_addresses),
+        (names.ro(), addresses(&traffic.ro), &observed.ro_addresses),
+        (names.r(), addresses(&traffic.r), &observed.r_addresses),
+    ] {
+        if let Some(want) = want {
+            if want != sorted(have) && !spec.ports.is_empty() {
+                differences.push(format!("{label}: applied {:?}, wanted {want:?}", sorted(have)));
+            }
+        }
+    }
+    if let Some(why) = &traffic.held {
+        differences.push(format!("routing held: {why}"));
+    }
+    route_differences(group, observed, traffic, &mut differences);
+    if differences.is_empty() {
+        c.set(ROUTING_CONVERGED, true, "Converged", "the applied routing matches the group's state");
+    } else {
+        c.set(ROUTING_CONVERGED, false, "Pending", differences.join("; "));
+    }
+
+    let degraded: Option<(&str, String)> = if let Some(p) = template_problem {
+        Some(("InvalidTemplate", p.to_owned()))
+    } else if let Some((reason, message)) = &lifecycle.problem {
+        Some((reason.as_str(), message.clone()))
+    } else if view.is_some_and(|v| v.flap_guard_tripped) {
+        Some((
+            "FlapGuard",
+            format!(
+                "more than {} automatic failovers in an hour: automatic failover is stopped; run `kubectl quorate switchover {}` once the cause is fixed",
+                spec.failover.max_failovers_per_hour, names.name
+            ),
+        ))
+    } else if let AgentsObserved::Unreachable { error, .. } = &observed.agents {
+        Some(("AgentsUnreachable", error.clone()))
+    } else if let Some(missing) = gateway_problem(group, observed) {
+        Some(("GatewayNotReady", missing))
+    } else if lifecycle.bootstrapped && !unhealthy.is_empty() {
+        Some(("MembersUnhealthy", format!("not healthy or not voting yet: {}", unhealthy.join(", "))))
+    } else {
+        None
+    };
+    match &degraded {
+        Some((reason, message)) => c.set(DEGRADED, true, reason, message.clone()),
+        None => c.set(DEGRADED, false, "AsExpected", "every member is healthy"),
+    }
+    let ready = is_true(&c.out, QUORUM) && available && is_true(&c.out, ROUTING_CONVERGED) && degraded.is_none();
+    if ready {
+        c.set(READY, true, "Ready", "the group has a quorum, routed traffic and healthy members");
+    } else {
+        let why = c
+            .out
+            .iter()
+            .filter(|x| (x.type_ == DEGRADED && x.status == "True") || (x.type_ != DEGRADED && x.status != "True"))
+            .map(|x| x.reason.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        c.set(READY, false, "NotReady", format!("waiting for: {why}"));
+    }
+
+    // Events on transitions only (the recorder would aggregate repeats, but a status change is the news).
+    if let Some((reason, message)) = &degraded {
+        let before = previous_conditions.iter().find(|x| x.type_ == DEGRADED && x.status == "True").map(|x| x.reason.as_str());
+        if before != Some(*reason) && *reason != "MembersUnhealthy" {
+            events.push(PlannedEvent { warning: true, reason: (*reason).to_owned(), note: message.clone() });
+        }
+    }
+    if let Some((reason, message)) = &lifecycle.rejected_request {
+        events.push(PlannedEvent { warning: true, reason: reason.clone(), note: message.clone() });
+    }
+    if let SliceDecision::Route(m) = &traffic.rw {
+        let target: Vec<String> = m.iter().map(|(_, ip)| ip.clone()).collect();
+        if sorted(&target) != sorted(&observed.routed_addresses) {
+            let note = match m.first() {
+                Some((name, ip)) => format!("{} routes to {name} ({ip}) at epoch {}", names.rw(), traffic.rw_epoch.unwrap_or(0)),
+                None => format!("{} routes to no member (no live primary)", names.rw()),
+            };
+            events.push(PlannedEvent { warning: false, reason: "RoutingChanged".into(), note });
+        }
+    }
+    if traffic.weights_changed && spec.mode == GroupMode::ActiveActive {
+        let list: Vec<String> = traffic.weights.iter().map(|(m, w)| format!("{m}={w}")).collect();
+        events.push(PlannedEvent { warning: false, reason: "WeightsChanged".into(), note: list.join(" ") });
+    }
+
+    let phase = if template_problem.is_some() || lifecycle.problem.is_some() {
+        GroupPhase::Failed
+    } else if !lifecycle.bootstrapped {
+        if observed.pods.is_empty() { GroupPhase::Pending } else { GroupPhase::Bootstrapping }
+    } else if ready {
+        GroupPhase::Ready
+    } else if !is_true(&c.out, QUORUM) && reason_of(&c.out, QUORUM) != Some("Connecting") {
+        GroupPhase::Failed
+    } else {
+        GroupPhase::Degraded
+    };
+
+    let epoch = view.map(|v| v.epoch as i64).max(previous.epoch);
+    let status = ReplicaGroupStatus {
+        phase: Some(phase),
+        replicas: observed.pods.iter().filter(|p| !p.witness).count() as i32,
+        ready_replicas,
+        primary: match (spec.mode, view) {
+            (GroupMode::PrimaryBackup, Some(v)) if primary_live => v.primary.clone(),
+            (GroupMode::PrimaryBackup, None) => previous.primary.clone(),
+            _ => None,
+        },
+        leader: view.and_then(|v| v.leader.clone()).or_else(|| view.is_none().then(|| previous.leader.clone()).flatten()),
+        epoch: epoch.filter(|e| *e > 0),
+        routed_epoch: traffic.rw_epoch.map(|e| e as i64).filter(|e| *e > 0),
+        members,
+        conditions: c.out,
+        last_failover,
+        bootstrapped_at: previous.bootstrapped_at.clone().or_else(|| lifecycle.bootstrapped.then(|| time(now))),
+        weights_changed_at: if traffic.weights_changed { Some(time(now)) } else { previous.weights_changed_at.clone() },
+        observed_generation: group.metadata.generation,
+        selector: Some(format!("{GROUP_LABEL}={},{COMPONENT_LABEL}=member", names.name)),
+    };
+    (status, events)
+}
+
+fn last_failover(view: Option<&GroupView>, previous: &ReplicaGroupStatus, traffic: &TrafficPlan, now: i64) -> Option<FailoverRecord> {
+    let Some(record) = view.and_then(|v| v.failovers.iter().rev().find(|f| f.reason != "Switchover")) else {
+        return previous.last_failover.clone();
+    };
+    let same = previous.last_failover.as_ref().filter(|p| p.epoch == Some(record.epoch as i64));
+    let routed_at = same.and_then(|p| p.routed_at.clone()).or_else(|| {
+        let routed = traffic.routed_primary.as_deref() == Some(record.to.as_str()) && traffic.rw_epoch >= Some(record.epoch);
+        routed.then(|| time(now))
+    });
+    let duration = routed_at.as_ref().map(|t| t.0.as_millisecond() - record.detected_at_ms);
+    Some(FailoverRecord {
+        detected_at: Some(time(record.detected_at_ms)),
+        appointed_at: Some(time(record.appointed_at_ms)),
+        routed_at,
+        duration_millis: duration,
+        from: record.from.clone(),
+        to: Some(record.to.clone()),
+        epoch: Some(record.epoch as i64),
+        reason: Some(record.reason.clone()),
+    })
+}
+
+/// Why the HTTPRoute cannot work, if it cannot: no Gateway API, a missing Gateway.
+fn gateway_problem(group: &ReplicaGroup, observed: &Observed) -> Option<String> {
+    group.spec.traffic.gateway.as_ref()?;
+    if !observed.gateway_api {
+        return Some("spec.traffic.gateway is set but the Gateway API (HTTPRoute CRD) is not installed in the cluster".into());
+    }
+    if !observed.missing_gateways.is_empty() {
+        return Some(format!("Gateway not found: {}", observed.missing_gateways.join(", ")));
+    }
+    None
+}
+
+/// HTTPRoute read-back: accepted by every parent, refs resolved, weights as published.
+fn route_differences(group: &ReplicaGroup, observed: &Observed, traffic: &TrafficPlan, out: &mut Vec<String>) {
+    let Some(gateway) = &group.spec.traffic.gateway else { return };
+    if !observed.gateway_api {
+        out.push("the Gateway API is not installed".into());
+        return;
+    }
+    let Some(route) = &observed.route else {
+        out.push("the HTTPRoute does not exist yet".into());
+        return;
+    };
+    if route.weights != traffic.weights {
+        out.push(format!("HTTPRoute weights {:?}, wanted {:?}", route.weights, traffic.weights));
+    }
+    for parent in &gateway.parent_refs {
+        match route.parents.get(&parent.name) {
+            None => out.push(format!("Gateway {} has not reported on the route yet", parent.name)),
+            Some((accepted, resolved, message)) if !(*accepted && *resolved) => out.push(format!(
+                "Gateway {} {}: {message}",
+                parent.name,
+                if *accepted { "cannot resolve the route's backends" } else { "did not accept the route" }
+            )),
+            _ => {}
+        }
+    }
+}
