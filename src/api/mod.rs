@@ -1,6 +1,7 @@
 //! The `ReplicaGroup` API (group `quorate.dev`, version `v1alpha1`) and the names, labels and
 //! annotations the operator puts on what it creates. Types and constants only; no IO.
 
+pub mod names;
 mod schema;
 pub mod spec;
 pub mod status;
