@@ -384,6 +384,7 @@ impl Inner {
                         match result {
                             Ok((index, outcome)) => {
                                 tracing::debug!(index, ?outcome, "proposal applied");
+                                me.raft.broadcast_commit().await;
                                 if let (Some(r), super::group::CommandOutcome::Applied) =
                                     (reason, outcome)
                                 {

@@ -268,6 +268,14 @@ impl RaftNode {
         }
     }
 
+    /// Sends a heartbeat round now, so followers learn the new commit index at once instead of
+    /// at the next periodic heartbeat (an appointment reaches the new primary sooner).
+    pub async fn broadcast_commit(&self) {
+        if let Err(e) = self.raft.trigger().heartbeat().await {
+            tracing::debug!(error = %e, "triggering a heartbeat failed");
+        }
+    }
+
     /// Allow or forbid this node to start elections (the primary stays out of leadership).
     pub fn allow_elections(&self, allowed: bool) {
         self.raft.runtime_config().elect(allowed);
