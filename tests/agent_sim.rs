@@ -968,7 +968,7 @@ fn panic_or_fail(msg: String) -> ! {
 }
 
 fn run_seed(seed: u64) -> Result<Stats, String> {
-    let n = if seed % 4 == 0 { 5 } else { 3 };
+    let n = if seed.is_multiple_of(4) { 5 } else { 3 };
     let mut sim = Sim::new(seed, n);
     sim.run()
         .map_err(|e| format!("seed {seed} ({n} nodes): {e}"))?;

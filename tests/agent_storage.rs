@@ -23,6 +23,6 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for DiskStor
 }
 
 #[test]
-fn log_store_passes_openraft_storage_suite() -> Result<(), StorageError> {
-    Suite::test_all(DiskStoreBuilder)
+fn log_store_passes_openraft_storage_suite() -> Result<(), Box<StorageError>> {
+    Suite::test_all(DiskStoreBuilder).map_err(Box::new)
 }

@@ -195,7 +195,7 @@ impl Cluster {
                 let cert = quorate::pki::issue_member_certificate(
                     &ca,
                     &s.name,
-                    &[s.name.clone()],
+                    std::slice::from_ref(&s.name),
                     &[ip],
                     &v,
                 )?;
