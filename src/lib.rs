@@ -1,6 +1,7 @@
 //! Quorate: replicated groups of pods on Kubernetes.
 pub mod api;
 pub mod plan;
+pub mod operator;
 pub mod traffic;
 pub mod agent;
 pub mod pki;

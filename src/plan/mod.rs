@@ -25,7 +25,7 @@ use crate::api::names::GroupNames;
 use crate::api::{ReplicaGroup, ReplicaGroupStatus};
 
 pub use lifecycle::AgentAction;
-pub use routing::HTTPROUTE_API_VERSION;
+pub use routing::{HTTPROUTE_API_VERSION, ROUTE_RULE_NAME, merge_route};
 
 /// Settings of the operator itself (from its flags), not of a group.
 #[derive(Clone, Debug, Serialize)]

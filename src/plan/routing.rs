@@ -391,3 +391,32 @@ pub(super) fn http_route(group: &ReplicaGroup, names: &GroupNames, observed: &Ob
         "spec": spec,
     })))
 }
+
+/// Our HTTPRoute merged into the route as it exists: rules someone else added stay, and so do
+/// backendRefs and filters someone else added to our rule. (`spec.rules` is an atomic list in
+/// the Gateway API schema, so server-side apply alone would replace the whole list.)
+pub fn merge_route(desired: &serde_json::Value, existing: Option<&serde_json::Value>, names: &GroupNames) -> serde_json::Value {
+    let mut merged = desired.clone();
+    let Some(existing) = existing else { return merged };
+    let ours = |b: &serde_json::Value| b["name"].as_str().is_some_and(|n| names.ordinal_of(n).is_some_and(|(w, _)| !w));
+    let mut rules = Vec::new();
+    for rule in desired["spec"]["rules"].as_array().into_iter().flatten() {
+        let mut rule = rule.clone();
+        let before = existing["spec"]["rules"].as_array().into_iter().flatten().find(|r| r["name"] == ROUTE_RULE_NAME);
+        if let Some(before) = before {
+            let foreign: Vec<serde_json::Value> = before["backendRefs"].as_array().into_iter().flatten().filter(|b| !ours(b)).cloned().collect();
+            if let Some(refs) = rule["backendRefs"].as_array_mut() {
+                refs.extend(foreign);
+            }
+            for field in ["filters", "timeouts", "retry", "sessionPersistence"] {
+                if !before[field].is_null() {
+                    rule[field] = before[field].clone();
+                }
+            }
+        }
+        rules.push(rule);
+    }
+    rules.extend(existing["spec"]["rules"].as_array().into_iter().flatten().filter(|r| r["name"] != ROUTE_RULE_NAME).cloned());
+    merged["spec"]["rules"] = serde_json::Value::Array(rules);
+    merged
+}

@@ -1,0 +1,83 @@
+//! `quorate-operator run`: the Kubernetes operator for ReplicaGroups.
+
+use std::net::SocketAddr;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use quorate::operator::{self, Config};
+use quorate::plan::OperatorSettings;
+
+#[derive(Parser)]
+#[command(name = "quorate-operator", version, about = "Operator for replicated pod groups (ReplicaGroup, quorate.dev/v1alpha1)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller (the leader of the replicas writes; the others stand by).
+    Run(RunArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Address of the Prometheus metrics endpoint (/metrics).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Address of the health endpoints (/healthz, /readyz).
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    health_addr: SocketAddr,
+    /// Image of the quorate-agent sidecar injected into member pods.
+    #[arg(long, env = "QUORATE_AGENT_IMAGE")]
+    agent_image: String,
+    /// Pull policy of the agent image: Always, IfNotPresent or Never.
+    #[arg(long, default_value = "IfNotPresent", value_parser = ["Always", "IfNotPresent", "Never"])]
+    agent_image_pull_policy: String,
+    /// Name of the Lease used for leader election in the operator's namespace; empty disables
+    /// the election (a single replica).
+    #[arg(long, default_value = "quorate-operator")]
+    leader_election_lease: String,
+    #[arg(long, value_enum, default_value = "json")]
+    log_format: LogFormat,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    /// Namespace of the Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "quorate-system")]
+    namespace: String,
+    /// Identity in the leader election.
+    #[arg(long, env = "POD_NAME", default_value = "quorate-operator")]
+    pod_name: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let Command::Run(args) = Cli::parse().command;
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("{},kube=warn,tower=warn,hyper=warn,h2=warn", args.log_level))
+        .map_err(|e| anyhow::anyhow!("--log-level {:?}: {e}", args.log_level))?;
+    let subscriber = tracing_subscriber::fmt().with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Json => subscriber.json().init(),
+        LogFormat::Text => subscriber.init(),
+    }
+    // One crypto provider (ring) for every TLS user in the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = Config {
+        metrics_addr: args.metrics_addr,
+        health_addr: args.health_addr,
+        settings: OperatorSettings {
+            agent_image: args.agent_image,
+            agent_image_pull_policy: args.agent_image_pull_policy,
+        },
+        leader_election_lease: Some(args.leader_election_lease).filter(|l| !l.is_empty()),
+        namespace: args.namespace,
+        pod_name: args.pod_name,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(operator::run(config))
+}

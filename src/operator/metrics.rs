@@ -1,0 +1,129 @@
+//! Prometheus metrics (`/metrics` on `--metrics-addr`) and the health endpoints (`/healthz`,
+//! `/readyz` on `--health-addr`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::api::GroupPhase;
+
+type Labels = Vec<(String, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub reconciles: Family<Labels, Counter>,
+    pub reconcile_errors: Family<Labels, Counter>,
+    pub reconcile_duration: Histogram,
+    pub failovers: Family<Labels, Counter>,
+    pub failover_duration: Histogram,
+    pub groups: Family<Labels, Gauge>,
+    pub agent_streams: Gauge,
+    pub agent_state_changes: Counter,
+    pub leader: Gauge,
+    phases: Mutex<HashMap<String, Option<GroupPhase>>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("quorate_operator");
+        let reconciles = Family::<Labels, Counter>::default();
+        let reconcile_errors = Family::<Labels, Counter>::default();
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        let failovers = Family::<Labels, Counter>::default();
+        let failover_duration = Histogram::new(exponential_buckets(0.1, 1.5, 14));
+        let groups = Family::<Labels, Gauge>::default();
+        let agent_streams = Gauge::default();
+        let agent_state_changes = Counter::default();
+        let leader = Gauge::default();
+        registry.register("reconciles", "Reconciles by result (ok, error)", reconciles.clone());
+        registry.register("reconcile_errors", "Failed reconciles by reason", reconcile_errors.clone());
+        registry.register("reconcile_duration_seconds", "Duration of one reconcile", reconcile_duration.clone());
+        registry.register("failovers", "Changes of primary routed by the operator, by reason", failovers.clone());
+        registry.register(
+            "failover_duration_seconds",
+            "From the group noticing the old primary gone to the -rw EndpointSlice naming the new one",
+            failover_duration.clone(),
+        );
+        registry.register("groups", "ReplicaGroups by phase", groups.clone());
+        registry.register("agent_streams", "Open group state streams", agent_streams.clone());
+        registry.register("agent_state_changes", "Group state changes received from agents", agent_state_changes.clone());
+        registry.register("leader", "1 while this replica is the elected leader", leader.clone());
+        Self {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            failovers,
+            failover_duration,
+            groups,
+            agent_streams,
+            agent_state_changes,
+            leader,
+            phases: Mutex::default(),
+        }
+    }
+
+    /// Tracks each group's phase and republishes the per-phase counts.
+    pub fn record_phase(&self, group: &str, phase: Option<GroupPhase>) {
+        let mut phases = self.phases.lock().unwrap_or_else(|p| p.into_inner());
+        if phases.get(group) == Some(&phase) {
+            return;
+        }
+        phases.insert(group.to_owned(), phase);
+        let mut counts: HashMap<String, i64> = HashMap::new();
+        for p in phases.values() {
+            *counts.entry(p.map_or("Unknown".to_owned(), |p| format!("{p:?}"))).or_default() += 1;
+        }
+        for name in ["Pending", "Bootstrapping", "Ready", "Degraded", "Failed", "Unknown"] {
+            self.groups.get_or_create(&vec![("phase".to_owned(), name.to_owned())]).set(counts.get(name).copied().unwrap_or(0));
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Starts the metrics and health servers; fails when an address cannot be bound.
+pub async fn serve(metrics_addr: SocketAddr, health_addr: SocketAddr, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> std::io::Result<()> {
+    let metrics_app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let m = metrics.clone();
+            async move { ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.encode()) }
+        }),
+    );
+    let health_app = Router::new().route("/healthz", get(|| async { "ok" })).route(
+        "/readyz",
+        get(move || {
+            let ready = ready.load(Ordering::Relaxed);
+            async move { if ready { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "starting") } }
+        }),
+    );
+    let metrics_listener = tokio::net::TcpListener::bind(metrics_addr).await?;
+    let health_listener = tokio::net::TcpListener::bind(health_addr).await?;
+    tokio::spawn(async move { axum::serve(metrics_listener, metrics_app).await });
+    tokio::spawn(async move { axum::serve(health_listener, health_app).await });
+    Ok(())
+}

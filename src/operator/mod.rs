@@ -1,0 +1,233 @@
+//! The operator: a kube-runtime controller on ReplicaGroup. Each reconcile is
+//! observe (reads, and the agents' state stream) -> plan (pure, `crate::plan`) -> apply
+//! (server-side apply, one field manager) -> status. Only the elected leader (a Lease) runs
+//! the controller; a standby keeps its watches cold and takes over when the lease frees.
+
+mod apply;
+mod hub;
+mod metrics;
+mod observe;
+mod reconcile;
+mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::events::Reporter;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use tracing::{info, warn};
+
+use crate::api::ReplicaGroup;
+use crate::api::names::{GROUP_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::plan::OperatorSettings;
+
+pub use hub::AgentHub;
+pub use metrics::Metrics;
+
+/// Errors of one reconcile; the reason label of the error metric comes from `reason()`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {context}: {source}")]
+    Kube {
+        context: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("agent call {action} failed: {source}")]
+    Agent {
+        action: String,
+        #[source]
+        source: crate::agent::ClientError,
+    },
+    #[error("group certificates: {0}")]
+    Tls(String),
+    #[error("invalid ReplicaGroup {name}: {message}")]
+    InvalidObject { name: String, message: String },
+}
+
+impl Error {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube { source: kube::Error::Api(e), .. } if e.code == 409 => "conflict",
+            Error::Kube { .. } => "kube_api",
+            Error::Agent { .. } => "agent",
+            Error::Tls(_) => "tls",
+            Error::InvalidObject { .. } => "invalid_object",
+        }
+    }
+}
+
+/// Adds what went wrong where to a kube error.
+pub(crate) trait KubeContext<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T, Error>;
+}
+
+impl<T> KubeContext<T> for Result<T, kube::Error> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T, Error> {
+        self.map_err(|source| Error::Kube { context: what(), source })
+    }
+}
+
+/// The operator's settings (flags of `quorate-operator run`).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub metrics_addr: SocketAddr,
+    pub health_addr: SocketAddr,
+    pub settings: OperatorSettings,
+    /// Lease name for leader election (in the operator's namespace); None = no election.
+    pub leader_election_lease: Option<String>,
+    pub namespace: String,
+    pub pod_name: String,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub settings: OperatorSettings,
+    pub hub: AgentHub,
+    pub metrics: Arc<Metrics>,
+    pub reporter: Reporter,
+    pub recorder: kube::runtime::events::Recorder,
+    pub applied: apply::AppliedCache,
+    pub backoff: reconcile::Backoff,
+    pub gateway_api: observe::GatewayApiProbe,
+}
+
+/// Runs the operator until SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    metrics::serve(config.metrics_addr, config.health_addr, metrics.clone(), ready.clone()).await?;
+
+    wait_for_crd(&client).await;
+
+    if let Some(lease) = &config.leader_election_lease {
+        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), lease)
+            .with_namespace(&config.namespace)
+            .with_identity(&config.pod_name)
+            .with_duration(15)
+            .with_grace(5)
+            .with_field_manager("quorate-operator-lease")
+            .build()
+            .await?;
+        // Standby replicas are ready too: readiness says the process works, not that it leads.
+        ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut leading, task) = manager.watch().await;
+        info!(lease = %lease, identity = %config.pod_name, "waiting for leadership");
+        while !*leading.borrow_and_update() {
+            if leading.changed().await.is_err() {
+                anyhow::bail!("the leader election task ended");
+            }
+        }
+        info!("leading: starting the controller");
+        metrics.leader.set(1);
+        let controller = tokio::spawn(run_controller(client.clone(), config.clone(), metrics.clone()));
+        // Losing the lease ends the process: a clean restart is the only way to be sure no
+        // write of an old leader is still in flight when the new one starts.
+        tokio::select! {
+            _ = async { while *leading.borrow_and_update() { if leading.changed().await.is_err() { break; } } } => {
+                warn!("lost leadership; exiting so that only the new leader writes");
+            }
+            r = controller => { r??; }
+            _ = shutdown_signal() => {
+                info!("shutting down; releasing the lease");
+            }
+        }
+        drop(leading);
+        if let Ok(Ok(Ok(manager))) = tokio::time::timeout(Duration::from_secs(3), task).await {
+            let _ = manager.release().await;
+        }
+        return Ok(());
+    }
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    metrics.leader.set(1);
+    tokio::select! {
+        r = run_controller(client, config, metrics) => r,
+        _ = shutdown_signal() => Ok(()),
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// The controller starts only once the CRD is served (a fresh install may apply it after us).
+async fn wait_for_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match crds.get_opt("replicagroups.quorate.dev").await {
+            Ok(Some(crd)) if crd_established(&crd) => return,
+            Ok(_) => info!("waiting for the ReplicaGroup CRD (replicagroups.quorate.dev) to be installed"),
+            Err(e) => warn!(error = %e, "checking for the ReplicaGroup CRD"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn crd_established(crd: &CustomResourceDefinition) -> bool {
+    crd.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Established" && c.status == "True"))
+}
+
+async fn run_controller(client: Client, config: Config, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+    let reporter = Reporter { controller: "quorate-operator".into(), instance: Some(config.pod_name.clone()) };
+    let (hub, triggers) = AgentHub::new(metrics.clone());
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        settings: config.settings.clone(),
+        hub: hub.clone(),
+        metrics,
+        recorder: kube::runtime::events::Recorder::new(client.clone(), reporter.clone()),
+        reporter,
+        applied: apply::AppliedCache::default(),
+        backoff: reconcile::Backoff::default(),
+        gateway_api: observe::GatewayApiProbe::default(),
+    });
+    let groups: Api<kube::core::DeserializeGuard<ReplicaGroup>> = Api::all(client.clone());
+    let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    let controller = Controller::new(groups, watcher::Config::default().any_semantic())
+        .with_config(ControllerConfig::default().concurrency(16))
+        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
+        .owns(Api::<Service>::all(client.clone()), owned.clone())
+        .owns(Api::<EndpointSlice>::all(client.clone()), owned.clone())
+        .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned)
+        // Member pods: a terminating primary, a new pod IP, a restarted member.
+        .watches(Api::<Pod>::all(client.clone()), watcher::Config::default().labels(GROUP_LABEL), |pod| {
+            let group = pod.labels().get(GROUP_LABEL)?.clone();
+            Some(ObjectRef::new(&group).within(&pod.namespace()?))
+        })
+        // The group's own state stream: a new primary triggers a reconcile within milliseconds.
+        .reconcile_on(triggers);
+    hub.forget_deleted_groups(controller.store());
+    controller
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile loop");
+            }
+        })
+        .await;
+    Ok(())
+}

@@ -1,0 +1,195 @@
+//! One reconcile: observe -> plan -> apply -> agent action -> status -> events.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use tracing::{info, warn};
+
+use super::hub::StreamConfig;
+use super::{Context, Error, apply, observe, tls};
+use crate::api::names::GroupNames;
+use crate::api::{ReplicaGroup, TrafficPolicy};
+use crate::plan::{self, AgentAction};
+
+/// Per-object retry delays: exponential from 200 ms to 30 s, reset by a successful reconcile
+/// (kube's error_policy is not told about successes, so we keep the count ourselves).
+#[derive(Default)]
+pub struct Backoff {
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Backoff {
+    fn next(&self, key: &str) -> Duration {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = f.entry(key.to_owned()).or_insert(0);
+        *n = n.saturating_add(1);
+        Duration::from_millis(200u64.saturating_mul(1 << (*n - 1).min(8))).min(Duration::from_secs(30))
+    }
+    fn reset(&self, key: &str) {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+}
+
+fn key_of(obj: &DeserializeGuard<ReplicaGroup>) -> String {
+    let meta = match &obj.0 {
+        Ok(g) => &g.metadata,
+        Err(invalid) => &invalid.metadata,
+    };
+    format!("{}/{}", meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default())
+}
+
+pub async fn reconcile(obj: Arc<DeserializeGuard<ReplicaGroup>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let key = key_of(&obj);
+    let group = match &obj.0 {
+        Ok(g) => g,
+        Err(invalid) => {
+            // One bad object must not stop the others: report it and wait for a change.
+            warn!(group = %key, error = %invalid.error, "cannot read ReplicaGroup");
+            ctx.metrics.reconcile_errors.get_or_create(&vec![("reason".to_owned(), "invalid_object".to_owned())]).inc();
+            let reference = k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some("quorate.dev/v1alpha1".into()),
+                kind: Some("ReplicaGroup".into()),
+                name: invalid.metadata.name.clone(),
+                namespace: invalid.metadata.namespace.clone(),
+                uid: invalid.metadata.uid.clone(),
+                ..Default::default()
+            };
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "InvalidObject".into(),
+                note: Some(format!("the operator cannot read this ReplicaGroup: {}", invalid.error)),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            let _ = ctx.recorder.publish(&event, &reference).await;
+            return Ok(Action::await_change());
+        }
+    };
+    if group.metadata.deletion_timestamp.is_some() {
+        // Owner references make the garbage collector remove everything the group created.
+        return Ok(Action::await_change());
+    }
+    let names = GroupNames::new(group.name_any(), group.namespace().unwrap_or_default());
+    let result = reconcile_group(group, &names, &ctx).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    ctx.metrics.reconcile_duration.observe(elapsed);
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics.reconciles.get_or_create(&vec![("result".to_owned(), outcome.to_owned())]).inc();
+    if result.is_ok() {
+        ctx.backoff.reset(&key);
+    }
+    result
+}
+
+async fn reconcile_group(group: &ReplicaGroup, names: &GroupNames, ctx: &Context) -> Result<Action, Error> {
+    let spec = &group.spec;
+    let tls = tls::ensure(&ctx.client, group, names).await?;
+    let existing = group.status.as_ref().map_or(0, |s| s.replicas);
+    let addresses: Vec<String> = (0..spec.replicas.max(existing).max(0) as u32)
+        .map(|i| names.agent_address(&names.member(i)))
+        .chain((0..spec.effective_witnesses().max(0) as u32).map(|i| names.agent_address(&names.witness(i))))
+        .collect();
+    ctx.hub.ensure(
+        &names.namespace,
+        &names.name,
+        StreamConfig {
+            addresses: addresses.clone(),
+            tls: Some(tls.client.clone()),
+            lease: Duration::from_millis(spec.failover.lease_millis.max(200) as u64),
+            load_sensitive: matches!(spec.traffic.policy, TrafficPolicy::LeastLoaded | TrafficPolicy::LatencyAware),
+            tls_hash: tls.hash.clone(),
+        },
+    );
+
+    let observed = observe::observe(ctx, group, names, &tls).await?;
+    let plan = plan::plan(group, &observed, &ctx.settings);
+
+    // Routing and objects first: a failover's one EndpointSlice write must not wait behind
+    // membership calls.
+    apply::apply_objects(ctx, group, names, &plan.apply).await?;
+    apply::delete_objects(ctx, names, &plan.delete).await?;
+
+    let mut events = plan.events.clone();
+    if let Some(action) = &plan.action {
+        match ctx.hub.execute(&names.namespace, &names.name, action, &addresses, Some(tls.client.clone())).await {
+            Ok(summary) => {
+                info!(group = %names.name, namespace = %names.namespace, action = ?action, "{summary}");
+                events.push(plan::PlannedEvent { warning: false, reason: action_reason(action).into(), note: summary });
+            }
+            // The group refused (e.g. a member cannot be removed yet): its answer, not our fault.
+            Err(e) if e.code() == Some(tonic::Code::FailedPrecondition) => {
+                warn!(group = %names.name, action = ?action, error = %e, "the group refused");
+                events.push(plan::PlannedEvent { warning: true, reason: format!("{}Refused", action_reason(action)), note: e.to_string() });
+            }
+            Err(source) => {
+                publish(ctx, group, &events).await;
+                return Err(Error::Agent { action: action_reason(action).into(), source });
+            }
+        }
+    }
+    if plan.clear_switchover_request {
+        apply::clear_switchover_request(ctx, names).await?;
+    }
+    if group.status.as_ref() != Some(&plan.status) {
+        apply::apply_status(ctx, names, &plan.status).await?;
+        record_failover_metrics(ctx, group, &plan.status);
+    }
+    ctx.metrics.record_phase(&format!("{}/{}", names.namespace, names.name), plan.status.phase);
+    publish(ctx, group, &events).await;
+    Ok(Action::requeue(Duration::from_millis(plan.requeue_ms)))
+}
+
+fn action_reason(action: &AgentAction) -> &'static str {
+    match action {
+        AgentAction::Bootstrap { .. } => "Bootstrapped",
+        AgentAction::AddMember(_) => "MemberAdded",
+        AgentAction::RemoveMember { .. } => "MemberRemoved",
+        AgentAction::Switchover { .. } => "Switchover",
+        AgentAction::Pause => "Paused",
+        AgentAction::Resume => "Resumed",
+    }
+}
+
+fn record_failover_metrics(ctx: &Context, group: &ReplicaGroup, status: &crate::api::ReplicaGroupStatus) {
+    let Some(new) = &status.last_failover else { return };
+    let before = group.status.as_ref().and_then(|s| s.last_failover.as_ref());
+    // Count a failover once, when it is first seen routed.
+    let newly_routed = new.routed_at.is_some() && before.is_none_or(|b| b.epoch != new.epoch || b.routed_at.is_none());
+    if newly_routed {
+        let reason = new.reason.clone().unwrap_or_default();
+        ctx.metrics.failovers.get_or_create(&vec![("reason".to_owned(), reason)]).inc();
+        if let Some(ms) = new.duration_millis {
+            ctx.metrics.failover_duration.observe(ms.max(0) as f64 / 1000.0);
+        }
+    }
+}
+
+async fn publish(ctx: &Context, group: &ReplicaGroup, events: &[plan::PlannedEvent]) {
+    let reference = group.object_ref(&());
+    for e in events {
+        let event = Event {
+            type_: if e.warning { EventType::Warning } else { EventType::Normal },
+            reason: e.reason.clone(),
+            note: Some(e.note.chars().take(1000).collect()),
+            action: e.reason.clone(),
+            secondary: None,
+        };
+        if let Err(err) = ctx.recorder.publish(&event, &reference).await {
+            warn!(error = %err, reason = %e.reason, "publishing an event");
+        }
+    }
+}
+
+pub fn error_policy(obj: Arc<DeserializeGuard<ReplicaGroup>>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = key_of(&obj);
+    ctx.metrics.reconcile_errors.get_or_create(&vec![("reason".to_owned(), error.reason().to_owned())]).inc();
+    let delay = ctx.backoff.next(&key);
+    warn!(group = %key, error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}

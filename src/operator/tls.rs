@@ -1,0 +1,147 @@
+//! Per-group certificates. Two Secrets:
+//! - `NAME-ca` (never mounted in pods): the group CA and the operator's client certificate;
+//! - `NAME-agent-tls` (mounted into every agent): the CA certificate and the members' shared
+//!   certificate, valid for `*.NAME-peers.NS.svc.cluster.local` (and shorter forms).
+//! The member certificate is re-issued 30 days before it expires (or when the CA changes); its
+//! hash is on the pod template, so new certificates roll the members one at a time.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, Resource};
+
+use super::{Error, KubeContext};
+use crate::agent::client::TlsClientConfig;
+use crate::api::ReplicaGroup;
+use crate::api::names::{FIELD_MANAGER, GroupNames, MANAGED_BY, MANAGED_BY_LABEL, GROUP_LABEL};
+use crate::pki::{self, GroupCa, Validity};
+
+const CA_DAYS: i32 = 3650;
+const MEMBER_DAYS: i32 = 365;
+const RENEW_BEFORE_DAYS: i32 = 30;
+const NOT_AFTER_ANNOTATION: &str = "quorate.dev/not-after";
+const CA_HASH_ANNOTATION: &str = "quorate.dev/ca-hash";
+
+pub struct GroupTls {
+    pub client: TlsClientConfig,
+    /// Changes when the members' certificate or the CA changes.
+    pub hash: String,
+}
+
+fn hash_of(parts: &[&str]) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    parts.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+fn text(secret: &Secret, key: &str) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(bytes.0.clone()).ok()
+}
+
+fn today() -> jiff::civil::Date {
+    jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date()
+}
+
+fn tls_error(what: &str) -> impl Fn(pki::PkiError) -> Error + '_ {
+    move |e| Error::Tls(format!("{what}: {e}"))
+}
+
+fn secret(group: &ReplicaGroup, names: &GroupNames, name: String, type_: &str, data: BTreeMap<String, String>, annotations: BTreeMap<String, String>) -> Secret {
+    let mut s = Secret {
+        type_: Some(type_.to_owned()),
+        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v.into_bytes()))).collect()),
+        ..Default::default()
+    };
+    s.metadata.name = Some(name);
+    s.metadata.namespace = Some(names.namespace.clone());
+    s.metadata.labels = Some(BTreeMap::from([
+        (GROUP_LABEL.to_owned(), names.name.clone()),
+        (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+    ]));
+    s.metadata.annotations = (!annotations.is_empty()).then_some(annotations);
+    s.metadata.owner_references = group.controller_owner_ref(&()).map(|r| vec![r]);
+    s
+}
+
+async fn apply(api: &Api<Secret>, s: &Secret) -> Result<(), Error> {
+    let name = s.metadata.name.clone().unwrap_or_default();
+    let mut body = serde_json::to_value(s).map_err(|e| Error::Tls(e.to_string()))?;
+    body["apiVersion"] = "v1".into();
+    body["kind"] = "Secret".into();
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await.context(|| format!("applying Secret {name}"))?;
+    Ok(())
+}
+
+/// Makes sure both Secrets exist and are current; returns the operator's client configuration.
+pub async fn ensure(client: &Client, group: &ReplicaGroup, names: &GroupNames) -> Result<GroupTls, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &names.namespace);
+    let today = today();
+
+    let ca_secret = api.get_opt(&names.ca_secret()).await.context(|| format!("reading Secret {}", names.ca_secret()))?;
+    let existing = ca_secret.as_ref().and_then(|s| {
+        Some((
+            GroupCa {
+                common_name: format!("quorate {}/{}", names.namespace, names.name),
+                cert_pem: text(s, "ca.crt")?,
+                key_pem: text(s, "ca.key")?,
+            },
+            text(s, "operator.crt")?,
+            text(s, "operator.key")?,
+        ))
+    });
+    let (ca, operator_cert, operator_key) = match existing {
+        Some(found) => found,
+        None => {
+            let ca = pki::generate_group_ca(
+                &format!("quorate {}/{}", names.namespace, names.name),
+                &Validity::days_from(today, CA_DAYS).map_err(tls_error("CA validity"))?,
+            )
+            .map_err(tls_error("generating the group CA"))?;
+            let operator = pki::issue_client_certificate(&ca, "quorate-operator", &Validity::days_from(today, CA_DAYS).map_err(tls_error("validity"))?)
+                .map_err(tls_error("issuing the operator certificate"))?;
+            let data = BTreeMap::from([
+                ("ca.crt".to_owned(), ca.cert_pem.clone()),
+                ("ca.key".to_owned(), ca.key_pem.clone()),
+                ("operator.crt".to_owned(), operator.cert_pem.clone()),
+                ("operator.key".to_owned(), operator.key_pem.clone()),
+            ]);
+            apply(&api, &secret(group, names, names.ca_secret(), "Opaque", data, BTreeMap::new())).await?;
+            (ca, operator.cert_pem, operator.key_pem)
+        }
+    };
+    let ca_hash = hash_of(&[&ca.cert_pem]);
+
+    let agent_secret = api.get_opt(&names.agent_tls_secret()).await.context(|| format!("reading Secret {}", names.agent_tls_secret()))?;
+    let current = agent_secret.as_ref().and_then(|s| {
+        let annotations = s.metadata.annotations.as_ref()?;
+        let not_after: jiff::civil::Date = annotations.get(NOT_AFTER_ANNOTATION)?.parse().ok()?;
+        let fresh = annotations.get(CA_HASH_ANNOTATION) == Some(&ca_hash)
+            && today.checked_add(jiff::Span::new().days(RENEW_BEFORE_DAYS)).is_ok_and(|d| d < not_after);
+        fresh.then(|| text(s, "tls.crt")).flatten()
+    });
+    let member_cert = match current {
+        Some(cert) => cert,
+        None => {
+            let validity = Validity::days_from(today, MEMBER_DAYS).map_err(tls_error("validity"))?;
+            let member = pki::issue_member_certificate(&ca, &format!("{}-member", names.name), &names.agent_dns_names(), &[], &validity)
+                .map_err(tls_error("issuing the member certificate"))?;
+            let data = BTreeMap::from([
+                ("ca.crt".to_owned(), ca.cert_pem.clone()),
+                ("tls.crt".to_owned(), member.cert_pem.clone()),
+                ("tls.key".to_owned(), member.key_pem.clone()),
+            ]);
+            let annotations = BTreeMap::from([
+                (NOT_AFTER_ANNOTATION.to_owned(), validity.not_after.to_string()),
+                (CA_HASH_ANNOTATION.to_owned(), ca_hash.clone()),
+            ]);
+            apply(&api, &secret(group, names, names.agent_tls_secret(), "kubernetes.io/tls", data, annotations)).await?;
+            member.cert_pem
+        }
+    };
+    let client = TlsClientConfig::from_pem(&operator_cert, &operator_key, &ca.cert_pem).map_err(|e| Error::Tls(format!("operator client configuration: {e}")))?;
+    Ok(GroupTls { client, hash: hash_of(&[&ca.cert_pem, &member_cert]) })
+}
