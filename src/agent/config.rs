@@ -51,6 +51,11 @@ pub struct AgentArgs {
     #[arg(long, env = "QUORATE_PRIORITY", default_value_t = 50,
           value_parser = clap::value_parser!(u32).range(0..=100))]
     pub priority: u32,
+    /// Per-member priorities `NAME=P,NAME=P` (the operator passes the group's whole map, since
+    /// a StatefulSet gives every member the same arguments); this member's entry wins over
+    /// --priority.
+    #[arg(long, env = "QUORATE_PRIORITIES", value_parser = parse_priorities)]
+    pub priorities: Option<std::collections::BTreeMap<String, u32>>,
     /// Health check: TCP connect to 127.0.0.1:PORT.
     #[arg(long, env = "QUORATE_HEALTH_TCP", group = "health_check")]
     pub health_tcp: Option<u16>,
@@ -106,6 +111,20 @@ pub struct AgentArgs {
     /// Accept the InjectFault RPC (tests only).
     #[arg(long, env = "QUORATE_ENABLE_FAULT_INJECTION", hide = true)]
     pub enable_fault_injection: bool,
+}
+
+fn parse_priorities(s: &str) -> Result<std::collections::BTreeMap<String, u32>, String> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').ok_or_else(|| format!("{pair:?} is not NAME=PRIORITY"))?;
+            let value: u32 = value.trim().parse().map_err(|_| format!("priority of {name:?} must be a number 0-100"))?;
+            if value > 100 {
+                return Err(format!("priority of {name:?} must be between 0 and 100"));
+            }
+            Ok((name.trim().to_owned(), value))
+        })
+        .collect()
 }
 
 fn parse_member(s: &str) -> Result<String, String> {
@@ -196,6 +215,7 @@ impl AgentArgs {
                 })?),
                 None => None,
             };
+        let priority = self.priorities.as_ref().and_then(|p| p.get(&self.member).copied()).unwrap_or(self.priority);
         Ok(AgentSettings {
             health: self.health_config(),
             publisher: PublisherConfig {
@@ -214,7 +234,7 @@ impl AgentArgs {
             witness: self.witness,
             lease_millis: self.lease_millis,
             max_failovers_per_hour: self.max_failovers_per_hour,
-            priority: self.priority,
+            priority,
             tls_server,
             tls_client,
             transition_log: self.transition_log,
@@ -249,6 +269,9 @@ mod tests {
         assert_eq!(a.lease_millis, 1000);
         assert_eq!(a.max_failovers_per_hour, 6);
         assert_eq!(a.priority, 50);
+        assert_eq!(parse_priorities("cache-0=10, cache-2=80").map(|m| m.get("cache-2").copied()), Ok(Some(80)));
+        assert!(parse_priorities("cache-0=101").is_err());
+        assert!(parse_priorities("cache-0").is_err());
         assert_eq!(a.mode, Mode::PrimaryBackup);
         assert_eq!(a.role_file, PathBuf::from("/run/quorate/role"));
         assert!(a.health_config().is_none());

@@ -313,16 +313,23 @@ pub struct FailoverSpec {
     /// How long the primary may act without hearing from a Raft majority, 200 to 60000
     /// milliseconds (default 1000). It bounds crash detection: a crashed primary is replaced
     /// about one lease (plus a safety margin) after its last renewal. Shorter leases fail over
-    /// faster but risk false failovers on a slow network or an overloaded node.
+    /// faster but risk false failovers on a slow network or an overloaded node. Fixed at creation.
     #[serde(default = "default_lease_millis")]
     #[schemars(range(min = 200, max = 60000))]
-    #[x_kube(validation = Rule::new("self >= 200 && self <= 60000").message("spec.failover.leaseMillis must be between 200 and 60000"))]
+    #[x_kube(
+        validation = Rule::new("self >= 200 && self <= 60000").message("spec.failover.leaseMillis must be between 200 and 60000"),
+        validation = Rule::new("self == oldSelf").message("spec.failover.leaseMillis is fixed when the group is created (its agents agree on it through Raft); delete and re-create the group to change it"),
+    )]
     pub lease_millis: i32,
     /// Automatic failovers allowed in any hour, at least 1 (default 6). One more and the group
     /// stops failing over on its own, reports Degraded, and waits for a manual switchover.
+    /// Fixed at creation.
     #[serde(default = "default_max_failovers")]
     #[schemars(range(min = 1, max = 1000))]
-    #[x_kube(validation = Rule::new("self >= 1 && self <= 1000").message("spec.failover.maxFailoversPerHour must be between 1 and 1000"))]
+    #[x_kube(
+        validation = Rule::new("self >= 1 && self <= 1000").message("spec.failover.maxFailoversPerHour must be between 1 and 1000"),
+        validation = Rule::new("self == oldSelf").message("spec.failover.maxFailoversPerHour is fixed when the group is created (its agents agree on it through Raft); delete and re-create the group to change it"),
+    )]
     pub max_failovers_per_hour: i32,
     /// Preference among healthy, equally caught-up candidates: member name (`NAME-<ordinal>`) to
     /// priority 0 to 100 (default 50); higher wins, ties go to the lowest ordinal. Priority 0
