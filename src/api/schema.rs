@@ -33,9 +33,9 @@ pub(crate) fn member_key_rule(path: &str) -> Rule {
         "!has({parent}) || !has({map}) || {map}.all(k, k.startsWith(self.metadata.name + '-') \
          && {ordinal}.matches('^(0|[1-9][0-9]?)$') && int({ordinal}) < self.spec.replicas)"
     ))
-    .message(Message::Expression(format!(
-        "'spec.{path}: every key must name an existing member, ' + self.metadata.name + '-0 to ' \
-         + self.metadata.name + '-' + string(self.spec.replicas - 1)"
+    .message(Message::Message(format!(
+        "spec.{path}: every key must name an existing member: the group's name, a dash and an ordinal below \
+         spec.replicas (for a group cache with 3 replicas: cache-0, cache-1 or cache-2)"
     )))
     .field_path(format!(".spec.{path}"))
 }

@@ -6,6 +6,7 @@
 
 #[path = "../common/manifests.rs"]
 mod manifests;
+mod operator;
 mod smoke;
 mod support;
 
@@ -34,7 +35,8 @@ fn main() -> std::process::ExitCode {
     let threads: usize = std::env::args()
         .find_map(|a| a.strip_prefix("--test-threads=").and_then(|n| n.parse().ok()))
         .unwrap_or(2);
-    let phases: Vec<(&str, Vec<Test>)> = vec![("smoke", smoke::tests()), ("uninstall", smoke::last_tests())];
+    let phases: Vec<(&str, Vec<Test>)> =
+        vec![("smoke", smoke::tests()), ("operator", operator::tests()), ("uninstall", smoke::last_tests())];
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let failed = runtime.block_on(async move {
         let ctx = match Ctx::from_env().await {

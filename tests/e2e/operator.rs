@@ -1,0 +1,364 @@
+//! The operator on a real cluster: install with Helm, groups from the example, failover, graceful
+//! hand-off, scaling, switchover, pause, leader loss mid-failover, bad templates, clean deletion.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams};
+use quorate::api::ReplicaGroup;
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+
+use crate::support::{Ctx, restricted_container, wait_for};
+use crate::tests;
+
+pub fn tests() -> Vec<crate::Test> {
+    tests![
+        example_group_becomes_ready_and_routes_writes_to_the_primary,
+        crashed_primary_is_replaced_and_comes_back_as_a_backup,
+        graceful_deletion_hands_over_at_once,
+        scale_up_and_down_keeps_one_primary,
+        switchover_and_pause_through_the_kubectl_plugin,
+        leader_loss_during_a_failover_still_ends_routed,
+        invalid_template_is_reported_without_a_crash_loop,
+        deleting_a_group_removes_everything_it_created,
+    ]
+}
+
+pub const OPERATOR_NAMESPACE: &str = "quorate-system";
+pub const RELEASE: &str = "quorate";
+
+static OPERATOR: OnceCell<()> = OnceCell::const_new();
+
+/// Installs the operator once per run (2 replicas, leader election), as a user would.
+pub async fn ensure_operator(ctx: &Ctx) -> Result<()> {
+    OPERATOR
+        .get_or_try_init(|| async {
+            crate::smoke::apply_crd(ctx)?;
+            let (repo, tag) = ctx.image.rsplit_once(':').context("image tag")?;
+            let chart = ctx.root.join("charts/quorate");
+            ctx.helm(&[
+                "upgrade", "--install", RELEASE, &chart.to_string_lossy(), "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
+                "--set", &format!("image.repository={repo}"), "--set", &format!("image.tag={tag}"),
+                "--set", "replicaCount=2", "--set", "logFormat=text", "--set", "logLevel=debug",
+                "--wait", "--timeout", "180s",
+            ])?;
+            Ok(())
+        })
+        .await
+        .map(|_| ())
+}
+
+/// A group running the test workload: the example's shape with an image the test bed has.
+pub fn test_group(ctx: &Ctx, name: &str, mode: &str, replicas: i32) -> Value {
+    let mut container = json!({
+        "name": "app", "image": ctx.image, "imagePullPolicy": "IfNotPresent",
+        "command": ["/quorate-testapp"], "args": ["--listen", "0.0.0.0:8080", "--role-file", "/run/quorate/role"],
+        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+    });
+    container["securityContext"] = restricted_container();
+    json!({
+        "apiVersion": "quorate.dev/v1alpha1", "kind": "ReplicaGroup", "metadata": {"name": name},
+        "spec": {
+            "mode": mode, "replicas": replicas,
+            "ports": [{"name": "http", "port": 8080}],
+            "health": {"httpGet": {"port": 8080, "path": "/healthz"}, "periodMillis": 250, "failureThreshold": 2, "timeoutMillis": 200},
+            "roleChange": {"httpPost": {"port": 8080, "path": "/quorate/role"}, "timeoutMillis": 500, "retries": 1},
+            "storage": {"size": "16Mi"},
+            "template": {"spec": {"terminationGracePeriodSeconds": 5, "containers": [container]}},
+        }
+    })
+}
+
+pub fn groups(ctx: &Ctx, ns: &str) -> Api<ReplicaGroup> {
+    Api::namespaced(ctx.client.clone(), ns)
+}
+
+fn condition_true(g: &ReplicaGroup, type_: &str) -> bool {
+    g.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == type_ && c.status == "True"))
+}
+
+pub async fn wait_ready(ctx: &Ctx, ns: &str, name: &str, timeout: Duration) -> Result<ReplicaGroup> {
+    let api = groups(ctx, ns);
+    let last = std::sync::Mutex::new(String::new());
+    let r = wait_for(&format!("ReplicaGroup {ns}/{name} Ready"), timeout, || async {
+        let g = api.get(name).await?;
+        if let Some(s) = &g.status {
+            *last.lock().expect("lock") = serde_json::to_string(&s.conditions).unwrap_or_default();
+        }
+        Ok(condition_true(&g, "Ready").then_some(g))
+    })
+    .await;
+    r.with_context(|| format!("last conditions: {}", last.lock().expect("lock")))
+}
+
+/// The addresses in the `-rw` EndpointSlice and its epoch annotation.
+pub async fn rw_slice(ctx: &Ctx, ns: &str, group: &str) -> Result<(Vec<String>, Option<u64>)> {
+    let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), ns);
+    let s = api.get(&format!("{group}-rw")).await?;
+    let epoch = s.metadata.annotations.as_ref().and_then(|a| a.get("quorate.dev/epoch")).and_then(|e| e.parse().ok());
+    Ok((s.endpoints.iter().flat_map(|e| e.addresses.clone()).collect(), epoch))
+}
+
+pub async fn pod_ip(ctx: &Ctx, ns: &str, pod: &str) -> Result<Option<String>> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(api.get_opt(pod).await?.and_then(|p| p.status).and_then(|s| s.pod_ip))
+}
+
+pub async fn service_ip(ctx: &Ctx, ns: &str, service: &str) -> Result<String> {
+    ctx.kubectl(&["get", "service", service, "-n", ns, "-o", "jsonpath={.spec.clusterIP}"])
+}
+
+/// Asks the member behind a Service who it is (the test workload answers with its identity).
+pub async fn who_answers(ctx: &Ctx, ip: &str) -> Result<Value> {
+    let (status, body) = ctx.http_get(&format!("http://{ip}:8080/"), None).await?;
+    ensure!(status == 200, "HTTP {status}: {body}");
+    Ok(serde_json::from_str(&body)?)
+}
+
+/// Waits until the group has a primary routed by `-rw` with an epoch above `after`, and a request
+/// through the `-rw` Service is answered by it. Returns (primary, epoch).
+pub async fn wait_routed_primary(ctx: &Ctx, ns: &str, group: &str, after: u64, timeout: Duration) -> Result<(String, u64)> {
+    let api = groups(ctx, ns);
+    let rw = service_ip(ctx, ns, &format!("{group}-rw")).await?;
+    wait_for(&format!("{group}: a primary routed above epoch {after}"), timeout, || async {
+        let g = api.get(group).await?;
+        let Some(status) = g.status else { return Ok(None) };
+        let (Some(primary), Some(epoch)) = (status.primary.clone(), status.epoch.map(|e| e as u64)) else { return Ok(None) };
+        if epoch <= after {
+            return Ok(None);
+        }
+        let (addresses, slice_epoch) = rw_slice(ctx, ns, group).await?;
+        let ip = pod_ip(ctx, ns, &primary).await?;
+        if addresses.len() != 1 || Some(&addresses[0]) != ip.as_ref() || slice_epoch != Some(epoch) {
+            return Ok(None);
+        }
+        let answer = who_answers(ctx, &rw).await?;
+        Ok((answer["member"] == primary.as_str() && answer["role"] == "Primary").then_some((primary, epoch)))
+    })
+    .await
+}
+
+async fn create_group(ctx: &Ctx, ns: &str, group: &Value) -> Result<()> {
+    ctx.kubectl_stdin(&["apply", "--server-side", "-n", ns, "-f", "-"], Some(&group.to_string()))?;
+    Ok(())
+}
+
+/// The example manifest with the test workload in place of Redis (the test bed pulls no images).
+fn example_with_test_workload(ctx: &Ctx) -> Result<Value> {
+    let text = std::fs::read_to_string(ctx.root.join("examples/primary-backup.yaml"))?;
+    let mut doc: Value = serde_saphyr::from_str(&text)?;
+    let test = test_group(ctx, "cache", "PrimaryBackup", 3);
+    doc["spec"]["template"] = test["spec"]["template"].clone();
+    doc["spec"]["ports"] = test["spec"]["ports"].clone();
+    doc["spec"]["health"] = test["spec"]["health"].clone();
+    doc["spec"]["roleChange"] = test["spec"]["roleChange"].clone();
+    doc["spec"]["storage"] = test["spec"]["storage"].clone();
+    Ok(doc)
+}
+
+async fn example_group_becomes_ready_and_routes_writes_to_the_primary(ctx: Ctx) -> Result<()> {
+    ensure_operator(&ctx).await?;
+    let ns = ctx.namespace("op-example")?;
+    create_group(&ctx, &ns.name, &example_with_test_workload(&ctx)?).await?;
+    let g = wait_ready(&ctx, &ns.name, "cache", Duration::from_secs(180)).await?;
+    let status = g.status.context("status")?;
+    ensure!(status.members.iter().filter(|m| m.healthy && m.voter).count() == 3, "members: {:?}", status.members);
+    let (primary, epoch) = wait_routed_primary(&ctx, &ns.name, "cache", 0, Duration::from_secs(30)).await?;
+    // A write through -rw reaches the primary and carries its epoch.
+    let rw = service_ip(&ctx, &ns.name, "cache-rw").await?;
+    let (code, body) = ctx.http_post(&format!("http://{rw}:8080/write"), &json!({"epoch": epoch, "value": "hello"}).to_string()).await?;
+    ensure!(code == 200, "write through cache-rw: HTTP {code}: {body}");
+    ensure!(body.contains(&primary), "the write was not served by the primary {primary}: {body}");
+    // Member pods hold no Kubernetes credentials.
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns.name);
+    for pod in pods.list(&ListParams::default().labels("quorate.dev/group=cache")).await?.items {
+        let spec = pod.spec.context("pod spec")?;
+        ensure!(spec.automount_service_account_token == Some(false), "{:?} mounts a token", pod.metadata.name);
+        let mounts = spec.containers.iter().chain(spec.init_containers.iter().flatten()).flat_map(|c| c.volume_mounts.iter().flatten());
+        for m in mounts {
+            ensure!(!m.mount_path.contains("serviceaccount"), "{:?} mounts {}", pod.metadata.name, m.mount_path);
+        }
+    }
+    // The ro Service holds the two backups.
+    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns.name);
+    let ro = slices.get("cache-ro").await?;
+    ensure!(ro.endpoints.len() == 2, "cache-ro: {:?}", ro.endpoints);
+    Ok(())
+}
+
+async fn crashed_primary_is_replaced_and_comes_back_as_a_backup(ctx: Ctx) -> Result<()> {
+    ensure_operator(&ctx).await?;
+    let ns = ctx.namespace("op-crash")?;
+    create_group(&ctx, &ns.name, &test_group(&ctx, "db", "PrimaryBackup", 3)).await?;
+    wait_ready(&ctx, &ns.name, "db", Duration::from_secs(180)).await?;
+    let (old, epoch) = wait_routed_primary(&ctx, &ns.name, "db", 0, Duration::from_secs(30)).await?;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns.name);
+    let started = Instant::now();
+    pods.delete(&old, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
+    let (new, new_epoch) = wait_routed_primary(&ctx, &ns.name, "db", epoch, Duration::from_secs(30)).await?;
+    eprintln!("    crash failover {old} -> {new}: {} ms", started.elapsed().as_millis());
+    ensure!(new != old, "the deleted primary {old} is primary again");
+    ensure!(new_epoch == epoch + 1, "epoch went {epoch} -> {new_epoch}, expected +1");
+    // The old pod comes back (StatefulSet) and rejoins as a backup; the group is Ready again.
+    let g = wait_ready(&ctx, &ns.name, "db", Duration::from_secs(120)).await?;
+    let status = g.status.context("status")?;
+    let back = status.members.iter().find(|m| m.name == old).context("old member")?;
+    ensure!(back.healthy && back.role == quorate::api::MemberRole::Backup, "{old} after the crash: {back:?}");
+    let f = status.last_failover.context("lastFailover")?;
+    ensure!(f.to.as_deref() == Some(new.as_str()) && f.routed_at.is_some() && f.duration_millis.is_some(), "lastFailover: {f:?}");
+    Ok(())
+}
+
+async fn graceful_deletion_hands_over_at_once(ctx: Ctx) -> Result<()> {
+    ensure_operator(&ctx).await?;
+    let ns = ctx.namespace("op-graceful")?;
+    create_group(&ctx, &ns.name, &test_group(&ctx, "db", "PrimaryBackup", 3)).await?;
+    wait_ready(&ctx, &ns.name, "db", Duration::from_secs(180)).await?;
+    let (old, epoch) = wait_routed_primary(&ctx, &ns.name, "db", 0, Duration::from_secs(30)).await?;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns.name);
+    let started = Instant::now();
+    pods.delete(&old, &DeleteParams::default()).await?;
+    let (new, _) = wait_routed_primary(&ctx, &ns.name, "db", epoch, Duration::from_secs(20)).await?;
+    let took = started.elapsed();
+    eprintln!("    graceful hand-off {old} -> {new}: {} ms", took.as_millis());
+    ensure!(new != old);
+    // A released lease needs no expiry wait: far below a crash failover.
+    ensure!(took < Duration::from_secs(5), "graceful hand-off took {took:?}");
+    Ok(())
+}
+
+async fn scale_up_and_down_keeps_one_primary(ctx: Ctx) -> Result<()> {
+    ensure_operator(&ctx).await?;
+    let ns = ctx.namespace("op-scale")?;
+    create_group(&ctx, &ns.name, &test_group(&ctx, "db", "PrimaryBackup", 3)).await?;
+    wait_ready(&ctx, &ns.name, "db", Duration::from_secs(180)).await?;
+    for replicas in [5, 3] {
+        ctx.kubectl(&["scale", "-n", &ns.name, "rg/db", &format!("--replicas={replicas}")])?;
+        let g = wait_for(&format!("{replicas} healthy voting members"), Duration::from_secs(180), || async {
+            let g = groups(&ctx, &ns.name).get("db").await?;
+            let s = g.status.clone().unwrap_or_default();
+            let members: Vec<_> = s.members.iter().filter(|m| !m.name.contains("witness")).collect();
+            let ok = members.len() == replicas && members.iter().all(|m| m.healthy && m.voter) && condition_true(&g, "Ready");
+            Ok(ok.then_some(g))
+        })
+        .await?;
+        let primaries = g.status.as_ref().map_or(0, |s| s.members.iter().filter(|m| m.role == quorate::api::MemberRole::Primary).count());
+        ensure!(primaries == 1, "after scaling to {replicas}: {primaries} primaries");
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns.name);
+        let n = pods.list(&ListParams::default().labels("quorate.dev/group=db,quorate.dev/component=member")).await?.items.len();
+        ensure!(n == replicas, "{n} member pods after scaling to {replicas}");
+    }
+    Ok(())
+}
+
+fn plugin(ctx: &Ctx, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-quorate"))
+        .arg("--kubeconfig")
+        .arg(&ctx.kubeconfig)
+        .args(args)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!("kubectl quorate {} failed: {}{}", args.join(" "), stdout, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(stdout)
+}
+
+async fn switchover_and_pause_through_the_kubectl_plugin(ctx: Ctx) -> Result<()> {
+    ensure_operator(&ctx).await?;
+    let ns = ctx.namespace("op-switch")?;
+    create_group(&ctx, &ns.name, &test_group(&ctx, "db", "PrimaryBackup", 3)).await?;
+    wait_ready(&ctx, &ns.name, "db", Duration::from_secs(180)).await?;
+    let (old, epoch) = wait_routed_primary(&ctx, &ns.name, "db", 0, Duration::from_secs(30)).await?;
+    let target = ["db-0", "db-1", "db-2"].into_iter().find(|m| *m != old).context("a target")?;
+    let out = plugin(&ctx, &["-n", &ns.name, "switchover", "db", "--to", target, "--timeout", "60s"])?;
+    ensure!(out.contains(target), "plugin output: {out}");
+    let (new, epoch2) = wait_routed_primary(&ctx, &ns.name, "db", epoch, Duration::from_secs(30)).await?;
+    ensure!(new == target, "switched to {new}, asked for {target}");
+    let status = plugin(&ctx, &["-n", &ns.name, "status", "db"])?;
+    ensure!(status.contains(target) && status.contains("Primary"), "status output: {status}");
+
+    // Paused: a crashed primary is not replaced; routing drains it once its lease is gone.
+    plugin(&ctx, &["-n", &ns.name, "pause", "db"])?;
+    wait_for("the group to report paused", Duration::from_secs(30), || async {
+        let g = groups(&ctx, &ns.name).get("db").await?;
+        let paused_event = ctx.kubectl(&["get", "events", "-n", &ns.name, "--field-selector", "reason=Paused", "-o", "name"])?;
+        Ok((g.spec.paused && !paused_event.trim().is_empty()).then_some(()))
+    })
+    .await?;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns.name);
+    pods.delete(&new, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let g = groups(&ctx, &ns.name).get("db").await?;
+    ensure!(g.status.as_ref().and_then(|s| s.epoch) == Some(epoch2 as i64), "a primary was appointed while paused: {:?}", g.status);
+    let (rw, _) = rw_slice(&ctx, &ns.name, "db").await?;
+    ensure!(rw.is_empty() || pod_ip(&ctx, &ns.name, &new).await?.is_some_and(|ip| rw == vec![ip]), "-rw routes elsewhere while paused: {rw:?}");
+    plugin(&ctx, &["-n", &ns.name, "resume", "db"])?;
+    let (after, _) = wait_routed_primary(&ctx, &ns.name, "db", epoch2, Duration::from_secs(60)).await?;
+    eprintln!("    resumed: primary {after}");
+    Ok(())
+}
+
+async fn leader_loss_during_a_failover_still_ends_routed(ctx: Ctx) -> Result<()> {
+    ensure_operator(&ctx).await?;
+    let ns = ctx.namespace("op-ha")?;
+    create_group(&ctx, &ns.name, &test_group(&ctx, "db", "PrimaryBackup", 3)).await?;
+    wait_ready(&ctx, &ns.name, "db", Duration::from_secs(180)).await?;
+    let (old, epoch) = wait_routed_primary(&ctx, &ns.name, "db", 0, Duration::from_secs(30)).await?;
+    let holder = ctx.kubectl(&["get", "lease", RELEASE, "-n", OPERATOR_NAMESPACE, "-o", "jsonpath={.spec.holderIdentity}"])?;
+    ensure!(!holder.is_empty(), "no operator holds the lease");
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns.name);
+    let operators: Api<Pod> = Api::namespaced(ctx.client.clone(), OPERATOR_NAMESPACE);
+    pods.delete(&old, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
+    operators.delete(&holder, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
+    let (new, _) = wait_routed_primary(&ctx, &ns.name, "db", epoch, Duration::from_secs(90)).await?;
+    ensure!(new != old);
+    let holder2 = ctx.kubectl(&["get", "lease", RELEASE, "-n", OPERATOR_NAMESPACE, "-o", "jsonpath={.spec.holderIdentity}"])?;
+    ensure!(holder2 != holder, "the killed operator {holder} still holds the lease");
+    wait_ready(&ctx, &ns.name, "db", Duration::from_secs(120)).await?;
+    Ok(())
+}
+
+async fn invalid_template_is_reported_without_a_crash_loop(ctx: Ctx) -> Result<()> {
+    ensure_operator(&ctx).await?;
+    let ns = ctx.namespace("op-invalid")?;
+    let mut group = test_group(&ctx, "bad", "PrimaryBackup", 3);
+    group["spec"]["template"]["spec"]["containers"][0]["name"] = json!("quorate-agent");
+    create_group(&ctx, &ns.name, &group).await?;
+    let g = wait_for("a Degraded condition naming the template", Duration::from_secs(60), || async {
+        let g = groups(&ctx, &ns.name).get("bad").await?;
+        let degraded = g.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded").cloned());
+        Ok(degraded.filter(|c| c.status == "True" && c.reason == "InvalidTemplate").map(|c| (g, c)))
+    })
+    .await?;
+    ensure!(g.1.message.contains("reserved"), "message: {}", g.1.message);
+    let events = ctx.kubectl(&["get", "events", "-n", &ns.name, "--field-selector", "reason=InvalidTemplate", "-o", "jsonpath={.items[*].message}"])?;
+    ensure!(events.contains("reserved"), "no InvalidTemplate event: {events}");
+    let sts = ctx.kubectl(&["get", "statefulsets", "-n", &ns.name, "-o", "name"])?;
+    ensure!(sts.trim().is_empty(), "a StatefulSet was created from an invalid template: {sts}");
+    // The operator keeps running (no crash loop).
+    let restarts = ctx.kubectl(&["get", "pods", "-n", OPERATOR_NAMESPACE, "-l", "app.kubernetes.io/name=quorate", "-o", "jsonpath={.items[*].status.containerStatuses[*].restartCount}"])?;
+    ensure!(restarts.split_whitespace().all(|r| r == "0"), "operator restarts: {restarts}");
+    Ok(())
+}
+
+async fn deleting_a_group_removes_everything_it_created(ctx: Ctx) -> Result<()> {
+    ensure_operator(&ctx).await?;
+    let ns = ctx.namespace("op-delete")?;
+    create_group(&ctx, &ns.name, &test_group(&ctx, "db", "PrimaryBackup", 3)).await?;
+    wait_ready(&ctx, &ns.name, "db", Duration::from_secs(180)).await?;
+    ctx.kubectl(&["delete", "rg", "db", "-n", &ns.name, "--wait=true", "--timeout=60s"])?;
+    let kinds = "statefulsets,services,endpointslices,poddisruptionbudgets,secrets,pods,persistentvolumeclaims";
+    wait_for("every object of the group to be gone", Duration::from_secs(120), || async {
+        let left = ctx.kubectl(&["get", kinds, "-n", &ns.name, "-l", "quorate.dev/group=db", "-o", "name"])?;
+        let pvcs = ctx.kubectl(&["get", "pvc", "-n", &ns.name, "-o", "name"])?;
+        Ok((left.trim().is_empty() && pvcs.trim().is_empty()).then_some(()))
+    })
+    .await
+}
