@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# `make bench-failover` / `make bench-weights`: a benchmark on the test bed.
+#   hack/bench.sh failover|weights
+# Brings the test bed up when it is not running (and down again afterwards unless
+# KEEP_CLUSTER=1), builds and imports the images, then runs `cargo bench --bench <name>`, which
+# prints its figures.
+set -euo pipefail
+HACK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=hack/lib.sh
+source "$HACK/lib.sh"
+cd "$ROOT"
+name="${1:-}"
+[[ "$name" == failover || "$name" == weights ]] || die "usage: hack/bench.sh failover|weights"
+
+"$HACK/build-tools.sh"
+started=0
+cleanup() { if [[ $started == 1 && "${KEEP_CLUSTER:-0}" != 1 ]]; then "$HACK/cluster.sh" down; fi; }
+trap cleanup EXIT
+if ! "$HACK/cluster.sh" status >/dev/null 2>&1; then
+  "$HACK/cluster.sh" up
+  started=1
+fi
+"$HACK/images.sh"
+export QUORATE_KUBECONFIG="$("$HACK/cluster.sh" kubeconfig)"
+export QUORATE_KUBECTL="$(bin_dir kubernetes)/kubectl" HELM="$(bin_dir helm)/helm" QUORATE_IMAGE="$(quorate_image)"
+cargo bench --locked --bench "$name"
