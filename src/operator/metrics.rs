@@ -31,6 +31,7 @@ pub struct Metrics {
     pub agent_streams: Gauge,
     pub agent_state_changes: Counter,
     pub leader: Gauge,
+    resident_memory: Gauge,
     phases: Mutex<HashMap<String, Option<GroupPhase>>>,
 }
 
@@ -52,6 +53,7 @@ impl Metrics {
         let agent_streams = Gauge::default();
         let agent_state_changes = Counter::default();
         let leader = Gauge::default();
+        let resident_memory = Gauge::default();
         registry.register("reconciles", "Reconciles by result (ok, error)", reconciles.clone());
         registry.register("reconcile_errors", "Failed reconciles by reason", reconcile_errors.clone());
         registry.register("reconcile_duration_seconds", "Duration of one reconcile", reconcile_duration.clone());
@@ -65,6 +67,7 @@ impl Metrics {
         registry.register("agent_streams", "Open group state streams", agent_streams.clone());
         registry.register("agent_state_changes", "Group state changes received from agents", agent_state_changes.clone());
         registry.register("leader", "1 while this replica is the elected leader", leader.clone());
+        registry.register("process_resident_memory_bytes", "Resident memory of the operator process", resident_memory.clone());
         Self {
             registry,
             reconciles,
@@ -76,6 +79,7 @@ impl Metrics {
             agent_streams,
             agent_state_changes,
             leader,
+            resident_memory,
             phases: Mutex::default(),
         }
     }
@@ -97,6 +101,7 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
+        self.resident_memory.set(resident_memory_bytes());
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -126,4 +131,15 @@ pub async fn serve(metrics_addr: SocketAddr, health_addr: SocketAddr, metrics: A
     tokio::spawn(async move { axum::serve(metrics_listener, metrics_app).await });
     tokio::spawn(async move { axum::serve(health_listener, health_app).await });
     Ok(())
+}
+
+/// Resident set size from /proc/self/statm (pages), 0 where there is no /proc.
+fn resident_memory_bytes() -> i64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<i64>().ok()))
+        .unwrap_or(0);
+    // SAFETY: sysconf takes a constant and reads no memory of ours.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * if page > 0 { page } else { 4096 }
 }

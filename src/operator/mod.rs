@@ -58,6 +58,7 @@ pub enum Error {
 impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
+            Error::Kube { source: kube::Error::Api(e), .. } if e.code == 403 && e.message.contains("being terminated") => "namespace_terminating",
             Error::Kube { source: kube::Error::Api(e), .. } if e.code == 409 => "conflict",
             Error::Kube { .. } => "kube_api",
             Error::Agent { .. } => "agent",

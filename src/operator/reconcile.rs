@@ -188,6 +188,10 @@ async fn publish(ctx: &Context, group: &ReplicaGroup, events: &[plan::PlannedEve
 
 pub fn error_policy(obj: Arc<DeserializeGuard<ReplicaGroup>>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = key_of(&obj);
+    if error.reason() == "namespace_terminating" {
+        // The namespace goes away with everything in it: nothing to retry.
+        return Action::await_change();
+    }
     ctx.metrics.reconcile_errors.get_or_create(&vec![("reason".to_owned(), error.reason().to_owned())]).inc();
     let delay = ctx.backoff.next(&key);
     warn!(group = %key, error = %error, retry_in = ?delay, "reconcile failed");

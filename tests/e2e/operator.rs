@@ -250,9 +250,13 @@ async fn scale_up_and_down_keeps_one_primary(ctx: Ctx) -> Result<()> {
         .await?;
         let primaries = g.status.as_ref().map_or(0, |s| s.members.iter().filter(|m| m.role == quorate::api::MemberRole::Primary).count());
         ensure!(primaries == 1, "after scaling to {replicas}: {primaries} primaries");
+        // Pods of removed members finish terminating shortly after they left the group.
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns.name);
-        let n = pods.list(&ListParams::default().labels("quorate.dev/group=db,quorate.dev/component=member")).await?.items.len();
-        ensure!(n == replicas, "{n} member pods after scaling to {replicas}");
+        wait_for(&format!("{replicas} member pods"), Duration::from_secs(60), || async {
+            let n = pods.list(&ListParams::default().labels("quorate.dev/group=db,quorate.dev/component=member")).await?.items.len();
+            Ok((n == replicas).then_some(()))
+        })
+        .await?;
     }
     Ok(())
 }

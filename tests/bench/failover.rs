@@ -1,0 +1,143 @@
+//! `make bench-failover`: failover through Kubernetes routing on the test bed.
+//! 20 times the primary's pod is deleted with grace period 0, 20 times with the default grace
+//! period; each time from the delete call until the `-rw` EndpointSlice names the new primary
+//! **and** a request through the `-rw` Service is answered by it. Then the operator's resident
+//! memory with 200 groups. Prints:
+//!   failover_crash_ms p50=… p95=… max=… n=20
+//!   failover_graceful_ms p50=… p95=… max=… n=20
+//!   operator_rss_mib groups=… rss=…
+
+#[path = "../e2e/support.rs"]
+mod support;
+#[path = "../e2e/smoke.rs"]
+#[allow(dead_code)]
+mod smoke;
+#[path = "../e2e/operator.rs"]
+#[allow(dead_code)]
+mod operator;
+#[path = "../common/manifests.rs"]
+#[allow(dead_code)]
+mod manifests;
+
+// The e2e modules name their test lists through these; the bench uses only their helpers.
+pub struct Test {
+    pub name: &'static str,
+    pub run: fn(support::Ctx) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>,
+}
+#[macro_export]
+macro_rules! tests {
+    ($($f:ident),* $(,)?) => {
+        vec![$($crate::Test { name: concat!(module_path!(), "::", stringify!($f)), run: |ctx| Box::pin($f(ctx)) }),*]
+    };
+}
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, ensure};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::DeleteParams;
+use serde_json::json;
+use support::{Ctx, wait_for};
+
+const ROUNDS: usize = 20;
+const GROUPS_FOR_RSS: usize = 200;
+
+fn percentile(sorted: &[u128], p: f64) -> u128 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn report(name: &str, mut ms: Vec<u128>) {
+    ms.sort_unstable();
+    println!("{name} p50={} p95={} max={} n={}", percentile(&ms, 0.5), percentile(&ms, 0.95), ms.last().copied().unwrap_or(0), ms.len());
+}
+
+/// One failover: delete the primary's pod, wait for the new primary to be routed and to answer.
+async fn failover(ctx: &Ctx, ns: &str, grace: Option<u32>) -> Result<u128> {
+    let g = operator::wait_ready(ctx, ns, "db", Duration::from_secs(180)).await?;
+    let (old, epoch) = operator::wait_routed_primary(ctx, ns, "db", 0, Duration::from_secs(30)).await?;
+    let _ = g;
+    let rw = operator::service_ip(ctx, ns, "db-rw").await?;
+    let old_ip = operator::pod_ip(ctx, ns, &old).await?.context("old primary IP")?;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let started = Instant::now();
+    pods.delete(&old, &DeleteParams { grace_period_seconds: grace, ..Default::default() }).await?;
+    wait_for("the new primary routed and answering", Duration::from_secs(30), || async {
+        let (addresses, slice_epoch) = operator::rw_slice(ctx, ns, "db").await?;
+        if addresses.len() != 1 || addresses[0] == old_ip || slice_epoch.is_none_or(|e| e <= epoch) {
+            return Ok(None);
+        }
+        let Ok(answer) = operator::who_answers(ctx, &rw).await else { return Ok(None) };
+        let ok = answer["role"] == "Primary" && answer["member"] != old.as_str() && answer["epoch"].as_u64().is_some_and(|e| e > epoch);
+        Ok(ok.then_some(()))
+    })
+    .await?;
+    Ok(started.elapsed().as_millis())
+}
+
+async fn failovers(ctx: &Ctx, grace: Option<u32>, label: &str) -> Result<Vec<u128>> {
+    let ns = ctx.namespace(&format!("bench-{label}"))?;
+    let mut group = operator::test_group(ctx, "db", "PrimaryBackup", 3);
+    // The bench trips the flap guard otherwise (that is what it is for).
+    group["spec"]["failover"] = json!({"maxFailoversPerHour": 1000});
+    ctx.kubectl_stdin(&["apply", "--server-side", "-n", &ns.name, "-f", "-"], Some(&group.to_string()))?;
+    let mut out = Vec::new();
+    for round in 0..ROUNDS {
+        let ms = failover(ctx, &ns.name, grace).await.with_context(|| format!("{label} round {round}"))?;
+        eprintln!("  {label} round {round}: {ms} ms");
+        out.push(ms);
+    }
+    Ok(out)
+}
+
+/// Resident memory of the operator leader with many groups. The groups are "tiny": their
+/// namespace's quota admits no pods, so the operator does all its per-group work (objects,
+/// certificates, a state stream trying to reach agents) without 600 pods on one node.
+async fn operator_rss(ctx: &Ctx) -> Result<f64> {
+    let ns = ctx.namespace("bench-rss")?;
+    let quota = json!({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}});
+    ctx.kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(&quota.to_string()))?;
+    let mut list = Vec::new();
+    for i in 0..GROUPS_FOR_RSS {
+        let mut g = operator::test_group(ctx, &format!("g{i}"), "ActiveActive", 1);
+        g["spec"]["paused"] = json!(true);
+        list.push(g);
+    }
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": list});
+    ctx.kubectl_stdin(&["apply", "--server-side", "-n", &ns.name, "-f", "-"], Some(&list.to_string()))?;
+    let api = operator::groups(ctx, &ns.name);
+    wait_for("every group to have a status", Duration::from_secs(600), || async {
+        let groups = api.list(&Default::default()).await?;
+        let done = groups.items.iter().filter(|g| g.status.as_ref().is_some_and(|s| s.phase.is_some())).count();
+        Ok((done == GROUPS_FOR_RSS).then_some(()))
+    })
+    .await?;
+    // Let the per-group streams settle into their steady state before sampling.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let holder = ctx.kubectl(&["get", "lease", operator::RELEASE, "-n", operator::OPERATOR_NAMESPACE, "-o", "jsonpath={.spec.holderIdentity}"])?;
+    let ip = ctx.kubectl(&["get", "pod", &holder, "-n", operator::OPERATOR_NAMESPACE, "-o", "jsonpath={.status.podIP}"])?;
+    let (code, metrics) = ctx.http_get(&format!("http://{ip}:8080/metrics"), None).await?;
+    ensure!(code == 200, "operator metrics: HTTP {code}");
+    let bytes: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("quorate_operator_process_resident_memory_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no resident memory in the operator's metrics")?;
+    Ok(bytes / (1024.0 * 1024.0))
+}
+
+fn main() -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let ctx = Ctx::from_env().await?;
+        operator::ensure_operator(&ctx).await?;
+        let crash = failovers(&ctx, Some(0), "crash").await?;
+        let graceful = failovers(&ctx, None, "graceful").await?;
+        let rss = operator_rss(&ctx).await?;
+        report("failover_crash_ms", crash);
+        report("failover_graceful_ms", graceful);
+        println!("operator_rss_mib groups={GROUPS_FOR_RSS} rss={rss:.1}");
+        Ok(())
+    })
+}
