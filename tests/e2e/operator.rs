@@ -287,6 +287,8 @@ async fn switchover_and_pause_through_the_kubectl_plugin(ctx: Ctx) -> Result<()>
     ensure!(new == target, "switched to {new}, asked for {target}");
     let status = plugin(&ctx, &["-n", &ns.name, "status", "db"])?;
     ensure!(status.contains(target) && status.contains("Primary"), "status output: {status}");
+    let missing = plugin(&ctx, &["-n", &ns.name, "status", "nosuch"]).expect_err("a missing group is an error").to_string();
+    ensure!(missing.contains(&format!("replicagroup \"nosuch\" not found in namespace \"{}\"", ns.name)), "{missing}");
 
     // Paused: a crashed primary is not replaced; routing drains it once its lease is gone.
     plugin(&ctx, &["-n", &ns.name, "pause", "db"])?;
