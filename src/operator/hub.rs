@@ -60,6 +60,9 @@ struct Entry {
 #[derive(Clone)]
 pub struct AgentHub {
     groups: Arc<Mutex<HashMap<Key, Entry>>>,
+    /// Connections for one-off calls, reused: a failover's switchover should not pay for a TLS
+    /// handshake. Dropped on the first transport error.
+    clients: Arc<Mutex<HashMap<String, AgentClient>>>,
     trigger: mpsc::UnboundedSender<GroupRef>,
     metrics: Arc<Metrics>,
 }
@@ -79,7 +82,7 @@ fn now_ms() -> i64 {
 impl AgentHub {
     pub fn new(metrics: Arc<Metrics>) -> (Self, impl Stream<Item = GroupRef> + Send + 'static) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let hub = AgentHub { groups: Arc::default(), trigger: tx, metrics };
+        let hub = AgentHub { groups: Arc::default(), clients: Arc::default(), trigger: tx, metrics };
         (hub, tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
     }
 
@@ -150,10 +153,33 @@ impl AgentHub {
         });
     }
 
+    async fn client(&self, address: &str, tls: Option<TlsClientConfig>) -> Result<AgentClient, ClientError> {
+        if let Some(c) = lock(&self.clients).get(address) {
+            return Ok(c.clone());
+        }
+        let c = connect(address, tls).await?;
+        lock(&self.clients).insert(address.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    /// A call failed for a reason other than the group's answer: reconnect next time.
+    fn forget_client(&self, address: &str, error: &ClientError) {
+        let transport = !matches!(
+            error.code(),
+            Some(tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::AlreadyExists)
+        );
+        if transport {
+            lock(&self.clients).remove(address);
+        }
+    }
+
     /// Asks one member directly who it is (used before it joins the group).
-    pub async fn probe(address: &str, tls: Option<TlsClientConfig>) -> Result<NodeProbe, ClientError> {
-        let client = connect(address, tls).await?;
-        let state = client.status().await?;
+    pub async fn probe(&self, address: &str, tls: Option<TlsClientConfig>) -> Result<NodeProbe, ClientError> {
+        let client = self.client(address, tls).await?;
+        let state = tokio::time::timeout(CONNECT_TIMEOUT, client.status())
+            .await
+            .unwrap_or_else(|_| Err(ClientError::Connect { address: address.to_owned(), reason: "no answer".into() }))
+            .inspect_err(|e| self.forget_client(address, e))?;
         let node = state.answered_by.unwrap_or_default();
         Ok(NodeProbe { id: node.id, initialized: node.initialized })
     }
@@ -169,12 +195,12 @@ impl AgentHub {
     ) -> Result<String, ClientError> {
         if let AgentAction::Bootstrap { via, members } = action {
             let address = addresses.iter().find(|a| a.starts_with(&format!("{via}."))).cloned().unwrap_or_else(|| via.clone());
-            let client = connect(&address, tls).await?.with_timeout(Duration::from_secs(30));
+            let client = self.client(&address, tls).await?.with_timeout(Duration::from_secs(30));
             let members = members
                 .iter()
                 .map(|m| Member { id: m.id, name: m.name.clone(), address: m.address.clone(), witness: m.witness })
                 .collect();
-            let by = client.bootstrap(members).await?;
+            let by = client.bootstrap(members).await.inspect_err(|e| self.forget_client(&address, e))?;
             return Ok(format!("initialized the group on node {by}"));
         }
         // Membership and switchover calls go to the coordinator (any member would forward or
@@ -183,7 +209,7 @@ impl AgentHub {
         candidates.extend(addresses.iter().cloned());
         let mut last = None;
         for address in candidates {
-            let client = match connect(&address, tls.clone()).await {
+            let client = match self.client(&address, tls.clone()).await {
                 Ok(c) => c.with_timeout(Duration::from_secs(30)),
                 Err(e) => {
                     last = Some(e);
@@ -211,7 +237,10 @@ impl AgentHub {
                 Err(e) if matches!(e.code(), Some(tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument | tonic::Code::NotFound)) => {
                     return Err(e);
                 }
-                Err(e) => last = Some(e),
+                Err(e) => {
+                    self.forget_client(&address, &e);
+                    last = Some(e);
+                }
             }
         }
         Err(last.unwrap_or_else(|| ClientError::Connect { address: name.to_owned(), reason: "no agent address known".into() }))

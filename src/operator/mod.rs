@@ -102,6 +102,7 @@ pub struct Context {
     pub applied: apply::AppliedCache,
     pub backoff: reconcile::Backoff,
     pub gateway_api: observe::GatewayApiProbe,
+    pub tls: tls::TlsCache,
 }
 
 /// Runs the operator until SIGTERM.
@@ -205,6 +206,7 @@ async fn run_controller(client: Client, config: Config, metrics: Arc<Metrics>) -
         applied: apply::AppliedCache::default(),
         backoff: reconcile::Backoff::default(),
         gateway_api: observe::GatewayApiProbe::default(),
+        tls: tls::TlsCache::default(),
     });
     let groups: Api<kube::core::DeserializeGuard<ReplicaGroup>> = Api::all(client.clone());
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));

@@ -13,7 +13,6 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::{Api, Client, ResourceExt};
 
-use super::hub::AgentHub;
 use super::tls::GroupTls;
 use super::{Context, Error, KubeContext};
 use crate::api::names::*;
@@ -97,7 +96,8 @@ pub async fn observe(ctx: &Context, group: &ReplicaGroup, names: &GroupNames, tl
     let probes = join_all(to_probe.iter().map(|p| {
         let address = names.agent_address(&p.name);
         let tls = tls.client.clone();
-        async move { (p.name.clone(), AgentHub::probe(&address, Some(tls)).await) }
+        let hub = &ctx.hub;
+        async move { (p.name.clone(), hub.probe(&address, Some(tls)).await) }
     }))
     .await
     .into_iter()

@@ -11,7 +11,7 @@ use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
 use super::hub::StreamConfig;
-use super::{Context, Error, apply, observe, tls};
+use super::{Context, Error, apply, observe};
 use crate::api::names::GroupNames;
 use crate::api::{ReplicaGroup, TrafficPolicy};
 use crate::plan::{self, AgentAction};
@@ -89,7 +89,7 @@ pub async fn reconcile(obj: Arc<DeserializeGuard<ReplicaGroup>>, ctx: Arc<Contex
 
 async fn reconcile_group(group: &ReplicaGroup, names: &GroupNames, ctx: &Context) -> Result<Action, Error> {
     let spec = &group.spec;
-    let tls = tls::ensure(&ctx.client, group, names).await?;
+    let tls = ctx.tls.get(&ctx.client, group, names).await?;
     let existing = group.status.as_ref().map_or(0, |s| s.replicas);
     let addresses: Vec<String> = (0..spec.replicas.max(existing).max(0) as u32)
         .map(|i| names.agent_address(&names.member(i)))

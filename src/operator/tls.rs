@@ -25,6 +25,7 @@ const RENEW_BEFORE_DAYS: i32 = 30;
 const NOT_AFTER_ANNOTATION: &str = "quorate.dev/not-after";
 const CA_HASH_ANNOTATION: &str = "quorate.dev/ca-hash";
 
+#[derive(Clone)]
 pub struct GroupTls {
     pub client: TlsClientConfig,
     /// Changes when the members' certificate or the CA changes.
@@ -74,6 +75,29 @@ async fn apply(api: &Api<Secret>, s: &Secret) -> Result<(), Error> {
     body["kind"] = "Secret".into();
     api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await.context(|| format!("applying Secret {name}"))?;
     Ok(())
+}
+
+/// The groups' TLS material, re-read from the Secrets at most once a minute (a reconcile on the
+/// failover path should not spend two API calls on certificates that rarely change).
+#[derive(Default)]
+pub struct TlsCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (GroupTls, std::time::Instant)>>,
+}
+
+const TLS_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl TlsCache {
+    pub async fn get(&self, client: &Client, group: &ReplicaGroup, names: &GroupNames) -> Result<GroupTls, Error> {
+        let key = format!("{}/{}/{}", names.namespace, names.name, group.metadata.uid.as_deref().unwrap_or_default());
+        if let Some((tls, at)) = self.entries.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            if at.elapsed() < TLS_CACHE_TTL {
+                return Ok(tls.clone());
+            }
+        }
+        let tls = ensure(client, group, names).await?;
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (tls.clone(), std::time::Instant::now()));
+        Ok(tls)
+    }
 }
 
 /// Makes sure both Secrets exist and are current; returns the operator's client configuration.
