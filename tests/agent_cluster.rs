@@ -571,3 +571,189 @@ async fn mtls_group_works_and_refuses_clients_without_a_group_certificate() -> T
     c.check_invariants()?;
     Ok(())
 }
+
+// --- Coordinator changes and rejoining members -----------------------------------------------
+//
+// The Kubernetes test bed showed a restarted member deposing a healthy coordinator (its peers
+// could not reach it yet, so it campaigned) and the new coordinator then letting the freshly
+// handed-off primary's lease run out and appointing itself: two failovers for one pod deletion.
+// These tests pin down the expected behaviour: a member that comes back cut off never takes
+// leadership from a coordinator that has a live quorum, and a coordinator change (for whatever
+// reason) never costs the healthy primary its lease.
+
+const LEASE_MILLIS: u64 = 1000;
+
+/// How long a restarted member stays cut off: three times its worst election timeout.
+const CUT_OFF: Duration = Duration::from_millis(1500);
+
+fn leader_id(s: &quorate::agent::client::GroupState) -> Option<u64> {
+    s.leader.as_ref().map(|l| l.id)
+}
+
+/// A group whose primary is not the coordinator (the candidate rule keeps them apart).
+async fn started_apart() -> TestResult<(Cluster, quorate::agent::client::GroupState)> {
+    let (c, s) = started(ClusterOptions {
+        members: 3,
+        ..Default::default()
+    })
+    .await?;
+    let s = c
+        .wait_state(
+            Duration::from_secs(10),
+            "a primary that is not the coordinator",
+            |x| live(x) && x.primary.as_ref().map(|p| p.id) != leader_id(x) && x.epoch == s.epoch,
+        )
+        .await?;
+    Ok((c, s))
+}
+
+/// After a heal at `healed_at` (monotonic ms): waits until the restarted member reports healthy
+/// again and `primary` renewed its lease two leases later, then checks that nothing moved.
+async fn assert_settled_without_a_change(
+    c: &Cluster,
+    before: &quorate::agent::client::GroupState,
+    primary: usize,
+    healed_at: u64,
+) -> TestResult {
+    c.wait_state(
+        Duration::from_secs(15),
+        "every member healthy again",
+        |s| s.members.iter().filter(|m| m.healthy).count() == 3,
+    )
+    .await?;
+    wait_until(
+        Duration::from_secs(10),
+        "renewals of the primary two leases after the heal",
+        || {
+            c.lines_of(primary).iter().any(|l| {
+                l.event == "renew"
+                    && l.epoch == before.epoch
+                    && l.mono_ms > healed_at + 2 * LEASE_MILLIS
+            })
+        },
+    )
+    .await
+    .map_err(|e| err(format!("{e}\n{}", c.logs(30))))?;
+    let after = c
+        .wait_state(Duration::from_secs(5), "the coordinator's view", live)
+        .await?;
+    assert_eq!(
+        (leader_id(&after), after.term),
+        (leader_id(before), before.term),
+        "the coordinator changed (a rejoining member took leadership)\n{}",
+        c.logs(30)
+    );
+    assert_eq!(after.epoch, before.epoch, "a needless new appointment");
+    assert_eq!(primary_name(&after), primary_name(before));
+    held_without_a_gap(
+        &c.transitions(),
+        &c.nodes[primary].spec.name,
+        before.epoch,
+    )?;
+    c.check_invariants()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_restarted_while_cut_off_does_not_depose_the_coordinator() -> TestResult {
+    let (mut c, s1) = started_apart().await?;
+    let old = primary_index(&c, &s1)?;
+    let old_id = c.nodes[old].id;
+    c.kill9(old);
+    let s2 = c
+        .wait_state(Duration::from_secs(15), "the hand-off", |s| {
+            live(s) && s.epoch == s1.epoch + 1
+        })
+        .await?;
+    assert_eq!(leader_id(&s2), leader_id(&s1));
+    let new = primary_index(&c, &s2)?;
+    // It comes back on its data directory (same node id, same Raft state), but nobody can reach
+    // it and it reaches nobody for longer than its election timeout.
+    for i in (0..3).filter(|i| *i != old) {
+        c.client(i).await?.isolate_from(vec![old_id]).await?;
+    }
+    c.restart(old)?;
+    c.client(old).await?.status().await?;
+    tokio::time::sleep(CUT_OFF).await;
+    for i in (0..3).filter(|i| *i != old) {
+        c.client(i).await?.isolate_from(vec![]).await?;
+    }
+    let healed_at = quorate::agent::clock::monotonic_millis();
+    assert_settled_without_a_change(&c, &s2, new, healed_at).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_primary_that_comes_back_unreachable_does_not_take_over() -> TestResult {
+    // The test-bed incident: SIGTERM of the primary (it releases, the hand-off is immediate),
+    // the pod is recreated at once on the same volume, and for a while the others cannot dial
+    // it (its DNS name does not resolve yet) although it can reach them.
+    let (mut c, s1) = started_apart().await?;
+    let old = primary_index(&c, &s1)?;
+    let old_id = c.nodes[old].id;
+    c.nodes[old].proc.signal(libc::SIGTERM);
+    let s2 = c
+        .wait_state(Duration::from_secs(10), "the hand-off", |s| {
+            live(s) && s.epoch == s1.epoch + 1
+        })
+        .await?;
+    assert_eq!(
+        s2.failovers.last().map(|f| f.reason),
+        Some(FailoverReason::Released as i32)
+    );
+    assert!(c.nodes[old].proc.wait_exit(Duration::from_secs(5)));
+    let new = primary_index(&c, &s2)?;
+    for i in (0..3).filter(|i| *i != old) {
+        c.client(i)
+            .await?
+            .inject_faults(vec![], vec![old_id])
+            .await?;
+    }
+    c.restart(old)?;
+    c.client(old).await?.status().await?;
+    tokio::time::sleep(CUT_OFF).await;
+    for i in (0..3).filter(|i| *i != old) {
+        c.client(i).await?.inject_faults(vec![], vec![]).await?;
+    }
+    let healed_at = quorate::agent::clock::monotonic_millis();
+    assert_settled_without_a_change(&c, &s2, new, healed_at).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_coordinator_keeps_the_primary_and_its_lease() -> TestResult {
+    let (mut c, s1) = started_apart().await?;
+    let leader = c
+        .index_of(leader_id(&s1).ok_or("no coordinator")?)
+        .ok_or("unknown coordinator")?;
+    let primary = primary_index(&c, &s1)?;
+    let killed_at = quorate::agent::clock::monotonic_millis();
+    c.kill9(leader);
+    let s2 = c
+        .wait_state(Duration::from_secs(15), "a new coordinator", |s| {
+            s.term > s1.term && leader_id(s).is_some_and(|l| l != c.nodes[leader].id)
+        })
+        .await?;
+    // Every grant of the old coordinator ended within a lease of its death: renewals after
+    // two leases come from the new one.
+    wait_until(
+        Duration::from_secs(10),
+        "renewals by the new coordinator",
+        || {
+            c.lines_of(primary).iter().any(|l| {
+                l.event == "renew" && l.epoch == s1.epoch && l.mono_ms > killed_at + 2 * LEASE_MILLIS
+            })
+        },
+    )
+    .await
+    .map_err(|e| err(format!("{e}\n{}", c.logs(30))))?;
+    let s3 = c
+        .wait_state(Duration::from_secs(5), "the new coordinator's view", |s| {
+            live(s) && s.term == s2.term
+        })
+        .await?;
+    assert_eq!(s3.epoch, s1.epoch, "a coordinator change caused an appointment");
+    assert_eq!(primary_name(&s3), primary_name(&s1));
+    assert_eq!(s3.failovers.len(), s1.failovers.len());
+    held_without_a_gap(&c.transitions(), &c.nodes[primary].spec.name, s1.epoch)?;
+    c.check_invariants()?;
+    Ok(())
+}

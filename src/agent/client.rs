@@ -200,11 +200,24 @@ impl AgentClient {
 
     /// Test-only fault injection (the agent must run with `--enable-fault-injection`).
     pub async fn isolate_from(&self, ids: Vec<u64>) -> Result<(), ClientError> {
+        self.inject_faults(ids, Vec::new()).await
+    }
+
+    /// Test-only fault injection: `isolate_from` both ways, and `unreachable` one way (this node
+    /// cannot dial them, they can still reach it). Replaces the previous faults; empty = heal.
+    pub async fn inject_faults(
+        &self,
+        isolate_from: Vec<u64>,
+        unreachable: Vec<u64>,
+    ) -> Result<(), ClientError> {
         let mut c = super::proto::peer_client::PeerClient::new(self.channel.clone());
-        c.inject_fault(self.request(proto::FaultRequest { isolate_from: ids }))
-            .await
-            .map(|_| ())
-            .map_err(|s| self.error(s))
+        c.inject_fault(self.request(proto::FaultRequest {
+            isolate_from,
+            unreachable,
+        }))
+        .await
+        .map(|_| ())
+        .map_err(|s| self.error(s))
     }
 }
 

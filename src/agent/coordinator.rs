@@ -23,7 +23,7 @@ use super::group::{
     ReplicatedState, Roster, ordinal_of,
 };
 use super::lease::Grant;
-use super::timing::{drift_margin_millis, report_stale_after_millis};
+use super::timing::{drift_margin_millis, report_interval_millis, report_stale_after_millis};
 
 /// Why a primary gave its lease back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -439,9 +439,26 @@ impl Coordinator {
         Ok(())
     }
 
+    /// A coordinator that just took over has only its own report: it chooses a primary only
+    /// once every voter has reported to it, or two report intervals into its leadership (a
+    /// member that has not reported by then is not coming soon). Otherwise a member that just
+    /// became leader would appoint itself for lack of known alternatives.
+    fn candidates_settled(&self, now: u64) -> bool {
+        let Some(l) = &self.leadership else {
+            return false;
+        };
+        if now >= l.since + 2 * report_interval_millis(self.lease_millis()) {
+            return true;
+        }
+        self.roster.voters().all(|id| {
+            id == self.settings.id || self.reports.get(&id).is_some_and(|r| r.at >= l.since)
+        })
+    }
+
     /// Periodic decisions at `now` (monotonic) / `now_unix` (wall clock, for records only).
     pub fn tick(&mut self, now: u64, now_unix: i64) -> Vec<Action> {
         let candidates = self.candidates(now);
+        let settled = self.candidates_settled(now);
         let state = &self.state;
         let roster = &self.roster;
         let initial_config = self.settings.initial_config;
@@ -474,7 +491,7 @@ impl Coordinator {
 
         let Some(primary) = state.primary.clone() else {
             // No primary was ever appointed, so no lease exists anywhere.
-            if state.paused {
+            if state.paused || !settled {
                 return Vec::new();
             }
             let Some(member) = choose_candidate(&candidates, None) else {
@@ -536,6 +553,9 @@ impl Coordinator {
             (None, Some(_)) => FailoverReason::Released,
             (None, None) => FailoverReason::LeaseExpired,
         };
+        if !settled {
+            return Vec::new();
+        }
         if reason.is_automatic() && state.flap_guard_blocks(now_unix) {
             if state.flap_guard_tripped {
                 return Vec::new();

@@ -1,12 +1,14 @@
 //! `quorate-agent`: the Raft-based agent in every member pod (DESIGN.md §3).
 //!
 //! Pure decision logic lives in [`group`] (replicated state), [`coordinator`] (the Raft leader's
-//! decisions) and [`lease`] (the primary's self-fencing); everything else is IO around them.
+//! decisions), [`lease`] (the primary's self-fencing) and [`election`] (when a member may
+//! campaign: pre-vote and leader stickiness); everything else is IO around them.
 
 pub mod client;
 pub mod clock;
 pub mod config;
 pub mod coordinator;
+pub mod election;
 pub mod group;
 pub mod health;
 mod http;

@@ -61,6 +61,15 @@ pub enum AgentError {
     },
 }
 
+/// What one report achieved.
+#[derive(Clone, Copy, Debug, Default)]
+struct ReportOutcome {
+    /// The coordinator asks this member to give its lease back (the caller releases it).
+    demote: bool,
+    /// The answer carried a lease grant.
+    granted: bool,
+}
+
 /// The member side: lease, release state, the coordinator's relayed view.
 pub(crate) struct MemberSide {
     pub holder: LeaseHolder,
@@ -238,12 +247,11 @@ impl Inner {
         }
     }
 
-    /// Sends one report to the coordinator and acts on the answer. Returns whether the
-    /// coordinator asks this member to give its lease back (the caller releases it).
-    async fn report_once(self: &Arc<Self>) -> bool {
+    /// Sends one report to the coordinator and acts on the answer.
+    async fn report_once(self: &Arc<Self>) -> ReportOutcome {
         let status = self.raft.status();
         let Some(leader) = status.leader else {
-            return false;
+            return ReportOutcome::default();
         };
         let report = self.build_report();
         let sent_at = monotonic_millis();
@@ -253,7 +261,7 @@ impl Inner {
             Some((decision, None))
         } else {
             let Some(node) = status.members.get(&leader) else {
-                return false;
+                return ReportOutcome::default();
             };
             match self.remote_report(leader, node, &report).await {
                 Ok(r) => Some(r),
@@ -264,7 +272,7 @@ impl Inner {
             }
         };
         let Some((decision, view)) = reply else {
-            return false;
+            return ReportOutcome::default();
         };
         let now = monotonic_millis();
         if let Some(view) = view {
@@ -272,8 +280,9 @@ impl Inner {
             self.bump();
         }
         if !decision.accepted {
-            return false;
+            return ReportOutcome::default();
         }
+        let granted = decision.grant.is_some();
         if let Some(grant) = decision.grant {
             let transitions = {
                 let mut m = self.member();
@@ -285,7 +294,23 @@ impl Inner {
                 self.on_transition(t);
             }
         }
-        decision.demote
+        ReportOutcome {
+            demote: decision.demote,
+            granted,
+        }
+    }
+
+    /// This member holds the primary lease, or is the committed primary waiting for its first
+    /// one (and has not given it back): a report without a grant must be retried soon.
+    fn wants_lease(&self, now: u64) -> bool {
+        let applied = self.applied();
+        let m = self.member();
+        if m.leaving {
+            return false;
+        }
+        m.holder.is_live(now)
+            || (applied.state.primary_id() == Some(self.id)
+                && applied.state.epoch > m.holder.released_epoch())
     }
 
     async fn remote_report(
@@ -359,7 +384,7 @@ impl Inner {
             tracing::warn!(error = %e, "publishing the demotion failed");
         }
         tracing::info!(epoch, ?reason, "released the primary lease");
-        let _ = self.report_once().await;
+        self.report_once().await;
         self.kick_coordinator.notify_one();
         Some(epoch)
     }
@@ -381,6 +406,7 @@ impl Inner {
                     tokio::spawn(async move {
                         tracing::info!(?command, "coordinator proposes");
                         let result = me.raft.propose(command).await;
+                        let succeeded = result.is_ok();
                         match result {
                             Ok((index, outcome)) => {
                                 tracing::debug!(index, ?outcome, "proposal applied");
@@ -404,7 +430,11 @@ impl Inner {
                             c.on_applied(monotonic_millis(), &applied.state, &applied.roster);
                             c.on_proposal_done();
                         }
-                        me.kick_coordinator.notify_one();
+                        // After a failure (typically: no longer the leader) the periodic tick
+                        // decides again; kicking at once would spin on an immediate refusal.
+                        if succeeded {
+                            me.kick_coordinator.notify_one();
+                        }
                     });
                 }
                 Action::RequestDemotion { member, epoch } => {
@@ -466,6 +496,7 @@ impl Agent {
             id,
             &settings.data_dir,
             timing::raft_timers(settings.lease_millis),
+            timing::election_timers(settings.lease_millis),
             peers.clone(),
         )
         .await?;
@@ -560,7 +591,7 @@ impl Agent {
         inner.member().leaving = true;
         let released = inner.release(ReleaseReason::Shutdown).await;
         if released.is_none() {
-            let _ = inner.report_once().await;
+            inner.report_once().await;
         }
         if let Some(epoch) = released {
             // Wait (briefly) for the hand-off to be committed so that a coordinator on this node
@@ -711,14 +742,22 @@ fn spawn_loops(inner: &Arc<Inner>) {
             }
         });
     }
-    // Member reports (the primary's lease renewals) and lease expiry.
+    // Member reports (the primary's lease renewals) and lease expiry. A primary whose report
+    // brought no grant (no coordinator known, a new coordinator not ready yet, a lost answer)
+    // asks again after the short renewal retry instead of a whole report interval: a coordinator
+    // change must not cost it its lease.
     {
         let me = inner.clone();
         tokio::spawn(async move {
             let mut stopping = me.stopping.subscribe();
+            let mut retry_soon = false;
             loop {
-                let interval =
-                    Duration::from_millis(timing::report_interval_millis(me.lease_millis()));
+                let lease = me.lease_millis();
+                let interval = Duration::from_millis(if retry_soon {
+                    timing::renewal_retry_millis(lease)
+                } else {
+                    timing::report_interval_millis(lease)
+                });
                 let now = monotonic_millis();
                 let expiry = me
                     .member()
@@ -741,9 +780,11 @@ fn spawn_loops(inner: &Arc<Inner>) {
                     _ = stopping.changed() => return,
                 }
                 me.check_expiry();
-                if me.report_once().await {
+                let outcome = me.report_once().await;
+                if outcome.demote {
                     me.release(ReleaseReason::Switchover).await;
                 }
+                retry_soon = !outcome.granted && me.wants_lease(monotonic_millis());
             }
         });
     }

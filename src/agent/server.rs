@@ -782,7 +782,14 @@ struct PeerApi {
 }
 
 impl PeerApi {
-    fn check_peer(&self, from: NodeId) -> Result<(), Status> {
+    /// `to` is the node id the sender means (0: unspecified).
+    fn check_peer(&self, from: NodeId, to: NodeId) -> Result<(), Status> {
+        if to != 0 && to != self.inner.id {
+            return Err(Status::failed_precondition(format!(
+                "this is node {}, not node {} (its data directory was replaced); it must be re-added",
+                self.inner.id, to
+            )));
+        }
         if self.inner.peers.faults().is_isolated(from) {
             return Err(Status::unavailable(format!(
                 "peer {from} is isolated by fault injection"
@@ -800,7 +807,7 @@ impl proto::peer_server::Peer for PeerApi {
     ) -> Result<Response<proto::RaftMessage>, Status> {
         let _t = self.inner.metrics.rpc("AppendEntries");
         let m = request.into_inner();
-        self.check_peer(m.from_id)?;
+        self.check_peer(m.from_id, m.to_id)?;
         let payload = self
             .inner
             .raft
@@ -810,6 +817,7 @@ impl proto::peer_server::Peer for PeerApi {
         Ok(Response::new(proto::RaftMessage {
             from_id: self.inner.id,
             payload,
+            to_id: m.from_id,
         }))
     }
 
@@ -819,7 +827,7 @@ impl proto::peer_server::Peer for PeerApi {
     ) -> Result<Response<proto::RaftMessage>, Status> {
         let _t = self.inner.metrics.rpc("Vote");
         let m = request.into_inner();
-        self.check_peer(m.from_id)?;
+        self.check_peer(m.from_id, m.to_id)?;
         let payload = self
             .inner
             .raft
@@ -829,6 +837,27 @@ impl proto::peer_server::Peer for PeerApi {
         Ok(Response::new(proto::RaftMessage {
             from_id: self.inner.id,
             payload,
+            to_id: m.from_id,
+        }))
+    }
+
+    async fn pre_vote(
+        &self,
+        request: Request<proto::RaftMessage>,
+    ) -> Result<Response<proto::RaftMessage>, Status> {
+        let _t = self.inner.metrics.rpc("PreVote");
+        let m = request.into_inner();
+        self.check_peer(m.from_id, m.to_id)?;
+        let payload = self
+            .inner
+            .raft
+            .handle_pre_vote(&m.payload)
+            .await
+            .map_err(raft_status)?;
+        Ok(Response::new(proto::RaftMessage {
+            from_id: self.inner.id,
+            payload,
+            to_id: m.from_id,
         }))
     }
 
@@ -838,7 +867,7 @@ impl proto::peer_server::Peer for PeerApi {
     ) -> Result<Response<proto::RaftMessage>, Status> {
         let _t = self.inner.metrics.rpc("InstallSnapshot");
         let m = request.into_inner();
-        self.check_peer(m.from_id)?;
+        self.check_peer(m.from_id, m.to_id)?;
         let payload = self
             .inner
             .raft
@@ -848,6 +877,7 @@ impl proto::peer_server::Peer for PeerApi {
         Ok(Response::new(proto::RaftMessage {
             from_id: self.inner.id,
             payload,
+            to_id: m.from_id,
         }))
     }
 
@@ -857,7 +887,7 @@ impl proto::peer_server::Peer for PeerApi {
     ) -> Result<Response<proto::ReportReply>, Status> {
         let _t = self.inner.metrics.rpc("Report");
         let r = request.into_inner();
-        self.check_peer(r.from_id)?;
+        self.check_peer(r.from_id, 0)?;
         let report = MemberReport {
             workload_healthy: r.workload_healthy,
             load: r.load.filter(|v| v.is_finite()),
@@ -919,7 +949,7 @@ impl proto::peer_server::Peer for PeerApi {
     ) -> Result<Response<proto::DemoteReply>, Status> {
         let _t = self.inner.metrics.rpc("Demote");
         let r = request.into_inner();
-        self.check_peer(r.from_id)?;
+        self.check_peer(r.from_id, 0)?;
         let applied = self.inner.applied();
         if r.epoch < applied.state.epoch {
             // That epoch is over already; nothing to give back.
@@ -956,9 +986,12 @@ impl proto::peer_server::Peer for PeerApi {
                 "fault injection is disabled on this agent",
             ));
         }
-        let ids: BTreeSet<NodeId> = request.into_inner().isolate_from.into_iter().collect();
-        tracing::warn!(?ids, "fault injection: isolating peers");
+        let request = request.into_inner();
+        let ids: BTreeSet<NodeId> = request.isolate_from.into_iter().collect();
+        let unreachable: BTreeSet<NodeId> = request.unreachable.into_iter().collect();
+        tracing::warn!(?ids, ?unreachable, "fault injection: isolating peers");
         self.inner.peers.faults().set_isolated(ids);
+        self.inner.peers.faults().set_unreachable(unreachable);
         Ok(Response::new(proto::FaultReply {}))
     }
 }

@@ -29,8 +29,17 @@ pub fn report_stale_after_millis(lease_millis: u64) -> u64 {
     lease_millis
 }
 
-/// openraft timers: heartbeat, election timeout range. openraft lets a follower start an election
-/// only after `election_timeout_max + random(min..max)` without hearing from the leader.
+/// How soon a primary asks again when a report brought no renewal (no coordinator known, the
+/// coordinator not ready yet after an election, a lost answer): a coordinator change must not
+/// cost the primary a whole report interval of its lease.
+pub fn renewal_retry_millis(lease_millis: u64) -> u64 {
+    (lease_millis / 20).max(10)
+}
+
+/// openraft timers: heartbeat and election timeout range. openraft's own election timer is off
+/// (the agent campaigns through [`election_timers`] and a pre-vote, see `agent::election`); what
+/// remains of these is openraft's vote-request leader lease (`election_timeout_max`: a follower
+/// that heard from its leader within it rejects vote requests) and the RPC timeouts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RaftTimers {
     pub heartbeat_millis: u64,
@@ -43,6 +52,19 @@ pub fn raft_timers(lease_millis: u64) -> RaftTimers {
         heartbeat_millis: (lease_millis / 10).max(10),
         election_timeout_min_millis: (lease_millis / 5).max(20),
         election_timeout_max_millis: (lease_millis * 3 / 10).max(30),
+    }
+}
+
+/// The agent's election timing: a voter that heard from no leader for
+/// `leader_lease + random(0..=jitter)` (0.3–0.4 L) runs a pre-vote, and then an election.
+/// `leader_lease` must equal openraft's (`election_timeout_max`) so that a pre-vote won predicts
+/// the real vote.
+pub fn election_timers(lease_millis: u64) -> crate::agent::election::ElectionTimers {
+    let raft = raft_timers(lease_millis);
+    crate::agent::election::ElectionTimers {
+        leader_lease_millis: raft.election_timeout_max_millis,
+        jitter_millis: (lease_millis / 10).max(10),
+        retry_millis: raft.election_timeout_min_millis,
     }
 }
 
@@ -64,14 +86,24 @@ mod tests {
     #[test]
     fn a_new_leader_arrives_before_a_fresh_lease_runs_out() {
         // After a coordinator crash the primary keeps a lease of at least
-        // lease - confirm interval - report interval; a follower starts an election after at
-        // most 2 * election_timeout_max.
-        for lease in [200u64, 1000, 5000] {
+        // lease - confirm interval - report interval. A follower heard the leader last at the
+        // crash at the latest and campaigns at most leader_lease + jitter later; the new
+        // coordinator then needs a pre-vote, a vote, one commit and one quorum round (a few
+        // round trips), and the primary asks again every renewal retry. Keep an eighth of the
+        // lease (125 ms at the default) for those.
+        for lease in [200u64, 1000, 5000, 60_000] {
             let t = raft_timers(lease);
-            let worst_election = 2 * t.election_timeout_max_millis;
+            let e = election_timers(lease);
+            assert_eq!(e.leader_lease_millis, t.election_timeout_max_millis);
+            let worst_election = e.leader_lease_millis + e.jitter_millis;
             let least_lease =
                 lease - quorum_confirm_interval_millis(lease) - report_interval_millis(lease);
-            assert!(worst_election < least_lease, "lease {lease}");
+            assert!(
+                worst_election + renewal_retry_millis(lease) + lease / 8 <= least_lease,
+                "lease {lease}"
+            );
+            // Followers hear several heartbeats per leader lease: one slow one is no election.
+            assert!(t.heartbeat_millis * 3 <= e.leader_lease_millis);
             assert!(t.heartbeat_millis * 2 <= t.election_timeout_min_millis);
         }
     }

@@ -431,6 +431,15 @@ impl Cluster {
         out
     }
 
+    /// The transition lines of node `i`, in file order.
+    pub fn lines_of(&self, i: usize) -> Vec<TransitionLine> {
+        let name = &self.nodes[i].spec.name;
+        self.transitions()
+            .into_iter()
+            .filter(|l| l.member == *name)
+            .collect()
+    }
+
     /// Asserts DESIGN.md invariants 1 and 2 over every recorded transition.
     pub fn check_invariants(&self) -> TestResult {
         check_transitions(&self.transitions())
@@ -500,6 +509,42 @@ pub fn check_transitions(lines: &[TransitionLine]) -> TestResult {
                 )));
             }
         }
+    }
+    Ok(())
+}
+
+/// Polls `cond` every 20 ms until it holds; an error naming `what` after `timeout`.
+pub async fn wait_until<F>(timeout: Duration, what: &str, mut cond: F) -> TestResult
+where
+    F: FnMut() -> bool,
+{
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() >= deadline {
+            return Err(err(format!("timed out after {timeout:?} waiting for {what}")));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// `member` held the lease of `epoch` without a gap: promoted once, renewed, never demoted.
+pub fn held_without_a_gap(lines: &[TransitionLine], member: &str, epoch: u64) -> TestResult {
+    let mine: Vec<&TransitionLine> = lines
+        .iter()
+        .filter(|l| l.member == member && l.epoch == epoch && l.event != "start")
+        .collect();
+    let promotions = mine.iter().filter(|l| l.event == "promote").count();
+    let demotions: Vec<String> = mine
+        .iter()
+        .filter(|l| l.event == "demote")
+        .map(|l| format!("{} at {}", l.cause.as_deref().unwrap_or("?"), l.mono_ms))
+        .collect();
+    if promotions != 1 || !demotions.is_empty() {
+        return Err(err(format!(
+            "{member} did not hold epoch {epoch} without a gap: {promotions} promotions, \
+             demotions {demotions:?}"
+        )));
     }
     Ok(())
 }

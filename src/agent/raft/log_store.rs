@@ -371,6 +371,11 @@ impl LogStore {
     pub fn contents(&self) -> LogContents {
         self.shared.contents().clone()
     }
+
+    /// The id of the last entry in the log (or of the last purged one).
+    pub fn last_log_id(&self) -> Option<LogId> {
+        self.shared.contents().last_log_id()
+    }
 }
 
 fn log_err(e: impl std::fmt::Display) -> StorageError {

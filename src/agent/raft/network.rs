@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::RPCTypes;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -22,10 +23,12 @@ use crate::agent::group::{MemberNode, NodeId};
 use crate::agent::proto::{RaftMessage, peer_client::PeerClient};
 use crate::agent::transport::{self, TlsClientConfig, TransportError};
 
-/// Test-only fault injection: peers this node pretends it cannot reach (both directions).
+/// Test-only fault injection: peers this node pretends it cannot reach (both directions), and
+/// peers it cannot dial but still hears from (one way, like a DNS name that does not resolve yet).
 #[derive(Debug, Default)]
 pub struct Faults {
     isolated: RwLock<BTreeSet<NodeId>>,
+    unreachable: RwLock<BTreeSet<NodeId>>,
 }
 
 impl Faults {
@@ -33,11 +36,26 @@ impl Faults {
         *self.isolated.write().unwrap_or_else(|p| p.into_inner()) = ids;
     }
 
+    pub fn set_unreachable(&self, ids: BTreeSet<NodeId>) {
+        *self.unreachable.write().unwrap_or_else(|p| p.into_inner()) = ids;
+    }
+
+    /// Traffic from and to `id` is dropped.
     pub fn is_isolated(&self, id: NodeId) -> bool {
         self.isolated
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .contains(&id)
+    }
+
+    /// This node cannot dial `id` (isolated, or unreachable one way).
+    pub fn cannot_dial(&self, id: NodeId) -> bool {
+        self.is_isolated(id)
+            || self
+                .unreachable
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&id)
     }
 }
 
@@ -83,7 +101,7 @@ impl Peers {
         if id == self.self_id {
             return Err(PeerError::SelfDial(id));
         }
-        if self.faults.is_isolated(id) {
+        if self.faults.cannot_dial(id) {
             return Err(PeerError::Isolated(id));
         }
         self.channel_to_address(address)
@@ -103,6 +121,8 @@ impl Peers {
 
 pub struct NetworkFactory {
     pub peers: Arc<Peers>,
+    /// openraft's heartbeat interval: the first retry after an unreachable peer.
+    pub heartbeat_millis: u64,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -113,6 +133,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             address: node.address.clone(),
             peers: self.peers.clone(),
+            heartbeat_millis: self.heartbeat_millis,
         }
     }
 }
@@ -121,6 +142,29 @@ pub struct PeerConnection {
     target: NodeId,
     address: String,
     peers: Arc<Peers>,
+    heartbeat_millis: u64,
+}
+
+/// One pre-vote request (see `agent::election`) to `target`; the reply's JSON payload.
+pub async fn pre_vote(
+    peers: &Peers,
+    target: NodeId,
+    address: &str,
+    payload: Vec<u8>,
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
+    let channel = peers.channel(target, address).map_err(|e| e.to_string())?;
+    let mut client = PeerClient::new(channel);
+    let message = RaftMessage {
+        from_id: peers.self_id(),
+        payload,
+        to_id: target,
+    };
+    match tokio::time::timeout(timeout, client.pre_vote(message)).await {
+        Err(_) => Err(format!("{address}: no answer within {timeout:?}")),
+        Ok(Err(status)) => Err(format!("{address}: {status}")),
+        Ok(Ok(reply)) => Ok(reply.into_inner().payload),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +199,7 @@ impl PeerConnection {
         let message = RaftMessage {
             from_id: self.peers.self_id(),
             payload,
+            to_id: self.target,
         };
         let mut client = PeerClient::new(channel)
             .max_decoding_message_size(crate::agent::MAX_MESSAGE_BYTES)
@@ -167,9 +212,20 @@ impl PeerConnection {
             }
         };
         let reply = match tokio::time::timeout(timeout, fut).await {
+            // A slow answer is not an unreachable peer: openraft backs off from unreachable
+            // peers (no heartbeats for a while, so the follower would soon campaign), but simply
+            // retries after a timeout.
             Err(_) => {
-                let e = WireError(format!("{} timed out after {timeout:?}", self.address));
-                return Err(RPCError::Unreachable(Unreachable::new(&e)));
+                return Err(RPCError::Timeout(Timeout {
+                    action: match method {
+                        Method::Append => RPCTypes::AppendEntries,
+                        Method::Vote => RPCTypes::Vote,
+                        Method::Snapshot => RPCTypes::InstallSnapshot,
+                    },
+                    id: self.peers.self_id(),
+                    target: self.target,
+                    timeout,
+                }));
             }
             Ok(Err(status)) => {
                 let e = WireError(format!("{}: {status}", self.address));
@@ -192,6 +248,17 @@ impl PeerConnection {
 }
 
 impl RaftNetwork<TypeConfig> for PeerConnection {
+    /// After an unreachable error (connection refused, a name that does not resolve): retry
+    /// after one heartbeat interval, doubling up to four. openraft's default (a constant 500 ms)
+    /// would keep a peer that just came back without heartbeats for half a lease.
+    fn backoff(&self) -> Backoff {
+        let first = self.heartbeat_millis.max(1);
+        Backoff::new(
+            std::iter::successors(Some(first), move |d| Some((d * 2).min(first * 4)))
+                .map(Duration::from_millis),
+        )
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
