@@ -10,7 +10,7 @@ pub const MANAGED_BY: &str = "quorate";
 /// Label the EndpointSlice controller uses to tie a slice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const SLICE_MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
-pub const SLICE_MANAGER: &str = "quorate.dev/operator";
+pub const SLICE_MANAGER: &str = "quorate-operator.quorate.dev";
 /// The fencing epoch the `-rw` EndpointSlice routes to; routing never goes back to an older one.
 pub const EPOCH_ANNOTATION: &str = "quorate.dev/epoch";
 /// The weight published for a member (on its per-member Service).
