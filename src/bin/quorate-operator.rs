@@ -58,7 +58,7 @@ struct RunArgs {
 
 fn main() -> anyhow::Result<()> {
     let Command::Run(args) = Cli::parse().command;
-    let filter = tracing_subscriber::EnvFilter::try_new(format!("{},kube=warn,tower=warn,hyper=warn,h2=warn", args.log_level))
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("{},kube=warn,tower=warn,hyper=warn,hyper_util=warn,h2=warn,tonic=info,rustls=info", args.log_level))
         .map_err(|e| anyhow::anyhow!("--log-level {:?}: {e}", args.log_level))?;
     let subscriber = tracing_subscriber::fmt().with_env_filter(filter);
     match args.log_format {
