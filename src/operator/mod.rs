@@ -120,7 +120,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_identity(&config.pod_name)
             .with_duration(15)
             .with_grace(5)
-            .with_field_manager("quorate-operator-lease")
+            // One field manager per candidate: the library's lock is a server-side apply that
+            // must conflict with the other candidate's (a shared manager name lets both win).
+            .with_field_manager(format!("quorate-operator-lease-{}", config.pod_name))
             .build()
             .await?;
         // Standby replicas are ready too: readiness says the process works, not that it leads.
