@@ -547,10 +547,13 @@ impl Coordinator {
         if switchover.is_none() && state.paused {
             return Vec::new();
         }
-        let reason = match (switchover, released) {
-            (Some(_), _) => FailoverReason::Switchover,
-            (None, Some(ReleaseReason::WorkloadUnhealthy)) => FailoverReason::WorkloadUnhealthy,
-            (None, Some(_)) => FailoverReason::Released,
+        // What actually ended the lease: a primary that gave it back on its own (shutdown, failed
+        // workload) was not switched over, even if a switchover was asked for meanwhile (the
+        // operator asks for one as soon as the primary's pod is being deleted).
+        let reason = match (released, switchover) {
+            (Some(ReleaseReason::WorkloadUnhealthy), _) => FailoverReason::WorkloadUnhealthy,
+            (Some(ReleaseReason::Shutdown), _) => FailoverReason::Released,
+            (Some(ReleaseReason::Switchover), _) | (None, Some(_)) => FailoverReason::Switchover,
             (None, None) => FailoverReason::LeaseExpired,
         };
         if !settled {
