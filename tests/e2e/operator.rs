@@ -228,8 +228,14 @@ async fn graceful_deletion_hands_over_at_once(ctx: Ctx) -> Result<()> {
     let took = started.elapsed();
     eprintln!("    graceful hand-off {old} -> {new}: {} ms", took.as_millis());
     ensure!(new != old);
-    // A released lease needs no expiry wait: far below a crash failover.
-    ensure!(took < Duration::from_secs(5), "graceful hand-off took {took:?}");
+    // The hand-off went through the released lease (no expiry wait); how fast that is on an
+    // idle machine is `make bench-failover`'s business, not a timed assertion's.
+    let f = wait_for("lastFailover of the hand-off", Duration::from_secs(30), || async {
+        let g = groups(&ctx, &ns.name).get("db").await?;
+        Ok(g.status.and_then(|s| s.last_failover).filter(|f| f.to.as_deref() == Some(new.as_str())))
+    })
+    .await?;
+    ensure!(f.reason.as_deref() == Some("Released"), "the hand-off after {took:?} was not a release: {f:?}");
     Ok(())
 }
 
@@ -331,9 +337,22 @@ async fn leader_loss_during_a_failover_still_ends_routed(ctx: Ctx) -> Result<()>
     Ok(())
 }
 
+/// Restart counts of the operator's pods, by pod name.
+fn operator_restarts(ctx: &Ctx) -> Result<Vec<(String, u64)>> {
+    let out = ctx.kubectl(&["get", "pods", "-n", OPERATOR_NAMESPACE, "-l", "app.kubernetes.io/name=quorate", "-o", r#"jsonpath={range .items[*]}{.metadata.name}={.status.containerStatuses[0].restartCount}{"\n"}{end}"#])?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(pod, n)| (pod.to_string(), n.trim().parse().unwrap_or(0)))
+        .collect())
+}
+
 async fn invalid_template_is_reported_without_a_crash_loop(ctx: Ctx) -> Result<()> {
     ensure_operator(&ctx).await?;
     let ns = ctx.namespace("op-invalid")?;
+    // Restarts for other reasons (a lost leader lease under load, a test killing the leader)
+    // are not this test's business: only what happens while the invalid group exists counts.
+    let restarts_before = operator_restarts(&ctx)?;
     let mut group = test_group(&ctx, "bad", "PrimaryBackup", 3);
     group["spec"]["template"]["spec"]["containers"][0]["name"] = json!("quorate-agent");
     create_group(&ctx, &ns.name, &group).await?;
@@ -349,8 +368,10 @@ async fn invalid_template_is_reported_without_a_crash_loop(ctx: Ctx) -> Result<(
     let sts = ctx.kubectl(&["get", "statefulsets", "-n", &ns.name, "-o", "name"])?;
     ensure!(sts.trim().is_empty(), "a StatefulSet was created from an invalid template: {sts}");
     // The operator keeps running (no crash loop).
-    let restarts = ctx.kubectl(&["get", "pods", "-n", OPERATOR_NAMESPACE, "-l", "app.kubernetes.io/name=quorate", "-o", "jsonpath={.items[*].status.containerStatuses[*].restartCount}"])?;
-    ensure!(restarts.split_whitespace().all(|r| r == "0"), "operator restarts: {restarts}");
+    let restarts = operator_restarts(&ctx)?;
+    // Pods replaced meanwhile (another test kills the leader) do not count; restarts do.
+    let restarted = restarts.iter().any(|(pod, n)| restarts_before.iter().any(|(p, m)| p == pod && n > m));
+    ensure!(!restarted, "operator restarts: {restarts_before:?} before the invalid group, {restarts:?} after");
     Ok(())
 }
 
