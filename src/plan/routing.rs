@@ -261,6 +261,11 @@ pub(super) fn services(group: &ReplicaGroup, names: &GroupNames, traffic: &Traff
             ServiceSpec {
                 selector: Some(BTreeMap::from([(POD_NAME_LABEL.to_owned(), member.clone())])),
                 ports: Some(ports.clone()),
+                // The member's weight is the routing decision (0 while the agent finds the
+                // workload unhealthy); waiting for the kubelet's readiness probe as well would
+                // leave a Gateway with a weighted backend without endpoints (503s) for a probe
+                // period after every admission.
+                publish_not_ready_addresses: Some(true),
                 ..Default::default()
             },
             Some(BTreeMap::from([(WEIGHT_ANNOTATION.to_owned(), weight.to_string())])),
