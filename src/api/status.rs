@@ -36,7 +36,8 @@ pub struct ReplicaGroupStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
-    /// The most recent change of primary that was not a planned switchover.
+    /// The most recent change of primary, with what caused it (`reason`: LeaseExpired,
+    /// Released, WorkloadUnhealthy or Switchover) and how long routing took to follow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failover: Option<FailoverRecord>,
     /// When the operator initialized the group's Raft state (it does so exactly once; a group

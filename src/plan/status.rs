@@ -148,7 +148,7 @@ pub(super) fn build(
         .map(|m| m.name.as_str())
         .collect();
 
-    // --- last failover (not planned switchovers), with the time it was routed -----------------
+    // --- last change of primary, with the time it was routed ------------------------------------
     let last_failover = last_failover(view, previous, traffic, now);
     if let Some(record) = view.and_then(|v| v.failovers.last()) {
         let known = previous.epoch.unwrap_or(0).max(0) as u64;
@@ -328,7 +328,9 @@ pub(super) fn build(
 }
 
 fn last_failover(view: Option<&GroupView>, previous: &ReplicaGroupStatus, traffic: &TrafficPlan, now: i64) -> Option<FailoverRecord> {
-    let Some(record) = view.and_then(|v| v.failovers.iter().rev().find(|f| f.reason != "Switchover")) else {
+    // Every change of primary, switchovers included: the operator itself switches over as soon
+    // as the primary's pod is being deleted, and that is an unplanned event for the user.
+    let Some(record) = view.and_then(|v| v.failovers.last()) else {
         return previous.last_failover.clone();
     };
     let same = previous.last_failover.as_ref().filter(|p| p.epoch == Some(record.epoch as i64));

@@ -90,10 +90,15 @@ impl Ctx {
     }
 
     /// GET over plain HTTP; (status, body). Only ever aimed at the test bed's addresses.
+    /// With a `host` (a request through the Gateway, which balances per request) the connection
+    /// is kept for the next request; without one (a Service or a pod) every request opens its
+    /// own: a kept connection through a ClusterIP stays with the pod kube-proxy chose when it was
+    /// opened, so "who answers -rw now" would keep asking the old primary.
     pub async fn http_get(&self, url: &str, host: Option<&str>) -> Result<(u16, String)> {
         let mut req = hyper::Request::get(url);
-        if let Some(h) = host {
-            req = req.header("host", h);
+        match host {
+            Some(h) => req = req.header("host", h),
+            None => req = req.header("connection", "close"),
         }
         let req = req.body(Full::new(bytes::Bytes::new()))?;
         let resp = tokio::time::timeout(Duration::from_secs(5), self.http.request(req)).await.context("HTTP timeout")??;
@@ -104,6 +109,7 @@ impl Ctx {
 
     pub async fn http_post(&self, url: &str, body: &str) -> Result<(u16, String)> {
         let req = hyper::Request::post(url)
+            .header("connection", "close")
             .header("content-type", "application/json")
             .body(Full::new(bytes::Bytes::from(body.to_owned())))?;
         let resp = tokio::time::timeout(Duration::from_secs(5), self.http.request(req)).await.context("HTTP timeout")??;
