@@ -9,6 +9,7 @@ mod manifests;
 mod operator;
 mod smoke;
 mod support;
+mod traffic;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -36,7 +37,7 @@ fn main() -> std::process::ExitCode {
         .find_map(|a| a.strip_prefix("--test-threads=").and_then(|n| n.parse().ok()))
         .unwrap_or(2);
     let phases: Vec<(&str, Vec<Test>)> =
-        vec![("smoke", smoke::tests()), ("operator", operator::tests()), ("uninstall", smoke::last_tests())];
+        vec![("smoke", smoke::tests()), ("operator", operator::tests()), ("traffic", traffic::tests()), ("uninstall", smoke::last_tests())];
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let failed = runtime.block_on(async move {
         let ctx = match Ctx::from_env().await {
