@@ -47,7 +47,7 @@ cluster-status: ## what runs
 	hack/cluster.sh status
 
 bench-agent: check-cargo ## agent failover and commit latency (3 agent processes, no Kubernetes)
-	cargo bench --locked --bench agent
+	hack/bench.sh agent
 
 bench-failover: check-cargo ## failover through Kubernetes routing on the test bed
 	hack/bench.sh failover

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# `make bench-failover` / `make bench-weights`: a benchmark on the test bed.
-#   hack/bench.sh failover|weights
-# Brings the test bed up when it is not running (and down again afterwards unless
+# `make bench-agent|bench-failover|bench-weights`: a benchmark (the last two on the test bed).
+#   hack/bench.sh agent|failover|weights
+# For the test-bed ones: brings the test bed up when it is not running (and down again afterwards unless
 # KEEP_CLUSTER=1), builds and imports the images, then runs `cargo bench --bench <name>`, which
 # prints its figures.
 set -euo pipefail
@@ -10,7 +10,12 @@ HACK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HACK/lib.sh"
 cd "$ROOT"
 name="${1:-}"
-[[ "$name" == failover || "$name" == weights ]] || die "usage: hack/bench.sh failover|weights"
+[[ "$name" == agent || "$name" == failover || "$name" == weights ]] || die "usage: hack/bench.sh agent|failover|weights"
+if [[ "$name" == agent ]]; then
+  # Agent processes on loopback: no cluster.
+  release_cargo bench --bench agent
+  exit 0
+fi
 
 "$HACK/build-tools.sh"
 started=0
@@ -23,4 +28,4 @@ fi
 "$HACK/images.sh"
 export QUORATE_KUBECONFIG="$("$HACK/cluster.sh" kubeconfig)"
 export QUORATE_KUBECTL="$(bin_dir kubernetes)/kubectl" HELM="$(bin_dir helm)/helm" QUORATE_IMAGE="$(quorate_image)"
-cargo bench --locked --bench "$name"
+release_cargo bench --bench "$name"

@@ -9,7 +9,6 @@ HACK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=hack/lib.sh
 source "$HACK/lib.sh"
 
-TARGET=x86_64-unknown-linux-gnu
 BINARIES="${QUORATE_BINARIES:-quorate-operator quorate-agent quorate-testapp kubectl-quorate}"
 archive="$QUORATE_CACHE/images/quorate.tar"
 image="$(quorate_image)"
@@ -18,9 +17,8 @@ mkdir -p "$QUORATE_CACHE/images"
 need_cmd cargo "install Rust (https://rustup.rs)"
 log "building static release binaries ($BINARIES)"
 bins=(); for b in $BINARIES; do bins+=(--bin "$b"); done
-# Static glibc (no musl target here); RUSTFLAGS with --target leaves build scripts dynamic.
-(cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$TARGET" "${bins[@]}")
-out="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/$TARGET/release"
+release_cargo build --release "${bins[@]}"
+out="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/$RELEASE_TARGET/release"
 entries=()
 for b in $BINARIES; do entries+=("$out/$b:/$b"); done
 python3 "$HACK/mkoci.py" "$archive" "$image" --entrypoint '["/quorate-operator"]' --user 65532:65532 "${entries[@]}" >/dev/null

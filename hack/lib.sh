@@ -8,6 +8,12 @@ export QUORATE_CACHE="${QUORATE_CACHE:-$HOME/.cache/quorate}"
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# Release builds (the images and every benchmark) share one target triple and one set of flags,
+# hence one build: a host build without them would rebuild every dependency, and back again.
+# Static glibc (no musl target here); RUSTFLAGS with --target leaves build scripts dynamic.
+RELEASE_TARGET=x86_64-unknown-linux-gnu
+release_cargo() { (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo "$@" --locked --target "$RELEASE_TARGET"); }
+
 # tool_dir NAME VERSION: where the pinned build of a component lives.
 tool_dir() { printf '%s/tools/%s-%s' "$QUORATE_CACHE" "$1" "$2"; }
 
