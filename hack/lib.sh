@@ -4,6 +4,8 @@ ROOT="$(cd "$HACK/.." && pwd)"
 # shellcheck source=hack/versions.env
 source "$HACK/versions.env"
 export QUORATE_CACHE="${QUORATE_CACHE:-$HOME/.cache/quorate}"
+# The same build cache as `make` (docs/architecture.md), also when a script is run directly.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$QUORATE_CACHE/target}"
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
