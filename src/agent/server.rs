@@ -799,86 +799,80 @@ impl PeerApi {
     }
 }
 
+/// The Raft messages between peers: one JSON payload in, one out.
+#[derive(Clone, Copy)]
+enum RaftRpc {
+    AppendEntries,
+    Vote,
+    PreVote,
+    InstallSnapshot,
+}
+
+impl RaftRpc {
+    fn name(self) -> &'static str {
+        match self {
+            RaftRpc::AppendEntries => "AppendEntries",
+            RaftRpc::Vote => "Vote",
+            RaftRpc::PreVote => "PreVote",
+            RaftRpc::InstallSnapshot => "InstallSnapshot",
+        }
+    }
+}
+
+impl PeerApi {
+    /// What every Raft message shares: metrics, the sender and target check, the reply envelope.
+    async fn raft_message(
+        &self,
+        rpc: RaftRpc,
+        request: Request<proto::RaftMessage>,
+    ) -> Result<Response<proto::RaftMessage>, Status> {
+        let _t = self.inner.metrics.rpc(rpc.name());
+        let m = request.into_inner();
+        self.check_peer(m.from_id, m.to_id)?;
+        let raft = &self.inner.raft;
+        let payload = match rpc {
+            RaftRpc::AppendEntries => raft.handle_append_entries(&m.payload).await,
+            RaftRpc::Vote => raft.handle_vote(&m.payload).await,
+            RaftRpc::PreVote => raft.handle_pre_vote(&m.payload).await,
+            RaftRpc::InstallSnapshot => raft.handle_install_snapshot(&m.payload).await,
+        }
+        .map_err(raft_status)?;
+        Ok(Response::new(proto::RaftMessage {
+            from_id: self.inner.id,
+            payload,
+            to_id: m.from_id,
+        }))
+    }
+}
+
 #[tonic::async_trait]
 impl proto::peer_server::Peer for PeerApi {
     async fn append_entries(
         &self,
         request: Request<proto::RaftMessage>,
     ) -> Result<Response<proto::RaftMessage>, Status> {
-        let _t = self.inner.metrics.rpc("AppendEntries");
-        let m = request.into_inner();
-        self.check_peer(m.from_id, m.to_id)?;
-        let payload = self
-            .inner
-            .raft
-            .handle_append_entries(&m.payload)
-            .await
-            .map_err(raft_status)?;
-        Ok(Response::new(proto::RaftMessage {
-            from_id: self.inner.id,
-            payload,
-            to_id: m.from_id,
-        }))
+        self.raft_message(RaftRpc::AppendEntries, request).await
     }
 
     async fn vote(
         &self,
         request: Request<proto::RaftMessage>,
     ) -> Result<Response<proto::RaftMessage>, Status> {
-        let _t = self.inner.metrics.rpc("Vote");
-        let m = request.into_inner();
-        self.check_peer(m.from_id, m.to_id)?;
-        let payload = self
-            .inner
-            .raft
-            .handle_vote(&m.payload)
-            .await
-            .map_err(raft_status)?;
-        Ok(Response::new(proto::RaftMessage {
-            from_id: self.inner.id,
-            payload,
-            to_id: m.from_id,
-        }))
+        self.raft_message(RaftRpc::Vote, request).await
     }
 
     async fn pre_vote(
         &self,
         request: Request<proto::RaftMessage>,
     ) -> Result<Response<proto::RaftMessage>, Status> {
-        let _t = self.inner.metrics.rpc("PreVote");
-        let m = request.into_inner();
-        self.check_peer(m.from_id, m.to_id)?;
-        let payload = self
-            .inner
-            .raft
-            .handle_pre_vote(&m.payload)
-            .await
-            .map_err(raft_status)?;
-        Ok(Response::new(proto::RaftMessage {
-            from_id: self.inner.id,
-            payload,
-            to_id: m.from_id,
-        }))
+        self.raft_message(RaftRpc::PreVote, request).await
     }
 
     async fn install_snapshot(
         &self,
         request: Request<proto::RaftMessage>,
     ) -> Result<Response<proto::RaftMessage>, Status> {
-        let _t = self.inner.metrics.rpc("InstallSnapshot");
-        let m = request.into_inner();
-        self.check_peer(m.from_id, m.to_id)?;
-        let payload = self
-            .inner
-            .raft
-            .handle_install_snapshot(&m.payload)
-            .await
-            .map_err(raft_status)?;
-        Ok(Response::new(proto::RaftMessage {
-            from_id: self.inner.id,
-            payload,
-            to_id: m.from_id,
-        }))
+        self.raft_message(RaftRpc::InstallSnapshot, request).await
     }
 
     async fn report(
