@@ -202,8 +202,17 @@ async fn volume_data_survives_pod_recreation(ctx: Ctx) -> Result<()> {
 pub fn apply_crd(ctx: &Ctx) -> Result<()> {
     let dir = ctx.root.join("crds");
     ctx.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", &dir.to_string_lossy()])?;
-    ctx.kubectl(&["wait", "--for=condition=Established", "crd/replicagroups.quorate.dev", "--timeout=60s"])?;
-    Ok(())
+    // `kubectl wait` fails at once, instead of waiting, while a fresh CRD has no conditions yet.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match ctx.kubectl(&["wait", "--for=condition=Established", "crd/replicagroups.quorate.dev", "--timeout=60s"]) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.to_string().contains("accessor error") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 async fn crd_applies_server_side_and_explains_its_fields(ctx: Ctx) -> Result<()> {
