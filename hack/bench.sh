@@ -27,5 +27,5 @@ if ! "$HACK/cluster.sh" status >/dev/null 2>&1; then
 fi
 "$HACK/images.sh"
 export QUORATE_KUBECONFIG="$("$HACK/cluster.sh" kubeconfig)"
-export QUORATE_KUBECTL="$(bin_dir kubernetes)/kubectl" HELM="$(bin_dir helm)/helm" QUORATE_IMAGE="$(quorate_image)"
+export QUORATE_KUBECTL="$(bin_dir kubernetes)/kubectl" HELM="$(bin_dir helm)/helm" QUORATE_IMAGE="$(quorate_image)" QUORATE_IMAGE_ID="$(quorate_image_id)"
 release_cargo bench --bench "$name"

@@ -61,5 +61,12 @@ quorate_image() {
   printf '%s' "${QUORATE_IMAGE:-ghcr.io/quorate-dev/quorate:$version}"
 }
 
+# A short digest of the packed image archive: the e2e suites put it on the operator's pods so a
+# rebuilt image under the same tag restarts them (helm sees no other change).
+quorate_image_id() {
+  local archive="$QUORATE_CACHE/images/quorate.tar"
+  if [[ -f "$archive" ]]; then sha256sum "$archive" | cut -c1-16; fi
+}
+
 # gateway_api_crds: the cached Gateway API standard-channel CRDs (hack/build-tools.sh gatewayapi).
 gateway_api_crds() { printf '%s/crds/standard' "$(tool_dir gateway-api "$GATEWAY_API_VERSION")"; }

@@ -35,6 +35,6 @@ step "images"
 
 step "cluster suites"
 export QUORATE_KUBECONFIG="$("$HACK/cluster.sh" kubeconfig)"
-export QUORATE_KUBECTL="$(bin_dir kubernetes)/kubectl" QUORATE_IMAGE="$(quorate_image)"
+export QUORATE_KUBECTL="$(bin_dir kubernetes)/kubectl" QUORATE_IMAGE="$(quorate_image)" QUORATE_IMAGE_ID="$(quorate_image_id)"
 cargo test --locked --test e2e -- --test-threads="${E2E_THREADS:-2}"
 step "all tests passed"

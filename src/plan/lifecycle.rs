@@ -173,7 +173,10 @@ fn switchover(
     }
     let primary = view.primary.as_deref()?;
     // 2. The primary's pod is being deleted: hand off now rather than after its lease runs out.
-    if observed.pods.iter().any(|p| p.name == primary && p.terminating) {
+    // Not while paused: this hand-off is automatic, and pause freezes every automatic change of
+    // primary (the routing drains the primary once its lease is gone).
+    let paused = group.spec.paused || view.paused;
+    if !paused && observed.pods.iter().any(|p| p.name == primary && p.terminating) {
         return Some(AgentAction::Switchover { target: None, reason: "PrimaryPodTerminating".into() });
     }
     // 3. Scale-down removes the primary's member: move the primary first.

@@ -334,11 +334,16 @@ fn last_failover(view: Option<&GroupView>, previous: &ReplicaGroupStatus, traffi
         return previous.last_failover.clone();
     };
     let same = previous.last_failover.as_ref().filter(|p| p.epoch == Some(record.epoch as i64));
-    let routed_at = same.and_then(|p| p.routed_at.clone()).or_else(|| {
-        let routed = traffic.routed_primary.as_deref() == Some(record.to.as_str()) && traffic.rw_epoch >= Some(record.epoch);
-        routed.then(|| time(now))
-    });
-    let duration = routed_at.as_ref().map(|t| t.0.as_millisecond() - record.detected_at_ms);
+    // Once routed, keep the figures of the reconcile that routed it: the stored routedAt has
+    // only whole seconds, so a duration computed again from it would be off by up to a second.
+    let (routed_at, duration) = match same.filter(|p| p.routed_at.is_some()) {
+        Some(p) => (p.routed_at.clone(), p.duration_millis),
+        None => {
+            let routed = traffic.routed_primary.as_deref() == Some(record.to.as_str()) && traffic.rw_epoch >= Some(record.epoch);
+            let routed_at = routed.then(|| time(now));
+            (routed_at, routed.then(|| (now - record.detected_at_ms).max(0)))
+        }
+    };
     Some(FailoverRecord {
         detected_at: Some(time(record.detected_at_ms)),
         appointed_at: Some(time(record.appointed_at_ms)),

@@ -335,6 +335,22 @@ fn a_terminating_primary_hands_over_at_once() {
 }
 
 #[test]
+fn a_paused_group_does_not_hand_over_from_a_terminating_primary() {
+    // Pause freezes every automatic change of primary, the hand-off before a pod deletion too.
+    let mut g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
+    let mut ps = pods(3);
+    ps[1].terminating = true;
+    let mut v = view(3, 1, 3);
+    v.paused = true;
+    g.spec.paused = true;
+    assert_eq!(plan(&g, &observed(ps.clone(), connected(v.clone())), &settings()).action, None);
+    // Paused in the group but not yet resumed by the operator: still no hand-off.
+    g.spec.paused = false;
+    let p = plan(&g, &observed(ps, connected(v)), &settings());
+    assert_eq!(p.action, Some(AgentAction::Resume));
+}
+
+#[test]
 fn switchover_requests_are_checked_and_handed_over_once() {
     let mut g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
     g.metadata.annotations = Some(BTreeMap::from([("quorate.dev/switchover-to".into(), "cache-2".into())]));
@@ -411,9 +427,8 @@ fn ready_needs_quorum_routing_and_healthy_members() {
     assert_eq!(condition(&p, "Ready").status, "False");
 }
 
-#[test]
-fn failovers_are_recorded_with_their_routing_time() {
-    let g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
+/// A group at epoch 5 whose primary cache-2 replaced cache-0 after a lease expiry.
+fn after_a_failover() -> GroupView {
     let mut v = view(3, 2, 5);
     v.failovers = vec![FailoverView {
         from: Some("cache-0".into()),
@@ -423,12 +438,29 @@ fn failovers_are_recorded_with_their_routing_time() {
         detected_at_ms: NOW - 400,
         appointed_at_ms: NOW - 100,
     }];
-    let p = plan(&g, &observed(pods(3), connected(v)), &settings());
-    let f = p.status.last_failover.expect("last failover");
-    assert_eq!(f.duration_millis, Some(400));
+    v
+}
+
+#[test]
+fn failovers_are_recorded_with_their_routing_time() {
+    let g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
+    let mut o = observed(pods(3), connected(after_a_failover()));
+    o.now_ms = NOW + 250;
+    let p = plan(&g, &o, &settings());
+    let f = p.status.last_failover.clone().expect("last failover");
+    assert_eq!(f.duration_millis, Some(650));
     assert_eq!(f.to.as_deref(), Some("cache-2"));
     assert!(p.events.iter().any(|e| e.warning && e.reason == "Failover"));
     assert!(p.events.iter().any(|e| e.reason == "RoutingChanged" && e.note.contains("cache-2")));
+
+    // The stored status has whole seconds only; the next reconcile keeps the measured duration.
+    let mut g = g;
+    g.status = Some(serde_json::from_value(serde_json::to_value(&p.status).expect("status to JSON")).expect("status from JSON"));
+    let mut o = observed(pods(3), connected(after_a_failover()));
+    o.now_ms = NOW + 5_300;
+    o.routed_epoch = Some(5);
+    let again = plan(&g, &o, &settings()).status.last_failover.expect("last failover");
+    assert_eq!(again.duration_millis, Some(650));
 }
 
 fn arb_lease() -> impl Strategy<Value = LeaseView> {
