@@ -99,6 +99,8 @@ pub(crate) struct Inner {
     pub kick_quorum: Notify,
     pub stopping: watch::Sender<bool>,
     pub elections_allowed: AtomicBool,
+    /// Held until the process exits: no second agent process on this data directory.
+    _data_dir_lock: raft::DataDirLock,
 }
 
 /// A running agent.
@@ -488,6 +490,7 @@ impl Inner {
 impl Agent {
     /// Opens the data directory, starts Raft and all loops, and serves gRPC and HTTP.
     pub async fn start(settings: AgentSettings) -> Result<Agent, AgentError> {
+        let data_dir_lock = lock_data_dir(&settings.data_dir).await?;
         let (id, created) = raft::load_or_create_node_id(&settings.data_dir)?;
         tracing::info!(node_id = id, created, member = %settings.member, data_dir = %settings.data_dir.display(), "starting quorate-agent");
         let faults = Arc::new(Faults::default());
@@ -547,6 +550,7 @@ impl Agent {
             kick_quorum: Notify::new(),
             stopping: watch::Sender::new(false),
             elections_allowed: AtomicBool::new(true),
+            _data_dir_lock: data_dir_lock,
         });
         let applied = inner.applied();
         inner
@@ -621,6 +625,26 @@ impl Agent {
         }
         inner.stopping.send_replace(true);
         inner.raft.shutdown().await;
+    }
+}
+
+/// Waits until no other process uses the data directory (a replacement pod can start while the
+/// old agent still shuts down on the same volume), then holds it for the life of the process.
+async fn lock_data_dir(dir: &std::path::Path) -> Result<raft::DataDirLock, AgentError> {
+    let started = tokio::time::Instant::now();
+    let mut next_note = started;
+    loop {
+        if let Some(lock) = raft::DataDirLock::try_acquire(dir)? {
+            if next_note > started {
+                tracing::info!(waited_ms = started.elapsed().as_millis() as u64, data_dir = %dir.display(), "the previous agent process released the data directory");
+            }
+            return Ok(lock);
+        }
+        if tokio::time::Instant::now() >= next_note {
+            tracing::warn!(data_dir = %dir.display(), "another agent process still uses the data directory; waiting for it to exit");
+            next_note = tokio::time::Instant::now() + Duration::from_secs(10);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -38,6 +38,10 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// A process started by a test itself.
+    pub fn new(child: Child, log: PathBuf) -> Proc {
+        Proc { child: Some(child), log }
+    }
     pub fn pid(&self) -> Option<i32> {
         self.child.as_ref().map(|c| c.id() as i32)
     }

@@ -63,7 +63,7 @@ async fn failover(ctx: &Ctx, ns: &str, grace: Option<u32>) -> Result<u128> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let started = Instant::now();
     pods.delete(&old, &DeleteParams { grace_period_seconds: grace, ..Default::default() }).await?;
-    wait_for("the new primary routed and answering", Duration::from_secs(30), || async {
+    let routed = wait_for("the new primary routed and answering", Duration::from_secs(30), || async {
         let (addresses, slice_epoch) = operator::rw_slice(ctx, ns, "db").await?;
         if addresses.len() != 1 || addresses[0] == old_ip || slice_epoch.is_none_or(|e| e <= epoch) {
             return Ok(None);
@@ -72,7 +72,15 @@ async fn failover(ctx: &Ctx, ns: &str, grace: Option<u32>) -> Result<u128> {
         let ok = answer["role"] == "Primary" && answer["member"] != old.as_str() && answer["epoch"].as_u64().is_some_and(|e| e > epoch);
         Ok(ok.then_some(()))
     })
-    .await?;
+    .await;
+    if let Err(e) = routed {
+        // What the operator and the group said when it did not happen: the figure alone does not
+        // tell where a failover got stuck.
+        let status = operator::groups(ctx, ns).get("db").await.ok().and_then(|g| g.status);
+        let slice = operator::rw_slice(ctx, ns, "db").await.ok();
+        let events = ctx.kubectl(&["get", "events", "-n", ns, "--sort-by=.lastTimestamp", "-o", "custom-columns=T:.lastTimestamp,R:.reason,M:.message"]).unwrap_or_default();
+        return Err(e.context(format!("deleted {old} (epoch {epoch}); -rw now {slice:?}; status {status:#?}; events:\n{events}")));
+    }
     Ok(started.elapsed().as_millis())
 }
 

@@ -23,7 +23,7 @@ use openraft::raft::{
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 
-pub use data_dir::{DataDirError, load_or_create_node_id};
+pub use data_dir::{DataDirError, DataDirLock, load_or_create_node_id};
 pub use network::{Faults, PeerError, Peers};
 pub use state_machine::AppliedState;
 
