@@ -129,9 +129,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ready.store(true, std::sync::atomic::Ordering::Relaxed);
         let (mut leading, task) = manager.watch().await;
         info!(lease = %lease, identity = %config.pod_name, "waiting for leadership");
-        while !*leading.borrow_and_update() {
-            if leading.changed().await.is_err() {
-                anyhow::bail!("the leader election task ended");
+        let mut shutdown = std::pin::pin!(shutdown_signal());
+        // A standby must stop on SIGTERM too: one that lingers through its grace period can win
+        // the lease its leader just released in the same rollout, lead for a few seconds, and
+        // be killed without releasing it (the group then waits a whole lease for an operator).
+        let standby = async {
+            while !*leading.borrow_and_update() {
+                if leading.changed().await.is_err() {
+                    anyhow::bail!("the leader election task ended");
+                }
+            }
+            Ok(())
+        };
+        tokio::select! {
+            r = standby => r?,
+            _ = &mut shutdown => {
+                info!("shutting down before leading");
+                drop(leading);
+                if let Ok(Ok(Ok(manager))) = tokio::time::timeout(Duration::from_secs(3), task).await {
+                    let _ = manager.release().await;
+                }
+                return Ok(());
             }
         }
         info!("leading: starting the controller");
@@ -144,7 +162,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 warn!("lost leadership; exiting so that only the new leader writes");
             }
             r = controller => { r??; }
-            _ = shutdown_signal() => {
+            _ = &mut shutdown => {
                 info!("shutting down; releasing the lease");
             }
         }

@@ -324,6 +324,23 @@ pub struct LogStore {
 }
 
 impl LogStore {
+    /// A restarted node that led before must not start as leader (openraft restores a committed
+    /// vote for itself as leadership at once). Its coordinator state is gone and its peers may
+    /// not reach its new address for a while, yet its heartbeats would keep them from electing
+    /// another coordinator: the primary's lease then runs out unrenewed. As a follower with the
+    /// same (uncommitted) vote it still votes for nobody else in that term, so this is safe; it
+    /// campaigns like any member. Only the in-memory copy changes; the next vote saved replaces it.
+    pub fn forget_restored_leadership(&self, own_id: u64) -> bool {
+        let mut contents = self.shared.contents();
+        match &mut contents.vote {
+            Some(v) if v.committed && v.leader_id.node_id == own_id => {
+                v.committed = false;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Opens (or creates) `raft-log` in `dir`, replaying it.
     pub fn open(dir: &Path) -> Result<Self, DataDirError> {
         let path = dir.join(LOG_FILE);
@@ -622,5 +639,23 @@ mod tests {
             encode_frame(text.as_bytes(), &mut buf);
             let _ = decode_log(&buf);
         }
+    }
+
+    #[test]
+    fn a_restarted_leader_does_not_start_as_leader() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let rt = tokio::runtime::Builder::new_current_thread().build()?;
+        rt.block_on(async {
+            let mut store = LogStore::open(dir.path())?;
+            store.save_vote(&Vote::new_committed(4, 2)).await?;
+            Ok::<_, Box<dyn std::error::Error>>(())
+        })?;
+        let mut store = LogStore::open(dir.path())?;
+        // Another node's leadership is kept as it is.
+        assert!(!store.forget_restored_leadership(3));
+        assert!(store.forget_restored_leadership(2));
+        let vote = rt.block_on(store.read_vote())?;
+        assert_eq!(vote, Some(Vote::new(4, 2)));
+        Ok(())
     }
 }

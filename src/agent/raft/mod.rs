@@ -201,6 +201,9 @@ impl RaftNode {
         peers: Arc<Peers>,
     ) -> Result<Self, RaftNodeError> {
         let log = LogStore::open(data_dir)?;
+        if log.forget_restored_leadership(id) {
+            tracing::info!("led the group before the restart: starting as a follower");
+        }
         let sm = StateMachineStore::open(data_dir)?;
         let applied = sm.subscribe();
         let config = Config {
