@@ -113,6 +113,7 @@ pub(super) fn build(
             member_names.push(m.name.clone());
         }
     }
+    let pod_serving = |name: &str| observed.pods.iter().any(|p| p.name == name && !p.terminating && p.ip.is_some());
     let members: Vec<MemberStatus> = member_names
         .iter()
         .map(|name| {
@@ -123,7 +124,9 @@ pub(super) fn build(
                 name: name.clone(),
                 id: in_view.map(|m| m.id as i64),
                 role: in_view.map_or(if witness { MemberRole::Witness } else { MemberRole::Unknown }, |m| role(m.role)),
-                healthy: in_view.is_some_and(|m| m.healthy),
+                // A member whose pod is being deleted or is gone is not healthy, whatever its
+                // agent last said: the group is not whole again until the pod is back.
+                healthy: in_view.is_some_and(|m| m.healthy) && pod_serving(name),
                 voter: in_view.is_some_and(|m| m.voter),
                 weight: traffic.weights.get(name).copied().unwrap_or(0),
                 lease: (is_primary && spec.mode == GroupMode::PrimaryBackup).then(|| {

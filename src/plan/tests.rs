@@ -427,6 +427,25 @@ fn ready_needs_quorum_routing_and_healthy_members() {
     assert_eq!(condition(&p, "Ready").status, "False");
 }
 
+#[test]
+fn a_member_whose_pod_is_going_away_is_not_ready() {
+    // Its agent may still report healthy while it shuts down; the group is not whole until the
+    // pod is back.
+    let g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
+    let mut o = observed(pods(3), connected(view(3, 1, 4)));
+    o.routed_epoch = Some(4);
+    o.routed_addresses = vec!["10.88.1.11".into()];
+    o.pods[2].terminating = true;
+    let p = plan(&g, &o, &settings());
+    assert_eq!(p.status.ready_replicas, 2);
+    assert_eq!(p.status.members.iter().find(|m| m.name == "cache-2").map(|m| m.healthy), Some(false));
+    assert_eq!(condition(&p, "Ready").status, "False", "{:?}", p.status.conditions);
+    o.pods.remove(2);
+    let p = plan(&g, &o, &settings());
+    assert_eq!(p.status.ready_replicas, 2);
+    assert_eq!(condition(&p, "Ready").status, "False", "{:?}", p.status.conditions);
+}
+
 /// A group at epoch 5 whose primary cache-2 replaced cache-0 after a lease expiry.
 fn after_a_failover() -> GroupView {
     let mut v = view(3, 2, 5);
