@@ -61,9 +61,33 @@ struct Measured {
     slice_ms: u128,
 }
 
+/// Each round starts from a whole group: every member pod Ready for longer than the cluster
+/// DNS caches a missing name (the test bed's CoreDNS: 5 s). A pod replaced in the previous round
+/// is not resolvable by its peers until then, and deleting the next primary meanwhile measures a
+/// group that has lost its quorum, not a failover.
+async fn settle(ctx: &Ctx, ns: &str) -> Result<()> {
+    const DNS_NEGATIVE_CACHE: Duration = Duration::from_secs(6);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    wait_for("every member pod Ready beyond the DNS cache time", Duration::from_secs(120), || async {
+        let list = pods.list(&kube::api::ListParams::default().labels("quorate.dev/group=db")).await?;
+        let now = jiff::Timestamp::now();
+        let ready_since = |p: &Pod| {
+            p.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready" && c.status == "True")?.last_transition_time.clone()
+        };
+        let settled = list.items.len() == 3
+            && list.items.iter().all(|p| {
+                p.metadata.deletion_timestamp.is_none()
+                    && ready_since(p).is_some_and(|t| now.duration_since(t.0).as_millis() as u128 >= DNS_NEGATIVE_CACHE.as_millis())
+            });
+        Ok(settled.then_some(()))
+    })
+    .await
+}
+
 /// One failover: delete the primary's pod, wait for the new primary to be routed and to answer.
 async fn failover(ctx: &Ctx, ns: &str, grace: Option<u32>) -> Result<Measured> {
     operator::wait_ready(ctx, ns, "db", Duration::from_secs(180)).await?;
+    settle(ctx, ns).await?;
     let (old, epoch) = operator::wait_routed_primary(ctx, ns, "db", 0, Duration::from_secs(30)).await?;
     let rw = operator::service_ip(ctx, ns, "db-rw").await?;
     let old_ip = operator::pod_ip(ctx, ns, &old).await?.context("old primary IP")?;
