@@ -49,7 +49,17 @@ pub struct AgentClient {
 impl AgentClient {
     /// Connects to `address` (`host:port`), with mTLS when `tls` is given.
     pub async fn connect(address: &str, tls: Option<TlsClientConfig>) -> Result<Self, ClientError> {
-        let channel = transport::channel(address, tls.as_ref()).map_err(|e| match e {
+        Self::connect_at(address, None, tls).await
+    }
+
+    /// Connects to the agent named by `address`, dialing `dial` when given (see
+    /// [`transport::channel_at`]).
+    pub async fn connect_at(
+        address: &str,
+        dial: Option<std::net::IpAddr>,
+        tls: Option<TlsClientConfig>,
+    ) -> Result<Self, ClientError> {
+        let channel = transport::channel_at(address, dial, tls.as_ref()).map_err(|e| match e {
             TransportError::Address { reason, .. } => ClientError::Address {
                 address: address.to_string(),
                 reason,

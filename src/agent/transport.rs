@@ -122,11 +122,23 @@ pub fn split_host_port(address: &str) -> Result<(String, u16), TransportError> {
 
 /// A lazily connecting channel to `address` (`host:port`).
 pub fn channel(address: &str, tls: Option<&TlsClientConfig>) -> Result<Channel, TransportError> {
+    channel_at(address, None, tls)
+}
+
+/// Like [`channel`], but dialing `dial` instead of resolving the host, when given. TLS still
+/// verifies the host name of `address`: the operator knows a restarted pod's address from the
+/// API server seconds before cluster DNS stops answering with the old one (or with none).
+pub fn channel_at(
+    address: &str,
+    dial: Option<std::net::IpAddr>,
+    tls: Option<&TlsClientConfig>,
+) -> Result<Channel, TransportError> {
     let (host, port) = split_host_port(address)?;
-    let uri_host = if host.contains(':') {
-        format!("[{host}]")
+    let connect_host = dial.map_or_else(|| host.clone(), |ip| ip.to_string());
+    let uri_host = if connect_host.contains(':') {
+        format!("[{connect_host}]")
     } else {
-        host.clone()
+        connect_host.clone()
     };
     let endpoint = Endpoint::from_shared(format!("http://{uri_host}:{port}"))
         .map_err(|e| TransportError::Address {
@@ -149,7 +161,7 @@ pub fn channel(address: &str, tls: Option<&TlsClientConfig>) -> Result<Channel, 
     let service = tower::service_fn(move |_uri: Uri| {
         let connector = connector.clone();
         let server_name = server_name.clone();
-        let host = host.clone();
+        let host = connect_host.clone();
         async move {
             let tcp = TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;

@@ -4,6 +4,7 @@
 //! one-off calls (Status probes of single members, membership changes, switchovers).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,11 @@ use crate::api::ReplicaGroup;
 use crate::plan::{AgentAction, AgentsObserved, FailoverView, GroupView, LeaseView, MemberView, NodeProbe, ViewRole};
 
 type GroupRef = ObjectRef<DeserializeGuard<ReplicaGroup>>;
+/// Agent address (DNS name) → the member pod's current IP. A replaced pod's name keeps
+/// resolving to its old IP, or to nothing, for as long as cluster DNS caches it (5–30 s); the
+/// operator learns the new IP from the API server at once and dials it, verifying TLS against
+/// the name.
+type PodIps = Arc<Mutex<HashMap<String, IpAddr>>>;
 type Key = (String, String);
 
 /// How to reach a group's agents.
@@ -61,8 +67,10 @@ struct Entry {
 pub struct AgentHub {
     groups: Arc<Mutex<HashMap<Key, Entry>>>,
     /// Connections for one-off calls, reused: a failover's switchover should not pay for a TLS
-    /// handshake. Dropped on the first transport error.
-    clients: Arc<Mutex<HashMap<String, AgentClient>>>,
+    /// handshake. Dropped on the first transport error, or when the pod's IP changed.
+    clients: Arc<Mutex<HashMap<String, (AgentClient, Option<IpAddr>)>>>,
+    /// Agent address (DNS name) → the pod IP the API server reports for it.
+    pod_ips: PodIps,
     trigger: mpsc::UnboundedSender<GroupRef>,
     metrics: Arc<Metrics>,
 }
@@ -82,7 +90,7 @@ fn now_ms() -> i64 {
 impl AgentHub {
     pub fn new(metrics: Arc<Metrics>) -> (Self, impl Stream<Item = GroupRef> + Send + 'static) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let hub = AgentHub { groups: Arc::default(), clients: Arc::default(), trigger: tx, metrics };
+        let hub = AgentHub { groups: Arc::default(), clients: Arc::default(), pod_ips: Arc::default(), trigger: tx, metrics };
         (hub, tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
     }
 
@@ -101,7 +109,7 @@ impl AgentHub {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (config_tx, config_rx) = watch::channel(config);
         let target = ObjectRef::new(name).within(namespace);
-        let task = tokio::spawn(stream_group(target, config_rx, shared.clone(), self.trigger.clone(), self.metrics.clone()));
+        let task = tokio::spawn(stream_group(target, config_rx, shared.clone(), self.pod_ips.clone(), self.trigger.clone(), self.metrics.clone()));
         groups.insert(key, Entry { shared, config: config_tx, task });
         self.metrics.agent_streams.set(groups.len() as i64);
     }
@@ -154,12 +162,27 @@ impl AgentHub {
     }
 
     async fn client(&self, address: &str, tls: Option<TlsClientConfig>) -> Result<AgentClient, ClientError> {
-        if let Some(c) = lock(&self.clients).get(address) {
-            return Ok(c.clone());
+        let ip = lock(&self.pod_ips).get(address).copied();
+        if let Some((c, at)) = lock(&self.clients).get(address) {
+            if *at == ip {
+                return Ok(c.clone());
+            }
         }
-        let c = connect(address, tls).await?;
-        lock(&self.clients).insert(address.to_owned(), c.clone());
+        let c = connect(address, ip, tls).await?;
+        lock(&self.clients).insert(address.to_owned(), (c.clone(), ip));
         Ok(c)
+    }
+
+    /// The member pods' current IPs by agent address, as the API server reports them (`None`:
+    /// the pod has no running IP now; its name is dialed through DNS).
+    pub fn learn_pod_ips(&self, ips: impl IntoIterator<Item = (String, Option<IpAddr>)>) {
+        let mut known = lock(&self.pod_ips);
+        for (address, ip) in ips {
+            match ip {
+                Some(ip) => known.insert(address, ip),
+                None => known.remove(&address),
+            };
+        }
     }
 
     /// A call failed for a reason other than the group's answer: reconnect next time.
@@ -251,8 +274,8 @@ fn unreachable_bootstrap() -> Result<String, ClientError> {
     Err(ClientError::Connect { address: String::new(), reason: "bootstrap is handled above".into() })
 }
 
-async fn connect(address: &str, tls: Option<TlsClientConfig>) -> Result<AgentClient, ClientError> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, AgentClient::connect(address, tls)).await {
+async fn connect(address: &str, ip: Option<IpAddr>, tls: Option<TlsClientConfig>) -> Result<AgentClient, ClientError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, AgentClient::connect_at(address, ip, tls)).await {
         Ok(r) => r,
         Err(_) => Err(ClientError::Connect { address: address.to_owned(), reason: format!("no answer within {CONNECT_TIMEOUT:?}") }),
     }
@@ -283,15 +306,23 @@ fn digest(state: &GroupState, load_sensitive: bool) -> String {
     d
 }
 
+/// How long a coordinator the hub could not reach is left alone before it is tried again.
+const FOLLOW_RETRY: Duration = Duration::from_millis(500);
+
 async fn stream_group(
     target: GroupRef,
     mut config: watch::Receiver<StreamConfig>,
     shared: Arc<Mutex<Shared>>,
+    pod_ips: PodIps,
     trigger: mpsc::UnboundedSender<GroupRef>,
     metrics: Arc<Metrics>,
 ) {
     let mut backoff = Duration::from_millis(100);
     let mut preferred: Option<String> = None;
+    // The coordinator we last tried to follow and could not reach (a restarted pod whose name
+    // does not resolve yet): its relayed state is used meanwhile instead of dialing it again at
+    // once, which spun in a tight loop between relay and coordinator during failovers.
+    let mut unreachable_leader: Option<(String, Instant)> = None;
     let mut last_digest = String::new();
     loop {
         let cfg = config.borrow_and_update().clone();
@@ -302,10 +333,14 @@ async fn stream_group(
         let mut last_error = String::from("no agent address");
         let mut answered = false;
         'candidates: for address in candidates {
-            let client = match connect(&address, cfg.tls.clone()).await {
+            let ip = lock(&pod_ips).get(&address).copied();
+            let client = match connect(&address, ip, cfg.tls.clone()).await {
                 Ok(c) => c,
                 Err(e) => {
                     last_error = e.to_string();
+                    if first.contains(&address) {
+                        unreachable_leader = Some((address.clone(), Instant::now()));
+                    }
                     continue;
                 }
             };
@@ -344,7 +379,10 @@ async fn stream_group(
                                 let _ = trigger.send(target.clone());
                             }
                             // Only the coordinator's own word carries a trustworthy lease.
-                            if relayed && leader.is_some() {
+                            let recently_unreachable = unreachable_leader
+                                .as_ref()
+                                .is_some_and(|(a, at)| leader.as_ref() == Some(a) && at.elapsed() < FOLLOW_RETRY);
+                            if relayed && leader.is_some() && !recently_unreachable {
                                 debug!(group = %target.name, from = %address, to = ?leader, "following the coordinator");
                                 preferred = leader;
                                 break 'candidates;

@@ -81,6 +81,8 @@ pub async fn observe(ctx: &Context, group: &ReplicaGroup, names: &GroupNames, tl
         .filter_map(|p| member_pod(names, p))
         .collect();
 
+    // Before anything dials a member: a replaced pod is reachable by its new IP at once.
+    ctx.hub.learn_pod_ips(pods.iter().map(|p| (names.agent_address(&p.name), p.ip.as_deref().and_then(|ip| ip.parse().ok()))));
     let agents = ctx.hub.observe(ns, &names.name);
     // Ask members directly who they are when the group's view cannot say: before bootstrap,
     // new members, and members that stopped reporting (a lost volume shows up as a new id).
