@@ -656,8 +656,19 @@ fn spawn_loops(inner: &Arc<Inner>) {
             let mut watch = me.raft.status_watch();
             let mut last_leader = None;
             let mut was_leader = false;
+            let mut last_status: Option<super::raft::RaftStatus> = None;
             loop {
                 let status = watch.current();
+                // openraft republishes its metrics on every heartbeat answer (its quorum-ack
+                // age changes each time); only what the agent reads from them is news. Reacting
+                // to each one woke every loop and Watch stream thousands of times a second.
+                if last_status.as_ref() == Some(&status) {
+                    if !watch.changed().await {
+                        return;
+                    }
+                    continue;
+                }
+                last_status = Some(status.clone());
                 let now = monotonic_millis();
                 {
                     let mut c = me.coordinator();

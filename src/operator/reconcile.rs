@@ -8,7 +8,7 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::hub::StreamConfig;
 use super::{Context, Error, apply, observe};
@@ -107,17 +107,38 @@ async fn reconcile_group(group: &ReplicaGroup, names: &GroupNames, ctx: &Context
         },
     );
 
+    let started = Instant::now();
     let observed = observe::observe(ctx, group, names, &tls).await?;
+    let observed_ms = started.elapsed().as_millis() as u64;
     let plan = plan::plan(group, &observed, &ctx.settings);
 
-    // Routing and objects first: a failover's one EndpointSlice write must not wait behind
-    // membership calls.
-    apply::apply_objects(ctx, group, names, &plan.apply).await?;
-    apply::delete_objects(ctx, names, &plan.delete).await?;
+    let objects = async {
+        apply::apply_objects(ctx, group, names, &plan.apply).await?;
+        apply::delete_objects(ctx, names, &plan.delete).await
+    };
+    let action = async {
+        match &plan.action {
+            Some(action) => Some(ctx.hub.execute(&names.namespace, &names.name, action, &addresses, Some(tls.client.clone())).await),
+            None => None,
+        }
+    };
+    let (objects_result, action_result) = if matches!(plan.action, Some(AgentAction::Switchover { .. })) {
+        // A hand-off is what a failover waits for (the primary's pod is going away): it starts
+        // now, and the object writes go alongside it.
+        futures::join!(objects, action)
+    } else {
+        // Routing and objects first: a failover's one EndpointSlice write must not wait behind
+        // membership calls.
+        let objects_result = objects.await;
+        let action_result = if objects_result.is_ok() { action.await } else { None };
+        (objects_result, action_result)
+    };
+    objects_result?;
+    debug!(group = %names.name, namespace = %names.namespace, observed_ms, applied_ms = started.elapsed().as_millis() as u64, "reconciled objects");
 
     let mut events = plan.events.clone();
-    if let Some(action) = &plan.action {
-        match ctx.hub.execute(&names.namespace, &names.name, action, &addresses, Some(tls.client.clone())).await {
+    if let (Some(action), Some(result)) = (&plan.action, action_result) {
+        match result {
             Ok(summary) => {
                 info!(group = %names.name, namespace = %names.namespace, action = ?action, "{summary}");
                 events.push(plan::PlannedEvent { warning: false, reason: action_reason(action).into(), note: summary });

@@ -255,11 +255,12 @@ impl RaftNode {
         let tick = Duration::from_millis((timers.retry_millis / 10).max(5));
         let mut metrics = self.raft.metrics();
         let mut led_term = None;
+        let mut last_status = None;
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(tick) => {}
-                changed = metrics.changed() => if changed.is_err() { return; }
-            }
+            let ticked = tokio::select! {
+                _ = tokio::time::sleep(tick) => true,
+                changed = metrics.changed() => if changed.is_err() { return } else { false },
+            };
             let status = {
                 let m = metrics.borrow_and_update();
                 if m.running_state.is_err() {
@@ -267,6 +268,12 @@ impl RaftNode {
                 }
                 RaftStatus::from_metrics(&m)
             };
+            // Metrics are republished on every heartbeat answer: only a change of what we read
+            // (or the timer) needs a look.
+            if !ticked && last_status.as_ref() == Some(&status) {
+                continue;
+            }
+            last_status = Some(status.clone());
             let now = monotonic_millis();
             if status.is_leader {
                 if led_term != Some(status.term) {
