@@ -139,6 +139,8 @@ impl AgentHub {
     /// Stops following groups that no longer exist.
     pub fn forget_deleted_groups(&self, store: Store<DeserializeGuard<ReplicaGroup>>) {
         let groups = self.groups.clone();
+        let pod_ips = self.pod_ips.clone();
+        let clients = self.clients.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(30));
@@ -148,15 +150,21 @@ impl AgentHub {
                     continue;
                 }
                 let mut map = lock(&groups);
+                let mut deleted = Vec::new();
                 map.retain(|(ns, name), entry| {
                     let keep = store.get(&ObjectRef::new(name).within(ns)).is_some();
                     if !keep {
                         info!(namespace = %ns, group = %name, "group deleted; closing its state stream");
                         entry.task.abort();
+                        deleted.push(format!(".{name}-peers.{ns}."));
                     }
                     keep
                 });
                 metrics.agent_streams.set(map.len() as i64);
+                // Its agents' addresses (`<pod>.<group>-peers.<namespace>.svc…`) go too.
+                let of_deleted = |address: &str| deleted.iter().any(|d| address.contains(d.as_str()));
+                lock(&pod_ips).retain(|address, _| !of_deleted(address));
+                lock(&clients).retain(|address, _| !of_deleted(address));
             }
         });
     }
