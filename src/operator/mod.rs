@@ -145,10 +145,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 // seconds, and be killed without releasing it.
                 _ = &mut shutdown => {
                     info!("shutting down before leading");
-                    drop(leading);
-                    if let Ok(Ok(Ok(manager))) = tokio::time::timeout(Duration::from_secs(3), task).await {
-                        let _ = manager.release().await;
-                    }
+                    stop_campaigning((leading, task)).await;
                     return Ok(());
                 }
             }
@@ -167,10 +164,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 info!("shutting down; releasing the lease");
             }
         }
-        drop(leading);
-        if let Ok(Ok(Ok(manager))) = tokio::time::timeout(Duration::from_secs(3), task).await {
-            let _ = manager.release().await;
-        }
+        stop_campaigning((leading, task)).await;
         return Ok(());
     }
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -182,6 +176,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 type LeaseWatch = (tokio::sync::watch::Receiver<bool>, tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>);
+
+/// Ends the campaign: closing the receiver makes the manager's task release the lease if it
+/// holds it; released once more here in case the task ended otherwise.
+async fn stop_campaigning((leading, task): LeaseWatch) {
+    drop(leading);
+    if let Ok(Ok(Ok(manager))) = tokio::time::timeout(Duration::from_secs(3), task).await {
+        let _ = manager.release().await;
+    }
+}
 
 /// Campaigns for the operator's lease; the receiver says whether this replica holds it.
 async fn watch_lease(client: &Client, config: &Config, lease: &str) -> anyhow::Result<LeaseWatch> {
