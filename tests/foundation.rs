@@ -44,10 +44,10 @@ fn locked_versions(package: &str) -> Vec<String> {
     let mut versions = Vec::new();
     let mut lines = lock.lines();
     while let Some(line) = lines.next() {
-        if line == format!("name = \"{package}\"") {
-            if let Some(v) = lines.next().and_then(|l| l.strip_prefix("version = \"")) {
-                versions.push(v.trim_end_matches('"').to_owned());
-            }
+        if line == format!("name = \"{package}\"")
+            && let Some(v) = lines.next().and_then(|l| l.strip_prefix("version = \""))
+        {
+            versions.push(v.trim_end_matches('"').to_owned());
         }
     }
     versions

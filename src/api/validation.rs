@@ -122,51 +122,51 @@ fn check(value: &Value, schema: &Value, path: &str, errors: &mut Vec<FieldError>
             return;
         }
     }
-    if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
-        if !allowed.contains(value) {
-            let list: Vec<String> = allowed.iter().map(show).collect();
-            errors.push(err(path, format!("Unsupported value: {}: supported values: {}", show(value), list.join(", "))));
-        }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+        && !allowed.contains(value)
+    {
+        let list: Vec<String> = allowed.iter().map(show).collect();
+        errors.push(err(path, format!("Unsupported value: {}: supported values: {}", show(value), list.join(", "))));
     }
     if let Some(n) = value.as_f64() {
-        if let Some(max) = schema.get("maximum").and_then(Value::as_f64) {
-            if n > max {
-                errors.push(err(path, format!("Invalid value: {value}: {path} in body should be less than or equal to {}", number(max))));
-            }
+        if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
+            && n > max
+        {
+            errors.push(err(path, format!("Invalid value: {value}: {path} in body should be less than or equal to {}", number(max))));
         }
-        if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
-            if n < min {
-                errors.push(err(path, format!("Invalid value: {value}: {path} in body should be greater than or equal to {}", number(min))));
-            }
+        if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
+            && n < min
+        {
+            errors.push(err(path, format!("Invalid value: {value}: {path} in body should be greater than or equal to {}", number(min))));
         }
     }
     if let Some(s) = value.as_str() {
-        if let Some(max) = schema.get("maxLength").and_then(Value::as_u64) {
-            if s.len() as u64 > max {
-                errors.push(err(path, format!("Too long: may not be more than {max} bytes")));
-            }
+        if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
+            && s.len() as u64 > max
+        {
+            errors.push(err(path, format!("Too long: may not be more than {max} bytes")));
         }
-        if let Some(min) = schema.get("minLength").and_then(Value::as_u64) {
-            if (s.len() as u64) < min {
-                errors.push(err(path, format!("Invalid value: {s:?}: {path} in body should be at least {min} chars long")));
-            }
+        if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
+            && (s.len() as u64) < min
+        {
+            errors.push(err(path, format!("Invalid value: {s:?}: {path} in body should be at least {min} chars long")));
         }
-        if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
-            if regex::Regex::new(pattern).is_ok_and(|re| !re.is_match(s)) {
-                errors.push(err(path, format!("Invalid value: {s:?}: {path} in body should match '{pattern}'")));
-            }
+        if let Some(pattern) = schema.get("pattern").and_then(Value::as_str)
+            && regex::Regex::new(pattern).is_ok_and(|re| !re.is_match(s))
+        {
+            errors.push(err(path, format!("Invalid value: {s:?}: {path} in body should match '{pattern}'")));
         }
     }
     if let Some(items) = value.as_array() {
-        if let Some(max) = schema.get("maxItems").and_then(Value::as_u64) {
-            if items.len() as u64 > max {
-                errors.push(err(path, format!("Too many: {}: must have at most {max} items", items.len())));
-            }
+        if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
+            && items.len() as u64 > max
+        {
+            errors.push(err(path, format!("Too many: {}: must have at most {max} items", items.len())));
         }
-        if let Some(min) = schema.get("minItems").and_then(Value::as_u64) {
-            if (items.len() as u64) < min {
-                errors.push(err(path, format!("Invalid value: {}: {path} in body should have at least {min} items", items.len())));
-            }
+        if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
+            && (items.len() as u64) < min
+        {
+            errors.push(err(path, format!("Invalid value: {}: {path} in body should have at least {min} items", items.len())));
         }
         if let Some(item_schema) = schema.get("items") {
             for (i, item) in items.iter().enumerate() {
@@ -175,10 +175,10 @@ fn check(value: &Value, schema: &Value, path: &str, errors: &mut Vec<FieldError>
         }
     }
     if let Some(fields) = value.as_object() {
-        if let Some(max) = schema.get("maxProperties").and_then(Value::as_u64) {
-            if fields.len() as u64 > max {
-                errors.push(err(path, format!("Too many: {}: must have at most {max} items", fields.len())));
-            }
+        if let Some(max) = schema.get("maxProperties").and_then(Value::as_u64)
+            && fields.len() as u64 > max
+        {
+            errors.push(err(path, format!("Too many: {}: must have at most {max} items", fields.len())));
         }
         for name in schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
             if !fields.contains_key(name) {

@@ -27,6 +27,8 @@ type GroupRef = ObjectRef<DeserializeGuard<ReplicaGroup>>;
 /// the name.
 type PodIps = Arc<Mutex<HashMap<String, IpAddr>>>;
 type Key = (String, String);
+/// A reused connection and the pod IP it was dialed at (`None`: through DNS).
+type CachedClient = (AgentClient, Option<IpAddr>);
 
 /// How to reach a group's agents.
 #[derive(Clone, Debug)]
@@ -68,7 +70,7 @@ pub struct AgentHub {
     groups: Arc<Mutex<HashMap<Key, Entry>>>,
     /// Connections for one-off calls, reused: a failover's switchover should not pay for a TLS
     /// handshake. Dropped on the first transport error, or when the pod's IP changed.
-    clients: Arc<Mutex<HashMap<String, (AgentClient, Option<IpAddr>)>>>,
+    clients: Arc<Mutex<HashMap<String, CachedClient>>>,
     /// Agent address (DNS name) → the pod IP the API server reports for it.
     pod_ips: PodIps,
     trigger: mpsc::UnboundedSender<GroupRef>,
@@ -98,13 +100,13 @@ impl AgentHub {
     pub fn ensure(&self, namespace: &str, name: &str, config: StreamConfig) {
         let key = (namespace.to_owned(), name.to_owned());
         let mut groups = lock(&self.groups);
-        if let Some(entry) = groups.get(&key) {
-            if !entry.task.is_finished() {
-                if !entry.config.borrow().same(&config) {
-                    let _ = entry.config.send(config);
-                }
-                return;
+        if let Some(entry) = groups.get(&key)
+            && !entry.task.is_finished()
+        {
+            if !entry.config.borrow().same(&config) {
+                let _ = entry.config.send(config);
             }
+            return;
         }
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (config_tx, config_rx) = watch::channel(config);
@@ -171,10 +173,10 @@ impl AgentHub {
 
     async fn client(&self, address: &str, tls: Option<TlsClientConfig>) -> Result<AgentClient, ClientError> {
         let ip = lock(&self.pod_ips).get(address).copied();
-        if let Some((c, at)) = lock(&self.clients).get(address) {
-            if *at == ip {
-                return Ok(c.clone());
-            }
+        if let Some((c, at)) = lock(&self.clients).get(address)
+            && *at == ip
+        {
+            return Ok(c.clone());
         }
         let c = connect(address, ip, tls).await?;
         lock(&self.clients).insert(address.to_owned(), (c.clone(), ip));

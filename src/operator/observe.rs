@@ -27,10 +27,10 @@ pub struct GatewayApiProbe {
 
 impl GatewayApiProbe {
     pub async fn installed(&self, client: &Client) -> bool {
-        if let Some((v, at)) = *self.cached.lock().unwrap_or_else(|p| p.into_inner()) {
-            if at.elapsed() < Duration::from_secs(30) {
-                return v;
-            }
+        if let Some((v, at)) = *self.cached.lock().unwrap_or_else(|p| p.into_inner())
+            && at.elapsed() < Duration::from_secs(30)
+        {
+            return v;
         }
         let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
         let installed = matches!(crds.get_opt("httproutes.gateway.networking.k8s.io").await, Ok(Some(_)));
@@ -148,10 +148,10 @@ pub async fn observe(ctx: &Context, group: &ReplicaGroup, names: &GroupNames, tl
         // Only to notice a route that should go away.
         if ctx.gateway_api.installed(client).await {
             let routes: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &http_route_resource());
-            if let Ok(Some(r)) = routes.get_opt(&names.members()).await {
-                if r.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY) {
-                    route = Some(route_observed(&r.data, names));
-                }
+            if let Ok(Some(r)) = routes.get_opt(&names.members()).await
+                && r.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
+            {
+                route = Some(route_observed(&r.data, names));
             }
         }
     }

@@ -2,6 +2,7 @@
 //! - `NAME-ca` (never mounted in pods): the group CA and the operator's client certificate;
 //! - `NAME-agent-tls` (mounted into every agent): the CA certificate and the members' shared
 //!   certificate, valid for `*.NAME-peers.NS.svc.cluster.local` (and shorter forms).
+//!
 //! The member certificate is re-issued 30 days before it expires (or when the CA changes); its
 //! hash is on the pod template, so new certificates roll the members one at a time.
 
@@ -89,11 +90,10 @@ const TLS_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 impl TlsCache {
     pub async fn get(&self, client: &Client, group: &ReplicaGroup, names: &GroupNames) -> Result<GroupTls, Error> {
         let key = format!("{}/{}/{}", names.namespace, names.name, group.metadata.uid.as_deref().unwrap_or_default());
-        if let Some((tls, at)) = self.entries.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            if at.elapsed() < TLS_CACHE_TTL {
+        if let Some((tls, at)) = self.entries.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
+            && at.elapsed() < TLS_CACHE_TTL {
                 return Ok(tls.clone());
             }
-        }
         let tls = ensure(client, group, names).await?;
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (tls.clone(), std::time::Instant::now()));
         Ok(tls)

@@ -165,12 +165,11 @@ pub(super) fn build(
             });
         }
     }
-    if let Some(v) = view {
-        if v.epoch > previous.epoch.unwrap_or(0).max(0) as u64 {
-            if let Some(p) = &v.primary {
-                events.push(PlannedEvent { warning: false, reason: "PrimaryAppointed".into(), note: format!("{p} appointed primary with epoch {}", v.epoch) });
-            }
-        }
+    if let Some(v) = view
+        && v.epoch > previous.epoch.unwrap_or(0).max(0) as u64
+        && let Some(p) = &v.primary
+    {
+        events.push(PlannedEvent { warning: false, reason: "PrimaryAppointed".into(), note: format!("{p} appointed primary with epoch {}", v.epoch) });
     }
 
     // --- conditions ---------------------------------------------------------------------------
@@ -214,10 +213,10 @@ pub(super) fn build(
         (names.ro(), addresses(&traffic.ro), &observed.ro_addresses),
         (names.r(), addresses(&traffic.r), &observed.r_addresses),
     ] {
-        if let Some(want) = want {
-            if want != sorted(have) && !spec.ports.is_empty() {
-                differences.push(format!("{label}: applied {:?}, wanted {want:?}", sorted(have)));
-            }
+        if let Some(want) = want
+            && want != sorted(have) && !spec.ports.is_empty()
+        {
+            differences.push(format!("{label}: applied {:?}, wanted {want:?}", sorted(have)));
         }
     }
     if let Some(why) = &traffic.held {

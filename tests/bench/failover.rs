@@ -20,9 +20,10 @@ mod operator;
 mod manifests;
 
 // The e2e modules name their test lists through these; the bench uses only their helpers.
+type TestFuture = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
 pub struct Test {
     pub name: &'static str,
-    pub run: fn(support::Ctx) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>,
+    pub run: fn(support::Ctx) -> TestFuture,
 }
 #[macro_export]
 macro_rules! tests {

@@ -311,7 +311,7 @@ impl RaftNode {
                 let leading = (st.server_state == ServerState::Leader)
                     .then(|| st.vote_ref().leader_id().term);
                 (
-                    st.vote_ref().clone(),
+                    *st.vote_ref(),
                     st.snapshot_meta.last_log_id,
                     leading,
                 )
@@ -606,7 +606,7 @@ impl RaftNode {
     pub async fn handle_install_snapshot(&self, payload: &[u8]) -> Result<Vec<u8>, RaftNodeError> {
         let req: InstallSnapshotRequest<TypeConfig> =
             serde_json::from_slice(payload).map_err(|e| RaftNodeError::Malformed(e.to_string()))?;
-        let sent_vote: Vote = req.vote.clone();
+        let sent_vote: Vote = req.vote;
         let result = self.raft.install_snapshot(req).await;
         if matches!(&result, Ok(r) if r.vote == sent_vote) {
             self.elections.gate().on_leader_contact(monotonic_millis());
