@@ -56,8 +56,8 @@ fn environment_variables_set_flags() -> TestResult {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn corrupt_data_is_refused_naming_the_file() -> TestResult {
+/// A bootstrapped one-member group with its primary appointed.
+async fn single_member_group() -> TestResult<Cluster> {
     let mut c = Cluster::start(ClusterOptions {
         members: 1,
         ..Default::default()
@@ -67,6 +67,12 @@ async fn corrupt_data_is_refused_naming_the_file() -> TestResult {
         s.primary.is_some()
     })
     .await?;
+    Ok(c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_data_is_refused_naming_the_file() -> TestResult {
+    let mut c = single_member_group().await?;
     c.kill9(0);
     let log = c.nodes[0].data_dir().join("raft-log");
     let mut data = std::fs::read(&log)?;
@@ -245,15 +251,7 @@ async fn active_active_groups_have_no_primary_and_one_leader() -> TestResult {
 /// volume: the second agent process must not touch the data directory until the first is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_waits_for_the_data_directory() -> TestResult {
-    let mut c = Cluster::start(ClusterOptions {
-        members: 1,
-        ..Default::default()
-    })?;
-    c.bootstrap().await?;
-    c.wait_state(Duration::from_secs(15), "a single-member group", |s| {
-        s.primary.is_some()
-    })
-    .await?;
+    let mut c = single_member_group().await?;
     let node = &c.nodes[0];
     let ip = node.spec.ip.rsplit_once('.').map(|(net, _)| format!("{net}.99")).ok_or_else(|| err("node ip"))?;
     let log = node.dir.join("second.log");

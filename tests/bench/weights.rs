@@ -45,19 +45,6 @@ mod traffic;
 #[allow(dead_code)]
 mod manifests;
 
-// The e2e modules name their test lists through these; the bench uses only their helpers.
-type TestFuture = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
-pub struct Test {
-    pub name: &'static str,
-    pub run: fn(support::Ctx) -> TestFuture,
-}
-#[macro_export]
-macro_rules! tests {
-    ($($f:ident),* $(,)?) => {
-        vec![$($crate::Test { name: concat!(module_path!(), "::", stringify!($f)), run: |ctx| Box::pin($f(ctx)) }),*]
-    };
-}
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

@@ -11,25 +11,9 @@ mod smoke;
 mod support;
 mod traffic;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Instant;
 
-use support::Ctx;
-
-type TestFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
-
-pub struct Test {
-    pub name: &'static str,
-    pub run: fn(Ctx) -> TestFuture,
-}
-
-#[macro_export]
-macro_rules! tests {
-    ($($f:ident),* $(,)?) => {
-        vec![$($crate::Test { name: concat!(module_path!(), "::", stringify!($f)), run: |ctx| Box::pin($f(ctx)) }),*]
-    };
-}
+use support::{Ctx, Test};
 
 fn main() -> std::process::ExitCode {
     let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();

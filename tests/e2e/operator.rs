@@ -15,7 +15,7 @@ use tokio::sync::OnceCell;
 use crate::support::{Ctx, restricted_container, wait_for};
 use crate::tests;
 
-pub fn tests() -> Vec<crate::Test> {
+pub fn tests() -> Vec<crate::support::Test> {
     tests![
         example_group_becomes_ready_and_routes_writes_to_the_primary,
         crashed_primary_is_replaced_and_comes_back_as_a_backup,

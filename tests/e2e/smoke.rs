@@ -13,7 +13,7 @@ use crate::manifests;
 use crate::support::{BUSYBOX, Ctx, restricted_container, testapp_container, wait_for};
 use crate::tests;
 
-pub fn tests() -> Vec<crate::Test> {
+pub fn tests() -> Vec<crate::support::Test> {
     tests![
         node_is_ready,
         service_cidr_and_pods_route_via_the_bridge,
@@ -27,7 +27,7 @@ pub fn tests() -> Vec<crate::Test> {
 }
 
 /// Run after every other phase: the chart must install and uninstall without leftovers.
-pub fn last_tests() -> Vec<crate::Test> {
+pub fn last_tests() -> Vec<crate::support::Test> {
     tests![helm_install_and_uninstall_leave_nothing_behind]
 }
 

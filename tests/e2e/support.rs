@@ -13,6 +13,26 @@ use hyper_util::rt::TokioExecutor;
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
+
+/// One cluster test: its name (module path and function) and how to run it. The e2e harness and
+/// the cluster benchmarks (which reuse the suites' helpers) share these.
+pub type TestFuture = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
+
+// The benchmarks compile the suites for their helpers and never run a list.
+#[allow(dead_code)]
+pub struct Test {
+    pub name: &'static str,
+    pub run: fn(Ctx) -> TestFuture,
+}
+
+/// `tests![f, g]`: the list of a suite's tests, named by module path.
+#[macro_export]
+macro_rules! tests {
+    ($($f:ident),* $(,)?) => {
+        vec![$($crate::support::Test { name: concat!(module_path!(), "::", stringify!($f)), run: |ctx| Box::pin($f(ctx)) }),*]
+    };
+}
+
 /// Everything a test needs to reach the cluster.
 #[derive(Clone)]
 pub struct Ctx {

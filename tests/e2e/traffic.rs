@@ -28,7 +28,7 @@ use crate::operator::{ensure_operator, groups, pod_ip, service_ip, test_group, w
 use crate::support::{Ctx, Namespace, wait_for};
 use crate::tests;
 
-pub fn tests() -> Vec<crate::Test> {
+pub fn tests() -> Vec<crate::support::Test> {
     tests![
         static_split_holds_and_a_weight_change_applies,
         least_loaded_gives_the_loaded_member_the_smallest_share,
@@ -597,13 +597,18 @@ async fn missing_gateway_is_reported_and_the_group_keeps_working(ctx: Ctx) -> Re
     // The Gateway appears: the route attaches and the group becomes Ready.
     let created = Instant::now();
     apply(&ctx, &ns.name, &gateway_manifest("late-gw"))?;
-    wait_ready(&ctx, &ns.name, GROUP, Duration::from_secs(120)).await?;
-    wait_for(&format!("the Gateway to answer for {host}"), Duration::from_secs(30), || async {
-        Ok((request(&ctx, &host, "/").await.status == 200).then_some(()))
-    })
-    .await?;
+    ready_and_served_through_the_gateway(&ctx, &ns.name, &host).await?;
     eprintln!("    Gateway created: group Ready and served through it after {} ms", created.elapsed().as_millis());
     Ok(())
+}
+
+/// The group is Ready and the Gateway answers for its host.
+async fn ready_and_served_through_the_gateway(ctx: &Ctx, ns: &str, host: &str) -> Result<()> {
+    wait_ready(ctx, ns, GROUP, Duration::from_secs(120)).await?;
+    wait_for(&format!("the Gateway to answer for {host}"), Duration::from_secs(30), || async {
+        Ok((request(ctx, host, "/").await.status == 200).then_some(()))
+    })
+    .await
 }
 
 async fn rejected_route_reports_the_gateways_reason(ctx: Ctx) -> Result<()> {
@@ -621,11 +626,7 @@ async fn rejected_route_reports_the_gateways_reason(ctx: Ctx) -> Result<()> {
     let fixed = Instant::now();
     let patch = json!({"spec": {"traffic": {"gateway": {"parentRefs": [{"name": "gw", "sectionName": "http"}]}}}});
     groups(&ctx, &ns.name).patch(GROUP, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    wait_ready(&ctx, &ns.name, GROUP, Duration::from_secs(120)).await?;
-    wait_for(&format!("the Gateway to answer for {host}"), Duration::from_secs(30), || async {
-        Ok((request(&ctx, &host, "/").await.status == 200).then_some(()))
-    })
-    .await?;
+    ready_and_served_through_the_gateway(&ctx, &ns.name, &host).await?;
     eprintln!("    sectionName fixed: group Ready and served through the Gateway after {} ms", fixed.elapsed().as_millis());
     Ok(())
 }
