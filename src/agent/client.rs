@@ -129,15 +129,15 @@ impl AgentClient {
 
     /// Like `watch`, with a re-send at least every `heartbeat` (zero = the agent's default, 1 s).
     /// The operator asks for a fraction of the lease so that the lease time it sees stays fresh.
-    pub fn watch_every(&self, heartbeat: Duration) -> impl Stream<Item = Result<GroupState, ClientError>> + Send + 'static {
+    pub fn watch_every(
+        &self,
+        heartbeat: Duration,
+    ) -> impl Stream<Item = Result<GroupState, ClientError>> + Send + 'static {
         let mut c = self.grpc();
         let me = self.clone();
         let heartbeat_millis = u32::try_from(heartbeat.as_millis()).unwrap_or(u32::MAX);
         async_stream_from(async move {
-            match c
-                .watch(proto::WatchRequest { heartbeat_millis })
-                .await
-            {
+            match c.watch(proto::WatchRequest { heartbeat_millis }).await {
                 Ok(r) => {
                     let me2 = me.clone();
                     Ok(r.into_inner()

@@ -7,9 +7,29 @@ use clap::Parser;
 
 use super::group::Mode;
 use super::health::{HealthConfig, Probe};
-use super::node::AgentSettings;
 use super::role::PublisherConfig;
 use super::transport::{TlsClientConfig, TlsServerConfig, TransportError, split_host_port};
+
+/// Everything the agent needs, validated (built from the flags by [`AgentArgs::into_settings`]).
+#[derive(Clone)]
+pub struct AgentSettings {
+    pub data_dir: PathBuf,
+    pub member: String,
+    pub listen: String,
+    pub advertise: String,
+    pub http_listen: String,
+    pub mode: Mode,
+    pub witness: bool,
+    pub lease_millis: u64,
+    pub max_failovers_per_hour: u32,
+    pub priority: u32,
+    pub health: Option<HealthConfig>,
+    pub publisher: PublisherConfig,
+    pub tls_server: Option<TlsServerConfig>,
+    pub tls_client: Option<TlsClientConfig>,
+    pub transition_log: Option<PathBuf>,
+    pub enable_fault_injection: bool,
+}
 
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -117,8 +137,13 @@ fn parse_priorities(s: &str) -> Result<std::collections::BTreeMap<String, u32>, 
     s.split(',')
         .filter(|p| !p.trim().is_empty())
         .map(|pair| {
-            let (name, value) = pair.split_once('=').ok_or_else(|| format!("{pair:?} is not NAME=PRIORITY"))?;
-            let value: u32 = value.trim().parse().map_err(|_| format!("priority of {name:?} must be a number 0-100"))?;
+            let (name, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{pair:?} is not NAME=PRIORITY"))?;
+            let value: u32 = value
+                .trim()
+                .parse()
+                .map_err(|_| format!("priority of {name:?} must be a number 0-100"))?;
             if value > 100 {
                 return Err(format!("priority of {name:?} must be between 0 and 100"));
             }
@@ -215,7 +240,11 @@ impl AgentArgs {
                 })?),
                 None => None,
             };
-        let priority = self.priorities.as_ref().and_then(|p| p.get(&self.member).copied()).unwrap_or(self.priority);
+        let priority = self
+            .priorities
+            .as_ref()
+            .and_then(|p| p.get(&self.member).copied())
+            .unwrap_or(self.priority);
         Ok(AgentSettings {
             health: self.health_config(),
             publisher: PublisherConfig {
@@ -269,7 +298,10 @@ mod tests {
         assert_eq!(a.lease_millis, 1000);
         assert_eq!(a.max_failovers_per_hour, 6);
         assert_eq!(a.priority, 50);
-        assert_eq!(parse_priorities("cache-0=10, cache-2=80").map(|m| m.get("cache-2").copied()), Ok(Some(80)));
+        assert_eq!(
+            parse_priorities("cache-0=10, cache-2=80").map(|m| m.get("cache-2").copied()),
+            Ok(Some(80))
+        );
         assert!(parse_priorities("cache-0=101").is_err());
         assert!(parse_priorities("cache-0").is_err());
         assert_eq!(a.mode, Mode::PrimaryBackup);

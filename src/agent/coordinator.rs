@@ -5,7 +5,7 @@
 //! lease grants (answers to reports) and [`Action`]s the runtime carries out (propose a command,
 //! ask the primary to demote).
 //!
-//! Safety rules (DESIGN.md §3, invariant 1):
+//! Safety rules (docs/agent.md *Invariants*, invariant 1):
 //! - A grant is only given to the committed primary, by a leader that applied everything committed
 //!   before its term, and it lasts `lease - (now - t0)` where `t0` is the send time of the latest
 //!   heartbeat round a quorum acknowledged. So every lease a leader of term T granted ends before
@@ -24,6 +24,7 @@ use super::group::{
 };
 use super::lease::Grant;
 use super::timing::{drift_margin_millis, report_interval_millis, report_stale_after_millis};
+use crate::api::MemberRole;
 
 /// Why a primary gave its lease back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,27 +74,6 @@ pub enum LeaseStatus {
     Live,
     Expired,
     Released,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MemberRole {
-    Primary,
-    Backup,
-    Active,
-    Witness,
-    Unknown,
-}
-
-impl MemberRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MemberRole::Primary => "Primary",
-            MemberRole::Backup => "Backup",
-            MemberRole::Active => "Active",
-            MemberRole::Witness => "Witness",
-            MemberRole::Unknown => "Unknown",
-        }
-    }
 }
 
 /// The coordinator's first-hand view of soft state.
@@ -598,19 +578,43 @@ impl Coordinator {
         })]
     }
 
-    /// The next instant `tick` may decide something new (for the runtime's timer); `None` when
-    /// only an input can change anything.
-    pub fn next_deadline(&self) -> Option<u64> {
+    /// The next instant after `now` at which `tick` may decide something new without any other
+    /// input (for the runtime's timer); `None` when only an input can change anything. Every
+    /// time `tick` consults is listed: a proposal given up as lost, the end of the candidates'
+    /// settling time, the current lease's end (detection) and its end plus the drift margin
+    /// (replacement), and the next demotion request of a pending switchover.
+    pub fn next_deadline(&self, now: u64) -> Option<u64> {
         let l = self.leadership.as_ref()?;
+        if !l.caught_up {
+            return None;
+        }
+        let lease = self.lease_millis();
+        if let Some(since) = l.proposal_since {
+            return Some((since + 2 * lease).max(now + 1));
+        }
         let config = self.state.config?;
-        self.state.primary.as_ref()?;
-        let lease = config.lease_millis;
-        let end = l
-            .lease
-            .granted_until
-            .unwrap_or(0)
-            .max(l.since.max(l.lease.seen_at) + lease);
-        Some(end + drift_margin_millis(lease))
+        if config.mode != Mode::PrimaryBackup {
+            return None;
+        }
+        let mut points = vec![l.since + 2 * report_interval_millis(lease)];
+        if self.state.primary.is_some() {
+            let end = l
+                .lease
+                .granted_until
+                .unwrap_or(0)
+                .max(l.since.max(l.lease.seen_at) + lease);
+            points.push(end);
+            points.push(end + drift_margin_millis(lease));
+            let switchover = self
+                .state
+                .switchover
+                .as_ref()
+                .is_some_and(|s| s.epoch == self.state.epoch);
+            if switchover && let Some(t) = l.lease.last_demotion_request {
+                points.push(t + lease / 4);
+            }
+        }
+        points.into_iter().filter(|t| *t > now).min()
     }
 
     /// Lease state of the current primary as this coordinator sees it.

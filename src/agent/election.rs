@@ -1,7 +1,7 @@
 //! When a member may start a Raft election, and whether it supports another member's (pure).
 //!
 //! openraft 0.9 leaves two holes that let a member that merely lost touch depose a healthy
-//! leader (DESIGN.md §3: "Raft leader changes must not move the primary", and each change costs
+//! leader (docs/agent.md *Invariants*: "Raft leader changes must not move the primary", and each change costs
 //! the primary a renewal gap):
 //!
 //! * It has no PreVote. A member that hears no leader for its election timeout — a pod that was
@@ -77,7 +77,9 @@ impl Refusal {
         match self {
             Refusal::StaleLog => "the candidate's log is behind",
             Refusal::LeaderAlive => "heard from the leader within its lease",
-            Refusal::LeadingWithQuorum => "leading with a quorum that acknowledged within the lease",
+            Refusal::LeadingWithQuorum => {
+                "leading with a quorum that acknowledged within the lease"
+            }
         }
     }
 }
@@ -142,8 +144,7 @@ impl ElectionGate {
             && is_voter
             && self.allowed
             && now >= self.not_before
-            && now
-                >= self.last_leader_contact + self.timers.leader_lease_millis + self.jitter
+            && now >= self.last_leader_contact + self.timers.leader_lease_millis + self.jitter
     }
 
     /// A campaign (pre-vote round) starts at `now`; `jitter` is fresh randomness in

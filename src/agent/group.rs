@@ -1,4 +1,4 @@
-//! The replicated group state (DESIGN.md §3) and the commands that change it.
+//! The replicated group state (docs/agent.md *The protocol as built*) and the commands that change it.
 //!
 //! Everything here is pure: the Raft state machine applies committed [`GroupCommand`]s with
 //! [`ReplicatedState::apply`], in log order, on every member. The checks in `apply` are the last

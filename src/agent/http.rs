@@ -1,7 +1,5 @@
 //! Patroni-style HTTP endpoints for probes and load balancers, and `/metrics`.
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -9,11 +7,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::clock::monotonic_millis;
-use super::coordinator::MemberRole;
-use super::node::Inner;
+use super::handle::AgentHandle;
+use crate::api::MemberRole;
 
-pub(crate) fn spawn_http(inner: Arc<Inner>, listener: tokio::net::TcpListener) {
-    let mut stopping = inner.stopping.subscribe();
+pub(crate) fn spawn_http(handle: AgentHandle, listener: tokio::net::TcpListener) {
+    let mut stopping = handle.stopping.clone();
     let app = Router::new()
         .route("/primary", get(primary))
         .route("/backup", get(backup))
@@ -22,7 +20,7 @@ pub(crate) fn spawn_http(inner: Arc<Inner>, listener: tokio::net::TcpListener) {
         .route("/readiness", get(readiness))
         .route("/role", get(role))
         .route("/metrics", get(metrics))
-        .with_state(inner);
+        .with_state(handle);
     tokio::spawn(async move {
         let shutdown = async move {
             let _ = stopping.wait_for(|s| *s).await;
@@ -45,13 +43,14 @@ fn answer(ok: bool, body: String) -> Response {
     (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-fn role_body(inner: &Inner) -> (MemberRole, u64, String) {
+fn role_body(h: &AgentHandle) -> (MemberRole, u64, String) {
     let now = monotonic_millis();
-    let (role, epoch) = inner.current_role(now);
-    let remaining = inner.member().holder.remaining(now);
+    let core = h.core();
+    let (role, epoch) = core.role_at(now);
+    let remaining = core.lease_remaining(now);
     let body = serde_json::json!({
-        "member": inner.settings.member,
-        "nodeId": inner.id,
+        "member": h.settings.member,
+        "nodeId": h.id,
         "role": role.as_str(),
         "epoch": epoch,
         "leaseRemainingMillis": remaining,
@@ -62,55 +61,54 @@ fn role_body(inner: &Inner) -> (MemberRole, u64, String) {
 }
 
 /// 200 only on the primary with a live lease (checked against the clock at request time).
-async fn primary(State(inner): State<Arc<Inner>>) -> Response {
-    let (role, _, body) = role_body(&inner);
+async fn primary(State(h): State<AgentHandle>) -> Response {
+    let (role, _, body) = role_body(&h);
     answer(role == MemberRole::Primary, body)
 }
 
-async fn backup(State(inner): State<Arc<Inner>>) -> Response {
-    let (role, _, body) = role_body(&inner);
+async fn backup(State(h): State<AgentHandle>) -> Response {
+    let (role, _, body) = role_body(&h);
     answer(role == MemberRole::Backup, body)
 }
 
 /// 200 on the coordinator (Raft leader): the singleton of ActiveActive groups.
-async fn leader(State(inner): State<Arc<Inner>>) -> Response {
-    let (_, _, body) = role_body(&inner);
-    answer(inner.raft.status().is_leader, body)
+async fn leader(State(h): State<AgentHandle>) -> Response {
+    let (_, _, body) = role_body(&h);
+    answer(h.raft.status().is_leader, body)
 }
 
-async fn health(State(inner): State<Arc<Inner>>) -> Response {
-    let (_, _, body) = role_body(&inner);
+async fn health(State(h): State<AgentHandle>) -> Response {
+    let (_, _, body) = role_body(&h);
     answer(true, body)
 }
 
 /// Member of an initialized group that knows its coordinator and has caught up.
-async fn readiness(State(inner): State<Arc<Inner>>) -> Response {
-    let status = inner.raft.status();
+async fn readiness(State(h): State<AgentHandle>) -> Response {
+    let status = h.raft.status();
     let ready = status.in_membership
         && status.leader.is_some()
         && status.last_log_index.saturating_sub(status.applied_index) <= 16;
-    let (_, _, body) = role_body(&inner);
+    let (_, _, body) = role_body(&h);
     answer(ready, body)
 }
 
-async fn role(State(inner): State<Arc<Inner>>) -> Response {
-    let (_, _, body) = role_body(&inner);
+async fn role(State(h): State<AgentHandle>) -> Response {
+    let (_, _, body) = role_body(&h);
     answer(true, body)
 }
 
-async fn metrics(State(inner): State<Arc<Inner>>) -> Response {
+async fn metrics(State(h): State<AgentHandle>) -> Response {
     let now = monotonic_millis();
-    inner
-        .metrics
+    h.metrics
         .lease_remaining_millis
-        .set(inner.member().holder.remaining(now) as i64);
+        .set(h.core().lease_remaining(now) as i64);
     (
         StatusCode::OK,
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        inner.metrics.encode(),
+        h.metrics.encode(),
     )
         .into_response()
 }

@@ -1,49 +1,27 @@
-//! The agent runtime: wires Raft, the coordinator, the lease holder, health checks and role
-//! publication together. All decisions are made by the pure state machines; this module only
-//! moves events between them and the outside world.
+//! The agent runtime: one task owns the [`AgentCore`], feeds it what happens (Raft status,
+//! applied state, health, answers, peers' requests, its one timer) and carries out the effects
+//! it returns. Every effect that waits on the network or the workload runs in a task of its own
+//! and comes back as an input, so the core task never blocks: a lease runs out on time even
+//! while a report or a callback hangs.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::clock::{monotonic_millis, unix_millis};
-use super::coordinator::{
-    Action, Coordinator, CoordinatorSettings, MemberReport, MemberRole, ReleaseReason,
-    ReportDecision,
-};
-use super::group::{GroupConfig, MemberNode, Mode, NodeId};
-use super::health::{HealthConfig, HealthStatus};
-use super::lease::{DemotionCause, Grant, LeaseHolder, LeaseTransition};
+use super::config::AgentSettings;
+use super::core::{AgentCore, CoreSettings, Effect, Input, Now, Reply, ReplyTo, ReportAnswer};
+use super::group::{CommandOutcome, GroupCommand, GroupConfig, NodeId};
+use super::handle::{AgentHandle, Request};
+use super::health::HealthStatus;
+use super::lease::{DemotionCause, LeaseTransition};
 use super::metrics::{CauseLabels, Metrics};
-use super::proto;
-use super::raft::{self, AppliedState, Faults, Peers, RaftNode, RaftNodeError};
-use super::role::{PublisherConfig, RolePublisher, TransitionLine, TransitionLog};
-use super::timing;
-use super::transport::{TlsClientConfig, TlsServerConfig};
-
-/// Everything the agent needs, validated.
-#[derive(Clone)]
-pub struct AgentSettings {
-    pub data_dir: PathBuf,
-    pub member: String,
-    pub listen: String,
-    pub advertise: String,
-    pub http_listen: String,
-    pub mode: Mode,
-    pub witness: bool,
-    pub lease_millis: u64,
-    pub max_failovers_per_hour: u32,
-    pub priority: u32,
-    pub health: Option<HealthConfig>,
-    pub publisher: PublisherConfig,
-    pub tls_server: Option<TlsServerConfig>,
-    pub tls_client: Option<TlsClientConfig>,
-    pub transition_log: Option<PathBuf>,
-    pub enable_fault_injection: bool,
-}
+use super::raft::{self, Faults, Peers, RaftNode, RaftNodeError};
+use super::role::{RolePublisher, TransitionLine, TransitionLog};
+use super::{proto, timing, wire};
+use crate::api::MemberRole;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -61,114 +39,422 @@ pub enum AgentError {
     },
 }
 
-/// What one report achieved.
-#[derive(Clone, Copy, Debug, Default)]
-struct ReportOutcome {
-    /// The coordinator asks this member to give its lease back (the caller releases it).
-    demote: bool,
-    /// The answer carried a lease grant.
-    granted: bool,
-}
-
-/// The member side: lease, release state, the coordinator's relayed view.
-pub(crate) struct MemberSide {
-    pub holder: LeaseHolder,
-    pub leaving: bool,
-    pub release_reason: Option<ReleaseReason>,
-    /// The coordinator's last view (monotonic receipt time, view).
-    pub relayed: Option<(u64, proto::GroupState)>,
-}
-
-pub(crate) struct Inner {
-    pub settings: AgentSettings,
-    pub id: NodeId,
-    pub raft: RaftNode,
-    pub peers: Arc<Peers>,
-    pub coordinator: Mutex<Coordinator>,
-    pub member: Mutex<MemberSide>,
-    pub health: watch::Receiver<HealthStatus>,
-    pub publisher: RolePublisher,
-    pub transitions: Option<TransitionLog>,
-    pub metrics: Metrics,
-    /// Bumped whenever the group state as seen here may have changed (drives Watch).
-    pub changes: watch::Sender<u64>,
-    /// The role this member should publish (role, epoch).
-    pub desired_role: watch::Sender<(MemberRole, u64)>,
-    pub kick_report: Notify,
-    pub kick_coordinator: Notify,
-    pub kick_quorum: Notify,
-    pub stopping: watch::Sender<bool>,
-    pub elections_allowed: AtomicBool,
+/// A running agent.
+pub struct Agent {
+    handle: AgentHandle,
+    stopping: watch::Sender<bool>,
     /// Held until the process exits: no second agent process on this data directory.
     _data_dir_lock: raft::DataDirLock,
 }
 
-/// A running agent.
-#[derive(Clone)]
-pub struct Agent {
-    pub(crate) inner: Arc<Inner>,
+fn now() -> Now {
+    Now {
+        mono: monotonic_millis(),
+        unix: unix_millis(),
+    }
 }
 
-impl Inner {
-    pub fn coordinator(&self) -> MutexGuard<'_, Coordinator> {
-        self.coordinator.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn member(&self) -> MutexGuard<'_, MemberSide> {
-        self.member.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn bump(&self) {
-        self.changes.send_modify(|c| *c = c.wrapping_add(1));
-    }
-
-    pub fn lease_millis(&self) -> u64 {
-        self.coordinator()
-            .state()
-            .config
-            .map_or(self.settings.lease_millis, |c| c.lease_millis)
-    }
-
-    pub fn applied(&self) -> AppliedState {
-        self.raft.applied().borrow().clone()
-    }
-
-    /// The role this member publishes right now.
-    pub fn current_role(&self, now: u64) -> (MemberRole, u64) {
-        let applied = self.applied();
-        let mode = applied.state.config.map_or(self.settings.mode, |c| c.mode);
-        let in_group = applied.roster.members.contains_key(&self.id);
-        if !in_group {
-            return (MemberRole::Unknown, applied.state.epoch);
-        }
-        if self.settings.witness {
-            return (MemberRole::Witness, applied.state.epoch);
-        }
-        if mode == Mode::ActiveActive {
-            return (MemberRole::Active, applied.state.epoch);
-        }
-        match self.member().holder.live_epoch(now) {
-            Some(epoch) => (MemberRole::Primary, epoch),
-            None => (MemberRole::Backup, applied.state.epoch),
-        }
-    }
-
-    fn refresh_role(&self) {
-        let role = self.current_role(monotonic_millis());
-        self.desired_role.send_if_modified(|r| {
-            if *r != role {
-                *r = role;
-                true
-            } else {
-                false
-            }
+impl Agent {
+    /// Opens the data directory, starts Raft and the core task, and serves gRPC and HTTP.
+    pub async fn start(settings: AgentSettings) -> Result<Agent, AgentError> {
+        let data_dir_lock = lock_data_dir(&settings.data_dir).await?;
+        let (id, created) = raft::load_or_create_node_id(&settings.data_dir)?;
+        tracing::info!(node_id = id, created, member = %settings.member, data_dir = %settings.data_dir.display(), "starting quorate-agent");
+        let faults = Arc::new(Faults::default());
+        let peers = Arc::new(Peers::new(id, settings.tls_client.clone(), faults));
+        let raft = RaftNode::start(
+            id,
+            &settings.data_dir,
+            timing::raft_timers(settings.lease_millis),
+            timing::election_timers(settings.lease_millis),
+            peers.clone(),
+        )
+        .await?;
+        let transitions = match &settings.transition_log {
+            Some(p) => Some(TransitionLog::open(p)?),
+            None => None,
+        };
+        let health = super::health::spawn_checker(if settings.witness {
+            None
+        } else {
+            settings.health.clone()
         });
-        self.metrics.set_role(role.0.as_str());
+        let grpc_listener = super::transport::bind(&settings.listen).await?;
+        let http_listener = tokio::net::TcpListener::bind(&settings.http_listen)
+            .await
+            .map_err(|source| AgentError::Http {
+                address: settings.http_listen.clone(),
+                source,
+            })?;
+        let core = AgentCore::new(
+            CoreSettings {
+                id,
+                member: settings.member.clone(),
+                advertise: settings.advertise.clone(),
+                witness: settings.witness,
+                priority: settings.priority,
+                initial_config: GroupConfig {
+                    mode: settings.mode,
+                    lease_millis: settings.lease_millis,
+                    max_failovers_per_hour: settings.max_failovers_per_hour,
+                },
+            },
+            health.borrow().clone(),
+            now(),
+        );
+        let settings = Arc::new(settings);
+        let metrics = Arc::new(Metrics::new());
+        let (stopping, stopping_rx) = watch::channel(false);
+        let (requests_tx, requests) = mpsc::channel(64);
+        let (view_tx, view) = watch::channel(Arc::new(core.clone()));
+        let (changes_tx, changes) = watch::channel(0);
+        let (inputs_tx, inputs) = mpsc::unbounded_channel();
+        let publisher = spawn_publisher(
+            RolePublisher::new(settings.publisher.clone()),
+            inputs_tx.clone(),
+        );
+        if let Some(log) = &transitions {
+            log.record(&TransitionLine {
+                member: settings.member.clone(),
+                node_id: id,
+                event: "start".into(),
+                epoch: raft.applied().borrow().state.epoch,
+                mono_ms: monotonic_millis(),
+                wall_ms: unix_millis(),
+                lease_until_mono_ms: 0,
+                cause: None,
+            });
+        }
+        let handle = AgentHandle {
+            settings: settings.clone(),
+            id,
+            raft: raft.clone(),
+            peers: peers.clone(),
+            metrics: metrics.clone(),
+            requests: requests_tx,
+            view,
+            changes,
+            stopping: stopping_rx.clone(),
+        };
+        let runtime = Runtime {
+            core,
+            raft,
+            peers,
+            metrics,
+            transitions,
+            publisher,
+            inputs_tx,
+            view: view_tx,
+            changes: changes_tx,
+            replies: HashMap::new(),
+            next_reply: 0,
+            shutdown_waiter: None,
+            settings: settings.clone(),
+        };
+        tokio::spawn(runtime.run(requests, inputs, health, stopping_rx));
+        super::server::spawn_grpc(handle.clone(), grpc_listener)?;
+        super::http::spawn_http(handle.clone(), http_listener);
+        Ok(Agent {
+            handle,
+            stopping,
+            _data_dir_lock: data_dir_lock,
+        })
     }
 
-    /// Reacts to a lease transition: transition log, elections, role.
-    pub(crate) fn on_transition(&self, t: LeaseTransition) {
-        let now = monotonic_millis();
+    pub fn node_id(&self) -> NodeId {
+        self.handle.id
+    }
+
+    /// Graceful stop: stop being appointable, hand the primary role off, leave.
+    pub async fn shutdown(&self) {
+        if self.handle.shutdown().await.is_err() {
+            tracing::warn!("the agent's core stopped before the hand-off finished");
+        }
+        self.stopping.send_replace(true);
+        self.handle.raft.shutdown().await;
+    }
+}
+
+/// Waits until no other process uses the data directory (a replacement pod can start while the
+/// old agent still shuts down on the same volume), then holds it for the life of the process.
+async fn lock_data_dir(dir: &std::path::Path) -> Result<raft::DataDirLock, AgentError> {
+    let started = tokio::time::Instant::now();
+    let mut next_note = started;
+    loop {
+        if let Some(lock) = raft::DataDirLock::try_acquire(dir)? {
+            if next_note > started {
+                tracing::info!(waited_ms = started.elapsed().as_millis() as u64, data_dir = %dir.display(), "the previous agent process released the data directory");
+            }
+            return Ok(lock);
+        }
+        if tokio::time::Instant::now() >= next_note {
+            tracing::warn!(data_dir = %dir.display(), "another agent process still uses the data directory; waiting for it to exit");
+            next_note = tokio::time::Instant::now() + Duration::from_secs(10);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Serializes role publications; a newer request supersedes one still queued.
+fn spawn_publisher(
+    publisher: RolePublisher,
+    inputs: mpsc::UnboundedSender<Input>,
+) -> watch::Sender<(u64, MemberRole, u64)> {
+    let (tx, mut rx) = watch::channel((0, MemberRole::Unknown, 0));
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let (seq, role, epoch) = *rx.borrow_and_update();
+            if let Err(e) = publisher.publish(role, epoch).await {
+                tracing::warn!(error = %e, "publishing the role failed");
+            }
+            if inputs.send(Input::Published { seq }).is_err() {
+                return;
+            }
+        }
+    });
+    tx
+}
+
+/// Who waits for an answer from the core.
+enum Waiter {
+    Report(oneshot::Sender<super::coordinator::ReportDecision>),
+    Demote(oneshot::Sender<()>),
+}
+
+struct Runtime {
+    core: AgentCore,
+    settings: Arc<AgentSettings>,
+    raft: RaftNode,
+    peers: Arc<Peers>,
+    metrics: Arc<Metrics>,
+    transitions: Option<TransitionLog>,
+    publisher: watch::Sender<(u64, MemberRole, u64)>,
+    /// Where effect tasks send their outcome.
+    inputs_tx: mpsc::UnboundedSender<Input>,
+    view: watch::Sender<Arc<AgentCore>>,
+    changes: watch::Sender<u64>,
+    replies: HashMap<ReplyTo, Waiter>,
+    next_reply: u64,
+    shutdown_waiter: Option<oneshot::Sender<()>>,
+}
+
+impl Runtime {
+    async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<Request>,
+        mut inputs: mpsc::UnboundedReceiver<Input>,
+        mut health: watch::Receiver<HealthStatus>,
+        mut stopping: watch::Receiver<bool>,
+    ) {
+        let mut status = self.raft.status_watch();
+        let mut applied = self.raft.applied();
+        let mut last_status = status.current();
+        self.step(Input::Raft(last_status.clone()));
+        self.step(Input::Applied(applied.borrow_and_update().clone()));
+        loop {
+            let wait = self.core.next_deadline().saturating_sub(monotonic_millis());
+            let input = tokio::select! {
+                Some(request) = requests.recv() => self.accept(request),
+                Some(input) = inputs.recv() => input,
+                changed = status.changed() => {
+                    if !changed {
+                        return;
+                    }
+                    // openraft republishes its metrics on every heartbeat answer; only what the
+                    // agent reads from them is news (reacting to each woke everything thousands
+                    // of times a second).
+                    let s = status.current();
+                    if s == last_status {
+                        continue;
+                    }
+                    last_status = s.clone();
+                    Input::Raft(s)
+                }
+                changed = applied.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    Input::Applied(applied.borrow_and_update().clone())
+                }
+                changed = health.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    Input::Health(health.borrow_and_update().clone())
+                }
+                _ = tokio::time::sleep(Duration::from_millis(wait)) => Input::Tick,
+                _ = stopping.wait_for(|s| *s) => return,
+            };
+            self.step(input);
+        }
+    }
+
+    /// Turns a request into an input; the answer comes back as an effect.
+    fn accept(&mut self, request: Request) -> Input {
+        let reply = ReplyTo(self.next_reply);
+        self.next_reply += 1;
+        match request {
+            Request::Report {
+                from,
+                report,
+                answer,
+            } => {
+                self.replies.insert(reply, Waiter::Report(answer));
+                Input::PeerReport {
+                    from,
+                    report,
+                    reply,
+                }
+            }
+            Request::Demote { epoch, answer } => {
+                self.replies.insert(reply, Waiter::Demote(answer));
+                Input::DemoteRequested { epoch, reply }
+            }
+            Request::Shutdown { done } => {
+                self.shutdown_waiter = Some(done);
+                Input::Shutdown
+            }
+        }
+    }
+
+    fn step(&mut self, input: Input) {
+        let effects = self.core.handle(input, now());
+        for effect in effects {
+            self.perform(effect);
+        }
+        self.view.send_replace(Arc::new(self.core.clone()));
+        let revision = self.core.revision();
+        self.changes.send_if_modified(|r| {
+            let changed = *r != revision;
+            *r = revision;
+            changed
+        });
+        let core = &self.core;
+        let (role, epoch) = core.role_at(monotonic_millis());
+        self.metrics.set_role(role.as_str());
+        self.metrics.epoch.set(epoch as i64);
+        self.metrics.term.set(core.raft().term as i64);
+        self.metrics
+            .is_coordinator
+            .set(i64::from(core.raft().is_leader));
+    }
+
+    fn perform(&mut self, effect: Effect) {
+        let lease = self.core.lease_millis();
+        match effect {
+            Effect::SendReport {
+                to,
+                address,
+                report,
+                sent_at,
+            } => {
+                let (peers, inputs, id) =
+                    (self.peers.clone(), self.inputs_tx.clone(), self.core.id());
+                let timeout = Duration::from_millis(timing::report_interval_millis(lease));
+                tokio::spawn(async move {
+                    let answer = match report_to(&peers, id, to, &address, &report, timeout).await {
+                        Ok(a) => Some(a),
+                        Err(e) => {
+                            tracing::debug!(leader = to, error = %e, "report to the coordinator failed");
+                            None
+                        }
+                    };
+                    let _ = inputs.send(Input::ReportAnswered { sent_at, answer });
+                });
+            }
+            Effect::ConfirmQuorum { term } => {
+                let (raft, inputs) = (self.raft.clone(), self.inputs_tx.clone());
+                let timeout = Duration::from_millis(lease / 2);
+                tokio::spawn(async move {
+                    let sent_at = monotonic_millis();
+                    let confirmed = matches!(
+                        tokio::time::timeout(timeout, raft.confirm_quorum()).await,
+                        Ok(Ok(()))
+                    );
+                    let _ = inputs.send(Input::QuorumConfirmed {
+                        term,
+                        sent_at,
+                        confirmed,
+                    });
+                });
+            }
+            Effect::Propose(command) => {
+                let (raft, inputs, metrics) = (
+                    self.raft.clone(),
+                    self.inputs_tx.clone(),
+                    self.metrics.clone(),
+                );
+                tokio::spawn(async move {
+                    tracing::info!(?command, "coordinator proposes");
+                    let reason = appointment_reason(&command);
+                    let result = raft.propose(command).await;
+                    let succeeded = result.is_ok();
+                    match result {
+                        Ok((index, outcome)) => {
+                            tracing::debug!(index, ?outcome, "proposal applied");
+                            raft.broadcast_commit().await;
+                            if let (Some(cause), CommandOutcome::Applied) = (reason, outcome) {
+                                metrics
+                                    .failovers
+                                    .get_or_create(&CauseLabels { cause })
+                                    .inc();
+                            }
+                        }
+                        Err(e) => tracing::info!(error = %e, "proposal failed"),
+                    }
+                    let applied = raft.applied().borrow().clone();
+                    let _ = inputs.send(Input::ProposalDone { applied, succeeded });
+                });
+            }
+            Effect::RequestDemotion {
+                member,
+                address,
+                epoch,
+            } => {
+                let (peers, inputs, id) =
+                    (self.peers.clone(), self.inputs_tx.clone(), self.core.id());
+                let timeout = Duration::from_millis(lease);
+                tokio::spawn(async move {
+                    let released =
+                        request_demotion(&peers, id, member, &address, epoch, timeout).await;
+                    let _ = inputs.send(Input::DemotionAnswered {
+                        member,
+                        epoch,
+                        released,
+                    });
+                });
+            }
+            Effect::PublishRole { seq, role, epoch } => {
+                self.publisher.send_replace((seq, role, epoch));
+            }
+            Effect::AllowElections(allowed) => self.raft.allow_elections(allowed),
+            Effect::Transition(t) => self.record(t),
+            Effect::Reply { to, reply } => match (self.replies.remove(&to), reply) {
+                (Some(Waiter::Report(tx)), Reply::Report(decision)) => {
+                    let _ = tx.send(decision);
+                }
+                (Some(Waiter::Demote(tx)), Reply::Demoted) => {
+                    let _ = tx.send(());
+                }
+                (waiter, reply) => {
+                    tracing::error!(
+                        ?to,
+                        ?reply,
+                        known = waiter.is_some(),
+                        "an answer that matches no request"
+                    );
+                }
+            },
+            Effect::ShutdownDone => {
+                if let Some(done) = self.shutdown_waiter.take() {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    /// A lease transition: logs, the transition log, metrics.
+    fn record(&self, t: LeaseTransition) {
         let (event, epoch, until, cause) = match t {
             LeaseTransition::Promoted { epoch, lease_until } => {
                 ("promote", epoch, lease_until, None)
@@ -197,665 +483,77 @@ impl Inner {
         if let Some(log) = &self.transitions {
             log.record(&TransitionLine {
                 member: self.settings.member.clone(),
-                node_id: self.id,
+                node_id: self.core.id(),
                 event: event.into(),
                 epoch,
-                mono_ms: now,
+                mono_ms: monotonic_millis(),
                 wall_ms: unix_millis(),
                 lease_until_mono_ms: until,
                 cause,
             });
         }
-        self.update_elections();
-        if event != "renew" {
-            self.refresh_role();
-            self.bump();
-        }
-    }
-
-    /// The primary stays out of Raft leadership (a crash of both would cost an election on top
-    /// of the lease), unless too few voters exist for anyone else to lead.
-    fn update_elections(&self) {
-        let now = monotonic_millis();
-        let primary = self.member().holder.is_live(now);
-        let voters = self.raft.status().voters.len();
-        let allow = !(primary && voters >= 3);
-        if self.elections_allowed.swap(allow, Ordering::SeqCst) != allow {
-            self.raft.allow_elections(allow);
-        }
-    }
-
-    fn check_expiry(&self) {
-        let now = monotonic_millis();
-        let t = self.member().holder.tick(now);
-        if let Some(t) = t {
-            self.on_transition(t);
-        }
-    }
-
-    fn build_report(&self) -> MemberReport {
-        let health = self.health.borrow().clone();
-        let status = self.raft.status();
-        let m = self.member();
-        MemberReport {
-            workload_healthy: self.settings.witness || health.healthy,
-            load: health.load,
-            latency_ms: health.latency_ms,
-            applied_index: status.applied_index,
-            priority: self.settings.priority,
-            released_epoch: m.holder.released_epoch(),
-            release_reason: m.release_reason,
-            leaving: m.leaving,
-        }
-    }
-
-    /// Sends one report to the coordinator and acts on the answer.
-    async fn report_once(self: &Arc<Self>) -> ReportOutcome {
-        let status = self.raft.status();
-        let Some(leader) = status.leader else {
-            return ReportOutcome::default();
-        };
-        let report = self.build_report();
-        let sent_at = monotonic_millis();
-        let reply: Option<(ReportDecision, Option<proto::GroupState>)> = if leader == self.id {
-            let decision = self.coordinator().on_report(sent_at, self.id, report);
-            self.bump();
-            Some((decision, None))
-        } else {
-            let Some(node) = status.members.get(&leader) else {
-                return ReportOutcome::default();
-            };
-            match self.remote_report(leader, node, &report).await {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    tracing::debug!(leader, error = %e, "report to the coordinator failed");
-                    None
-                }
-            }
-        };
-        let Some((decision, view)) = reply else {
-            return ReportOutcome::default();
-        };
-        let now = monotonic_millis();
-        if let Some(view) = view {
-            self.member().relayed = Some((now, view));
-            self.bump();
-        }
-        if !decision.accepted {
-            return ReportOutcome::default();
-        }
-        let granted = decision.grant.is_some();
-        if let Some(grant) = decision.grant {
-            let transitions = {
-                let mut m = self.member();
-                let expired = m.holder.tick(now);
-                let granted = m.holder.on_grant(sent_at, grant, now);
-                [expired, granted]
-            };
-            for t in transitions.into_iter().flatten() {
-                self.on_transition(t);
-            }
-        }
-        ReportOutcome {
-            demote: decision.demote,
-            granted,
-        }
-    }
-
-    /// This member holds the primary lease, or is the committed primary waiting for its first
-    /// one (and has not given it back): a report without a grant must be retried soon.
-    fn wants_lease(&self, now: u64) -> bool {
-        let applied = self.applied();
-        let m = self.member();
-        if m.leaving {
-            return false;
-        }
-        m.holder.is_live(now)
-            || (applied.state.primary_id() == Some(self.id)
-                && applied.state.epoch > m.holder.released_epoch())
-    }
-
-    async fn remote_report(
-        &self,
-        leader: NodeId,
-        node: &MemberNode,
-        report: &MemberReport,
-    ) -> Result<(ReportDecision, Option<proto::GroupState>), String> {
-        let channel = self
-            .peers
-            .channel(leader, &node.address)
-            .map_err(|e| e.to_string())?;
-        let mut client = proto::peer_client::PeerClient::new(channel)
-            .max_decoding_message_size(super::MAX_MESSAGE_BYTES);
-        let request = proto::MemberReport {
-            from_id: self.id,
-            workload_healthy: report.workload_healthy,
-            load: report.load,
-            latency_ms: report.latency_ms,
-            applied_index: report.applied_index,
-            priority: report.priority,
-            released_epoch: report.released_epoch,
-            release_reason: match report.release_reason {
-                None => proto::ReleaseReason::None,
-                Some(ReleaseReason::Shutdown) => proto::ReleaseReason::Shutdown,
-                Some(ReleaseReason::Switchover) => proto::ReleaseReason::Switchover,
-                Some(ReleaseReason::WorkloadUnhealthy) => proto::ReleaseReason::WorkloadUnhealthy,
-            } as i32,
-            leaving: report.leaving,
-        };
-        let timeout = Duration::from_millis(timing::report_interval_millis(self.lease_millis()));
-        let reply = tokio::time::timeout(timeout, client.report(request))
-            .await
-            .map_err(|_| format!("no answer within {timeout:?}"))?
-            .map_err(|s| s.to_string())?
-            .into_inner();
-        let decision = ReportDecision {
-            accepted: reply.accepted,
-            grant: reply.grant.map(|g| Grant {
-                epoch: g.epoch,
-                remaining_millis: g.remaining_millis,
-            }),
-            demote: reply.demote,
-        };
-        Ok((decision, reply.view))
-    }
-
-    /// Gives the lease back (if this member holds or was appointed for one): demote, publish the
-    /// new role (waiting for the workload's callback at most its timeout), then tell the
-    /// coordinator at once. Returns the released epoch.
-    pub async fn release(self: &Arc<Self>, reason: ReleaseReason) -> Option<u64> {
-        let now = monotonic_millis();
-        let applied = self.applied();
-        let committed_mine =
-            (applied.state.primary_id() == Some(self.id)).then_some(applied.state.epoch);
-        let (epoch, transition) = {
-            let mut m = self.member();
-            let epoch = m.holder.held_epoch().max(committed_mine)?;
-            let t = m.holder.release(epoch, now);
-            m.release_reason = Some(reason);
-            (epoch, t)
-        };
-        if let Some(t) = transition {
-            self.on_transition(t);
-        }
-        if let Err(e) = self
-            .publisher
-            .publish(MemberRole::Backup, applied.state.epoch)
-            .await
-        {
-            tracing::warn!(error = %e, "publishing the demotion failed");
-        }
-        tracing::info!(epoch, ?reason, "released the primary lease");
-        self.report_once().await;
-        self.kick_coordinator.notify_one();
-        Some(epoch)
-    }
-
-    fn execute(self: &Arc<Self>, actions: Vec<Action>) {
-        for action in actions {
-            match action {
-                Action::Propose(command) => {
-                    let me = self.clone();
-                    let reason = match &command {
-                        super::group::GroupCommand::Appoint {
-                            failover: Some(f), ..
-                        } => Some(format!("{:?}", f.reason)),
-                        super::group::GroupCommand::Appoint { failover: None, .. } => {
-                            Some("Initial".to_string())
-                        }
-                        _ => None,
-                    };
-                    tokio::spawn(async move {
-                        tracing::info!(?command, "coordinator proposes");
-                        let result = me.raft.propose(command).await;
-                        let succeeded = result.is_ok();
-                        match result {
-                            Ok((index, outcome)) => {
-                                tracing::debug!(index, ?outcome, "proposal applied");
-                                me.raft.broadcast_commit().await;
-                                if let (Some(r), super::group::CommandOutcome::Applied) =
-                                    (reason, outcome)
-                                {
-                                    me.metrics
-                                        .failovers
-                                        .get_or_create(&CauseLabels { cause: r })
-                                        .inc();
-                                }
-                            }
-                            Err(e) => tracing::info!(error = %e, "proposal failed"),
-                        }
-                        // The applied state reaches the coordinator through the applied loop;
-                        // make sure it has it before the next decision.
-                        let applied = me.applied();
-                        {
-                            let mut c = me.coordinator();
-                            c.on_applied(monotonic_millis(), &applied.state, &applied.roster);
-                            c.on_proposal_done();
-                        }
-                        // After a failure (typically: no longer the leader) the periodic tick
-                        // decides again; kicking at once would spin on an immediate refusal.
-                        if succeeded {
-                            me.kick_coordinator.notify_one();
-                        }
-                    });
-                }
-                Action::RequestDemotion { member, epoch } => {
-                    let me = self.clone();
-                    tokio::spawn(async move { me.request_demotion(member, epoch).await });
-                }
-            }
-        }
-    }
-
-    async fn request_demotion(self: &Arc<Self>, member: NodeId, epoch: u64) {
-        if member == self.id {
-            if self.release(ReleaseReason::Switchover).await.is_some() {
-                self.coordinator()
-                    .on_released(member, epoch, ReleaseReason::Switchover);
-                self.kick_coordinator.notify_one();
-            }
-            return;
-        }
-        let Some(node) = self
-            .applied()
-            .roster
-            .members
-            .get(&member)
-            .map(|m| m.node.clone())
-        else {
-            return;
-        };
-        let Ok(channel) = self.peers.channel(member, &node.address) else {
-            return;
-        };
-        let mut client = proto::peer_client::PeerClient::new(channel);
-        let timeout = Duration::from_millis(self.lease_millis());
-        let request = proto::DemoteRequest {
-            from_id: self.id,
-            epoch,
-        };
-        match tokio::time::timeout(timeout, client.demote(request)).await {
-            Ok(Ok(reply)) if reply.get_ref().released => {
-                self.coordinator()
-                    .on_released(member, epoch, ReleaseReason::Switchover);
-                self.kick_coordinator.notify_one();
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::debug!(member, error = %e, "demotion request failed"),
-            Err(_) => tracing::debug!(member, "demotion request timed out"),
-        }
     }
 }
 
-impl Agent {
-    /// Opens the data directory, starts Raft and all loops, and serves gRPC and HTTP.
-    pub async fn start(settings: AgentSettings) -> Result<Agent, AgentError> {
-        let data_dir_lock = lock_data_dir(&settings.data_dir).await?;
-        let (id, created) = raft::load_or_create_node_id(&settings.data_dir)?;
-        tracing::info!(node_id = id, created, member = %settings.member, data_dir = %settings.data_dir.display(), "starting quorate-agent");
-        let faults = Arc::new(Faults::default());
-        let peers = Arc::new(Peers::new(id, settings.tls_client.clone(), faults));
-        let raft = RaftNode::start(
-            id,
-            &settings.data_dir,
-            timing::raft_timers(settings.lease_millis),
-            timing::election_timers(settings.lease_millis),
-            peers.clone(),
-        )
-        .await?;
-        let transitions = match &settings.transition_log {
-            Some(p) => Some(TransitionLog::open(p)?),
-            None => None,
-        };
-        let coordinator = Coordinator::new(CoordinatorSettings {
-            id,
-            initial_config: GroupConfig {
-                mode: settings.mode,
-                lease_millis: settings.lease_millis,
-                max_failovers_per_hour: settings.max_failovers_per_hour,
-            },
-        });
-        let health = super::health::spawn_checker(if settings.witness {
-            None
-        } else {
-            settings.health.clone()
-        });
-        let grpc_listener = super::transport::bind(&settings.listen).await?;
-        let http_listener = tokio::net::TcpListener::bind(&settings.http_listen)
-            .await
-            .map_err(|source| AgentError::Http {
-                address: settings.http_listen.clone(),
-                source,
-            })?;
-        let inner = Arc::new(Inner {
-            publisher: RolePublisher::new(settings.publisher.clone()),
-            settings,
-            id,
-            raft,
-            peers,
-            coordinator: Mutex::new(coordinator),
-            member: Mutex::new(MemberSide {
-                holder: LeaseHolder::new(),
-                leaving: false,
-                release_reason: None,
-                relayed: None,
-            }),
-            health,
-            transitions,
-            metrics: Metrics::new(),
-            changes: watch::Sender::new(0),
-            desired_role: watch::Sender::new((MemberRole::Unknown, 0)),
-            kick_report: Notify::new(),
-            kick_coordinator: Notify::new(),
-            kick_quorum: Notify::new(),
-            stopping: watch::Sender::new(false),
-            elections_allowed: AtomicBool::new(true),
-            _data_dir_lock: data_dir_lock,
-        });
-        let applied = inner.applied();
-        inner
-            .coordinator()
-            .on_applied(monotonic_millis(), &applied.state, &applied.roster);
-        inner.refresh_role();
-        if let Err(e) = inner
-            .publisher
-            .publish(
-                inner.current_role(monotonic_millis()).0,
-                applied.state.epoch,
-            )
-            .await
-        {
-            tracing::warn!(error = %e, "writing the initial role file failed");
-        }
-        if let Some(log) = &inner.transitions {
-            log.record(&TransitionLine {
-                member: inner.settings.member.clone(),
-                node_id: id,
-                event: "start".into(),
-                epoch: applied.state.epoch,
-                mono_ms: monotonic_millis(),
-                wall_ms: unix_millis(),
-                lease_until_mono_ms: 0,
-                cause: None,
-            });
-        }
-        spawn_loops(&inner);
-        super::server::spawn_grpc(inner.clone(), grpc_listener)?;
-        super::http::spawn_http(inner.clone(), http_listener);
-        Ok(Agent { inner })
-    }
-
-    pub fn node_id(&self) -> NodeId {
-        self.inner.id
-    }
-
-    /// Graceful stop: stop being appointable, hand the primary role off, leave.
-    pub async fn shutdown(&self) {
-        let inner = &self.inner;
-        inner.member().leaving = true;
-        let released = inner.release(ReleaseReason::Shutdown).await;
-        if released.is_none() {
-            inner.report_once().await;
-        }
-        if let Some(epoch) = released {
-            // Wait (briefly) for the hand-off to be committed so that a coordinator on this node
-            // grants the new primary its first lease before it goes away.
-            let deadline =
-                tokio::time::Instant::now() + Duration::from_millis(inner.lease_millis() * 2);
-            let mut applied = inner.raft.applied();
-            while applied.borrow().state.epoch <= epoch {
-                if tokio::time::timeout_at(deadline, applied.changed())
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-            if inner.raft.status().is_leader {
-                let until =
-                    tokio::time::Instant::now() + Duration::from_millis(inner.lease_millis());
-                while tokio::time::Instant::now() < until {
-                    let (status, _) = inner.coordinator().lease_status(monotonic_millis());
-                    if status == super::coordinator::LeaseStatus::Live {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        }
-        inner.stopping.send_replace(true);
-        inner.raft.shutdown().await;
+/// The failover counter's label for an appointment (`Initial` for the first one).
+fn appointment_reason(command: &GroupCommand) -> Option<String> {
+    match command {
+        GroupCommand::Appoint {
+            failover: Some(f), ..
+        } => Some(format!("{:?}", f.reason)),
+        GroupCommand::Appoint { failover: None, .. } => Some("Initial".to_string()),
+        _ => None,
     }
 }
 
-/// Waits until no other process uses the data directory (a replacement pod can start while the
-/// old agent still shuts down on the same volume), then holds it for the life of the process.
-async fn lock_data_dir(dir: &std::path::Path) -> Result<raft::DataDirLock, AgentError> {
-    let started = tokio::time::Instant::now();
-    let mut next_note = started;
-    loop {
-        if let Some(lock) = raft::DataDirLock::try_acquire(dir)? {
-            if next_note > started {
-                tracing::info!(waited_ms = started.elapsed().as_millis() as u64, data_dir = %dir.display(), "the previous agent process released the data directory");
-            }
-            return Ok(lock);
-        }
-        if tokio::time::Instant::now() >= next_note {
-            tracing::warn!(data_dir = %dir.display(), "another agent process still uses the data directory; waiting for it to exit");
-            next_note = tokio::time::Instant::now() + Duration::from_secs(10);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn report_to(
+    peers: &Peers,
+    from: NodeId,
+    leader: NodeId,
+    address: &str,
+    report: &super::coordinator::MemberReport,
+    timeout: Duration,
+) -> Result<ReportAnswer, String> {
+    let channel = peers.channel(leader, address).map_err(|e| e.to_string())?;
+    let mut client = proto::peer_client::PeerClient::new(channel)
+        .max_decoding_message_size(super::MAX_MESSAGE_BYTES);
+    let reply = tokio::time::timeout(timeout, client.report(wire::member_report(from, report)))
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+        .map_err(|s| s.to_string())?
+        .into_inner();
+    Ok(ReportAnswer {
+        decision: (&reply).into(),
+        view: reply.view,
+    })
 }
 
-fn spawn_loops(inner: &Arc<Inner>) {
-    // Raft status: leadership for the coordinator, leader changes for the reporter.
-    {
-        let me = inner.clone();
-        tokio::spawn(async move {
-            let mut watch = me.raft.status_watch();
-            let mut last_leader = None;
-            let mut was_leader = false;
-            let mut last_status: Option<super::raft::RaftStatus> = None;
-            loop {
-                let status = watch.current();
-                // openraft republishes its metrics on every heartbeat answer (its quorum-ack
-                // age changes each time); only what the agent reads from them is news. Reacting
-                // to each one woke every loop and Watch stream thousands of times a second.
-                if last_status.as_ref() == Some(&status) {
-                    if !watch.changed().await {
-                        return;
-                    }
-                    continue;
-                }
-                last_status = Some(status.clone());
-                let now = monotonic_millis();
-                {
-                    let mut c = me.coordinator();
-                    c.on_raft_status(
-                        now,
-                        status.is_leader,
-                        status.term,
-                        status.leader_caught_up(),
-                    );
-                    if status.is_leader {
-                        c.on_replication(status.replication.clone());
-                    }
-                }
-                me.metrics.term.set(status.term as i64);
-                me.metrics.is_coordinator.set(i64::from(status.is_leader));
-                if status.leader != last_leader {
-                    last_leader = status.leader;
-                    me.kick_report.notify_one();
-                }
-                if status.is_leader && !was_leader {
-                    me.kick_quorum.notify_one();
-                }
-                was_leader = status.is_leader;
-                me.kick_coordinator.notify_one();
-                me.bump();
-                if !watch.changed().await {
-                    return;
-                }
-            }
-        });
-    }
-    // Applied state: coordinator input, member fencing, role.
-    {
-        let me = inner.clone();
-        tokio::spawn(async move {
-            let mut applied = me.raft.applied();
-            loop {
-                let a = applied.borrow_and_update().clone();
-                me.coordinator()
-                    .on_applied(monotonic_millis(), &a.state, &a.roster);
-                let now = monotonic_millis();
-                let primary_is_me = a.state.primary_id() == Some(me.id);
-                let transition =
-                    me.member()
-                        .holder
-                        .observe_committed(a.state.epoch, primary_is_me, now);
-                if let Some(t) = transition {
-                    me.on_transition(t);
-                }
-                if primary_is_me && me.member().holder.live_epoch(now) != Some(a.state.epoch) {
-                    // Appointed: ask for the first lease right away.
-                    me.kick_report.notify_one();
-                }
-                me.metrics.epoch.set(a.state.epoch as i64);
-                me.refresh_role();
-                me.update_elections();
-                me.kick_coordinator.notify_one();
-                me.bump();
-                if applied.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
-    // Coordinator decisions.
-    {
-        let me = inner.clone();
-        tokio::spawn(async move {
-            let mut stopping = me.stopping.subscribe();
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
-                    _ = me.kick_coordinator.notified() => {}
-                    _ = stopping.changed() => return,
-                }
-                let actions = me.coordinator().tick(monotonic_millis(), unix_millis());
-                if !actions.is_empty() {
-                    me.execute(actions);
-                }
-            }
-        });
-    }
-    // Quorum confirmations (leader only): the base of every lease grant.
-    {
-        let me = inner.clone();
-        tokio::spawn(async move {
-            let mut stopping = me.stopping.subscribe();
-            loop {
-                let interval = Duration::from_millis(timing::quorum_confirm_interval_millis(
-                    me.lease_millis(),
-                ));
-                tokio::select! {
-                    _ = tokio::time::sleep(interval) => {}
-                    _ = me.kick_quorum.notified() => {}
-                    _ = stopping.changed() => return,
-                }
-                let status = me.raft.status();
-                if !status.is_leader {
-                    continue;
-                }
-                let sent_at = monotonic_millis();
-                let timeout = Duration::from_millis(me.lease_millis() / 2);
-                if let Ok(Ok(())) = tokio::time::timeout(timeout, me.raft.confirm_quorum()).await {
-                    me.coordinator().on_quorum_ack(status.term, sent_at);
-                }
-            }
-        });
-    }
-    // Member reports (the primary's lease renewals) and lease expiry. A primary whose report
-    // brought no grant (no coordinator known, a new coordinator not ready yet, a lost answer)
-    // asks again after the short renewal retry instead of a whole report interval: a coordinator
-    // change must not cost it its lease.
-    {
-        let me = inner.clone();
-        tokio::spawn(async move {
-            let mut stopping = me.stopping.subscribe();
-            let mut retry_soon = false;
-            loop {
-                let lease = me.lease_millis();
-                let interval = Duration::from_millis(if retry_soon {
-                    timing::renewal_retry_millis(lease)
-                } else {
-                    timing::report_interval_millis(lease)
-                });
-                let now = monotonic_millis();
-                let expiry = me
-                    .member()
-                    .holder
-                    .lease_until()
-                    .map(|u| Duration::from_millis(u.saturating_sub(now)));
-                let expiry_sleep = async {
-                    match expiry {
-                        Some(d) => tokio::time::sleep(d).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    _ = tokio::time::sleep(interval) => {}
-                    _ = me.kick_report.notified() => {}
-                    _ = expiry_sleep => {
-                        me.check_expiry();
-                        continue;
-                    }
-                    _ = stopping.changed() => return,
-                }
-                me.check_expiry();
-                let outcome = me.report_once().await;
-                if outcome.demote {
-                    me.release(ReleaseReason::Switchover).await;
-                }
-                retry_soon = !outcome.granted && me.wants_lease(monotonic_millis());
-            }
-        });
-    }
-    // Workload health: an unhealthy primary releases its lease (immediate hand-off).
-    {
-        let me = inner.clone();
-        tokio::spawn(async move {
-            let mut health = me.health.clone();
-            let mut was_healthy = health.borrow().healthy;
-            while health.changed().await.is_ok() {
-                let healthy = health.borrow().healthy;
-                if was_healthy && !healthy && me.member().holder.is_live(monotonic_millis()) {
-                    tracing::warn!("workload failed its health check; releasing the primary lease");
-                    me.release(ReleaseReason::WorkloadUnhealthy).await;
-                }
-                if healthy != was_healthy {
-                    me.kick_report.notify_one();
-                }
-                was_healthy = healthy;
-            }
-        });
-    }
-    // Role publication.
-    {
-        let me = inner.clone();
-        tokio::spawn(async move {
-            let mut desired = me.desired_role.subscribe();
-            loop {
-                let (role, epoch) = *desired.borrow_and_update();
-                if let Err(e) = me.publisher.publish(role, epoch).await {
-                    tracing::warn!(error = %e, "publishing the role failed");
-                }
-                if desired.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
+/// Asks `member` to release the lease of `epoch`; true when it confirmed.
+async fn request_demotion(
+    peers: &Peers,
+    from: NodeId,
+    member: NodeId,
+    address: &str,
+    epoch: u64,
+    timeout: Duration,
+) -> bool {
+    let Ok(channel) = peers.channel(member, address) else {
+        return false;
+    };
+    let mut client = proto::peer_client::PeerClient::new(channel);
+    let request = proto::DemoteRequest {
+        from_id: from,
+        epoch,
+    };
+    match tokio::time::timeout(timeout, client.demote(request)).await {
+        Ok(Ok(reply)) => reply.get_ref().released,
+        Ok(Err(e)) => {
+            tracing::debug!(member, error = %e, "demotion request failed");
+            false
+        }
+        Err(_) => {
+            tracing::debug!(member, "demotion request timed out");
+            false
+        }
     }
 }

@@ -14,8 +14,8 @@ use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 
 use super::clock;
-use super::coordinator::MemberRole;
 use super::raft::data_dir::write_atomically;
+use crate::api::MemberRole;
 
 /// The role file's JSON and the callback's body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,45 +2,41 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::clock::{monotonic_millis, unix_millis};
-use super::coordinator::{LeaseStatus, MemberReport, MemberRole, ReleaseReason};
-use super::group::{FailoverReason, GroupCommand, MemberNode, Mode, NodeId};
-use super::node::Inner;
+use super::coordinator::MemberReport;
+use super::group::{CommandOutcome, GroupCommand, MemberNode, Mode, NodeId};
+use super::handle::AgentHandle;
 use super::proto::{self, agent_server::AgentServer, peer_server::PeerServer};
-use super::raft::RaftNodeError;
+use super::raft::{AppliedState, RaftNodeError};
+use super::snapshot::stable_part;
 use super::transport;
 
 /// Metadata set on requests a member forwards to the coordinator (prevents loops).
 const FORWARDED: &str = "x-quorate-forwarded";
 
 pub(crate) fn spawn_grpc(
-    inner: Arc<Inner>,
+    handle: AgentHandle,
     listener: tokio::net::TcpListener,
 ) -> Result<(), transport::TransportError> {
-    let agent = AgentServer::new(AgentApi {
-        inner: inner.clone(),
-    })
-    .max_decoding_message_size(super::MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(super::MAX_MESSAGE_BYTES);
-    let peer = PeerServer::new(PeerApi {
-        inner: inner.clone(),
-    })
-    .max_decoding_message_size(super::MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(super::MAX_MESSAGE_BYTES);
+    let agent = AgentServer::new(AgentApi { h: handle.clone() })
+        .max_decoding_message_size(super::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(super::MAX_MESSAGE_BYTES);
+    let peer = PeerServer::new(PeerApi { h: handle.clone() })
+        .max_decoding_message_size(super::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(super::MAX_MESSAGE_BYTES);
     let router = tonic::transport::Server::builder()
         .add_service(agent)
         .add_service(peer);
-    let mut stopping = inner.stopping.subscribe();
+    let mut stopping = handle.stopping.clone();
     let shutdown = async move {
         let _ = stopping.wait_for(|s| *s).await;
     };
-    match inner.settings.tls_server.clone() {
+    match handle.settings.tls_server.clone() {
         Some(tls) => {
             let incoming = transport::tls_incoming(listener, &tls);
             tokio::spawn(async move {
@@ -67,25 +63,6 @@ pub(crate) fn spawn_grpc(
     Ok(())
 }
 
-fn role_to_proto(role: MemberRole) -> proto::Role {
-    match role {
-        MemberRole::Primary => proto::Role::Primary,
-        MemberRole::Backup => proto::Role::Backup,
-        MemberRole::Active => proto::Role::Active,
-        MemberRole::Witness => proto::Role::Witness,
-        MemberRole::Unknown => proto::Role::Unknown,
-    }
-}
-
-fn reason_to_proto(r: FailoverReason) -> proto::FailoverReason {
-    match r {
-        FailoverReason::LeaseExpired => proto::FailoverReason::LeaseExpired,
-        FailoverReason::Released => proto::FailoverReason::Released,
-        FailoverReason::WorkloadUnhealthy => proto::FailoverReason::WorkloadUnhealthy,
-        FailoverReason::Switchover => proto::FailoverReason::Switchover,
-    }
-}
-
 fn raft_status(e: RaftNodeError) -> Status {
     match e {
         RaftNodeError::NotLeader { .. } => Status::unavailable(e.to_string()),
@@ -97,185 +74,8 @@ fn raft_status(e: RaftNodeError) -> Status {
     }
 }
 
-/// Builds the group state as this node sees it.
-pub(crate) async fn group_state(inner: &Inner) -> proto::GroupState {
-    let now = monotonic_millis();
-    let status = inner.raft.status();
-    let applied = inner.applied();
-    let initialized = inner.raft.is_initialized().await.unwrap_or(false);
-    let commit_index = if initialized {
-        inner.raft.committed_index().await
-    } else {
-        0
-    };
-    let (own_role, _) = inner.current_role(now);
-    let member_ref = |id: NodeId| -> Option<proto::MemberRef> {
-        applied.roster.members.get(&id).map(|m| proto::MemberRef {
-            id,
-            name: m.node.name.clone(),
-            address: m.node.address.clone(),
-        })
-    };
-    let from_coordinator = status.is_leader && inner.coordinator().is_leader();
-    // Soft state: first-hand on the coordinator, relayed elsewhere.
-    let mut soft: BTreeMap<NodeId, proto::MemberStatus> = BTreeMap::new();
-    let (lease, remaining) = if from_coordinator {
-        let c = inner.coordinator();
-        let view = c.view(now);
-        for m in view.members {
-            soft.insert(
-                m.id,
-                proto::MemberStatus {
-                    id: m.id,
-                    role: role_to_proto(m.role) as i32,
-                    healthy: m.healthy,
-                    load: m.load,
-                    latency_ms: m.latency_ms,
-                    last_report_age_ms: m.last_report_age_millis,
-                    applied_index: m.applied_index,
-                    matched_index: m.matched_index,
-                    priority: m.priority,
-                    ..Default::default()
-                },
-            );
-        }
-        let lease = match view.lease {
-            LeaseStatus::None => proto::LeaseState::None,
-            LeaseStatus::Live => proto::LeaseState::Live,
-            LeaseStatus::Expired => proto::LeaseState::Expired,
-            LeaseStatus::Released => proto::LeaseState::Released,
-        };
-        (lease, view.lease_remaining_millis)
-    } else {
-        let relayed = inner.member().relayed.clone();
-        match relayed {
-            Some((at, view)) if view.epoch == applied.state.epoch => {
-                let age = now.saturating_sub(at);
-                for m in view.members {
-                    soft.insert(m.id, m);
-                }
-                let remaining = view.primary_lease_remaining_millis.saturating_sub(age);
-                let lease = match proto::LeaseState::try_from(view.primary_lease) {
-                    Ok(proto::LeaseState::Live) if remaining == 0 => proto::LeaseState::Expired,
-                    Ok(l) => l,
-                    Err(_) => proto::LeaseState::Expired,
-                };
-                (lease, remaining)
-            }
-            _ if applied.state.primary.is_none() => (proto::LeaseState::None, 0),
-            _ => (proto::LeaseState::Expired, 0),
-        }
-    };
-    let members = applied
-        .roster
-        .members
-        .iter()
-        .map(|(id, entry)| {
-            let s = soft.remove(id).unwrap_or_default();
-            let mut role = proto::Role::try_from(s.role).unwrap_or(proto::Role::Unknown);
-            if *id == inner.id {
-                role = role_to_proto(own_role);
-            } else if entry.node.witness {
-                role = proto::Role::Witness;
-            }
-            proto::MemberStatus {
-                id: *id,
-                name: entry.node.name.clone(),
-                address: entry.node.address.clone(),
-                voter: entry.voter,
-                witness: entry.node.witness,
-                role: role as i32,
-                ..s
-            }
-        })
-        .collect();
-    let state = &applied.state;
-    proto::GroupState {
-        answered_by: Some(proto::NodeInfo {
-            id: inner.id,
-            name: inner.settings.member.clone(),
-            address: inner.settings.advertise.clone(),
-            initialized,
-            witness: inner.settings.witness,
-            role: role_to_proto(own_role) as i32,
-        }),
-        from_coordinator,
-        epoch: state.epoch,
-        primary: state
-            .primary
-            .as_ref()
-            .and_then(|p| member_ref(p.id))
-            .or_else(|| {
-                state.primary.as_ref().map(|p| proto::MemberRef {
-                    id: p.id,
-                    name: p.name.clone(),
-                    address: String::new(),
-                })
-            }),
-        primary_lease: lease as i32,
-        primary_lease_remaining_millis: remaining,
-        leader: status.leader.and_then(member_ref),
-        term: status.term,
-        commit_index,
-        applied_index: applied.applied_index,
-        paused: state.paused,
-        flap_guard_tripped: state.flap_guard_tripped,
-        switchover_target: state
-            .switchover
-            .as_ref()
-            .and_then(|s| s.target)
-            .and_then(member_ref),
-        switchover_pending: state.switchover.is_some(),
-        members,
-        failovers: state
-            .history
-            .iter()
-            .map(|r| proto::FailoverRecord {
-                from: r.from.as_ref().map(|f| proto::MemberRef {
-                    id: f.id,
-                    name: f.name.clone(),
-                    address: String::new(),
-                }),
-                to: Some(proto::MemberRef {
-                    id: r.to.id,
-                    name: r.to.name.clone(),
-                    address: String::new(),
-                }),
-                epoch: r.epoch,
-                reason: reason_to_proto(r.reason) as i32,
-                detected_at_unix_millis: r.detected_at_unix_millis,
-                appointed_at_unix_millis: r.appointed_at_unix_millis,
-            })
-            .collect(),
-        config: state.config.map(|c| proto::GroupConfig {
-            mode: match c.mode {
-                Mode::PrimaryBackup => proto::Mode::PrimaryBackup,
-                Mode::ActiveActive => proto::Mode::ActiveActive,
-            } as i32,
-            lease_millis: c.lease_millis,
-            max_failovers_per_hour: c.max_failovers_per_hour,
-        }),
-    }
-}
-
-/// The state without fields that change on every tick (to detect real changes for Watch).
-fn stable_part(s: &proto::GroupState) -> proto::GroupState {
-    let mut s = s.clone();
-    s.primary_lease_remaining_millis = 0;
-    for m in &mut s.members {
-        m.last_report_age_ms = m.last_report_age_ms.map(|_| 0);
-        m.load = None;
-        m.latency_ms = None;
-        m.applied_index = 0;
-        m.matched_index = None;
-    }
-    s.applied_index = 0;
-    s.commit_index = 0;
-    s
-}
-
 struct AgentApi {
-    inner: Arc<Inner>,
+    h: AgentHandle,
 }
 
 impl AgentApi {
@@ -283,7 +83,7 @@ impl AgentApi {
         &self,
         request_metadata: &tonic::metadata::MetadataMap,
     ) -> Result<proto::agent_client::AgentClient<tonic::transport::Channel>, Status> {
-        let status = self.inner.raft.status();
+        let status = self.h.raft.status();
         let Some((id, node)) = status.leader_node() else {
             return Err(Status::unavailable("no coordinator is elected yet"));
         };
@@ -293,7 +93,7 @@ impl AgentApi {
                 node.name, node.address
             )));
         }
-        let channel = self.inner.peers.channel(id, &node.address).map_err(|e| {
+        let channel = self.h.peers.channel(id, &node.address).map_err(|e| {
             Status::unavailable(format!(
                 "coordinator {} at {}: {e}",
                 node.name, node.address
@@ -311,25 +111,23 @@ impl AgentApi {
     }
 
     async fn propose(&self, command: GroupCommand) -> Result<u64, Status> {
-        let (index, outcome) = self
-            .inner
-            .raft
-            .propose(command)
-            .await
-            .map_err(raft_status)?;
-        self.inner.kick_coordinator.notify_one();
+        let (index, outcome) = self.h.raft.propose(command).await.map_err(raft_status)?;
         match outcome {
-            super::group::CommandOutcome::Applied => Ok(index),
-            super::group::CommandOutcome::Rejected(why) => Err(Status::failed_precondition(why)),
+            CommandOutcome::Applied => Ok(index),
+            CommandOutcome::Rejected(why) => Err(Status::failed_precondition(why)),
         }
     }
 
-    async fn wait_applied<F: Fn(&super::raft::AppliedState) -> bool>(
+    fn applied(&self) -> AppliedState {
+        self.h.raft.applied().borrow().clone()
+    }
+
+    async fn wait_applied<F: Fn(&AppliedState) -> bool>(
         &self,
         timeout: Duration,
         done: F,
-    ) -> Result<super::raft::AppliedState, Status> {
-        let mut rx = self.inner.raft.applied();
+    ) -> Result<AppliedState, Status> {
+        let mut rx = self.h.raft.applied();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             {
@@ -354,8 +152,8 @@ impl AgentApi {
         &self,
         req: proto::BootstrapRequest,
     ) -> Result<proto::BootstrapReply, Status> {
-        let inner = &self.inner;
-        if inner.raft.is_initialized().await.map_err(raft_status)? {
+        let h = &self.h;
+        if h.raft.is_initialized().await.map_err(raft_status)? {
             return Err(Status::failed_precondition(
                 "this node is already initialized",
             ));
@@ -390,28 +188,28 @@ impl AgentApi {
                 )));
             }
         }
-        let Some(me) = members.get(&inner.id) else {
+        let Some(me) = members.get(&h.id) else {
             return Err(Status::invalid_argument(format!(
                 "members must include the node that bootstraps (id {})",
-                inner.id
+                h.id
             )));
         };
-        if me.witness != inner.settings.witness {
+        if me.witness != h.settings.witness {
             return Err(Status::invalid_argument(
                 "this node's witness flag differs from its member entry",
             ));
         }
-        if inner.settings.mode == Mode::PrimaryBackup && members.values().all(|m| m.witness) {
+        if h.settings.mode == Mode::PrimaryBackup && members.values().all(|m| m.witness) {
             return Err(Status::invalid_argument(
                 "a PrimaryBackup group needs a member that is not a witness",
             ));
         }
         // Every other member must be reachable, be who it claims, and be pristine.
         for (id, node) in &members {
-            if *id == inner.id {
+            if *id == h.id {
                 continue;
             }
-            let channel = inner.peers.channel(*id, &node.address).map_err(|e| {
+            let channel = h.peers.channel(*id, &node.address).map_err(|e| {
                 Status::unavailable(format!("{} at {}: {e}", node.name, node.address))
             })?;
             let mut client = proto::agent_client::AgentClient::new(channel);
@@ -448,15 +246,15 @@ impl AgentApi {
                 )));
             }
         }
-        inner.raft.initialize(members).await.map_err(raft_status)?;
+        h.raft.initialize(members).await.map_err(raft_status)?;
         tracing::info!(members = req.members.len(), "bootstrapped the group");
         Ok(proto::BootstrapReply {
-            initialized_by: inner.id,
+            initialized_by: h.id,
         })
     }
 
     fn membership_reply(&self, index: u64) -> proto::MembershipReply {
-        let status = self.inner.raft.status();
+        let status = self.h.raft.status();
         proto::MembershipReply {
             voters: status.voters.iter().copied().collect(),
             learners: status
@@ -471,7 +269,7 @@ impl AgentApi {
 
     async fn add_member_here(&self, m: proto::Member) -> Result<proto::MembershipReply, Status> {
         validate_member(&m)?;
-        let status = self.inner.raft.status();
+        let status = self.h.raft.status();
         if let Some((other, _)) = status
             .members
             .iter()
@@ -500,25 +298,25 @@ impl AgentApi {
             address: m.address.clone(),
             witness: m.witness,
         };
-        let learned = tokio::time::timeout(
-            Duration::from_secs(60),
-            self.inner.raft.add_learner(m.id, node),
-        )
-        .await
-        .map_err(|_| Status::deadline_exceeded(format!("{} did not catch up within 60 s", m.name)))?
-        .map_err(raft_status)?;
-        let index = self.inner.raft.add_voter(m.id).await.map_err(raft_status)?;
+        let learned =
+            tokio::time::timeout(Duration::from_secs(60), self.h.raft.add_learner(m.id, node))
+                .await
+                .map_err(|_| {
+                    Status::deadline_exceeded(format!("{} did not catch up within 60 s", m.name))
+                })?
+                .map_err(raft_status)?;
+        let index = self.h.raft.add_voter(m.id).await.map_err(raft_status)?;
         tracing::info!(member = %m.name, id = m.id, learned, index, "added a member");
         Ok(self.membership_reply(index))
     }
 
     async fn remove_member_here(&self, id: NodeId) -> Result<proto::MembershipReply, Status> {
         let now = monotonic_millis();
-        let status = self.inner.raft.status();
+        let status = self.h.raft.status();
         if !status.members.contains_key(&id) {
             return Ok(self.membership_reply(0));
         }
-        let applied = self.inner.applied();
+        let applied = self.applied();
         if applied.state.primary_id() == Some(id) {
             return Err(Status::failed_precondition(
                 "the member is the primary: switch over first",
@@ -529,7 +327,7 @@ impl AgentApi {
             if remaining == 0 {
                 return Err(Status::failed_precondition("cannot remove the last voter"));
             }
-            let live = self.inner.coordinator().live_voters(now, Some(id));
+            let live = self.h.core().coordinator().live_voters(now, Some(id));
             let majority = remaining / 2 + 1;
             if live < majority {
                 return Err(Status::failed_precondition(format!(
@@ -537,20 +335,14 @@ impl AgentApi {
                 )));
             }
         }
-        let index = self
-            .inner
-            .raft
-            .remove_member(id)
-            .await
-            .map_err(raft_status)?;
+        let index = self.h.raft.remove_member(id).await.map_err(raft_status)?;
         tracing::info!(id, index, "removed a member");
         Ok(self.membership_reply(index))
     }
 
     async fn switchover_here(&self, target: String) -> Result<proto::SwitchoverReply, Status> {
-        let inner = &self.inner;
         let now = monotonic_millis();
-        let applied = inner.applied();
+        let applied = self.applied();
         let state = &applied.state;
         if state.config.map(|c| c.mode) == Some(Mode::ActiveActive) {
             return Err(Status::failed_precondition(
@@ -579,7 +371,8 @@ impl AgentApi {
             });
         }
         if let Some(t) = target_id {
-            inner
+            self.h
+                .core()
                 .coordinator()
                 .switchover_target_ok(now, t)
                 .map_err(Status::failed_precondition)?;
@@ -593,7 +386,7 @@ impl AgentApi {
             })
             .await?;
         }
-        let lease = inner.lease_millis();
+        let lease = self.h.core().lease_millis();
         let done = self
             .wait_applied(Duration::from_millis(lease * 3 + 2000), |a| {
                 a.state.epoch > epoch
@@ -629,16 +422,34 @@ fn validate_member(m: &proto::Member) -> Result<(), Status> {
 
 type StateStream = Pin<Box<dyn Stream<Item = Result<proto::GroupState, Status>> + Send>>;
 
-macro_rules! forward_or {
-    ($self:ident, $request:ident, $method:ident, $local:expr) => {{
-        if $self.inner.raft.status().is_leader {
-            let message = $request.into_inner();
-            #[allow(clippy::redundant_closure_call)]
-            return ($local)(message).await.map(Response::new);
+/// Where an admin request is carried out: here on the coordinator, or forwarded to it.
+enum Route {
+    Here,
+    Forward(proto::agent_client::AgentClient<tonic::transport::Channel>),
+}
+
+impl AgentApi {
+    fn route<T>(&self, request: &Request<T>) -> Result<Route, Status> {
+        if self.h.raft.status().is_leader {
+            Ok(Route::Here)
+        } else {
+            self.leader_client(request.metadata()).map(Route::Forward)
         }
-        let mut client = $self.leader_client($request.metadata())?;
-        return client.$method(Self::forwarded($request.into_inner())).await;
-    }};
+    }
+
+    async fn set_paused(&self, paused: bool) -> Result<proto::CommandReply, Status> {
+        let log_index = self.propose(GroupCommand::SetPaused { paused }).await?;
+        Ok(proto::CommandReply { log_index })
+    }
+
+    async fn touch_here(&self) -> Result<proto::CommandReply, Status> {
+        let log_index = self
+            .propose(GroupCommand::Touch {
+                nonce: rand::random(),
+            })
+            .await?;
+        Ok(proto::CommandReply { log_index })
+    }
 }
 
 #[tonic::async_trait]
@@ -647,8 +458,8 @@ impl proto::agent_server::Agent for AgentApi {
         &self,
         _request: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::GroupState>, Status> {
-        let _t = self.inner.metrics.rpc("Status");
-        Ok(Response::new(group_state(&self.inner).await))
+        let _t = self.h.metrics.rpc("Status");
+        Ok(Response::new(self.h.group_state().await))
     }
 
     type WatchStream = StateStream;
@@ -657,34 +468,33 @@ impl proto::agent_server::Agent for AgentApi {
         &self,
         request: Request<proto::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let _t = self.inner.metrics.rpc("Watch");
-        let heartbeat = match request.get_ref().heartbeat_millis {
+        let _t = self.h.metrics.rpc("Watch");
+        let heartbeat = Duration::from_millis(match request.get_ref().heartbeat_millis {
             0 => 1000,
             n => u64::from(n).clamp(50, 60_000),
-        };
-        let inner = self.inner.clone();
+        });
+        let h = self.h.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
-            let mut changes = inner.changes.subscribe();
-            let mut stopping = inner.stopping.subscribe();
+            let mut changes = h.changes.clone();
+            let mut stopping = h.stopping.clone();
             let mut last: Option<proto::GroupState> = None;
             let mut last_sent = tokio::time::Instant::now();
             loop {
-                let state = group_state(&inner).await;
+                changes.borrow_and_update();
+                let state = h.group_state().await;
                 let stable = stable_part(&state);
-                let due = last_sent.elapsed() >= Duration::from_millis(heartbeat);
-                if last.as_ref() != Some(&stable) || due {
+                if last.as_ref() != Some(&stable) || last_sent.elapsed() >= heartbeat {
                     if tx.send(Ok(state)).await.is_err() {
                         return;
                     }
                     last = Some(stable);
                     last_sent = tokio::time::Instant::now();
                 }
-                let next_heartbeat = last_sent + Duration::from_millis(heartbeat);
                 tokio::select! {
                     r = changes.changed() => if r.is_err() { return; },
-                    _ = tokio::time::sleep_until(next_heartbeat) => {}
-                    _ = stopping.changed() => return,
+                    _ = tokio::time::sleep_until(last_sent + heartbeat) => {}
+                    _ = stopping.wait_for(|s| *s) => return,
                     _ = tx.closed() => return,
                 }
             }
@@ -698,7 +508,7 @@ impl proto::agent_server::Agent for AgentApi {
         &self,
         request: Request<proto::BootstrapRequest>,
     ) -> Result<Response<proto::BootstrapReply>, Status> {
-        let _t = self.inner.metrics.rpc("Bootstrap");
+        let _t = self.h.metrics.rpc("Bootstrap");
         self.bootstrap_here(request.into_inner())
             .await
             .map(Response::new)
@@ -708,89 +518,92 @@ impl proto::agent_server::Agent for AgentApi {
         &self,
         request: Request<proto::Member>,
     ) -> Result<Response<proto::MembershipReply>, Status> {
-        let _t = self.inner.metrics.rpc("AddMember");
-        forward_or!(self, request, add_member, |m| self.add_member_here(m))
+        let _t = self.h.metrics.rpc("AddMember");
+        match self.route(&request)? {
+            Route::Here => self
+                .add_member_here(request.into_inner())
+                .await
+                .map(Response::new),
+            Route::Forward(mut c) => c.add_member(Self::forwarded(request.into_inner())).await,
+        }
     }
 
     async fn remove_member(
         &self,
         request: Request<proto::RemoveMemberRequest>,
     ) -> Result<Response<proto::MembershipReply>, Status> {
-        let _t = self.inner.metrics.rpc("RemoveMember");
-        forward_or!(
-            self,
-            request,
-            remove_member,
-            |m: proto::RemoveMemberRequest| self.remove_member_here(m.id)
-        )
+        let _t = self.h.metrics.rpc("RemoveMember");
+        match self.route(&request)? {
+            Route::Here => self
+                .remove_member_here(request.into_inner().id)
+                .await
+                .map(Response::new),
+            Route::Forward(mut c) => c.remove_member(Self::forwarded(request.into_inner())).await,
+        }
     }
 
     async fn switchover(
         &self,
         request: Request<proto::SwitchoverRequest>,
     ) -> Result<Response<proto::SwitchoverReply>, Status> {
-        let _t = self.inner.metrics.rpc("Switchover");
-        forward_or!(self, request, switchover, |m: proto::SwitchoverRequest| {
-            self.switchover_here(m.target)
-        })
+        let _t = self.h.metrics.rpc("Switchover");
+        match self.route(&request)? {
+            Route::Here => self
+                .switchover_here(request.into_inner().target)
+                .await
+                .map(Response::new),
+            Route::Forward(mut c) => c.switchover(Self::forwarded(request.into_inner())).await,
+        }
     }
 
     async fn pause(
         &self,
         request: Request<proto::PauseRequest>,
     ) -> Result<Response<proto::CommandReply>, Status> {
-        let _t = self.inner.metrics.rpc("Pause");
-        forward_or!(self, request, pause, |_m| async {
-            let log_index = self
-                .propose(GroupCommand::SetPaused { paused: true })
-                .await?;
-            Ok::<_, Status>(proto::CommandReply { log_index })
-        })
+        let _t = self.h.metrics.rpc("Pause");
+        match self.route(&request)? {
+            Route::Here => self.set_paused(true).await.map(Response::new),
+            Route::Forward(mut c) => c.pause(Self::forwarded(request.into_inner())).await,
+        }
     }
 
     async fn resume(
         &self,
         request: Request<proto::ResumeRequest>,
     ) -> Result<Response<proto::CommandReply>, Status> {
-        let _t = self.inner.metrics.rpc("Resume");
-        forward_or!(self, request, resume, |_m| async {
-            let log_index = self
-                .propose(GroupCommand::SetPaused { paused: false })
-                .await?;
-            Ok::<_, Status>(proto::CommandReply { log_index })
-        })
+        let _t = self.h.metrics.rpc("Resume");
+        match self.route(&request)? {
+            Route::Here => self.set_paused(false).await.map(Response::new),
+            Route::Forward(mut c) => c.resume(Self::forwarded(request.into_inner())).await,
+        }
     }
 
     async fn touch(
         &self,
         request: Request<proto::TouchRequest>,
     ) -> Result<Response<proto::CommandReply>, Status> {
-        let _t = self.inner.metrics.rpc("Touch");
-        forward_or!(self, request, touch, |_m| async {
-            let log_index = self
-                .propose(GroupCommand::Touch {
-                    nonce: rand::random(),
-                })
-                .await?;
-            Ok::<_, Status>(proto::CommandReply { log_index })
-        })
+        let _t = self.h.metrics.rpc("Touch");
+        match self.route(&request)? {
+            Route::Here => self.touch_here().await.map(Response::new),
+            Route::Forward(mut c) => c.touch(Self::forwarded(request.into_inner())).await,
+        }
     }
 }
 
 struct PeerApi {
-    inner: Arc<Inner>,
+    h: AgentHandle,
 }
 
 impl PeerApi {
     /// `to` is the node id the sender means (0: unspecified).
     fn check_peer(&self, from: NodeId, to: NodeId) -> Result<(), Status> {
-        if to != 0 && to != self.inner.id {
+        if to != 0 && to != self.h.id {
             return Err(Status::failed_precondition(format!(
                 "this is node {}, not node {} (its data directory was replaced); it must be re-added",
-                self.inner.id, to
+                self.h.id, to
             )));
         }
-        if self.inner.peers.faults().is_isolated(from) {
+        if self.h.peers.faults().is_isolated(from) {
             return Err(Status::unavailable(format!(
                 "peer {from} is isolated by fault injection"
             )));
@@ -826,10 +639,10 @@ impl PeerApi {
         rpc: RaftRpc,
         request: Request<proto::RaftMessage>,
     ) -> Result<Response<proto::RaftMessage>, Status> {
-        let _t = self.inner.metrics.rpc(rpc.name());
+        let _t = self.h.metrics.rpc(rpc.name());
         let m = request.into_inner();
         self.check_peer(m.from_id, m.to_id)?;
-        let raft = &self.inner.raft;
+        let raft = &self.h.raft;
         let payload = match rpc {
             RaftRpc::AppendEntries => raft.handle_append_entries(&m.payload).await,
             RaftRpc::Vote => raft.handle_vote(&m.payload).await,
@@ -838,7 +651,7 @@ impl PeerApi {
         }
         .map_err(raft_status)?;
         Ok(Response::new(proto::RaftMessage {
-            from_id: self.inner.id,
+            from_id: self.h.id,
             payload,
             to_id: m.from_id,
         }))
@@ -879,59 +692,33 @@ impl proto::peer_server::Peer for PeerApi {
         &self,
         request: Request<proto::MemberReport>,
     ) -> Result<Response<proto::ReportReply>, Status> {
-        let _t = self.inner.metrics.rpc("Report");
+        let _t = self.h.metrics.rpc("Report");
         let r = request.into_inner();
         self.check_peer(r.from_id, 0)?;
-        let report = MemberReport {
-            workload_healthy: r.workload_healthy,
-            load: r.load.filter(|v| v.is_finite()),
-            latency_ms: r.latency_ms.filter(|v| v.is_finite()),
-            applied_index: r.applied_index,
-            priority: r.priority.min(100),
-            released_epoch: r.released_epoch,
-            release_reason: match proto::ReleaseReason::try_from(r.release_reason) {
-                Ok(proto::ReleaseReason::Shutdown) => Some(ReleaseReason::Shutdown),
-                Ok(proto::ReleaseReason::Switchover) => Some(ReleaseReason::Switchover),
-                Ok(proto::ReleaseReason::WorkloadUnhealthy) => {
-                    Some(ReleaseReason::WorkloadUnhealthy)
-                }
-                _ => None,
-            },
-            leaving: r.leaving,
-        };
-        let known = self.inner.applied().roster.members.contains_key(&r.from_id);
-        let decision = if known {
-            self.inner
-                .coordinator()
-                .on_report(monotonic_millis(), r.from_id, report)
-        } else {
-            super::coordinator::ReportDecision {
-                accepted: false,
-                grant: None,
-                demote: false,
-            }
-        };
-        self.inner.bump();
-        if decision.accepted {
-            self.inner.kick_coordinator.notify_one();
-        }
+        let decision = self
+            .h
+            .report(r.from_id, MemberReport::from(&r))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let view = if decision.accepted {
-            Some(group_state(&self.inner).await)
+            Some(self.h.group_state().await)
         } else {
             None
         };
-        let status = self.inner.raft.status();
-        Ok(Response::new(proto::ReportReply {
-            accepted: decision.accepted,
-            leader: status.leader_node().map(|(id, n)| proto::MemberRef {
+        let leader = self
+            .h
+            .core()
+            .raft()
+            .leader_node()
+            .map(|(id, n)| proto::MemberRef {
                 id,
                 name: n.name,
                 address: n.address,
-            }),
-            grant: decision.grant.map(|g| proto::LeaseGrant {
-                epoch: g.epoch,
-                remaining_millis: g.remaining_millis,
-            }),
+            });
+        Ok(Response::new(proto::ReportReply {
+            accepted: decision.accepted,
+            leader,
+            grant: decision.grant.map(proto::LeaseGrant::from),
             demote: decision.demote,
             view,
         }))
@@ -941,33 +728,13 @@ impl proto::peer_server::Peer for PeerApi {
         &self,
         request: Request<proto::DemoteRequest>,
     ) -> Result<Response<proto::DemoteReply>, Status> {
-        let _t = self.inner.metrics.rpc("Demote");
+        let _t = self.h.metrics.rpc("Demote");
         let r = request.into_inner();
         self.check_peer(r.from_id, 0)?;
-        let applied = self.inner.applied();
-        if r.epoch < applied.state.epoch {
-            // That epoch is over already; nothing to give back.
-            return Ok(Response::new(proto::DemoteReply { released: true }));
-        }
-        let holds = self
-            .inner
-            .member()
-            .holder
-            .held_epoch()
-            .is_some_and(|e| e <= r.epoch);
-        if holds || applied.state.primary_id() == Some(self.inner.id) {
-            self.inner.release(ReleaseReason::Switchover).await;
-        } else {
-            // Nothing held: still refuse grants for that epoch from now on.
-            let transition = self
-                .inner
-                .member()
-                .holder
-                .release(r.epoch, monotonic_millis());
-            if let Some(t) = transition {
-                self.inner.on_transition(t);
-            }
-        }
+        self.h
+            .demote(r.epoch)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(proto::DemoteReply { released: true }))
     }
 
@@ -975,7 +742,7 @@ impl proto::peer_server::Peer for PeerApi {
         &self,
         request: Request<proto::FaultRequest>,
     ) -> Result<Response<proto::FaultReply>, Status> {
-        if !self.inner.settings.enable_fault_injection {
+        if !self.h.settings.enable_fault_injection {
             return Err(Status::permission_denied(
                 "fault injection is disabled on this agent",
             ));
@@ -984,8 +751,8 @@ impl proto::peer_server::Peer for PeerApi {
         let ids: BTreeSet<NodeId> = request.isolate_from.into_iter().collect();
         let unreachable: BTreeSet<NodeId> = request.unreachable.into_iter().collect();
         tracing::warn!(?ids, ?unreachable, "fault injection: isolating peers");
-        self.inner.peers.faults().set_isolated(ids);
-        self.inner.peers.faults().set_unreachable(unreachable);
+        self.h.peers.faults().set_isolated(ids);
+        self.h.peers.faults().set_unreachable(unreachable);
         Ok(Response::new(proto::FaultReply {}))
     }
 }

@@ -36,6 +36,10 @@ pub fn renewal_retry_millis(lease_millis: u64) -> u64 {
     (lease_millis / 20).max(10)
 }
 
+/// How long a coordinator whose proposal failed (typically: it is no longer the leader) waits
+/// before deciding again; a refusal comes back at once, so deciding again immediately would spin.
+pub const PROPOSAL_RETRY_MILLIS: u64 = 10;
+
 /// openraft timers: heartbeat and election timeout range. openraft's own election timer is off
 /// (the agent campaigns through [`election_timers`] and a pre-vote, see `agent::election`); what
 /// remains of these is openraft's vote-request leader lease (`election_timeout_max`: a follower

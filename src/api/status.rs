@@ -83,6 +83,19 @@ pub enum MemberRole {
     Unknown,
 }
 
+impl MemberRole {
+    /// The role's name as the API, the role file, metrics and logs spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberRole::Primary => "Primary",
+            MemberRole::Backup => "Backup",
+            MemberRole::Active => "Active",
+            MemberRole::Witness => "Witness",
+            MemberRole::Unknown => "Unknown",
+        }
+    }
+}
+
 /// What the operator knows of one member.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -444,7 +444,7 @@ impl Cluster {
             .collect()
     }
 
-    /// Asserts DESIGN.md invariants 1 and 2 over every recorded transition.
+    /// Asserts invariants 1 and 2 (docs/agent.md *Invariants*) over every recorded transition.
     pub fn check_invariants(&self) -> TestResult {
         check_transitions(&self.transitions())
     }

@@ -28,7 +28,9 @@ pub use network::{Faults, PeerError, Peers};
 pub use state_machine::AppliedState;
 
 use crate::agent::clock::monotonic_millis;
-use crate::agent::election::{ElectionGate, ElectionTimers, PreVoteReply, PreVoteRequest, pre_vote_won};
+use crate::agent::election::{
+    ElectionGate, ElectionTimers, PreVoteReply, PreVoteRequest, pre_vote_won,
+};
 use crate::agent::group::{CommandOutcome, GroupCommand, MemberNode, NodeId};
 use crate::agent::timing::RaftTimers;
 use log_store::LogStore;
@@ -310,11 +312,7 @@ impl RaftNode {
             .with_raft_state(|st| {
                 let leading = (st.server_state == ServerState::Leader)
                     .then(|| st.vote_ref().leader_id().term);
-                (
-                    *st.vote_ref(),
-                    st.snapshot_meta.last_log_id,
-                    leading,
-                )
+                (*st.vote_ref(), st.snapshot_meta.last_log_id, leading)
             })
             .await
             .map_err(|e| RaftNodeError::Fatal(e.to_string()))?;
@@ -366,9 +364,9 @@ impl RaftNode {
             })
             .collect();
         while let Some((voter, reply)) = asks.next().await {
-            match reply.and_then(|p| {
-                serde_json::from_slice::<PreVoteReply>(&p).map_err(|e| e.to_string())
-            }) {
+            match reply
+                .and_then(|p| serde_json::from_slice::<PreVoteReply>(&p).map_err(|e| e.to_string()))
+            {
                 Ok(r) if r.granted => {
                     granted.insert(voter);
                     if pre_vote_won(&granted, &configs) {
@@ -594,7 +592,11 @@ impl RaftNode {
         let up_to_date = req.last_log_id.as_ref() >= last_log_id.as_ref();
         let answer = self.elections.gate().pre_vote(now, leading, up_to_date);
         if let Err(refusal) = answer {
-            tracing::debug!(candidate = req.candidate, reason = refusal.as_str(), "pre-vote refused");
+            tracing::debug!(
+                candidate = req.candidate,
+                reason = refusal.as_str(),
+                "pre-vote refused"
+            );
         }
         let reply = PreVoteReply {
             granted: answer.is_ok(),
