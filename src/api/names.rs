@@ -46,7 +46,10 @@ pub struct GroupNames {
 
 impl GroupNames {
     pub fn new(name: impl Into<String>, namespace: impl Into<String>) -> Self {
-        Self { name: name.into(), namespace: namespace.into() }
+        Self {
+            name: name.into(),
+            namespace: namespace.into(),
+        }
     }
     /// The members' StatefulSet, the PodDisruptionBudget and the HTTPRoute share the group's name.
     pub fn members(&self) -> String {
@@ -84,7 +87,11 @@ impl GroupNames {
     }
     /// Stable DNS name of a member's agent, through the headless peers Service.
     pub fn agent_host(&self, member: &str) -> String {
-        format!("{member}.{}.{}.svc.cluster.local", self.peers(), self.namespace)
+        format!(
+            "{member}.{}.{}.svc.cluster.local",
+            self.peers(),
+            self.namespace
+        )
     }
     pub fn agent_address(&self, member: &str) -> String {
         format!("{}:{AGENT_GRPC_PORT}", self.agent_host(member))
@@ -105,13 +112,17 @@ impl GroupNames {
         if let Some(rest) = member.strip_prefix(&format!("{}-witness-", self.name)) {
             return parse_ordinal(rest).map(|o| (true, o));
         }
-        member.strip_prefix(&format!("{}-", self.name)).and_then(parse_ordinal).map(|o| (false, o))
+        member
+            .strip_prefix(&format!("{}-", self.name))
+            .and_then(parse_ordinal)
+            .map(|o| (false, o))
     }
 }
 
 fn parse_ordinal(s: &str) -> Option<u32> {
     // No leading zeros or signs: `cache-01` is not member 1.
-    if s.is_empty() || (s.len() > 1 && s.starts_with('0')) || !s.bytes().all(|b| b.is_ascii_digit()) {
+    if s.is_empty() || (s.len() > 1 && s.starts_with('0')) || !s.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     s.parse().ok()
@@ -129,6 +140,9 @@ mod tests {
         assert_eq!(n.ordinal_of("cache-01"), None);
         assert_eq!(n.ordinal_of("cache-rw"), None);
         assert_eq!(n.ordinal_of("other-1"), None);
-        assert_eq!(n.agent_address("cache-1"), "cache-1.cache-peers.shop.svc.cluster.local:7470");
+        assert_eq!(
+            n.agent_address("cache-1"),
+            "cache-1.cache-peers.shop.svc.cluster.local:7470"
+        );
     }
 }

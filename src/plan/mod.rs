@@ -210,11 +210,24 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
     let template_problem = members::template_problem(&group.spec);
 
     let lifecycle = lifecycle::decide(group, &names, observed, &previous);
-    let traffic = routing::decide_traffic(group, &names, observed, &previous, &lifecycle.draining, lifecycle.member_replicas);
+    let traffic = routing::decide_traffic(
+        group,
+        &names,
+        observed,
+        &previous,
+        &lifecycle.draining,
+        lifecycle.member_replicas,
+    );
 
     let mut apply = Vec::new();
     if template_problem.is_none() {
-        apply.extend(members::stateful_sets(group, &names, observed, settings, lifecycle.member_replicas));
+        apply.extend(members::stateful_sets(
+            group,
+            &names,
+            observed,
+            settings,
+            lifecycle.member_replicas,
+        ));
     }
     apply.extend(routing::services(group, &names, &traffic));
     apply.extend(routing::endpoint_slices(group, &names, &traffic));
@@ -224,13 +237,27 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
     }
     let mut delete = Vec::new();
     if group.spec.effective_witnesses() == 0 && lifecycle.witness_replicas == 0 {
-        delete.push(Obsolete { kind: "StatefulSet", name: names.witnesses() });
+        delete.push(Obsolete {
+            kind: "StatefulSet",
+            name: names.witnesses(),
+        });
     }
     if group.spec.traffic.gateway.is_none() && observed.route.is_some() {
-        delete.push(Obsolete { kind: "HTTPRoute", name: names.members() });
+        delete.push(Obsolete {
+            kind: "HTTPRoute",
+            name: names.members(),
+        });
     }
 
-    let (status, events) = status::build(group, &names, observed, &previous, &lifecycle, &traffic, template_problem.as_deref());
+    let (status, events) = status::build(
+        group,
+        &names,
+        observed,
+        &previous,
+        &lifecycle,
+        &traffic,
+        template_problem.as_deref(),
+    );
     let requeue_ms = [Some(RESYNC_MS), traffic.requeue_ms, lifecycle.requeue_ms]
         .into_iter()
         .flatten()

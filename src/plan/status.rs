@@ -7,7 +7,10 @@ use super::lifecycle::Lifecycle;
 use super::routing::{SliceDecision, TrafficPlan};
 use super::{AgentsObserved, GroupView, LeaseView, Observed, PlannedEvent, ViewRole};
 use crate::api::names::{COMPONENT_LABEL, GROUP_LABEL, GroupNames};
-use crate::api::{FailoverRecord, GroupMode, GroupPhase, MemberRole, MemberStatus, ReplicaGroup, ReplicaGroupStatus};
+use crate::api::{
+    FailoverRecord, GroupMode, GroupPhase, MemberRole, MemberStatus, ReplicaGroup,
+    ReplicaGroupStatus,
+};
 
 pub const READY: &str = "Ready";
 pub const AVAILABLE: &str = "Available";
@@ -38,7 +41,12 @@ struct Conditions<'a> {
 
 impl Conditions<'_> {
     fn set(&mut self, type_: &str, status: bool, reason: &str, message: impl Into<String>) {
-        self.set_raw(type_, if status { "True" } else { "False" }, reason, message.into());
+        self.set_raw(
+            type_,
+            if status { "True" } else { "False" },
+            reason,
+            message.into(),
+        );
     }
     fn set_raw(&mut self, type_: &str, status: &str, reason: &str, message: String) {
         // The transition time moves only when the status does.
@@ -60,11 +68,16 @@ impl Conditions<'_> {
 }
 
 fn is_true(conditions: &[Condition], type_: &str) -> bool {
-    conditions.iter().any(|c| c.type_ == type_ && c.status == "True")
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
 }
 
 fn reason_of<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a str> {
-    conditions.iter().find(|c| c.type_ == type_).map(|c| c.reason.as_str())
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.reason.as_str())
 }
 
 fn addresses(d: &SliceDecision) -> Option<Vec<String>> {
@@ -101,7 +114,9 @@ pub(super) fn build(
         AgentsObserved::Connected { view, age_ms } => (Some(view), *age_ms),
         _ => (None, 0),
     };
-    let primary_live = view.is_some_and(|v| v.from_coordinator && v.lease == LeaseView::Live && age_ms < v.lease_remaining_ms);
+    let primary_live = view.is_some_and(|v| {
+        v.from_coordinator && v.lease == LeaseView::Live && age_ms < v.lease_remaining_ms
+    });
 
     // --- members ------------------------------------------------------------------------------
     let mut member_names: Vec<String> = (0..lifecycle.member_replicas.max(0) as u32)
@@ -113,7 +128,12 @@ pub(super) fn build(
             member_names.push(m.name.clone());
         }
     }
-    let pod_serving = |name: &str| observed.pods.iter().any(|p| p.name == name && !p.terminating && p.ip.is_some());
+    let pod_serving = |name: &str| {
+        observed
+            .pods
+            .iter()
+            .any(|p| p.name == name && !p.terminating && p.ip.is_some())
+    };
     let members: Vec<MemberStatus> = member_names
         .iter()
         .map(|name| {
@@ -123,7 +143,14 @@ pub(super) fn build(
             MemberStatus {
                 name: name.clone(),
                 id: in_view.map(|m| m.id as i64),
-                role: in_view.map_or(if witness { MemberRole::Witness } else { MemberRole::Unknown }, |m| role(m.role)),
+                role: in_view.map_or(
+                    if witness {
+                        MemberRole::Witness
+                    } else {
+                        MemberRole::Unknown
+                    },
+                    |m| role(m.role),
+                ),
                 // A member whose pod is being deleted or is gone is not healthy, whatever its
                 // agent last said: the group is not whole again until the pod is back.
                 healthy: in_view.is_some_and(|m| m.healthy) && pod_serving(name),
@@ -143,11 +170,19 @@ pub(super) fn build(
             }
         })
         .collect();
-    let wanted_members: Vec<String> = (0..spec.replicas.max(0) as u32).map(|i| names.member(i)).collect();
-    let ready_replicas = members.iter().filter(|m| wanted_members.contains(&m.name) && m.healthy && m.voter).count() as i32;
+    let wanted_members: Vec<String> = (0..spec.replicas.max(0) as u32)
+        .map(|i| names.member(i))
+        .collect();
+    let ready_replicas = members
+        .iter()
+        .filter(|m| wanted_members.contains(&m.name) && m.healthy && m.voter)
+        .count() as i32;
     let unhealthy: Vec<&str> = members
         .iter()
-        .filter(|m| (wanted_members.contains(&m.name) || names.ordinal_of(&m.name).is_some_and(|(w, _)| w)) && !(m.healthy && m.voter))
+        .filter(|m| {
+            (wanted_members.contains(&m.name) || names.ordinal_of(&m.name).is_some_and(|(w, _)| w))
+                && !(m.healthy && m.voter)
+        })
         .map(|m| m.name.as_str())
         .collect();
 
@@ -157,11 +192,18 @@ pub(super) fn build(
         let known = previous.epoch.unwrap_or(0).max(0) as u64;
         if record.epoch > known {
             let from = record.from.clone().unwrap_or_else(|| "(none)".into());
-            let (warning, reason) = if record.reason == "Switchover" { (false, "Switchover") } else { (true, "Failover") };
+            let (warning, reason) = if record.reason == "Switchover" {
+                (false, "Switchover")
+            } else {
+                (true, "Failover")
+            };
             events.push(PlannedEvent {
                 warning,
                 reason: reason.into(),
-                note: format!("primary {from} -> {} at epoch {} ({})", record.to, record.epoch, record.reason),
+                note: format!(
+                    "primary {from} -> {} at epoch {} ({})",
+                    record.to, record.epoch, record.reason
+                ),
             });
         }
     }
@@ -169,23 +211,52 @@ pub(super) fn build(
         && v.epoch > previous.epoch.unwrap_or(0).max(0) as u64
         && let Some(p) = &v.primary
     {
-        events.push(PlannedEvent { warning: false, reason: "PrimaryAppointed".into(), note: format!("{p} appointed primary with epoch {}", v.epoch) });
+        events.push(PlannedEvent {
+            warning: false,
+            reason: "PrimaryAppointed".into(),
+            note: format!("{p} appointed primary with epoch {}", v.epoch),
+        });
     }
 
     // --- conditions ---------------------------------------------------------------------------
     let previous_conditions = previous.conditions.as_slice();
-    let mut c = Conditions { previous: previous_conditions, now_ms: now, generation: group.metadata.generation, out: Vec::new() };
+    let mut c = Conditions {
+        previous: previous_conditions,
+        now_ms: now,
+        generation: group.metadata.generation,
+        out: Vec::new(),
+    };
     match (&observed.agents, view) {
         (_, Some(v)) if v.from_coordinator && v.leader.is_some() => c.set(
             QUORUM,
             true,
             "CoordinatorElected",
-            format!("{} coordinates the group", v.leader.as_deref().unwrap_or_default()),
+            format!(
+                "{} coordinates the group",
+                v.leader.as_deref().unwrap_or_default()
+            ),
         ),
-        (_, Some(_)) => c.set(QUORUM, false, "NoCoordinator", "the members have no coordinator (no Raft majority reachable)"),
-        (AgentsObserved::Connecting, _) => c.set_raw(QUORUM, "Unknown", "Connecting", "connecting to the group's agents".into()),
-        (AgentsObserved::Unreachable { error, .. }, _) => c.set(QUORUM, false, "AgentsUnreachable", error.clone()),
-        (AgentsObserved::Connected { .. }, None) => c.set(QUORUM, false, "AgentsUnreachable", "no state from the agents"),
+        (_, Some(_)) => c.set(
+            QUORUM,
+            false,
+            "NoCoordinator",
+            "the members have no coordinator (no Raft majority reachable)",
+        ),
+        (AgentsObserved::Connecting, _) => c.set_raw(
+            QUORUM,
+            "Unknown",
+            "Connecting",
+            "connecting to the group's agents".into(),
+        ),
+        (AgentsObserved::Unreachable { error, .. }, _) => {
+            c.set(QUORUM, false, "AgentsUnreachable", error.clone())
+        }
+        (AgentsObserved::Connected { .. }, None) => c.set(
+            QUORUM,
+            false,
+            "AgentsUnreachable",
+            "no state from the agents",
+        ),
     }
 
     let rw_now = addresses(&traffic.rw).unwrap_or_else(|| sorted(&observed.routed_addresses));
@@ -199,24 +270,58 @@ pub(super) fn build(
             AVAILABLE,
             true,
             "PrimaryRouted",
-            format!("{} routes to the primary{}", names.rw(), traffic.routed_primary.as_deref().map(|p| format!(" {p}")).unwrap_or_default()),
+            format!(
+                "{} routes to the primary{}",
+                names.rw(),
+                traffic
+                    .routed_primary
+                    .as_deref()
+                    .map(|p| format!(" {p}"))
+                    .unwrap_or_default()
+            ),
         ),
-        GroupMode::PrimaryBackup => c.set(AVAILABLE, false, "NoPrimary", format!("{} routes to no member: no primary holds a live lease", names.rw())),
-        GroupMode::ActiveActive if available => c.set(AVAILABLE, true, "MembersRouted", format!("{} routes to {} member(s)", names.r(), r_now.len())),
-        GroupMode::ActiveActive => c.set(AVAILABLE, false, "NoHealthyMember", format!("{} routes to no member", names.r())),
+        GroupMode::PrimaryBackup => c.set(
+            AVAILABLE,
+            false,
+            "NoPrimary",
+            format!(
+                "{} routes to no member: no primary holds a live lease",
+                names.rw()
+            ),
+        ),
+        GroupMode::ActiveActive if available => c.set(
+            AVAILABLE,
+            true,
+            "MembersRouted",
+            format!("{} routes to {} member(s)", names.r(), r_now.len()),
+        ),
+        GroupMode::ActiveActive => c.set(
+            AVAILABLE,
+            false,
+            "NoHealthyMember",
+            format!("{} routes to no member", names.r()),
+        ),
     }
 
     // Converged: what is applied (read back) equals what this decision wants.
     let mut differences = Vec::new();
     for (label, want, have) in [
-        (names.rw(), addresses(&traffic.rw), &observed.routed_addresses),
+        (
+            names.rw(),
+            addresses(&traffic.rw),
+            &observed.routed_addresses,
+        ),
         (names.ro(), addresses(&traffic.ro), &observed.ro_addresses),
         (names.r(), addresses(&traffic.r), &observed.r_addresses),
     ] {
         if let Some(want) = want
-            && want != sorted(have) && !spec.ports.is_empty()
+            && want != sorted(have)
+            && !spec.ports.is_empty()
         {
-            differences.push(format!("{label}: applied {:?}, wanted {want:?}", sorted(have)));
+            differences.push(format!(
+                "{label}: applied {:?}, wanted {want:?}",
+                sorted(have)
+            ));
         }
     }
     if let Some(why) = &traffic.held {
@@ -224,7 +329,12 @@ pub(super) fn build(
     }
     route_differences(group, observed, traffic, &mut differences);
     if differences.is_empty() {
-        c.set(ROUTING_CONVERGED, true, "Converged", "the applied routing matches the group's state");
+        c.set(
+            ROUTING_CONVERGED,
+            true,
+            "Converged",
+            "the applied routing matches the group's state",
+        );
     } else {
         c.set(ROUTING_CONVERGED, false, "Pending", differences.join("; "));
     }
@@ -246,7 +356,10 @@ pub(super) fn build(
     } else if let Some(missing) = gateway_problem(group, observed) {
         Some(("GatewayNotReady", missing))
     } else if lifecycle.bootstrapped && !unhealthy.is_empty() {
-        Some(("MembersUnhealthy", format!("not healthy or not voting yet: {}", unhealthy.join(", "))))
+        Some((
+            "MembersUnhealthy",
+            format!("not healthy or not voting yet: {}", unhealthy.join(", ")),
+        ))
     } else {
         None
     };
@@ -254,14 +367,25 @@ pub(super) fn build(
         Some((reason, message)) => c.set(DEGRADED, true, reason, message.clone()),
         None => c.set(DEGRADED, false, "AsExpected", "every member is healthy"),
     }
-    let ready = is_true(&c.out, QUORUM) && available && is_true(&c.out, ROUTING_CONVERGED) && degraded.is_none();
+    let ready = is_true(&c.out, QUORUM)
+        && available
+        && is_true(&c.out, ROUTING_CONVERGED)
+        && degraded.is_none();
     if ready {
-        c.set(READY, true, "Ready", "the group has a quorum, routed traffic and healthy members");
+        c.set(
+            READY,
+            true,
+            "Ready",
+            "the group has a quorum, routed traffic and healthy members",
+        );
     } else {
         let why = c
             .out
             .iter()
-            .filter(|x| (x.type_ == DEGRADED && x.status == "True") || (x.type_ != DEGRADED && x.status != "True"))
+            .filter(|x| {
+                (x.type_ == DEGRADED && x.status == "True")
+                    || (x.type_ != DEGRADED && x.status != "True")
+            })
             .map(|x| x.reason.as_str())
             .collect::<Vec<_>>()
             .join(", ");
@@ -270,33 +394,64 @@ pub(super) fn build(
 
     // Events on transitions only (the recorder would aggregate repeats, but a status change is the news).
     if let Some((reason, message)) = &degraded {
-        let before = previous_conditions.iter().find(|x| x.type_ == DEGRADED && x.status == "True").map(|x| x.reason.as_str());
+        let before = previous_conditions
+            .iter()
+            .find(|x| x.type_ == DEGRADED && x.status == "True")
+            .map(|x| x.reason.as_str());
         if before != Some(*reason) && *reason != "MembersUnhealthy" {
-            events.push(PlannedEvent { warning: true, reason: (*reason).to_owned(), note: message.clone() });
+            events.push(PlannedEvent {
+                warning: true,
+                reason: (*reason).to_owned(),
+                note: message.clone(),
+            });
         }
     }
     if let Some((reason, message)) = &lifecycle.rejected_request {
-        events.push(PlannedEvent { warning: true, reason: reason.clone(), note: message.clone() });
+        events.push(PlannedEvent {
+            warning: true,
+            reason: reason.clone(),
+            note: message.clone(),
+        });
     }
     if let SliceDecision::Route(m) = &traffic.rw {
         let target: Vec<String> = m.iter().map(|(_, ip)| ip.clone()).collect();
         if sorted(&target) != sorted(&observed.routed_addresses) {
             let note = match m.first() {
-                Some((name, ip)) => format!("{} routes to {name} ({ip}) at epoch {}", names.rw(), traffic.rw_epoch.unwrap_or(0)),
+                Some((name, ip)) => format!(
+                    "{} routes to {name} ({ip}) at epoch {}",
+                    names.rw(),
+                    traffic.rw_epoch.unwrap_or(0)
+                ),
                 None => format!("{} routes to no member (no live primary)", names.rw()),
             };
-            events.push(PlannedEvent { warning: false, reason: "RoutingChanged".into(), note });
+            events.push(PlannedEvent {
+                warning: false,
+                reason: "RoutingChanged".into(),
+                note,
+            });
         }
     }
     if traffic.weights_changed && spec.mode == GroupMode::ActiveActive {
-        let list: Vec<String> = traffic.weights.iter().map(|(m, w)| format!("{m}={w}")).collect();
-        events.push(PlannedEvent { warning: false, reason: "WeightsChanged".into(), note: list.join(" ") });
+        let list: Vec<String> = traffic
+            .weights
+            .iter()
+            .map(|(m, w)| format!("{m}={w}"))
+            .collect();
+        events.push(PlannedEvent {
+            warning: false,
+            reason: "WeightsChanged".into(),
+            note: list.join(" "),
+        });
     }
 
     let phase = if template_problem.is_some() || lifecycle.problem.is_some() {
         GroupPhase::Failed
     } else if !lifecycle.bootstrapped {
-        if observed.pods.is_empty() { GroupPhase::Pending } else { GroupPhase::Bootstrapping }
+        if observed.pods.is_empty() {
+            GroupPhase::Pending
+        } else {
+            GroupPhase::Bootstrapping
+        }
     } else if ready {
         GroupPhase::Ready
     } else if !is_true(&c.out, QUORUM) && reason_of(&c.out, QUORUM) != Some("Connecting") {
@@ -315,35 +470,59 @@ pub(super) fn build(
             (GroupMode::PrimaryBackup, None) => previous.primary.clone(),
             _ => None,
         },
-        leader: view.and_then(|v| v.leader.clone()).or_else(|| view.is_none().then(|| previous.leader.clone()).flatten()),
+        leader: view
+            .and_then(|v| v.leader.clone())
+            .or_else(|| view.is_none().then(|| previous.leader.clone()).flatten()),
         epoch: epoch.filter(|e| *e > 0),
         routed_epoch: traffic.rw_epoch.map(|e| e as i64).filter(|e| *e > 0),
         members,
         conditions: c.out,
         last_failover,
-        bootstrapped_at: previous.bootstrapped_at.clone().or_else(|| lifecycle.bootstrapped.then(|| time(now))),
-        weights_changed_at: if traffic.weights_changed { Some(time(now)) } else { previous.weights_changed_at.clone() },
+        bootstrapped_at: previous
+            .bootstrapped_at
+            .clone()
+            .or_else(|| lifecycle.bootstrapped.then(|| time(now))),
+        weights_changed_at: if traffic.weights_changed {
+            Some(time(now))
+        } else {
+            previous.weights_changed_at.clone()
+        },
         observed_generation: group.metadata.generation,
-        selector: Some(format!("{GROUP_LABEL}={},{COMPONENT_LABEL}=member", names.name)),
+        selector: Some(format!(
+            "{GROUP_LABEL}={},{COMPONENT_LABEL}=member",
+            names.name
+        )),
     };
     (status, events)
 }
 
-fn last_failover(view: Option<&GroupView>, previous: &ReplicaGroupStatus, traffic: &TrafficPlan, now: i64) -> Option<FailoverRecord> {
+fn last_failover(
+    view: Option<&GroupView>,
+    previous: &ReplicaGroupStatus,
+    traffic: &TrafficPlan,
+    now: i64,
+) -> Option<FailoverRecord> {
     // Every change of primary, switchovers included: the operator itself switches over as soon
     // as the primary's pod is being deleted, and that is an unplanned event for the user.
     let Some(record) = view.and_then(|v| v.failovers.last()) else {
         return previous.last_failover.clone();
     };
-    let same = previous.last_failover.as_ref().filter(|p| p.epoch == Some(record.epoch as i64));
+    let same = previous
+        .last_failover
+        .as_ref()
+        .filter(|p| p.epoch == Some(record.epoch as i64));
     // Once routed, keep the figures of the reconcile that routed it: the stored routedAt has
     // only whole seconds, so a duration computed again from it would be off by up to a second.
     let (routed_at, duration) = match same.filter(|p| p.routed_at.is_some()) {
         Some(p) => (p.routed_at.clone(), p.duration_millis),
         None => {
-            let routed = traffic.routed_primary.as_deref() == Some(record.to.as_str()) && traffic.rw_epoch >= Some(record.epoch);
+            let routed = traffic.routed_primary.as_deref() == Some(record.to.as_str())
+                && traffic.rw_epoch >= Some(record.epoch);
             let routed_at = routed.then(|| time(now));
-            (routed_at, routed.then(|| (now - record.detected_at_ms).max(0)))
+            (
+                routed_at,
+                routed.then(|| (now - record.detected_at_ms).max(0)),
+            )
         }
     };
     Some(FailoverRecord {
@@ -365,14 +544,24 @@ fn gateway_problem(group: &ReplicaGroup, observed: &Observed) -> Option<String> 
         return Some("spec.traffic.gateway is set but the Gateway API (HTTPRoute CRD) is not installed in the cluster".into());
     }
     if !observed.missing_gateways.is_empty() {
-        return Some(format!("Gateway not found: {}", observed.missing_gateways.join(", ")));
+        return Some(format!(
+            "Gateway not found: {}",
+            observed.missing_gateways.join(", ")
+        ));
     }
     None
 }
 
 /// HTTPRoute read-back: accepted by every parent, refs resolved, weights as published.
-fn route_differences(group: &ReplicaGroup, observed: &Observed, traffic: &TrafficPlan, out: &mut Vec<String>) {
-    let Some(gateway) = &group.spec.traffic.gateway else { return };
+fn route_differences(
+    group: &ReplicaGroup,
+    observed: &Observed,
+    traffic: &TrafficPlan,
+    out: &mut Vec<String>,
+) {
+    let Some(gateway) = &group.spec.traffic.gateway else {
+        return;
+    };
     if !observed.gateway_api {
         out.push("the Gateway API is not installed".into());
         return;
@@ -382,15 +571,25 @@ fn route_differences(group: &ReplicaGroup, observed: &Observed, traffic: &Traffi
         return;
     };
     if route.weights != traffic.weights {
-        out.push(format!("HTTPRoute weights {:?}, wanted {:?}", route.weights, traffic.weights));
+        out.push(format!(
+            "HTTPRoute weights {:?}, wanted {:?}",
+            route.weights, traffic.weights
+        ));
     }
     for parent in &gateway.parent_refs {
         match route.parents.get(&parent.name) {
-            None => out.push(format!("Gateway {} has not reported on the route yet", parent.name)),
+            None => out.push(format!(
+                "Gateway {} has not reported on the route yet",
+                parent.name
+            )),
             Some((accepted, resolved, message)) if !(*accepted && *resolved) => out.push(format!(
                 "Gateway {} {}: {message}",
                 parent.name,
-                if *accepted { "cannot resolve the route's backends" } else { "did not accept the route" }
+                if *accepted {
+                    "cannot resolve the route's backends"
+                } else {
+                    "did not accept the route"
+                }
             )),
             _ => {}
         }
