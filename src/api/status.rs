@@ -83,6 +83,19 @@ pub enum MemberRole {
     Unknown,
 }
 
+impl MemberRole {
+    /// The role as written in the status (and shown by `kubectl quorate`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberRole::Primary => "Primary",
+            MemberRole::Backup => "Backup",
+            MemberRole::Active => "Active",
+            MemberRole::Witness => "Witness",
+            MemberRole::Unknown => "Unknown",
+        }
+    }
+}
+
 /// What the operator knows of one member.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -141,4 +154,26 @@ pub struct FailoverRecord {
     /// Why: LeaseExpired, Released, WorkloadUnhealthy, Switchover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MemberRole;
+
+    #[test]
+    fn role_names_are_the_serialized_ones() {
+        // `kubectl quorate` prints `as_str`; it must read as what `kubectl get -o yaml` shows.
+        for role in [
+            MemberRole::Primary,
+            MemberRole::Backup,
+            MemberRole::Active,
+            MemberRole::Witness,
+            MemberRole::Unknown,
+        ] {
+            assert_eq!(
+                serde_json::to_value(role).expect("role to JSON"),
+                role.as_str()
+            );
+        }
+    }
 }

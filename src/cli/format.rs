@@ -8,9 +8,7 @@ use serde::Serialize;
 
 use super::args::OutputFormat;
 use super::{CliError, SWITCHOVER_ANNOTATION};
-use crate::api::{
-    GroupMode, GroupPhase, MemberRole, MemberStatus, ReplicaGroup, ReplicaGroupStatus,
-};
+use crate::api::{GroupMode, GroupPhase, MemberStatus, ReplicaGroup, ReplicaGroupStatus};
 
 /// Placeholder for an unknown or absent value.
 const NONE: &str = "-";
@@ -135,16 +133,6 @@ fn phase_name(phase: Option<GroupPhase>) -> &'static str {
     }
 }
 
-fn role_name(role: MemberRole) -> &'static str {
-    match role {
-        MemberRole::Primary => "Primary",
-        MemberRole::Backup => "Backup",
-        MemberRole::Active => "Active",
-        MemberRole::Witness => "Witness",
-        MemberRole::Unknown => "Unknown",
-    }
-}
-
 fn opt<T: ToString>(value: Option<T>) -> String {
     value.map_or_else(|| NONE.to_owned(), |v| v.to_string())
 }
@@ -163,7 +151,7 @@ pub fn members_table(indent: &str, members: &[MemberStatus]) -> String {
         .map(|m| {
             vec![
                 m.name.clone(),
-                role_name(m.role).to_owned(),
+                m.role.as_str().to_owned(),
                 yes_no(m.healthy).to_owned(),
                 yes_no(m.voter).to_owned(),
                 m.weight.to_string(),

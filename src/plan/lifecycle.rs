@@ -7,9 +7,9 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use super::{AgentsObserved, GroupView, Observed, ViewRole};
+use super::{AgentsObserved, GroupView, Observed};
 use crate::api::names::{GroupNames, SWITCHOVER_ANNOTATION};
-use crate::api::{GroupMode, ReplicaGroup, ReplicaGroupStatus};
+use crate::api::{GroupMode, MemberRole, ReplicaGroup, ReplicaGroupStatus};
 
 /// A member joining the Raft group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -273,7 +273,7 @@ fn candidates(view: &GroupView) -> String {
     let names: Vec<&str> = view
         .members
         .iter()
-        .filter(|m| m.voter && !m.witness && m.healthy && m.role != ViewRole::Primary)
+        .filter(|m| m.voter && !m.witness && m.healthy && m.role != MemberRole::Primary)
         .map(|m| m.name.as_str())
         .collect();
     if names.is_empty() {

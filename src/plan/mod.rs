@@ -22,7 +22,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use serde::Serialize;
 
 use crate::api::names::GroupNames;
-use crate::api::{ReplicaGroup, ReplicaGroupStatus};
+use crate::api::{MemberRole, ReplicaGroup, ReplicaGroupStatus};
 
 pub use lifecycle::AgentAction;
 pub use routing::{HTTPROUTE_API_VERSION, ROUTE_RULE_NAME, merge_route};
@@ -55,16 +55,6 @@ pub struct NodeProbe {
     pub initialized: bool,
 }
 
-/// The role of a member in the group view.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum ViewRole {
-    Primary,
-    Backup,
-    Active,
-    Witness,
-    Unknown,
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum LeaseView {
     None,
@@ -79,7 +69,7 @@ pub struct MemberView {
     pub name: String,
     pub voter: bool,
     pub witness: bool,
-    pub role: ViewRole,
+    pub role: MemberRole,
     pub healthy: bool,
     pub load: Option<f64>,
     pub latency_ms: Option<f64>,

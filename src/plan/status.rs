@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::lifecycle::Lifecycle;
 use super::routing::{SliceDecision, TrafficPlan};
-use super::{AgentsObserved, GroupView, LeaseView, Observed, PlannedEvent, ViewRole};
+use super::{AgentsObserved, GroupView, LeaseView, Observed, PlannedEvent};
 use crate::api::names::{COMPONENT_LABEL, GROUP_LABEL, GroupNames};
 use crate::api::{
     FailoverRecord, GroupMode, GroupPhase, MemberRole, MemberStatus, ReplicaGroup,
@@ -20,16 +20,6 @@ pub const DEGRADED: &str = "Degraded";
 
 fn time(ms: i64) -> Time {
     Time(jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH))
-}
-
-fn role(r: ViewRole) -> MemberRole {
-    match r {
-        ViewRole::Primary => MemberRole::Primary,
-        ViewRole::Backup => MemberRole::Backup,
-        ViewRole::Active => MemberRole::Active,
-        ViewRole::Witness => MemberRole::Witness,
-        ViewRole::Unknown => MemberRole::Unknown,
-    }
 }
 
 struct Conditions<'a> {
@@ -149,7 +139,7 @@ pub(super) fn build(
                     } else {
                         MemberRole::Unknown
                     },
-                    |m| role(m.role),
+                    |m| m.role,
                 ),
                 // A member whose pod is being deleted or is gone is not healthy, whatever its
                 // agent last said: the group is not whole again until the pod is back.

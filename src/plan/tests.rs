@@ -52,7 +52,7 @@ fn pods(n: u32) -> Vec<MemberPod> {
         .collect()
 }
 
-fn member(i: u32, role: ViewRole) -> MemberView {
+fn member(i: u32, role: MemberRole) -> MemberView {
     MemberView {
         id: 100 + i as u64,
         name: format!("cache-{i}"),
@@ -83,9 +83,9 @@ fn view(n: u32, primary: u32, epoch: u64) -> GroupView {
                 member(
                     i,
                     if i == primary {
-                        ViewRole::Primary
+                        MemberRole::Primary
                     } else {
-                        ViewRole::Backup
+                        MemberRole::Backup
                     },
                 )
             })
@@ -194,7 +194,7 @@ fn active_active_with_gateway_snapshot() {
     v.primary = None;
     v.lease = LeaseView::None;
     for m in &mut v.members {
-        m.role = ViewRole::Active;
+        m.role = MemberRole::Active;
     }
     let p = plan(&g, &observed(pods(3), connected(v)), &settings());
     insta::assert_yaml_snapshot!("active_active_gateway", p);
