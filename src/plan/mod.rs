@@ -239,15 +239,15 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
         });
     }
 
-    let (status, events) = status::build(
+    let (status, events) = status::build(&status::StatusInputs {
         group,
-        &names,
+        names: &names,
         observed,
-        &previous,
-        &lifecycle,
-        &traffic,
-        template_problem.as_deref(),
-    );
+        previous: &previous,
+        lifecycle: &lifecycle,
+        traffic: &traffic,
+        template_problem: template_problem.as_deref(),
+    });
     let requeue_ms = [Some(RESYNC_MS), traffic.requeue_ms, lifecycle.requeue_ms]
         .into_iter()
         .flatten()

@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use proptest::prelude::*;
 use serde_json::json;
 
 use super::*;
-use crate::api::{FailoverSpec, GroupMode, MemberRole, ReplicaGroupSpec};
+use crate::api::{FailoverSpec, GroupMode, GroupPhase, MemberRole, ReplicaGroupSpec};
 
 const NOW: i64 = 1_800_000_000_000;
 
@@ -840,6 +840,414 @@ fn failovers_are_recorded_with_their_routing_time() {
         .last_failover
         .expect("last failover");
     assert_eq!(again.duration_millis, Some(650));
+}
+
+// --- status, stage by stage ------------------------------------------------------------------
+
+/// What `plan` decides before the status, owned, so that a test can change one input and
+/// call one stage.
+struct Decided {
+    group: ReplicaGroup,
+    names: GroupNames,
+    observed: Observed,
+    previous: ReplicaGroupStatus,
+    lifecycle: lifecycle::Lifecycle,
+    traffic: routing::TrafficPlan,
+    template_problem: Option<String>,
+}
+
+impl Decided {
+    fn new(group: ReplicaGroup, observed: Observed) -> Self {
+        let names = GroupNames::new("cache", "shop");
+        let previous = group.status.clone().unwrap_or_default();
+        let lifecycle = lifecycle::decide(&group, &names, &observed, &previous);
+        let traffic = routing::decide_traffic(
+            &group,
+            &names,
+            &observed,
+            &previous,
+            &lifecycle.draining,
+            lifecycle.member_replicas,
+        );
+        let template_problem = members::template_problem(&group.spec);
+        Decided {
+            group,
+            names,
+            observed,
+            previous,
+            lifecycle,
+            traffic,
+            template_problem,
+        }
+    }
+
+    fn inputs(&self) -> status::StatusInputs<'_> {
+        status::StatusInputs {
+            group: &self.group,
+            names: &self.names,
+            observed: &self.observed,
+            previous: &self.previous,
+            lifecycle: &self.lifecycle,
+            traffic: &self.traffic,
+            template_problem: self.template_problem.as_deref(),
+        }
+    }
+
+    fn conditions(&self) -> Vec<Condition> {
+        status::conditions(&self.inputs(), &status::member_statuses(&self.inputs()))
+    }
+}
+
+/// The ready PrimaryBackup group of `ready_needs_quorum_routing_and_healthy_members`.
+fn routed_to_cache_1() -> Observed {
+    let mut o = observed(pods(3), connected(view(3, 1, 4)));
+    o.routed_epoch = Some(4);
+    o.routed_addresses = vec!["10.88.1.11".into()];
+    o.ro_addresses = vec!["10.88.1.10".into(), "10.88.1.12".into()];
+    o.r_addresses = vec![
+        "10.88.1.10".into(),
+        "10.88.1.11".into(),
+        "10.88.1.12".into(),
+    ];
+    o
+}
+
+fn at(ms: i64) -> Time {
+    Time(jiff::Timestamp::from_millisecond(ms).expect("time"))
+}
+
+fn cond(type_: &str, status: &str, reason: &str) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: String::new(),
+        last_transition_time: at(NOW),
+        observed_generation: Some(3),
+    }
+}
+
+fn find<'a>(conditions: &'a [Condition], type_: &str) -> &'a Condition {
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .expect("condition present")
+}
+
+#[test]
+fn member_statuses_show_every_member_and_the_primary_lease() {
+    let g = bootstrapped(group(GroupMode::PrimaryBackup, 2));
+    let d = Decided::new(g.clone(), observed(pods(2), connected(view(2, 0, 3))));
+    let rows: Vec<_> = status::member_statuses(&d.inputs())
+        .into_iter()
+        .map(|m| (m.name, m.role, m.id, m.lease, m.healthy))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "cache-0".to_owned(),
+                MemberRole::Primary,
+                Some(100),
+                Some("Live".to_owned()),
+                true
+            ),
+            (
+                "cache-1".to_owned(),
+                MemberRole::Backup,
+                Some(101),
+                None,
+                true
+            ),
+            // The witness has no pod and is not in the group yet: listed all the same.
+            (
+                "cache-witness-0".to_owned(),
+                MemberRole::Witness,
+                None,
+                None,
+                false
+            ),
+        ]
+    );
+    let mut v = view(2, 0, 3);
+    v.members.retain(|m| m.name != "cache-1");
+    let d = Decided::new(g.clone(), observed(pods(2), connected(v)));
+    let cache_1 = status::member_statuses(&d.inputs())
+        .into_iter()
+        .find(|m| m.name == "cache-1")
+        .expect("cache-1");
+    assert_eq!(
+        (cache_1.role, cache_1.id, cache_1.healthy),
+        (MemberRole::Unknown, None, false)
+    );
+
+    // The lease as of now: one that ran out since the state arrived is Expired.
+    let lease = |agents| {
+        status::member_statuses(&Decided::new(g.clone(), observed(pods(2), agents)).inputs())[0]
+            .lease
+            .clone()
+    };
+    assert_eq!(
+        lease(AgentsObserved::Connected {
+            view: view(2, 0, 3),
+            age_ms: 950
+        })
+        .as_deref(),
+        Some("Expired")
+    );
+    let mut released = view(2, 0, 3);
+    released.lease = LeaseView::Released;
+    assert_eq!(lease(connected(released)).as_deref(), Some("Released"));
+}
+
+#[test]
+fn the_failover_record_keeps_the_duration_it_measured() {
+    let mut d = Decided::new(
+        bootstrapped(group(GroupMode::PrimaryBackup, 3)),
+        observed(pods(3), connected(after_a_failover())),
+    );
+    let v = after_a_failover();
+    let first =
+        status::last_failover(Some(&v), &d.previous, &d.traffic, NOW + 250).expect("record");
+    assert_eq!(
+        (first.routed_at.clone(), first.duration_millis),
+        (Some(at(NOW + 250)), Some(650))
+    );
+    assert_eq!(
+        (first.epoch, first.to.as_deref(), first.reason.as_deref()),
+        (Some(5), Some("cache-2"), Some("LeaseExpired"))
+    );
+
+    // Later reconciles keep the figures of the one that routed it, whatever the clock says now.
+    d.previous.last_failover = Some(first.clone());
+    assert_eq!(
+        status::last_failover(Some(&v), &d.previous, &d.traffic, NOW + 60_000).as_ref(),
+        Some(&first)
+    );
+    // Without the group's state the record stays as it was.
+    assert_eq!(
+        status::last_failover(None, &d.previous, &d.traffic, NOW + 60_000).as_ref(),
+        Some(&first)
+    );
+
+    // A newer change of primary starts a new record: nothing is carried over from the old one.
+    let mut newer = after_a_failover();
+    newer.failovers[0].epoch = 6;
+    let mut traffic = d.traffic.clone();
+    traffic.rw_epoch = Some(6);
+    let next =
+        status::last_failover(Some(&newer), &d.previous, &traffic, NOW + 100).expect("record");
+    assert_eq!((next.epoch, next.duration_millis), (Some(6), Some(500)));
+}
+
+#[test]
+fn a_failover_is_timed_when_routing_follows_it() {
+    let d = Decided::new(
+        bootstrapped(group(GroupMode::PrimaryBackup, 3)),
+        observed(pods(3), connected(after_a_failover())),
+    );
+    let v = after_a_failover();
+    // -rw still routes the old primary, or an older epoch: not routed yet.
+    let mut traffic = d.traffic.clone();
+    traffic.routed_primary = Some("cache-0".into());
+    let pending =
+        status::last_failover(Some(&v), &d.previous, &traffic, NOW + 250).expect("record");
+    assert_eq!(
+        (pending.routed_at.clone(), pending.duration_millis),
+        (None, None)
+    );
+    traffic.routed_primary = Some("cache-2".into());
+    traffic.rw_epoch = Some(4);
+    assert_eq!(
+        status::last_failover(Some(&v), &d.previous, &traffic, NOW + 250)
+            .and_then(|f| f.duration_millis),
+        None
+    );
+
+    // The stored, not yet routed record is timed by the reconcile that routes it.
+    let mut previous = d.previous.clone();
+    previous.last_failover = Some(pending);
+    let routed = status::last_failover(Some(&v), &previous, &d.traffic, NOW + 900).expect("record");
+    assert_eq!(
+        (routed.routed_at, routed.duration_millis),
+        (Some(at(NOW + 900)), Some(1300))
+    );
+    // A clock behind the detection time gives no negative duration.
+    assert_eq!(
+        status::last_failover(Some(&v), &d.previous, &d.traffic, NOW - 1_000)
+            .and_then(|f| f.duration_millis),
+        Some(0)
+    );
+}
+
+#[test]
+fn condition_times_move_only_when_their_status_does() {
+    let first = Decided::new(
+        bootstrapped(group(GroupMode::PrimaryBackup, 3)),
+        routed_to_cache_1(),
+    )
+    .conditions();
+    assert_eq!(find(&first, "Ready").status, "True", "{first:?}");
+    // A minute later the applied -rw no longer matches: RoutingConverged and Ready flip.
+    let mut g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
+    g.status.get_or_insert_with(Default::default).conditions = first.clone();
+    let mut o = routed_to_cache_1();
+    o.now_ms = NOW + 60_000;
+    o.routed_addresses = vec!["10.88.1.10".into()];
+    let second = Decided::new(g, o).conditions();
+    for (type_, status, since) in [
+        ("Quorum", "True", at(NOW)),
+        ("Available", "True", at(NOW)),
+        ("RoutingConverged", "False", at(NOW + 60_000)),
+        ("Degraded", "False", at(NOW)),
+        ("Ready", "False", at(NOW + 60_000)),
+    ] {
+        let c = find(&second, type_);
+        assert_eq!(
+            (c.status.as_str(), &c.last_transition_time),
+            (status, &since),
+            "{type_}"
+        );
+    }
+}
+
+#[test]
+fn not_ready_names_what_it_waits_for() {
+    let d = Decided::new(
+        bootstrapped(group(GroupMode::PrimaryBackup, 3)),
+        observed(pods(3), AgentsObserved::Connecting),
+    );
+    let conditions = d.conditions();
+    assert_eq!(find(&conditions, "Quorum").status, "Unknown");
+    let ready = find(&conditions, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.message.as_str()),
+        (
+            "False",
+            "waiting for: Connecting, NoPrimary, Pending, MembersUnhealthy"
+        )
+    );
+}
+
+#[test]
+fn degraded_reports_the_most_pressing_problem() {
+    let mut v = view(3, 1, 4);
+    v.flap_guard_tripped = true;
+    let mut o = observed(pods(3), connected(v));
+    o.pods[2].terminating = true;
+    let mut d = Decided::new(bootstrapped(group(GroupMode::PrimaryBackup, 3)), o);
+    let reason = |d: &Decided| find(&d.conditions(), "Degraded").reason.clone();
+    d.template_problem = Some("spec.template: reserved".into());
+    d.lifecycle.problem = Some(("MembersLostData".into(), "restore the volumes".into()));
+    assert_eq!(reason(&d), "InvalidTemplate");
+    d.template_problem = None;
+    assert_eq!(reason(&d), "MembersLostData");
+    d.lifecycle.problem = None;
+    assert_eq!(reason(&d), "FlapGuard");
+    if let AgentsObserved::Connected { view, .. } = &mut d.observed.agents {
+        view.flap_guard_tripped = false;
+    }
+    assert_eq!(reason(&d), "MembersUnhealthy");
+    d.observed.pods[2].terminating = false;
+    assert_eq!(reason(&d), "AsExpected");
+}
+
+#[test]
+fn a_problem_is_news_once_and_unhealthy_members_are_not() {
+    let mut d = Decided::new(
+        bootstrapped(group(GroupMode::PrimaryBackup, 3)),
+        routed_to_cache_1(),
+    );
+    let warnings = |d: &Decided, conditions: &[Condition]| {
+        status::events(&d.inputs(), conditions)
+            .into_iter()
+            .filter(|e| e.warning)
+            .collect::<Vec<_>>()
+    };
+    let flap = [Condition {
+        message: "automatic failover is stopped".into(),
+        ..cond("Degraded", "True", "FlapGuard")
+    }];
+    assert_eq!(
+        warnings(&d, &flap),
+        vec![PlannedEvent {
+            warning: true,
+            reason: "FlapGuard".into(),
+            note: "automatic failover is stopped".into()
+        }]
+    );
+    d.previous.conditions = flap.to_vec();
+    assert_eq!(warnings(&d, &flap), vec![], "the same problem again");
+    assert_eq!(
+        warnings(&d, &[cond("Degraded", "True", "GatewayNotReady")]).len(),
+        1,
+        "a different problem"
+    );
+    assert_eq!(
+        warnings(&d, &[cond("Degraded", "True", "MembersUnhealthy")]),
+        vec![]
+    );
+}
+
+#[test]
+fn the_phase_follows_the_conditions() {
+    let mut d = Decided::new(
+        bootstrapped(group(GroupMode::PrimaryBackup, 3)),
+        routed_to_cache_1(),
+    );
+    let phase = |d: &Decided, quorum: (&str, &str), ready: &str| {
+        status::phase(
+            &d.inputs(),
+            &[cond("Quorum", quorum.0, quorum.1), cond("Ready", ready, "")],
+        )
+    };
+    assert_eq!(
+        phase(&d, ("True", "CoordinatorElected"), "True"),
+        GroupPhase::Ready
+    );
+    assert_eq!(
+        phase(&d, ("True", "CoordinatorElected"), "False"),
+        GroupPhase::Degraded
+    );
+    assert_eq!(
+        phase(&d, ("False", "NoCoordinator"), "False"),
+        GroupPhase::Failed
+    );
+    assert_eq!(
+        phase(&d, ("False", "AgentsUnreachable"), "False"),
+        GroupPhase::Failed
+    );
+    // Not knowing yet (the state stream is being set up, e.g. after an operator restart) is not a failure.
+    assert_eq!(
+        phase(&d, ("Unknown", "Connecting"), "False"),
+        GroupPhase::Degraded
+    );
+
+    // A problem the group cannot leave on its own is Failed, whatever the conditions say.
+    d.lifecycle.problem = Some(("MembersLostData".into(), "restore the volumes".into()));
+    assert_eq!(
+        phase(&d, ("True", "CoordinatorElected"), "True"),
+        GroupPhase::Failed
+    );
+    d.lifecycle.problem = None;
+    d.template_problem = Some("spec.template: reserved".into());
+    assert_eq!(
+        phase(&d, ("True", "CoordinatorElected"), "True"),
+        GroupPhase::Failed
+    );
+    d.template_problem = None;
+
+    // Before the bootstrap: Pending until there are pods, then Bootstrapping.
+    d.lifecycle.bootstrapped = false;
+    assert_eq!(
+        phase(&d, ("Unknown", "Connecting"), "False"),
+        GroupPhase::Bootstrapping
+    );
+    d.observed.pods.clear();
+    assert_eq!(
+        phase(&d, ("Unknown", "Connecting"), "False"),
+        GroupPhase::Pending
+    );
 }
 
 fn arb_lease() -> impl Strategy<Value = LeaseView> {
