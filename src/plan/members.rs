@@ -40,8 +40,8 @@ pub(super) fn template_problem(spec: &ReplicaGroupSpec) -> Option<String> {
         }
     }
     for v in pod.volumes.iter().flatten() {
-        if v.name.starts_with("quorate-") {
-            problems.push(format!("the volume name {:?} is reserved (names starting with \"quorate-\" belong to the operator)", v.name));
+        if v.name.starts_with(RESERVED_PREFIX) {
+            problems.push(format!("the volume name {:?} is reserved (names starting with {RESERVED_PREFIX:?} belong to the operator)", v.name));
         }
     }
     if pod.automount_service_account_token == Some(true) {
@@ -60,7 +60,7 @@ pub(super) fn labels(names: &GroupNames, component: &str) -> BTreeMap<String, St
 pub(super) fn object_labels(names: &GroupNames, component: &str) -> BTreeMap<String, String> {
     let mut l = labels(names, component);
     l.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned());
-    l.insert("app.kubernetes.io/name".to_owned(), names.name.clone());
+    l.insert(NAME_LABEL.to_owned(), names.name.clone());
     l
 }
 
@@ -211,12 +211,12 @@ fn agent_container(
         }]),
         ports: Some(vec![
             ContainerPort {
-                name: Some("quorate-grpc".into()),
+                name: Some(AGENT_GRPC_PORT_NAME.into()),
                 container_port: AGENT_GRPC_PORT,
                 ..Default::default()
             },
             ContainerPort {
-                name: Some("quorate-http".into()),
+                name: Some(AGENT_HTTP_PORT_NAME.into()),
                 container_port: AGENT_HTTP_PORT,
                 ..Default::default()
             },
@@ -384,7 +384,7 @@ fn member_set(
     let meta = template.metadata.get_or_insert_with(Default::default);
     meta.labels
         .get_or_insert_with(Default::default)
-        .extend(labels(names, "member"));
+        .extend(labels(names, COMPONENT_MEMBER));
     meta.annotations
         .get_or_insert_with(Default::default)
         .insert(TLS_HASH_ANNOTATION.into(), observed.tls_hash.clone());
@@ -420,7 +420,14 @@ fn member_set(
     pod.volumes
         .get_or_insert_with(Vec::new)
         .extend(shared_volumes(names));
-    stateful_set(group, names, names.members(), "member", replicas, template)
+    stateful_set(
+        group,
+        names,
+        names.members(),
+        COMPONENT_MEMBER,
+        replicas,
+        template,
+    )
 }
 
 fn witness_set(
@@ -435,7 +442,7 @@ fn witness_set(
     agent.restart_policy = None;
     let template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
-            labels: Some(labels(names, "witness")),
+            labels: Some(labels(names, COMPONENT_WITNESS)),
             annotations: Some(BTreeMap::from([(
                 TLS_HASH_ANNOTATION.to_owned(),
                 observed.tls_hash.clone(),
@@ -464,7 +471,7 @@ fn witness_set(
         group,
         names,
         names.witnesses(),
-        "witness",
+        COMPONENT_WITNESS,
         replicas,
         template,
     )

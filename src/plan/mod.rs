@@ -24,8 +24,9 @@ use serde::Serialize;
 use crate::api::names::GroupNames;
 use crate::api::{MemberRole, ReplicaGroup, ReplicaGroupStatus};
 
+pub use crate::api::names::HTTPROUTE_API_VERSION;
 pub use lifecycle::AgentAction;
-pub use routing::{HTTPROUTE_API_VERSION, ROUTE_RULE_NAME, merge_route};
+pub use routing::{ROUTE_RULE_NAME, merge_route};
 
 /// Settings of the operator itself (from its flags), not of a group.
 #[derive(Clone, Debug, Serialize)]

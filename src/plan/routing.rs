@@ -18,7 +18,6 @@ use crate::api::names::*;
 use crate::api::{GroupMode, PortProtocol, ReplicaGroup, ReplicaGroupStatus};
 use crate::traffic::{self, MemberSignal, Published};
 
-pub const HTTPROUTE_API_VERSION: &str = "gateway.networking.k8s.io/v1";
 /// Name of the HTTPRoute rule Quorate owns; other rules of the route are left alone.
 pub const ROUTE_RULE_NAME: &str = "quorate";
 
@@ -332,7 +331,7 @@ fn service(
     spec: ServiceSpec,
     annotations: Option<BTreeMap<String, String>>,
 ) -> Desired {
-    let mut metadata = meta(names, name, "routing");
+    let mut metadata = meta(names, name, COMPONENT_ROUTING);
     metadata.annotations = annotations;
     Desired::Service(Box::new(Service {
         metadata,
@@ -358,7 +357,7 @@ pub(super) fn services(
                 names.name.clone(),
             )])),
             ports: Some(vec![ServicePort {
-                name: Some("quorate-grpc".into()),
+                name: Some(AGENT_GRPC_PORT_NAME.into()),
                 port: AGENT_GRPC_PORT,
                 target_port: Some(IntOrString::Int(AGENT_GRPC_PORT)),
                 ..Default::default()
@@ -415,7 +414,7 @@ fn slice(
     members: &[(String, String)],
     epoch: Option<u64>,
 ) -> Desired {
-    let mut metadata = meta(names, service.clone(), "routing");
+    let mut metadata = meta(names, service.clone(), COMPONENT_ROUTING);
     let labels = metadata.labels.get_or_insert_with(Default::default);
     labels.insert(SERVICE_NAME_LABEL.to_owned(), service);
     labels.insert(SLICE_MANAGED_BY_LABEL.to_owned(), SLICE_MANAGER.to_owned());
@@ -487,7 +486,7 @@ pub(super) fn endpoint_slices(
 pub(super) fn disruption_budget(group: &ReplicaGroup, names: &GroupNames) -> Desired {
     let voters = group.spec.replicas.max(1) + group.spec.effective_witnesses();
     Desired::PodDisruptionBudget(Box::new(PodDisruptionBudget {
-        metadata: meta(names, names.members(), "member"),
+        metadata: meta(names, names.members(), COMPONENT_MEMBER),
         spec: Some(PodDisruptionBudgetSpec {
             min_available: Some(IntOrString::Int(voters / 2 + 1)),
             selector: Some(LabelSelector {
@@ -521,8 +520,7 @@ pub(super) fn http_route(
         .parent_refs
         .iter()
         .map(|p| {
-            let mut r =
-                json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": p.name});
+            let mut r = json!({"group": GATEWAY_API_GROUP, "kind": "Gateway", "name": p.name});
             if let Some(ns) = &p.namespace {
                 r["namespace"] = json!(ns);
             }
@@ -554,7 +552,7 @@ pub(super) fn http_route(
     Some(Desired::HttpRoute(json!({
         "apiVersion": HTTPROUTE_API_VERSION,
         "kind": "HTTPRoute",
-        "metadata": {"name": names.members(), "namespace": names.namespace, "labels": object_labels(names, "routing")},
+        "metadata": {"name": names.members(), "namespace": names.namespace, "labels": object_labels(names, COMPONENT_ROUTING)},
         "spec": spec,
     })))
 }

@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use super::lifecycle::Lifecycle;
 use super::routing::{SliceDecision, TrafficPlan};
 use super::{AgentsObserved, GroupView, LeaseView, Observed, PlannedEvent};
-use crate::api::names::{COMPONENT_LABEL, GROUP_LABEL, GroupNames};
+use crate::api::names::{COMPONENT_LABEL, COMPONENT_MEMBER, GROUP_LABEL, GroupNames};
 use crate::api::{
     FailoverRecord, GroupMode, GroupPhase, MemberRole, MemberStatus, ReplicaGroup,
     ReplicaGroupStatus,
@@ -190,7 +190,7 @@ pub(super) fn build(inputs: &StatusInputs) -> (ReplicaGroupStatus, Vec<PlannedEv
         },
         observed_generation: group.metadata.generation,
         selector: Some(format!(
-            "{GROUP_LABEL}={},{COMPONENT_LABEL}=member",
+            "{GROUP_LABEL}={},{COMPONENT_LABEL}={COMPONENT_MEMBER}",
             names.name
         )),
     };
