@@ -3,10 +3,17 @@
 
 /// Label on every object of a group (and the member pods' selector).
 pub const GROUP_LABEL: &str = "quorate.dev/group";
-/// `member` or `witness` on pods and StatefulSets.
+/// What an object is to its group: one of the `COMPONENT_*` values.
 pub const COMPONENT_LABEL: &str = "quorate.dev/component";
+/// Member pods, their StatefulSet and the PodDisruptionBudget (the scale selector reads it).
+pub const COMPONENT_MEMBER: &str = "member";
+/// Witness pods and their StatefulSet.
+pub const COMPONENT_WITNESS: &str = "witness";
+/// Services, EndpointSlices and the HTTPRoute.
+pub const COMPONENT_ROUTING: &str = "routing";
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "quorate";
+pub const NAME_LABEL: &str = "app.kubernetes.io/name";
 /// Label the EndpointSlice controller uses to tie a slice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const SLICE_MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
@@ -28,7 +35,13 @@ pub const FIELD_MANAGER: &str = "quorate-operator";
 pub const AGENT_CONTAINER: &str = "quorate-agent";
 pub const AGENT_GRPC_PORT: i32 = 7470;
 pub const AGENT_HTTP_PORT: i32 = 7471;
-/// Volumes the operator adds to member pods; names starting with `quorate-` are reserved.
+/// Port names of the agent container (the gRPC one also on the peers Service).
+pub const AGENT_GRPC_PORT_NAME: &str = "quorate-grpc";
+pub const AGENT_HTTP_PORT_NAME: &str = "quorate-http";
+/// The operator's own names in member pods start with this; a template volume that does is
+/// refused.
+pub const RESERVED_PREFIX: &str = "quorate-";
+/// Volumes the operator adds to member pods.
 pub const RUN_VOLUME: &str = "quorate-run";
 pub const DATA_VOLUME: &str = "quorate-data";
 pub const TLS_VOLUME: &str = "quorate-tls";
@@ -36,6 +49,10 @@ pub const RUN_DIR: &str = "/run/quorate";
 pub const ROLE_FILE: &str = "/run/quorate/role";
 pub const DATA_DIR: &str = "/var/lib/quorate";
 pub const TLS_DIR: &str = "/etc/quorate/tls";
+
+/// The Gateway API group (Gateway, HTTPRoute) and the HTTPRoute version the operator writes.
+pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
+pub const HTTPROUTE_API_VERSION: &str = "gateway.networking.k8s.io/v1";
 
 /// The names of one group's objects.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,7 +63,10 @@ pub struct GroupNames {
 
 impl GroupNames {
     pub fn new(name: impl Into<String>, namespace: impl Into<String>) -> Self {
-        Self { name: name.into(), namespace: namespace.into() }
+        Self {
+            name: name.into(),
+            namespace: namespace.into(),
+        }
     }
     /// The members' StatefulSet, the PodDisruptionBudget and the HTTPRoute share the group's name.
     pub fn members(&self) -> String {
@@ -84,7 +104,11 @@ impl GroupNames {
     }
     /// Stable DNS name of a member's agent, through the headless peers Service.
     pub fn agent_host(&self, member: &str) -> String {
-        format!("{member}.{}.{}.svc.cluster.local", self.peers(), self.namespace)
+        format!(
+            "{member}.{}.{}.svc.cluster.local",
+            self.peers(),
+            self.namespace
+        )
     }
     pub fn agent_address(&self, member: &str) -> String {
         format!("{}:{AGENT_GRPC_PORT}", self.agent_host(member))
@@ -105,13 +129,17 @@ impl GroupNames {
         if let Some(rest) = member.strip_prefix(&format!("{}-witness-", self.name)) {
             return parse_ordinal(rest).map(|o| (true, o));
         }
-        member.strip_prefix(&format!("{}-", self.name)).and_then(parse_ordinal).map(|o| (false, o))
+        member
+            .strip_prefix(&format!("{}-", self.name))
+            .and_then(parse_ordinal)
+            .map(|o| (false, o))
     }
 }
 
 fn parse_ordinal(s: &str) -> Option<u32> {
     // No leading zeros or signs: `cache-01` is not member 1.
-    if s.is_empty() || (s.len() > 1 && s.starts_with('0')) || !s.bytes().all(|b| b.is_ascii_digit()) {
+    if s.is_empty() || (s.len() > 1 && s.starts_with('0')) || !s.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     s.parse().ok()
@@ -129,6 +157,25 @@ mod tests {
         assert_eq!(n.ordinal_of("cache-01"), None);
         assert_eq!(n.ordinal_of("cache-rw"), None);
         assert_eq!(n.ordinal_of("other-1"), None);
-        assert_eq!(n.agent_address("cache-1"), "cache-1.cache-peers.shop.svc.cluster.local:7470");
+        assert_eq!(
+            n.agent_address("cache-1"),
+            "cache-1.cache-peers.shop.svc.cluster.local:7470"
+        );
+    }
+
+    #[test]
+    fn names_that_spell_each_other_agree() {
+        // Written out (a const cannot be built from another), so held together here.
+        assert_eq!(HTTPROUTE_API_VERSION, format!("{GATEWAY_API_GROUP}/v1"));
+        for reserved in [
+            AGENT_CONTAINER,
+            AGENT_GRPC_PORT_NAME,
+            AGENT_HTTP_PORT_NAME,
+            RUN_VOLUME,
+            DATA_VOLUME,
+            TLS_VOLUME,
+        ] {
+            assert!(reserved.starts_with(RESERVED_PREFIX), "{reserved}");
+        }
     }
 }

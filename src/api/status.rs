@@ -84,7 +84,7 @@ pub enum MemberRole {
 }
 
 impl MemberRole {
-    /// The role's name as the API, the role file, metrics and logs spell it.
+    /// The role's name as the status, `kubectl quorate`, the role file, metrics and logs spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             MemberRole::Primary => "Primary",
@@ -154,4 +154,26 @@ pub struct FailoverRecord {
     /// Why: LeaseExpired, Released, WorkloadUnhealthy, Switchover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MemberRole;
+
+    #[test]
+    fn role_names_are_the_serialized_ones() {
+        // `kubectl quorate` prints `as_str`; it must read as what `kubectl get -o yaml` shows.
+        for role in [
+            MemberRole::Primary,
+            MemberRole::Backup,
+            MemberRole::Active,
+            MemberRole::Witness,
+            MemberRole::Unknown,
+        ] {
+            assert_eq!(
+                serde_json::to_value(role).expect("role to JSON"),
+                role.as_str()
+            );
+        }
+    }
 }

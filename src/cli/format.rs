@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::args::OutputFormat;
 use super::{CliError, SWITCHOVER_ANNOTATION};
-use crate::api::{GroupMode, GroupPhase, MemberRole, MemberStatus, ReplicaGroup, ReplicaGroupStatus};
+use crate::api::{GroupMode, GroupPhase, MemberStatus, ReplicaGroup, ReplicaGroupStatus};
 
 /// Placeholder for an unknown or absent value.
 const NONE: &str = "-";
@@ -58,9 +58,15 @@ pub fn human_age(since: Timestamp, now: Timestamp) -> String {
 /// Aligns rows under headers, two spaces between columns, `indent` before each line. Cells are
 /// made single-line (control characters become spaces); the last column is not padded.
 pub fn render_table(indent: &str, headers: &[&str], rows: &[Vec<String>]) -> String {
-    let clean = |s: &str| -> String { s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect() };
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect()
+    };
     let header_row: Vec<String> = headers.iter().map(|h| (*h).to_owned()).collect();
-    let all: Vec<Vec<String>> = std::iter::once(header_row).chain(rows.iter().map(|r| r.iter().map(|c| clean(c)).collect())).collect();
+    let all: Vec<Vec<String>> = std::iter::once(header_row)
+        .chain(rows.iter().map(|r| r.iter().map(|c| clean(c)).collect()))
+        .collect();
     let mut widths = vec![0; headers.len()];
     for row in &all {
         for (i, cell) in row.iter().enumerate().take(widths.len()) {
@@ -75,7 +81,10 @@ pub fn render_table(indent: &str, headers: &[&str], rows: &[Vec<String>]) -> Str
                 line.push_str(cell);
             } else {
                 line.push_str(cell);
-                line.extend(std::iter::repeat_n(' ', widths[i] - cell.chars().count() + 2));
+                line.extend(std::iter::repeat_n(
+                    ' ',
+                    widths[i] - cell.chars().count() + 2,
+                ));
             }
         }
         out.push_str(line.trim_end());
@@ -90,8 +99,16 @@ pub fn decimal(value: f64) -> String {
         return NONE.to_owned();
     }
     let text = format!("{value:.2}");
-    let text = if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.') } else { &text };
-    if text == "-0" { "0".to_owned() } else { text.to_owned() }
+    let text = if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &text
+    };
+    if text == "-0" {
+        "0".to_owned()
+    } else {
+        text.to_owned()
+    }
 }
 
 fn yes_no(value: bool) -> &'static str {
@@ -116,16 +133,6 @@ fn phase_name(phase: Option<GroupPhase>) -> &'static str {
     }
 }
 
-fn role_name(role: MemberRole) -> &'static str {
-    match role {
-        MemberRole::Primary => "Primary",
-        MemberRole::Backup => "Backup",
-        MemberRole::Active => "Active",
-        MemberRole::Witness => "Witness",
-        MemberRole::Unknown => "Unknown",
-    }
-}
-
 fn opt<T: ToString>(value: Option<T>) -> String {
     value.map_or_else(|| NONE.to_owned(), |v| v.to_string())
 }
@@ -144,17 +151,24 @@ pub fn members_table(indent: &str, members: &[MemberStatus]) -> String {
         .map(|m| {
             vec![
                 m.name.clone(),
-                role_name(m.role).to_owned(),
+                m.role.as_str().to_owned(),
                 yes_no(m.healthy).to_owned(),
                 yes_no(m.voter).to_owned(),
                 m.weight.to_string(),
                 m.lease.clone().unwrap_or_else(|| NONE.to_owned()),
                 m.load.map_or_else(|| NONE.to_owned(), decimal),
-                m.latency_millis.map_or_else(|| NONE.to_owned(), |l| format!("{}ms", decimal(l))),
+                m.latency_millis
+                    .map_or_else(|| NONE.to_owned(), |l| format!("{}ms", decimal(l))),
             ]
         })
         .collect();
-    render_table(indent, &["NAME", "ROLE", "HEALTHY", "VOTER", "WEIGHT", "LEASE", "LOAD", "LATENCY"], &rows)
+    render_table(
+        indent,
+        &[
+            "NAME", "ROLE", "HEALTHY", "VOTER", "WEIGHT", "LEASE", "LOAD", "LATENCY",
+        ],
+        &rows,
+    )
 }
 
 /// The readable view of one group (`kubectl quorate status NAME`).
@@ -166,47 +180,84 @@ pub fn format_status(group: &ReplicaGroup, now: Timestamp) -> String {
     let mut field = |key: &str, value: String| lines.push((format!("{key}:"), value));
 
     field("Name", group.name_any());
-    field("Namespace", group.namespace().unwrap_or_else(|| NONE.to_owned()));
+    field(
+        "Namespace",
+        group.namespace().unwrap_or_else(|| NONE.to_owned()),
+    );
     field("Mode", mode_name(spec.mode).to_owned());
     let witnesses = spec.effective_witnesses();
     let mut replicas = match group.status {
-        Some(_) => format!("{} desired, {} existing, {} ready", spec.replicas, status.replicas, status.ready_replicas),
+        Some(_) => format!(
+            "{} desired, {} existing, {} ready",
+            spec.replicas, status.replicas, status.ready_replicas
+        ),
         None => format!("{} desired", spec.replicas),
     };
     if witnesses > 0 {
-        replicas.push_str(&format!(" (+{witnesses} witness{})", if witnesses == 1 { "" } else { "es" }));
+        replicas.push_str(&format!(
+            " (+{witnesses} witness{})",
+            if witnesses == 1 { "" } else { "es" }
+        ));
     }
     field("Replicas", replicas);
     field("Phase", phase_name(status.phase).to_owned());
     if spec.mode == GroupMode::PrimaryBackup {
-        field("Primary", status.primary.clone().unwrap_or_else(|| "none".to_owned()));
+        field(
+            "Primary",
+            status.primary.clone().unwrap_or_else(|| "none".to_owned()),
+        );
     }
     let epoch = match (status.epoch, status.routed_epoch) {
         (Some(e), Some(r)) if e != r => format!("{e} (routed: {r})"),
         (e, _) => opt(e),
     };
     field("Epoch", epoch);
-    field("Leader", status.leader.clone().unwrap_or_else(|| NONE.to_owned()));
+    field(
+        "Leader",
+        status.leader.clone().unwrap_or_else(|| NONE.to_owned()),
+    );
     field(
         "Paused",
-        if spec.paused { "yes (no automatic failover; routing still follows member health)".to_owned() } else { "no".to_owned() },
+        if spec.paused {
+            "yes (no automatic failover; routing still follows member health)".to_owned()
+        } else {
+            "no".to_owned()
+        },
     );
     field("Traffic", format!("{:?}", spec.traffic.policy));
     let pending = group.annotations().get(SWITCHOVER_ANNOTATION);
     match (pending.map(String::as_str), spec.switchover_to.as_deref()) {
-        (Some(""), _) => field("Switchover", format!("requested to the best candidate ({SWITCHOVER_ANNOTATION})")),
-        (Some(target), _) => field("Switchover", format!("requested to {target} ({SWITCHOVER_ANNOTATION})")),
-        (None, Some(target)) => field("Switchover", format!("{target} preferred (spec.switchoverTo)")),
+        (Some(""), _) => field(
+            "Switchover",
+            format!("requested to the best candidate ({SWITCHOVER_ANNOTATION})"),
+        ),
+        (Some(target), _) => field(
+            "Switchover",
+            format!("requested to {target} ({SWITCHOVER_ANNOTATION})"),
+        ),
+        (None, Some(target)) => field(
+            "Switchover",
+            format!("{target} preferred (spec.switchoverTo)"),
+        ),
         (None, None) => {}
     }
     if let (Some(generation), Some(_)) = (group.metadata.generation, &group.status)
         && status.observed_generation != Some(generation)
     {
         let observed = status.observed_generation;
-        field("Generation", format!("{generation}, status describes {} (the operator has not caught up yet)", opt(observed)));
+        field(
+            "Generation",
+            format!(
+                "{generation}, status describes {} (the operator has not caught up yet)",
+                opt(observed)
+            ),
+        );
     }
     if group.status.is_none() {
-        field("Status", "not reported yet (is the operator running?)".to_owned());
+        field(
+            "Status",
+            "not reported yet (is the operator running?)".to_owned(),
+        );
     }
 
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 2;
@@ -223,7 +274,13 @@ pub fn format_status(group: &ReplicaGroup, now: Timestamp) -> String {
             .conditions
             .iter()
             .map(|c| {
-                let or_none = |s: &str| if s.is_empty() { NONE.to_owned() } else { s.to_owned() };
+                let or_none = |s: &str| {
+                    if s.is_empty() {
+                        NONE.to_owned()
+                    } else {
+                        s.to_owned()
+                    }
+                };
                 vec![
                     c.type_.clone(),
                     c.status.clone(),
@@ -233,7 +290,11 @@ pub fn format_status(group: &ReplicaGroup, now: Timestamp) -> String {
                 ]
             })
             .collect();
-        out.push_str(&render_table("  ", &["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"], &rows));
+        out.push_str(&render_table(
+            "  ",
+            &["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"],
+            &rows,
+        ));
     }
 
     out.push_str("Members:\n");
@@ -259,16 +320,30 @@ pub fn format_status(group: &ReplicaGroup, now: Timestamp) -> String {
             }
             out.push_str(&summary);
             out.push('\n');
-            out.push_str(&format!("  Detected:   {}\n", time_with_age(f.detected_at.as_ref(), now)));
-            out.push_str(&format!("  Appointed:  {}\n", time_with_age(f.appointed_at.as_ref(), now)));
-            out.push_str(&format!("  Routed:     {}\n", time_with_age(f.routed_at.as_ref(), now)));
+            out.push_str(&format!(
+                "  Detected:   {}\n",
+                time_with_age(f.detected_at.as_ref(), now)
+            ));
+            out.push_str(&format!(
+                "  Appointed:  {}\n",
+                time_with_age(f.appointed_at.as_ref(), now)
+            ));
+            out.push_str(&format!(
+                "  Routed:     {}\n",
+                time_with_age(f.routed_at.as_ref(), now)
+            ));
         }
     }
     out
 }
 
 /// The table of several groups (`kubectl quorate status` without a name).
-pub fn format_list(groups: &[ReplicaGroup], all_namespaces: bool, namespace: &str, now: Timestamp) -> String {
+pub fn format_list(
+    groups: &[ReplicaGroup],
+    all_namespaces: bool,
+    namespace: &str,
+    now: Timestamp,
+) -> String {
     if groups.is_empty() {
         return if all_namespaces {
             "No ReplicaGroups found.\n".to_owned()
@@ -280,7 +355,9 @@ pub fn format_list(groups: &[ReplicaGroup], all_namespaces: bool, namespace: &st
     if all_namespaces {
         headers.push("NAMESPACE");
     }
-    headers.extend(["NAME", "MODE", "REPLICAS", "READY", "PRIMARY", "EPOCH", "PHASE", "PAUSED", "AGE"]);
+    headers.extend([
+        "NAME", "MODE", "REPLICAS", "READY", "PRIMARY", "EPOCH", "PHASE", "PAUSED", "AGE",
+    ]);
     let rows: Vec<Vec<String>> = groups
         .iter()
         .map(|g| {
@@ -298,7 +375,10 @@ pub fn format_list(groups: &[ReplicaGroup], all_namespaces: bool, namespace: &st
                 opt(status.and_then(|s| s.epoch)),
                 phase_name(status.and_then(|s| s.phase)).to_owned(),
                 yes_no(g.spec.paused).to_owned(),
-                g.metadata.creation_timestamp.as_ref().map_or_else(|| NONE.to_owned(), |t| human_age(t.0, now)),
+                g.metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map_or_else(|| NONE.to_owned(), |t| human_age(t.0, now)),
             ]);
             row
         })
@@ -310,10 +390,14 @@ fn serialize<T: Serialize>(value: &T, format: OutputFormat) -> Result<String, Cl
     match format {
         OutputFormat::Json => serde_json::to_string_pretty(value)
             .map(|s| s + "\n")
-            .map_err(|e| CliError::Output { format: "JSON", message: e.to_string() }),
-        OutputFormat::Yaml => {
-            serde_saphyr::to_string(value).map_err(|e| CliError::Output { format: "YAML", message: e.to_string() })
-        }
+            .map_err(|e| CliError::Output {
+                format: "JSON",
+                message: e.to_string(),
+            }),
+        OutputFormat::Yaml => serde_saphyr::to_string(value).map_err(|e| CliError::Output {
+            format: "YAML",
+            message: e.to_string(),
+        }),
     }
 }
 
@@ -332,8 +416,14 @@ struct RawEntry<'a> {
 
 /// The raw status of several groups: a list of `{namespace, name, status}`.
 pub fn raw_list(groups: &[ReplicaGroup], format: OutputFormat) -> Result<String, CliError> {
-    let entries: Vec<RawEntry<'_>> =
-        groups.iter().map(|g| RawEntry { namespace: g.namespace(), name: g.name_any(), status: &g.status }).collect();
+    let entries: Vec<RawEntry<'_>> = groups
+        .iter()
+        .map(|g| RawEntry {
+            namespace: g.namespace(),
+            name: g.name_any(),
+            status: &g.status,
+        })
+        .collect();
     serialize(&entries, format)
 }
 
@@ -378,8 +468,14 @@ mod tests {
 
     #[test]
     fn tables_align_and_stay_on_one_line() {
-        let rows = vec![vec!["a".to_owned(), "long value".to_owned(), "x".to_owned()], vec!["bbbb".to_owned(), "v".to_owned(), "two\nlines".to_owned()]];
+        let rows = vec![
+            vec!["a".to_owned(), "long value".to_owned(), "x".to_owned()],
+            vec!["bbbb".to_owned(), "v".to_owned(), "two\nlines".to_owned()],
+        ];
         let text = render_table("  ", &["H1", "H2", "H3"], &rows);
-        assert_eq!(text, "  H1    H2          H3\n  a     long value  x\n  bbbb  v           two lines\n");
+        assert_eq!(
+            text,
+            "  H1    H2          H3\n  a     long value  x\n  bbbb  v           two lines\n"
+        );
     }
 }

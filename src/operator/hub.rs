@@ -18,7 +18,7 @@ use super::metrics::Metrics;
 use crate::agent::client::{FailoverReason, GroupState, LeaseState, Member, Role, TlsClientConfig};
 use crate::agent::{AgentClient, ClientError};
 use crate::api::ReplicaGroup;
-use crate::plan::{AgentAction, AgentsObserved, FailoverView, GroupView, LeaseView, MemberView, NodeProbe, ViewRole};
+use crate::plan::{AgentAction, AgentsObserved, FailoverView, GroupView, LeaseView, MemberView, NodeProbe};
 
 type GroupRef = ObjectRef<DeserializeGuard<ReplicaGroup>>;
 /// Agent address (DNS name) → the member pod's current IP. A replaced pod's name keeps
@@ -430,13 +430,14 @@ async fn stream_group(
     }
 }
 
-fn role(r: i32) -> ViewRole {
+fn role(r: i32) -> crate::api::MemberRole {
+    use crate::api::MemberRole;
     match Role::try_from(r) {
-        Ok(Role::Primary) => ViewRole::Primary,
-        Ok(Role::Backup) => ViewRole::Backup,
-        Ok(Role::Active) => ViewRole::Active,
-        Ok(Role::Witness) => ViewRole::Witness,
-        _ => ViewRole::Unknown,
+        Ok(Role::Primary) => MemberRole::Primary,
+        Ok(Role::Backup) => MemberRole::Backup,
+        Ok(Role::Active) => MemberRole::Active,
+        Ok(Role::Witness) => MemberRole::Witness,
+        _ => MemberRole::Unknown,
     }
 }
 

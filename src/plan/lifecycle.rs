@@ -7,9 +7,9 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use super::{AgentsObserved, GroupView, Observed, ViewRole};
+use super::{AgentsObserved, GroupView, Observed};
 use crate::api::names::{GroupNames, SWITCHOVER_ANNOTATION};
-use crate::api::{GroupMode, ReplicaGroup, ReplicaGroupStatus};
+use crate::api::{GroupMode, MemberRole, ReplicaGroup, ReplicaGroupStatus};
 
 /// A member joining the Raft group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -24,11 +24,21 @@ pub struct JoinSpec {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum AgentAction {
     /// Initialize the group on member `via` with these voters. Done exactly once per group.
-    Bootstrap { via: String, members: Vec<JoinSpec> },
+    Bootstrap {
+        via: String,
+        members: Vec<JoinSpec>,
+    },
     AddMember(JoinSpec),
-    RemoveMember { id: u64, name: String, reason: String },
+    RemoveMember {
+        id: u64,
+        name: String,
+        reason: String,
+    },
     /// Planned hand-off; `target` None = the best candidate.
-    Switchover { target: Option<String>, reason: String },
+    Switchover {
+        target: Option<String>,
+        reason: String,
+    },
     Pause,
     Resume,
 }
@@ -53,7 +63,12 @@ pub(super) struct Lifecycle {
 /// While members are being added or waited for, look again soon.
 const MEMBERSHIP_POLL_MS: u64 = 1_000;
 
-pub(super) fn decide(group: &ReplicaGroup, names: &GroupNames, observed: &Observed, previous: &ReplicaGroupStatus) -> Lifecycle {
+pub(super) fn decide(
+    group: &ReplicaGroup,
+    names: &GroupNames,
+    observed: &Observed,
+    previous: &ReplicaGroupStatus,
+) -> Lifecycle {
     let spec = &group.spec;
     let desired_members = spec.replicas.max(0) as u32;
     let desired_witnesses = spec.effective_witnesses().max(0) as u32;
@@ -72,17 +87,26 @@ pub(super) fn decide(group: &ReplicaGroup, names: &GroupNames, observed: &Observ
         .collect();
 
     // --- bootstrap, exactly once -------------------------------------------------------------
-    let initialized_somewhere = view.is_some_and(|v| v.initialized) || observed.probes.values().any(|p| p.initialized);
+    let initialized_somewhere =
+        view.is_some_and(|v| v.initialized) || observed.probes.values().any(|p| p.initialized);
     if previous.bootstrapped_at.is_none() && !initialized_somewhere {
         let probed: Vec<JoinSpec> = wanted
             .iter()
             .filter_map(|(name, witness)| {
                 let probe = observed.probes.get(name)?;
-                Some(JoinSpec { id: probe.id, name: name.clone(), address: names.agent_address(name), witness: *witness })
+                Some(JoinSpec {
+                    id: probe.id,
+                    name: name.clone(),
+                    address: names.agent_address(name),
+                    witness: *witness,
+                })
             })
             .collect();
         if probed.len() == wanted.len() && !wanted.is_empty() {
-            out.action = Some(AgentAction::Bootstrap { via: names.member(0), members: probed });
+            out.action = Some(AgentAction::Bootstrap {
+                via: names.member(0),
+                members: probed,
+            });
         }
         out.requeue_ms = Some(MEMBERSHIP_POLL_MS);
         return out;
@@ -114,7 +138,13 @@ pub(super) fn decide(group: &ReplicaGroup, names: &GroupNames, observed: &Observ
 
     // Members still in the Raft group keep their pods until they are removed from it.
     let in_group_ordinals = |witness: bool| {
-        view.members.iter().filter_map(|m| names.ordinal_of(&m.name)).filter(|(w, _)| *w == witness).map(|(_, o)| o + 1).max().unwrap_or(0)
+        view.members
+            .iter()
+            .filter_map(|m| names.ordinal_of(&m.name))
+            .filter(|(w, _)| *w == witness)
+            .map(|(_, o)| o + 1)
+            .max()
+            .unwrap_or(0)
     };
     out.member_replicas = desired_members.max(in_group_ordinals(false)) as i32;
     out.witness_replicas = desired_witnesses.max(in_group_ordinals(true)) as i32;
@@ -123,7 +153,12 @@ pub(super) fn decide(group: &ReplicaGroup, names: &GroupNames, observed: &Observ
         Some((true, o)) => o >= desired_witnesses,
         None => true,
     };
-    out.draining = view.members.iter().filter(|m| extra(&m.name)).map(|m| m.name.clone()).collect();
+    out.draining = view
+        .members
+        .iter()
+        .filter(|m| extra(&m.name))
+        .map(|m| m.name.clone())
+        .collect();
 
     out.action = switchover(group, observed, view, &mut out, &extra)
         .or_else(|| membership(names, observed, view, &wanted, &extra, &mut out))
@@ -132,7 +167,15 @@ pub(super) fn decide(group: &ReplicaGroup, names: &GroupNames, observed: &Observ
 }
 
 fn keep_existing_pods(out: &mut Lifecycle, observed: &Observed) {
-    let highest = |witness: bool| observed.pods.iter().filter(|p| p.witness == witness).map(|p| p.ordinal + 1).max().unwrap_or(0) as i32;
+    let highest = |witness: bool| {
+        observed
+            .pods
+            .iter()
+            .filter(|p| p.witness == witness)
+            .map(|p| p.ordinal + 1)
+            .max()
+            .unwrap_or(0) as i32
+    };
     out.member_replicas = out.member_replicas.max(highest(false));
     out.witness_replicas = out.witness_replicas.max(highest(true));
 }
@@ -147,26 +190,47 @@ fn switchover(
     if group.spec.mode != GroupMode::PrimaryBackup {
         return None;
     }
-    let candidate = |name: &str| view.members.iter().any(|m| m.name == name && m.voter && !m.witness && m.healthy);
+    let candidate = |name: &str| {
+        view.members
+            .iter()
+            .any(|m| m.name == name && m.voter && !m.witness && m.healthy)
+    };
     // 1. An explicit request (annotation): hand it over once, then forget it.
-    if let Some(request) = group.metadata.annotations.as_ref().and_then(|a| a.get(SWITCHOVER_ANNOTATION)) {
+    if let Some(request) = group
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SWITCHOVER_ANNOTATION))
+    {
         out.clear_switchover_request = true;
         let target = request.trim();
         if target.is_empty() {
-            return Some(AgentAction::Switchover { target: None, reason: "Requested".into() });
+            return Some(AgentAction::Switchover {
+                target: None,
+                reason: "Requested".into(),
+            });
         }
         if view.primary.as_deref() == Some(target) {
-            out.rejected_request = Some(("SwitchoverNotNeeded".into(), format!("{target} is already the primary")));
+            out.rejected_request = Some((
+                "SwitchoverNotNeeded".into(),
+                format!("{target} is already the primary"),
+            ));
             return None;
         }
         if !candidate(target) {
             out.rejected_request = Some((
                 "SwitchoverRejected".into(),
-                format!("{target} is not a healthy voting member of the group; choose one of {}", candidates(view)),
+                format!(
+                    "{target} is not a healthy voting member of the group; choose one of {}",
+                    candidates(view)
+                ),
             ));
             return None;
         }
-        return Some(AgentAction::Switchover { target: Some(target.to_owned()), reason: "Requested".into() });
+        return Some(AgentAction::Switchover {
+            target: Some(target.to_owned()),
+            reason: "Requested".into(),
+        });
     }
     if view.switchover_pending {
         return None;
@@ -176,17 +240,31 @@ fn switchover(
     // Not while paused: this hand-off is automatic, and pause freezes every automatic change of
     // primary (the routing drains the primary once its lease is gone).
     let paused = group.spec.paused || view.paused;
-    if !paused && observed.pods.iter().any(|p| p.name == primary && p.terminating) {
-        return Some(AgentAction::Switchover { target: None, reason: "PrimaryPodTerminating".into() });
+    if !paused
+        && observed
+            .pods
+            .iter()
+            .any(|p| p.name == primary && p.terminating)
+    {
+        return Some(AgentAction::Switchover {
+            target: None,
+            reason: "PrimaryPodTerminating".into(),
+        });
     }
     // 3. Scale-down removes the primary's member: move the primary first.
     if extra(primary) {
-        return Some(AgentAction::Switchover { target: None, reason: "PrimaryRemoved".into() });
+        return Some(AgentAction::Switchover {
+            target: None,
+            reason: "PrimaryRemoved".into(),
+        });
     }
     // 4. The declared preference.
     let preferred = group.spec.switchover_to.as_deref()?;
     if preferred != primary && candidate(preferred) && !view.flap_guard_tripped {
-        return Some(AgentAction::Switchover { target: Some(preferred.to_owned()), reason: "PreferredPrimary".into() });
+        return Some(AgentAction::Switchover {
+            target: Some(preferred.to_owned()),
+            reason: "PreferredPrimary".into(),
+        });
     }
     None
 }
@@ -195,10 +273,14 @@ fn candidates(view: &GroupView) -> String {
     let names: Vec<&str> = view
         .members
         .iter()
-        .filter(|m| m.voter && !m.witness && m.healthy && m.role != ViewRole::Primary)
+        .filter(|m| m.voter && !m.witness && m.healthy && m.role != MemberRole::Primary)
         .map(|m| m.name.as_str())
         .collect();
-    if names.is_empty() { "(none is healthy now)".into() } else { names.join(", ") }
+    if names.is_empty() {
+        "(none is healthy now)".into()
+    } else {
+        names.join(", ")
+    }
 }
 
 fn membership(
@@ -212,15 +294,24 @@ fn membership(
     // A member whose volume was lost comes back with a new, uninitialized id: remove the old id,
     // then add the new one (an id is never reused).
     for (name, _) in wanted {
-        let (Some(member), Some(probe)) = (view.members.iter().find(|m| &m.name == name), observed.probes.get(name)) else {
+        let (Some(member), Some(probe)) = (
+            view.members.iter().find(|m| &m.name == name),
+            observed.probes.get(name),
+        ) else {
             continue;
         };
-        if probe.id != member.id && !probe.initialized && view.primary.as_deref() != Some(name.as_str()) {
+        if probe.id != member.id
+            && !probe.initialized
+            && view.primary.as_deref() != Some(name.as_str())
+        {
             out.requeue_ms = Some(MEMBERSHIP_POLL_MS);
             return Some(AgentAction::RemoveMember {
                 id: member.id,
                 name: name.clone(),
-                reason: format!("{name} restarted with an empty data directory (new id {}); re-adding it", probe.id),
+                reason: format!(
+                    "{name} restarted with an empty data directory (new id {}); re-adding it",
+                    probe.id
+                ),
             });
         }
     }
@@ -241,11 +332,19 @@ fn membership(
     }
     // Scale-down: remove members beyond the desired count, one at a time, never the primary
     // (it is switched away first, see `switchover`).
-    let removable = view.members.iter().filter(|m| extra(&m.name) && view.primary.as_deref() != Some(m.name.as_str()));
+    let removable = view
+        .members
+        .iter()
+        .filter(|m| extra(&m.name) && view.primary.as_deref() != Some(m.name.as_str()));
     // Highest ordinal first, as the StatefulSet removes pods.
-    if let Some(member) = removable.max_by_key(|m| names.ordinal_of(&m.name).map(|(w, o)| (!w, o))) {
+    if let Some(member) = removable.max_by_key(|m| names.ordinal_of(&m.name).map(|(w, o)| (!w, o)))
+    {
         out.requeue_ms = Some(MEMBERSHIP_POLL_MS);
-        return Some(AgentAction::RemoveMember { id: member.id, name: member.name.clone(), reason: "scaled down".into() });
+        return Some(AgentAction::RemoveMember {
+            id: member.id,
+            name: member.name.clone(),
+            reason: "scaled down".into(),
+        });
     }
     None
 }

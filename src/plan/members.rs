@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{
-    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec, StatefulSetUpdateStrategy,
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -27,14 +28,20 @@ const AGENT_UID: i64 = 65532;
 pub(super) fn template_problem(spec: &ReplicaGroupSpec) -> Option<String> {
     let pod = spec.template.spec.as_ref()?;
     let mut problems = Vec::new();
-    for c in pod.containers.iter().chain(pod.init_containers.iter().flatten()) {
+    for c in pod
+        .containers
+        .iter()
+        .chain(pod.init_containers.iter().flatten())
+    {
         if c.name == AGENT_CONTAINER {
-            problems.push(format!("the container name {AGENT_CONTAINER:?} is reserved for the injected agent"));
+            problems.push(format!(
+                "the container name {AGENT_CONTAINER:?} is reserved for the injected agent"
+            ));
         }
     }
     for v in pod.volumes.iter().flatten() {
-        if v.name.starts_with("quorate-") {
-            problems.push(format!("the volume name {:?} is reserved (names starting with \"quorate-\" belong to the operator)", v.name));
+        if v.name.starts_with(RESERVED_PREFIX) {
+            problems.push(format!("the volume name {:?} is reserved (names starting with {RESERVED_PREFIX:?} belong to the operator)", v.name));
         }
     }
     if pod.automount_service_account_token == Some(true) {
@@ -53,7 +60,7 @@ pub(super) fn labels(names: &GroupNames, component: &str) -> BTreeMap<String, St
 pub(super) fn object_labels(names: &GroupNames, component: &str) -> BTreeMap<String, String> {
     let mut l = labels(names, component);
     l.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned());
-    l.insert("app.kubernetes.io/name".to_owned(), names.name.clone());
+    l.insert(NAME_LABEL.to_owned(), names.name.clone());
     l
 }
 
@@ -73,14 +80,24 @@ fn restricted_security_context(run_as_group: i64) -> SecurityContext {
         run_as_group: Some(run_as_group),
         allow_privilege_escalation: Some(false),
         read_only_root_filesystem: Some(true),
-        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
-        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
 
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
 }
 
 /// The agent's command line: everything it needs to know about the group, from the spec.
@@ -91,10 +108,23 @@ fn agent_args(group: &ReplicaGroup, names: &GroupNames, witness: bool) -> Vec<St
         "--member=$(QUORATE_MEMBER)".to_owned(),
         format!("--listen=0.0.0.0:{AGENT_GRPC_PORT}"),
         format!("--http-listen=0.0.0.0:{AGENT_HTTP_PORT}"),
-        format!("--advertise=$(QUORATE_MEMBER).{}.{}.svc.cluster.local:{AGENT_GRPC_PORT}", names.peers(), names.namespace),
-        format!("--mode={}", match spec.mode { GroupMode::PrimaryBackup => "PrimaryBackup", GroupMode::ActiveActive => "ActiveActive" }),
+        format!(
+            "--advertise=$(QUORATE_MEMBER).{}.{}.svc.cluster.local:{AGENT_GRPC_PORT}",
+            names.peers(),
+            names.namespace
+        ),
+        format!(
+            "--mode={}",
+            match spec.mode {
+                GroupMode::PrimaryBackup => "PrimaryBackup",
+                GroupMode::ActiveActive => "ActiveActive",
+            }
+        ),
         format!("--lease-millis={}", spec.failover.lease_millis),
-        format!("--max-failovers-per-hour={}", spec.failover.max_failovers_per_hour),
+        format!(
+            "--max-failovers-per-hour={}",
+            spec.failover.max_failovers_per_hour
+        ),
         format!("--role-file={ROLE_FILE}"),
         format!("--tls-cert={TLS_DIR}/tls.crt"),
         format!("--tls-key={TLS_DIR}/tls.key"),
@@ -106,7 +136,12 @@ fn agent_args(group: &ReplicaGroup, names: &GroupNames, witness: bool) -> Vec<St
         return args;
     }
     if !spec.failover.priorities.is_empty() {
-        let list: Vec<String> = spec.failover.priorities.iter().map(|(m, p)| format!("{m}={p}")).collect();
+        let list: Vec<String> = spec
+            .failover
+            .priorities
+            .iter()
+            .map(|(m, p)| format!("{m}={p}"))
+            .collect();
         args.push(format!("--priorities={}", list.join(",")));
     }
     if let Some(h) = &spec.health {
@@ -119,11 +154,17 @@ fn agent_args(group: &ReplicaGroup, names: &GroupNames, witness: bool) -> Vec<St
         }
         args.push(format!("--health-period-millis={}", h.period_millis));
         args.push(format!("--health-timeout-millis={}", h.timeout_millis));
-        args.push(format!("--health-failure-threshold={}", h.failure_threshold));
+        args.push(format!(
+            "--health-failure-threshold={}",
+            h.failure_threshold
+        ));
     }
     if let Some(rc) = &spec.role_change {
         if let Some(post) = &rc.http_post {
-            args.push(format!("--role-callback=http://127.0.0.1:{}{}", post.port, post.path));
+            args.push(format!(
+                "--role-callback=http://127.0.0.1:{}{}",
+                post.port, post.path
+            ));
         }
         args.push(format!("--callback-timeout-millis={}", rc.timeout_millis));
         args.push(format!("--callback-retries={}", rc.retries));
@@ -131,9 +172,19 @@ fn agent_args(group: &ReplicaGroup, names: &GroupNames, witness: bool) -> Vec<St
     args
 }
 
-fn agent_container(group: &ReplicaGroup, names: &GroupNames, settings: &OperatorSettings, witness: bool, run_as_group: i64) -> Container {
+fn agent_container(
+    group: &ReplicaGroup,
+    names: &GroupNames,
+    settings: &OperatorSettings,
+    witness: bool,
+    run_as_group: i64,
+) -> Container {
     let probe = |path: &str, period: i32, failures: i32| Probe {
-        http_get: Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::Int(AGENT_HTTP_PORT), ..Default::default() }),
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(AGENT_HTTP_PORT),
+            ..Default::default()
+        }),
         period_seconds: Some(period),
         failure_threshold: Some(failures),
         timeout_seconds: Some(2),
@@ -150,27 +201,57 @@ fn agent_container(group: &ReplicaGroup, names: &GroupNames, settings: &Operator
         env: Some(vec![EnvVar {
             name: "QUORATE_MEMBER".into(),
             value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector { field_path: "metadata.name".into(), ..Default::default() }),
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
         }]),
         ports: Some(vec![
-            ContainerPort { name: Some("quorate-grpc".into()), container_port: AGENT_GRPC_PORT, ..Default::default() },
-            ContainerPort { name: Some("quorate-http".into()), container_port: AGENT_HTTP_PORT, ..Default::default() },
+            ContainerPort {
+                name: Some(AGENT_GRPC_PORT_NAME.into()),
+                container_port: AGENT_GRPC_PORT,
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some(AGENT_HTTP_PORT_NAME.into()),
+                container_port: AGENT_HTTP_PORT,
+                ..Default::default()
+            },
         ]),
         readiness_probe: Some(probe("/readiness", 2, 3)),
         liveness_probe: Some(probe("/health", 10, 6)),
         resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([("cpu".into(), Quantity("20m".into())), ("memory".into(), Quantity("32Mi".into()))])),
-            limits: Some(BTreeMap::from([("memory".into(), Quantity("128Mi".into()))])),
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("20m".into())),
+                ("memory".into(), Quantity("32Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".into(),
+                Quantity("128Mi".into()),
+            )])),
             ..Default::default()
         }),
         security_context: Some(restricted_security_context(run_as_group)),
         volume_mounts: Some(vec![
-            VolumeMount { name: RUN_VOLUME.into(), mount_path: RUN_DIR.into(), ..Default::default() },
-            VolumeMount { name: DATA_VOLUME.into(), mount_path: DATA_DIR.into(), ..Default::default() },
-            VolumeMount { name: TLS_VOLUME.into(), mount_path: TLS_DIR.into(), read_only: Some(true), ..Default::default() },
+            VolumeMount {
+                name: RUN_VOLUME.into(),
+                mount_path: RUN_DIR.into(),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: DATA_VOLUME.into(),
+                mount_path: DATA_DIR.into(),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: TLS_VOLUME.into(),
+                mount_path: TLS_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
         ]),
         ..Default::default()
     }
@@ -180,12 +261,19 @@ fn shared_volumes(names: &GroupNames) -> Vec<Volume> {
     vec![
         Volume {
             name: RUN_VOLUME.into(),
-            empty_dir: Some(EmptyDirVolumeSource { medium: Some("Memory".into()), size_limit: Some(Quantity("1Mi".into())) }),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".into()),
+                size_limit: Some(Quantity("1Mi".into())),
+            }),
             ..Default::default()
         },
         Volume {
             name: TLS_VOLUME.into(),
-            secret: Some(SecretVolumeSource { secret_name: Some(names.agent_tls_secret()), default_mode: Some(0o440), ..Default::default() }),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(names.agent_tls_secret()),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
             ..Default::default()
         },
     ]
@@ -193,12 +281,18 @@ fn shared_volumes(names: &GroupNames) -> Vec<Volume> {
 
 fn data_claim(group: &ReplicaGroup) -> PersistentVolumeClaim {
     PersistentVolumeClaim {
-        metadata: ObjectMeta { name: Some(DATA_VOLUME.into()), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some(DATA_VOLUME.into()),
+            ..Default::default()
+        },
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteOnce".into()]),
             storage_class_name: group.spec.storage.storage_class_name.clone(),
             resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([("storage".into(), group.spec.storage.size.clone())])),
+                requests: Some(BTreeMap::from([(
+                    "storage".into(),
+                    group.spec.storage.size.clone(),
+                )])),
                 ..Default::default()
             }),
             ..Default::default()
@@ -220,15 +314,23 @@ fn stateful_set(
         spec: Some(StatefulSetSpec {
             replicas: Some(replicas),
             service_name: Some(names.peers()),
-            selector: LabelSelector { match_labels: Some(labels(names, component)), ..Default::default() },
+            selector: LabelSelector {
+                match_labels: Some(labels(names, component)),
+                ..Default::default()
+            },
             // Members form the Raft group together: start them all at once.
             pod_management_policy: Some("Parallel".into()),
-            update_strategy: Some(StatefulSetUpdateStrategy { type_: Some("RollingUpdate".into()), ..Default::default() }),
-            // A removed member's volume goes with it: if it comes back it joins with a new id.
-            persistent_volume_claim_retention_policy: Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
-                when_deleted: Some("Delete".into()),
-                when_scaled: Some("Delete".into()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                ..Default::default()
             }),
+            // A removed member's volume goes with it: if it comes back it joins with a new id.
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some("Delete".into()),
+                    when_scaled: Some("Delete".into()),
+                },
+            ),
             volume_claim_templates: Some(vec![data_claim(group)]),
             template,
             ..Default::default()
@@ -244,54 +346,107 @@ pub(super) fn stateful_sets(
     settings: &OperatorSettings,
     member_replicas: i32,
 ) -> Vec<Desired> {
-    let mut out = vec![Desired::StatefulSet(Box::new(member_set(group, names, observed, settings, member_replicas)))];
+    let mut out = vec![Desired::StatefulSet(Box::new(member_set(
+        group,
+        names,
+        observed,
+        settings,
+        member_replicas,
+    )))];
     let witnesses = group.spec.effective_witnesses();
-    let witness_pods = observed.pods.iter().filter(|p| p.witness).map(|p| p.ordinal as i32 + 1).max().unwrap_or(0);
+    let witness_pods = observed
+        .pods
+        .iter()
+        .filter(|p| p.witness)
+        .map(|p| p.ordinal as i32 + 1)
+        .max()
+        .unwrap_or(0);
     if witnesses > 0 || witness_pods > 0 {
-        out.push(Desired::StatefulSet(Box::new(witness_set(group, names, observed, settings, witnesses.max(0)))));
+        out.push(Desired::StatefulSet(Box::new(witness_set(
+            group,
+            names,
+            observed,
+            settings,
+            witnesses.max(0),
+        ))));
     }
     out
 }
 
-fn member_set(group: &ReplicaGroup, names: &GroupNames, observed: &Observed, settings: &OperatorSettings, replicas: i32) -> StatefulSet {
+fn member_set(
+    group: &ReplicaGroup,
+    names: &GroupNames,
+    observed: &Observed,
+    settings: &OperatorSettings,
+    replicas: i32,
+) -> StatefulSet {
     let mut template = group.spec.template.clone();
     let meta = template.metadata.get_or_insert_with(Default::default);
-    meta.labels.get_or_insert_with(Default::default).extend(labels(names, "member"));
-    meta.annotations.get_or_insert_with(Default::default).insert(TLS_HASH_ANNOTATION.into(), observed.tls_hash.clone());
+    meta.labels
+        .get_or_insert_with(Default::default)
+        .extend(labels(names, COMPONENT_MEMBER));
+    meta.annotations
+        .get_or_insert_with(Default::default)
+        .insert(TLS_HASH_ANNOTATION.into(), observed.tls_hash.clone());
 
     let pod = template.spec.get_or_insert_with(PodSpec::default);
     // Member pods talk only to each other and to the operator.
     pod.automount_service_account_token = Some(false);
-    let security = pod.security_context.get_or_insert_with(PodSecurityContext::default);
+    let security = pod
+        .security_context
+        .get_or_insert_with(PodSecurityContext::default);
     // The agent writes its volume: give it the pod's fsGroup as its group.
     let fs_group = *security.fs_group.get_or_insert(AGENT_UID);
     for c in pod.containers.iter_mut() {
-        c.volume_mounts.get_or_insert_with(Vec::new).push(VolumeMount {
-            name: RUN_VOLUME.into(),
-            mount_path: RUN_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        });
+        c.volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(VolumeMount {
+                name: RUN_VOLUME.into(),
+                mount_path: RUN_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            });
         let env_list = c.env.get_or_insert_with(Vec::new);
         env_list.push(env("QUORATE_ROLE_FILE", ROLE_FILE));
-        env_list.push(env("QUORATE_AGENT_URL", format!("http://127.0.0.1:{AGENT_HTTP_PORT}")));
+        env_list.push(env(
+            "QUORATE_AGENT_URL",
+            format!("http://127.0.0.1:{AGENT_HTTP_PORT}"),
+        ));
     }
     // The sidecar goes first so it runs before any user init container that may wait for a role.
     let mut init = vec![agent_container(group, names, settings, false, fs_group)];
     init.extend(pod.init_containers.take().unwrap_or_default());
     pod.init_containers = Some(init);
-    pod.volumes.get_or_insert_with(Vec::new).extend(shared_volumes(names));
-    stateful_set(group, names, names.members(), "member", replicas, template)
+    pod.volumes
+        .get_or_insert_with(Vec::new)
+        .extend(shared_volumes(names));
+    stateful_set(
+        group,
+        names,
+        names.members(),
+        COMPONENT_MEMBER,
+        replicas,
+        template,
+    )
 }
 
-fn witness_set(group: &ReplicaGroup, names: &GroupNames, observed: &Observed, settings: &OperatorSettings, replicas: i32) -> StatefulSet {
+fn witness_set(
+    group: &ReplicaGroup,
+    names: &GroupNames,
+    observed: &Observed,
+    settings: &OperatorSettings,
+    replicas: i32,
+) -> StatefulSet {
     let mut agent = agent_container(group, names, settings, true, AGENT_UID);
     // A witness is only the agent: a regular container (nothing to run beside).
     agent.restart_policy = None;
     let template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
-            labels: Some(labels(names, "witness")),
-            annotations: Some(BTreeMap::from([(TLS_HASH_ANNOTATION.to_owned(), observed.tls_hash.clone())])),
+            labels: Some(labels(names, COMPONENT_WITNESS)),
+            annotations: Some(BTreeMap::from([(
+                TLS_HASH_ANNOTATION.to_owned(),
+                observed.tls_hash.clone(),
+            )])),
             ..Default::default()
         }),
         spec: Some(PodSpec {
@@ -300,7 +455,10 @@ fn witness_set(group: &ReplicaGroup, names: &GroupNames, observed: &Observed, se
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(true),
                 fs_group: Some(AGENT_UID),
-                seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             termination_grace_period_seconds: Some(10),
@@ -309,5 +467,12 @@ fn witness_set(group: &ReplicaGroup, names: &GroupNames, observed: &Observed, se
             ..Default::default()
         }),
     };
-    stateful_set(group, names, names.witnesses(), "witness", replicas, template)
+    stateful_set(
+        group,
+        names,
+        names.witnesses(),
+        COMPONENT_WITNESS,
+        replicas,
+        template,
+    )
 }

@@ -22,10 +22,11 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use serde::Serialize;
 
 use crate::api::names::GroupNames;
-use crate::api::{ReplicaGroup, ReplicaGroupStatus};
+use crate::api::{MemberRole, ReplicaGroup, ReplicaGroupStatus};
 
+pub use crate::api::names::HTTPROUTE_API_VERSION;
 pub use lifecycle::AgentAction;
-pub use routing::{HTTPROUTE_API_VERSION, ROUTE_RULE_NAME, merge_route};
+pub use routing::{ROUTE_RULE_NAME, merge_route};
 
 /// Settings of the operator itself (from its flags), not of a group.
 #[derive(Clone, Debug, Serialize)]
@@ -55,16 +56,6 @@ pub struct NodeProbe {
     pub initialized: bool,
 }
 
-/// The role of a member in the group view.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum ViewRole {
-    Primary,
-    Backup,
-    Active,
-    Witness,
-    Unknown,
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum LeaseView {
     None,
@@ -79,7 +70,7 @@ pub struct MemberView {
     pub name: String,
     pub voter: bool,
     pub witness: bool,
-    pub role: ViewRole,
+    pub role: MemberRole,
     pub healthy: bool,
     pub load: Option<f64>,
     pub latency_ms: Option<f64>,
@@ -210,11 +201,24 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
     let template_problem = members::template_problem(&group.spec);
 
     let lifecycle = lifecycle::decide(group, &names, observed, &previous);
-    let traffic = routing::decide_traffic(group, &names, observed, &previous, &lifecycle.draining, lifecycle.member_replicas);
+    let traffic = routing::decide_traffic(
+        group,
+        &names,
+        observed,
+        &previous,
+        &lifecycle.draining,
+        lifecycle.member_replicas,
+    );
 
     let mut apply = Vec::new();
     if template_problem.is_none() {
-        apply.extend(members::stateful_sets(group, &names, observed, settings, lifecycle.member_replicas));
+        apply.extend(members::stateful_sets(
+            group,
+            &names,
+            observed,
+            settings,
+            lifecycle.member_replicas,
+        ));
     }
     apply.extend(routing::services(group, &names, &traffic));
     apply.extend(routing::endpoint_slices(group, &names, &traffic));
@@ -224,13 +228,27 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
     }
     let mut delete = Vec::new();
     if group.spec.effective_witnesses() == 0 && lifecycle.witness_replicas == 0 {
-        delete.push(Obsolete { kind: "StatefulSet", name: names.witnesses() });
+        delete.push(Obsolete {
+            kind: "StatefulSet",
+            name: names.witnesses(),
+        });
     }
     if group.spec.traffic.gateway.is_none() && observed.route.is_some() {
-        delete.push(Obsolete { kind: "HTTPRoute", name: names.members() });
+        delete.push(Obsolete {
+            kind: "HTTPRoute",
+            name: names.members(),
+        });
     }
 
-    let (status, events) = status::build(group, &names, observed, &previous, &lifecycle, &traffic, template_problem.as_deref());
+    let (status, events) = status::build(&status::StatusInputs {
+        group,
+        names: &names,
+        observed,
+        previous: &previous,
+        lifecycle: &lifecycle,
+        traffic: &traffic,
+        template_problem: template_problem.as_deref(),
+    });
     let requeue_ms = [Some(RESYNC_MS), traffic.requeue_ms, lifecycle.requeue_ms]
         .into_iter()
         .flatten()

@@ -18,7 +18,6 @@ use crate::api::names::*;
 use crate::api::{GroupMode, PortProtocol, ReplicaGroup, ReplicaGroupStatus};
 use crate::traffic::{self, MemberSignal, Published};
 
-pub const HTTPROUTE_API_VERSION: &str = "gateway.networking.k8s.io/v1";
 /// Name of the HTTPRoute rule Quorate owns; other rules of the route are left alone.
 pub const ROUTE_RULE_NAME: &str = "quorate";
 
@@ -62,20 +61,40 @@ pub(super) fn decide_traffic(
     member_replicas: i32,
 ) -> TrafficPlan {
     let spec = &group.spec;
-    let ip_of = |name: &str| observed.pods.iter().find(|p| p.name == name && !p.witness).and_then(|p| p.ip.clone());
-    let routed_floor = observed.routed_epoch.max(previous.routed_epoch.map(|e| e.max(0) as u64));
+    let ip_of = |name: &str| {
+        observed
+            .pods
+            .iter()
+            .find(|p| p.name == name && !p.witness)
+            .and_then(|p| p.ip.clone())
+    };
+    let routed_floor = observed
+        .routed_epoch
+        .max(previous.routed_epoch.map(|e| e.max(0) as u64));
     let lease_ms = spec.failover.lease_millis.max(0) as u64;
-    let member_names: Vec<String> = (0..member_replicas.max(0) as u32).map(|i| names.member(i)).collect();
+    let member_names: Vec<String> = (0..member_replicas.max(0) as u32)
+        .map(|i| names.member(i))
+        .collect();
 
     let (view, age_ms) = match &observed.agents {
         AgentsObserved::Connected { view, age_ms } => (Some(view), *age_ms),
         AgentsObserved::Connecting => {
-            return TrafficPlan::hold(previous, routed_floor, "waiting for the group's state stream".into(), &member_names);
+            return TrafficPlan::hold(
+                previous,
+                routed_floor,
+                "waiting for the group's state stream".into(),
+                &member_names,
+            );
         }
         AgentsObserved::Unreachable { since_ms, error } => {
             let unreachable_for = (observed.now_ms - since_ms).max(0) as u64;
             if unreachable_for < lease_ms {
-                let mut plan = TrafficPlan::hold(previous, routed_floor, format!("agents unreachable: {error}"), &member_names);
+                let mut plan = TrafficPlan::hold(
+                    previous,
+                    routed_floor,
+                    format!("agents unreachable: {error}"),
+                    &member_names,
+                );
                 plan.requeue_ms = Some(lease_ms - unreachable_for);
                 return plan;
             }
@@ -84,7 +103,12 @@ pub(super) fn decide_traffic(
     };
     let Some(view) = view else {
         // Nobody answers for longer than a lease: no member's state is known, route to none.
-        let mut plan = TrafficPlan::hold(previous, routed_floor, "agents unreachable: no member's state is known".into(), &member_names);
+        let mut plan = TrafficPlan::hold(
+            previous,
+            routed_floor,
+            "agents unreachable: no member's state is known".into(),
+            &member_names,
+        );
         plan.rw = SliceDecision::Route(vec![]);
         plan.ro = SliceDecision::Route(vec![]);
         plan.r = SliceDecision::Route(vec![]);
@@ -101,15 +125,27 @@ pub(super) fn decide_traffic(
             MemberSignal {
                 name: name.clone(),
                 healthy: m.is_some_and(|m| m.healthy) && ip_of(name).is_some(),
-                draining: draining.contains(name) || observed.pods.iter().any(|p| &p.name == name && p.terminating),
+                draining: draining.contains(name)
+                    || observed
+                        .pods
+                        .iter()
+                        .any(|p| &p.name == name && p.terminating),
                 load: m.and_then(|m| m.load),
                 latency_ms: m.and_then(|m| m.latency_ms),
             }
         })
         .collect();
     let published = Published {
-        weights: previous.members.iter().filter(|m| member_names.contains(&m.name)).map(|m| (m.name.clone(), m.weight)).collect(),
-        changed_at_ms: previous.weights_changed_at.as_ref().map(|t| t.0.as_millisecond().max(0) as u64),
+        weights: previous
+            .members
+            .iter()
+            .filter(|m| member_names.contains(&m.name))
+            .map(|m| (m.name.clone(), m.weight))
+            .collect(),
+        changed_at_ms: previous
+            .weights_changed_at
+            .as_ref()
+            .map(|t| t.0.as_millisecond().max(0) as u64),
     };
     let now = observed.now_ms.max(0) as u64;
     let mut requeue_ms = None;
@@ -123,10 +159,17 @@ pub(super) fn decide_traffic(
         }
         GroupMode::PrimaryBackup => {
             let live = lease_live(view, age_ms);
-            let routes = traffic::primary_backup_routes(&spec.traffic, &signals, view.primary.as_deref(), live);
+            let routes = traffic::primary_backup_routes(
+                &spec.traffic,
+                &signals,
+                view.primary.as_deref(),
+                live,
+            );
             // Member Services carry the read weights; the primary serves writes only.
-            let weights: BTreeMap<String, i32> =
-                member_names.iter().map(|n| (n.clone(), routes.ro.get(n).copied().unwrap_or(0))).collect();
+            let weights: BTreeMap<String, i32> = member_names
+                .iter()
+                .map(|n| (n.clone(), routes.ro.get(n).copied().unwrap_or(0)))
+                .collect();
             let changed = weights != published.weights;
             (weights, changed, routes.ro)
         }
@@ -137,46 +180,111 @@ pub(super) fn decide_traffic(
     let (rw, rw_epoch, routed_primary) = if spec.mode != GroupMode::PrimaryBackup {
         (SliceDecision::Keep, routed_floor, None)
     } else if routed_floor.is_some_and(|floor| view.epoch < floor) {
-        held = Some(format!("the group reports epoch {} but epoch {} is already routed; routing never goes back", view.epoch, routed_floor.unwrap_or(0)));
+        held = Some(format!(
+            "the group reports epoch {} but epoch {} is already routed; routing never goes back",
+            view.epoch,
+            routed_floor.unwrap_or(0)
+        ));
         (SliceDecision::Keep, routed_floor, None)
-    } else if !view.from_coordinator && view.lease == LeaseView::Live && age_ms < view.lease_remaining_ms {
+    } else if !view.from_coordinator
+        && view.lease == LeaseView::Live
+        && age_ms < view.lease_remaining_ms
+    {
         // A relayed view with a lease that may still run: wait for the coordinator's own word.
         held = Some("waiting for the coordinator's first-hand state".into());
         requeue_ms = Some(view.lease_remaining_ms - age_ms);
         (SliceDecision::Keep, routed_floor, None)
     } else if lease_live(view, age_ms) {
-        match view.primary.as_deref().and_then(|p| ip_of(p).map(|ip| (p.to_owned(), ip))) {
-            Some((primary, ip)) => {
-                (SliceDecision::Route(vec![(primary.clone(), ip)]), Some(view.epoch).max(routed_floor), Some(primary))
-            }
-            None => (SliceDecision::Route(vec![]), routed_floor.max(Some(view.epoch)), None),
+        match view
+            .primary
+            .as_deref()
+            .and_then(|p| ip_of(p).map(|ip| (p.to_owned(), ip)))
+        {
+            Some((primary, ip)) => (
+                SliceDecision::Route(vec![(primary.clone(), ip)]),
+                Some(view.epoch).max(routed_floor),
+                Some(primary),
+            ),
+            None => (
+                SliceDecision::Route(vec![]),
+                routed_floor.max(Some(view.epoch)),
+                None,
+            ),
         }
     } else {
-        (SliceDecision::Route(vec![]), routed_floor.max((view.epoch > 0).then_some(view.epoch)), None)
+        (
+            SliceDecision::Route(vec![]),
+            routed_floor.max((view.epoch > 0).then_some(view.epoch)),
+            None,
+        )
     };
 
     let with_ip = |names: &mut dyn Iterator<Item = &String>| -> Vec<(String, String)> {
-        names.filter_map(|n| ip_of(n).map(|ip| (n.clone(), ip))).collect()
+        names
+            .filter_map(|n| ip_of(n).map(|ip| (n.clone(), ip)))
+            .collect()
     };
     let (ro, r) = match spec.mode {
         GroupMode::PrimaryBackup => {
-            let ro_members: Vec<&String> = ro_weights.iter().filter(|(_, w)| **w > 0).map(|(n, _)| n).collect();
-            let healthy: Vec<&String> = signals.iter().filter(|s| s.serving()).map(|s| &s.name).collect();
-            (SliceDecision::Route(with_ip(&mut ro_members.into_iter())), SliceDecision::Route(with_ip(&mut healthy.into_iter())))
+            let ro_members: Vec<&String> = ro_weights
+                .iter()
+                .filter(|(_, w)| **w > 0)
+                .map(|(n, _)| n)
+                .collect();
+            let healthy: Vec<&String> = signals
+                .iter()
+                .filter(|s| s.serving())
+                .map(|s| &s.name)
+                .collect();
+            (
+                SliceDecision::Route(with_ip(&mut ro_members.into_iter())),
+                SliceDecision::Route(with_ip(&mut healthy.into_iter())),
+            )
         }
         GroupMode::ActiveActive => {
-            let serving: Vec<&String> = weights.iter().filter(|(_, w)| **w > 0).map(|(n, _)| n).collect();
-            (SliceDecision::Keep, SliceDecision::Route(with_ip(&mut serving.into_iter())))
+            let serving: Vec<&String> = weights
+                .iter()
+                .filter(|(_, w)| **w > 0)
+                .map(|(n, _)| n)
+                .collect();
+            (
+                SliceDecision::Keep,
+                SliceDecision::Route(with_ip(&mut serving.into_iter())),
+            )
         }
     };
-    TrafficPlan { weights, weights_changed, rw, rw_epoch, ro, r, routed_primary, held, requeue_ms }
+    TrafficPlan {
+        weights,
+        weights_changed,
+        rw,
+        rw_epoch,
+        ro,
+        r,
+        routed_primary,
+        held,
+        requeue_ms,
+    }
 }
 
 impl TrafficPlan {
-    fn hold(previous: &ReplicaGroupStatus, routed_floor: Option<u64>, why: String, members: &[String]) -> Self {
+    fn hold(
+        previous: &ReplicaGroupStatus,
+        routed_floor: Option<u64>,
+        why: String,
+        members: &[String],
+    ) -> Self {
         let weights = members
             .iter()
-            .map(|n| (n.clone(), previous.members.iter().find(|m| &m.name == n).map_or(0, |m| m.weight)))
+            .map(|n| {
+                (
+                    n.clone(),
+                    previous
+                        .members
+                        .iter()
+                        .find(|m| &m.name == n)
+                        .map_or(0, |m| m.weight),
+                )
+            })
             .collect();
         TrafficPlan {
             weights,
@@ -217,13 +325,26 @@ fn protocol(p: Option<PortProtocol>) -> String {
     .to_owned()
 }
 
-fn service(names: &GroupNames, name: String, spec: ServiceSpec, annotations: Option<BTreeMap<String, String>>) -> Desired {
-    let mut metadata = meta(names, name, "routing");
+fn service(
+    names: &GroupNames,
+    name: String,
+    spec: ServiceSpec,
+    annotations: Option<BTreeMap<String, String>>,
+) -> Desired {
+    let mut metadata = meta(names, name, COMPONENT_ROUTING);
     metadata.annotations = annotations;
-    Desired::Service(Box::new(Service { metadata, spec: Some(spec), ..Default::default() }))
+    Desired::Service(Box::new(Service {
+        metadata,
+        spec: Some(spec),
+        ..Default::default()
+    }))
 }
 
-pub(super) fn services(group: &ReplicaGroup, names: &GroupNames, traffic: &TrafficPlan) -> Vec<Desired> {
+pub(super) fn services(
+    group: &ReplicaGroup,
+    names: &GroupNames,
+    traffic: &TrafficPlan,
+) -> Vec<Desired> {
     let mut out = vec![service(
         names,
         names.peers(),
@@ -231,9 +352,12 @@ pub(super) fn services(group: &ReplicaGroup, names: &GroupNames, traffic: &Traff
             cluster_ip: Some("None".into()),
             // Agents must find each other before they are ready (they become ready by joining).
             publish_not_ready_addresses: Some(true),
-            selector: Some(BTreeMap::from([(GROUP_LABEL.to_owned(), names.name.clone())])),
+            selector: Some(BTreeMap::from([(
+                GROUP_LABEL.to_owned(),
+                names.name.clone(),
+            )])),
             ports: Some(vec![ServicePort {
-                name: Some("quorate-grpc".into()),
+                name: Some(AGENT_GRPC_PORT_NAME.into()),
                 port: AGENT_GRPC_PORT,
                 target_port: Some(IntOrString::Int(AGENT_GRPC_PORT)),
                 ..Default::default()
@@ -246,7 +370,10 @@ pub(super) fn services(group: &ReplicaGroup, names: &GroupNames, traffic: &Traff
     if ports.is_empty() {
         return out;
     }
-    let selectorless = || ServiceSpec { ports: Some(ports.clone()), ..Default::default() };
+    let selectorless = || ServiceSpec {
+        ports: Some(ports.clone()),
+        ..Default::default()
+    };
     let routed: Vec<String> = match group.spec.mode {
         GroupMode::PrimaryBackup => vec![names.rw(), names.ro(), names.r()],
         GroupMode::ActiveActive => vec![names.r()],
@@ -259,7 +386,10 @@ pub(super) fn services(group: &ReplicaGroup, names: &GroupNames, traffic: &Traff
             names,
             member.clone(),
             ServiceSpec {
-                selector: Some(BTreeMap::from([(POD_NAME_LABEL.to_owned(), member.clone())])),
+                selector: Some(BTreeMap::from([(
+                    POD_NAME_LABEL.to_owned(),
+                    member.clone(),
+                )])),
                 ports: Some(ports.clone()),
                 // The member's weight is the routing decision (0 while the agent finds the
                 // workload unhealthy); waiting for the kubelet's readiness probe as well would
@@ -268,19 +398,31 @@ pub(super) fn services(group: &ReplicaGroup, names: &GroupNames, traffic: &Traff
                 publish_not_ready_addresses: Some(true),
                 ..Default::default()
             },
-            Some(BTreeMap::from([(WEIGHT_ANNOTATION.to_owned(), weight.to_string())])),
+            Some(BTreeMap::from([(
+                WEIGHT_ANNOTATION.to_owned(),
+                weight.to_string(),
+            )])),
         ));
     }
     out
 }
 
-fn slice(group: &ReplicaGroup, names: &GroupNames, service: String, members: &[(String, String)], epoch: Option<u64>) -> Desired {
-    let mut metadata = meta(names, service.clone(), "routing");
+fn slice(
+    group: &ReplicaGroup,
+    names: &GroupNames,
+    service: String,
+    members: &[(String, String)],
+    epoch: Option<u64>,
+) -> Desired {
+    let mut metadata = meta(names, service.clone(), COMPONENT_ROUTING);
     let labels = metadata.labels.get_or_insert_with(Default::default);
     labels.insert(SERVICE_NAME_LABEL.to_owned(), service);
     labels.insert(SLICE_MANAGED_BY_LABEL.to_owned(), SLICE_MANAGER.to_owned());
     if let Some(e) = epoch {
-        metadata.annotations = Some(BTreeMap::from([(EPOCH_ANNOTATION.to_owned(), e.to_string())]));
+        metadata.annotations = Some(BTreeMap::from([(
+            EPOCH_ANNOTATION.to_owned(),
+            e.to_string(),
+        )]));
     }
     Desired::EndpointSlice(Box::new(EndpointSlice {
         metadata,
@@ -289,7 +431,11 @@ fn slice(group: &ReplicaGroup, names: &GroupNames, service: String, members: &[(
             .iter()
             .map(|(name, ip)| Endpoint {
                 addresses: vec![ip.clone()],
-                conditions: Some(EndpointConditions { ready: Some(true), serving: Some(true), terminating: Some(false) }),
+                conditions: Some(EndpointConditions {
+                    ready: Some(true),
+                    serving: Some(true),
+                    terminating: Some(false),
+                }),
                 target_ref: Some(ObjectReference {
                     kind: Some("Pod".into()),
                     name: Some(name.clone()),
@@ -315,7 +461,11 @@ fn slice(group: &ReplicaGroup, names: &GroupNames, service: String, members: &[(
     }))
 }
 
-pub(super) fn endpoint_slices(group: &ReplicaGroup, names: &GroupNames, traffic: &TrafficPlan) -> Vec<Desired> {
+pub(super) fn endpoint_slices(
+    group: &ReplicaGroup,
+    names: &GroupNames,
+    traffic: &TrafficPlan,
+) -> Vec<Desired> {
     if group.spec.ports.is_empty() {
         return vec![];
     }
@@ -336,11 +486,14 @@ pub(super) fn endpoint_slices(group: &ReplicaGroup, names: &GroupNames, traffic:
 pub(super) fn disruption_budget(group: &ReplicaGroup, names: &GroupNames) -> Desired {
     let voters = group.spec.replicas.max(1) + group.spec.effective_witnesses();
     Desired::PodDisruptionBudget(Box::new(PodDisruptionBudget {
-        metadata: meta(names, names.members(), "member"),
+        metadata: meta(names, names.members(), COMPONENT_MEMBER),
         spec: Some(PodDisruptionBudgetSpec {
             min_available: Some(IntOrString::Int(voters / 2 + 1)),
             selector: Some(LabelSelector {
-                match_labels: Some(BTreeMap::from([(GROUP_LABEL.to_owned(), names.name.clone())])),
+                match_labels: Some(BTreeMap::from([(
+                    GROUP_LABEL.to_owned(),
+                    names.name.clone(),
+                )])),
                 ..Default::default()
             }),
             ..Default::default()
@@ -350,17 +503,24 @@ pub(super) fn disruption_budget(group: &ReplicaGroup, names: &GroupNames) -> Des
 }
 
 /// The group's HTTPRoute: one rule of ours (named `quorate`) with a backendRef per member Service.
-pub(super) fn http_route(group: &ReplicaGroup, names: &GroupNames, observed: &Observed, traffic: &TrafficPlan) -> Option<Desired> {
+pub(super) fn http_route(
+    group: &ReplicaGroup,
+    names: &GroupNames,
+    observed: &Observed,
+    traffic: &TrafficPlan,
+) -> Option<Desired> {
     let gateway = group.spec.traffic.gateway.as_ref()?;
     if !observed.gateway_api {
         return None;
     }
-    let port = gateway.port.or_else(|| group.spec.ports.first().map(|p| p.port))?;
+    let port = gateway
+        .port
+        .or_else(|| group.spec.ports.first().map(|p| p.port))?;
     let parent_refs: Vec<serde_json::Value> = gateway
         .parent_refs
         .iter()
         .map(|p| {
-            let mut r = json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": p.name});
+            let mut r = json!({"group": GATEWAY_API_GROUP, "kind": "Gateway", "name": p.name});
             if let Some(ns) = &p.namespace {
                 r["namespace"] = json!(ns);
             }
@@ -392,7 +552,7 @@ pub(super) fn http_route(group: &ReplicaGroup, names: &GroupNames, observed: &Ob
     Some(Desired::HttpRoute(json!({
         "apiVersion": HTTPROUTE_API_VERSION,
         "kind": "HTTPRoute",
-        "metadata": {"name": names.members(), "namespace": names.namespace, "labels": object_labels(names, "routing")},
+        "metadata": {"name": names.members(), "namespace": names.namespace, "labels": object_labels(names, COMPONENT_ROUTING)},
         "spec": spec,
     })))
 }
@@ -400,16 +560,36 @@ pub(super) fn http_route(group: &ReplicaGroup, names: &GroupNames, observed: &Ob
 /// Our HTTPRoute merged into the route as it exists: rules someone else added stay, and so do
 /// backendRefs and filters someone else added to our rule. (`spec.rules` is an atomic list in
 /// the Gateway API schema, so server-side apply alone would replace the whole list.)
-pub fn merge_route(desired: &serde_json::Value, existing: Option<&serde_json::Value>, names: &GroupNames) -> serde_json::Value {
+pub fn merge_route(
+    desired: &serde_json::Value,
+    existing: Option<&serde_json::Value>,
+    names: &GroupNames,
+) -> serde_json::Value {
     let mut merged = desired.clone();
-    let Some(existing) = existing else { return merged };
-    let ours = |b: &serde_json::Value| b["name"].as_str().is_some_and(|n| names.ordinal_of(n).is_some_and(|(w, _)| !w));
+    let Some(existing) = existing else {
+        return merged;
+    };
+    let ours = |b: &serde_json::Value| {
+        b["name"]
+            .as_str()
+            .is_some_and(|n| names.ordinal_of(n).is_some_and(|(w, _)| !w))
+    };
     let mut rules = Vec::new();
     for rule in desired["spec"]["rules"].as_array().into_iter().flatten() {
         let mut rule = rule.clone();
-        let before = existing["spec"]["rules"].as_array().into_iter().flatten().find(|r| r["name"] == ROUTE_RULE_NAME);
+        let before = existing["spec"]["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["name"] == ROUTE_RULE_NAME);
         if let Some(before) = before {
-            let foreign: Vec<serde_json::Value> = before["backendRefs"].as_array().into_iter().flatten().filter(|b| !ours(b)).cloned().collect();
+            let foreign: Vec<serde_json::Value> = before["backendRefs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|b| !ours(b))
+                .cloned()
+                .collect();
             if let Some(refs) = rule["backendRefs"].as_array_mut() {
                 refs.extend(foreign);
             }
@@ -421,7 +601,14 @@ pub fn merge_route(desired: &serde_json::Value, existing: Option<&serde_json::Va
         }
         rules.push(rule);
     }
-    rules.extend(existing["spec"]["rules"].as_array().into_iter().flatten().filter(|r| r["name"] != ROUTE_RULE_NAME).cloned());
+    rules.extend(
+        existing["spec"]["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["name"] != ROUTE_RULE_NAME)
+            .cloned(),
+    );
     merged["spec"]["rules"] = serde_json::Value::Array(rules);
     merged
 }

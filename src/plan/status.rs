@@ -5,9 +5,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::lifecycle::Lifecycle;
 use super::routing::{SliceDecision, TrafficPlan};
-use super::{AgentsObserved, GroupView, LeaseView, Observed, PlannedEvent, ViewRole};
-use crate::api::names::{COMPONENT_LABEL, GROUP_LABEL, GroupNames};
-use crate::api::{FailoverRecord, GroupMode, GroupPhase, MemberRole, MemberStatus, ReplicaGroup, ReplicaGroupStatus};
+use super::{AgentsObserved, GroupView, LeaseView, Observed, PlannedEvent};
+use crate::api::names::{COMPONENT_LABEL, COMPONENT_MEMBER, GROUP_LABEL, GroupNames};
+use crate::api::{
+    FailoverRecord, GroupMode, GroupPhase, MemberRole, MemberStatus, ReplicaGroup,
+    ReplicaGroupStatus,
+};
 
 pub const READY: &str = "Ready";
 pub const AVAILABLE: &str = "Available";
@@ -15,18 +18,13 @@ pub const QUORUM: &str = "Quorum";
 pub const ROUTING_CONVERGED: &str = "RoutingConverged";
 pub const DEGRADED: &str = "Degraded";
 
+/// The Quorum reason while the state stream is being set up: the phase does not call that Failed.
+const CONNECTING: &str = "Connecting";
+/// The Degraded reason that gets no event (members are unhealthy for a while in every rollout).
+const MEMBERS_UNHEALTHY: &str = "MembersUnhealthy";
+
 fn time(ms: i64) -> Time {
     Time(jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH))
-}
-
-fn role(r: ViewRole) -> MemberRole {
-    match r {
-        ViewRole::Primary => MemberRole::Primary,
-        ViewRole::Backup => MemberRole::Backup,
-        ViewRole::Active => MemberRole::Active,
-        ViewRole::Witness => MemberRole::Witness,
-        ViewRole::Unknown => MemberRole::Unknown,
-    }
 }
 
 struct Conditions<'a> {
@@ -38,7 +36,12 @@ struct Conditions<'a> {
 
 impl Conditions<'_> {
     fn set(&mut self, type_: &str, status: bool, reason: &str, message: impl Into<String>) {
-        self.set_raw(type_, if status { "True" } else { "False" }, reason, message.into());
+        self.set_raw(
+            type_,
+            if status { "True" } else { "False" },
+            reason,
+            message.into(),
+        );
     }
     fn set_raw(&mut self, type_: &str, status: &str, reason: &str, message: String) {
         // The transition time moves only when the status does.
@@ -60,11 +63,16 @@ impl Conditions<'_> {
 }
 
 fn is_true(conditions: &[Condition], type_: &str) -> bool {
-    conditions.iter().any(|c| c.type_ == type_ && c.status == "True")
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
 }
 
 fn reason_of<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a str> {
-    conditions.iter().find(|c| c.type_ == type_).map(|c| c.reason.as_str())
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.reason.as_str())
 }
 
 fn addresses(d: &SliceDecision) -> Option<Vec<String>> {
@@ -84,26 +92,124 @@ fn sorted(v: &[String]) -> Vec<String> {
     v
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(super) fn build(
-    group: &ReplicaGroup,
-    names: &GroupNames,
-    observed: &Observed,
-    previous: &ReplicaGroupStatus,
-    lifecycle: &Lifecycle,
-    traffic: &TrafficPlan,
-    template_problem: Option<&str>,
-) -> (ReplicaGroupStatus, Vec<PlannedEvent>) {
-    let spec = &group.spec;
-    let now = observed.now_ms;
-    let mut events = Vec::new();
-    let (view, age_ms) = match &observed.agents {
-        AgentsObserved::Connected { view, age_ms } => (Some(view), *age_ms),
-        _ => (None, 0),
-    };
-    let primary_live = view.is_some_and(|v| v.from_coordinator && v.lease == LeaseView::Live && age_ms < v.lease_remaining_ms);
+/// What the status is built from: what the operator read, the status it wrote last time, and
+/// this reconcile's other decisions (lifecycle, traffic), which the status reports on.
+#[derive(Clone, Copy)]
+pub(super) struct StatusInputs<'a> {
+    pub group: &'a ReplicaGroup,
+    pub names: &'a GroupNames,
+    pub observed: &'a Observed,
+    pub previous: &'a ReplicaGroupStatus,
+    pub lifecycle: &'a Lifecycle,
+    pub traffic: &'a TrafficPlan,
+    /// Why the pod template cannot be used (`members::template_problem`).
+    pub template_problem: Option<&'a str>,
+}
 
-    // --- members ------------------------------------------------------------------------------
+impl<'a> StatusInputs<'a> {
+    /// The group's state as its agents last streamed it, if the stream is up.
+    fn view(&self) -> Option<&'a GroupView> {
+        match &self.observed.agents {
+            AgentsObserved::Connected { view, .. } => Some(view),
+            _ => None,
+        }
+    }
+
+    /// The primary's lease is trusted (first-hand) and has not run out since the state arrived.
+    fn primary_live(&self) -> bool {
+        match &self.observed.agents {
+            AgentsObserved::Connected { view, age_ms } => {
+                view.from_coordinator
+                    && view.lease == LeaseView::Live
+                    && *age_ms < view.lease_remaining_ms
+            }
+            _ => false,
+        }
+    }
+
+    /// The members the spec asks for; members beyond them are only kept until they leave.
+    fn wanted_members(&self) -> Vec<String> {
+        (0..self.group.spec.replicas.max(0) as u32)
+            .map(|i| self.names.member(i))
+            .collect()
+    }
+}
+
+/// The new status and the events that explain it. Each stage is a function of the inputs and
+/// of what the stages before it produced: members, then conditions (which read the members),
+/// then events and phase (which read the conditions).
+pub(super) fn build(inputs: &StatusInputs) -> (ReplicaGroupStatus, Vec<PlannedEvent>) {
+    let StatusInputs {
+        group,
+        names,
+        observed,
+        previous,
+        lifecycle,
+        traffic,
+        ..
+    } = *inputs;
+    let view = inputs.view();
+    let now = observed.now_ms;
+
+    let members = member_statuses(inputs);
+    let conditions = conditions(inputs, &members);
+    let events = events(inputs, &conditions);
+    let phase = phase(inputs, &conditions);
+
+    let wanted = inputs.wanted_members();
+    let ready_replicas = members
+        .iter()
+        .filter(|m| wanted.contains(&m.name) && m.healthy && m.voter)
+        .count() as i32;
+    let epoch = view.map(|v| v.epoch as i64).max(previous.epoch);
+    let status = ReplicaGroupStatus {
+        phase: Some(phase),
+        replicas: observed.pods.iter().filter(|p| !p.witness).count() as i32,
+        ready_replicas,
+        primary: match (group.spec.mode, view) {
+            (GroupMode::PrimaryBackup, Some(v)) if inputs.primary_live() => v.primary.clone(),
+            (GroupMode::PrimaryBackup, None) => previous.primary.clone(),
+            _ => None,
+        },
+        leader: view
+            .and_then(|v| v.leader.clone())
+            .or_else(|| view.is_none().then(|| previous.leader.clone()).flatten()),
+        epoch: epoch.filter(|e| *e > 0),
+        routed_epoch: traffic.rw_epoch.map(|e| e as i64).filter(|e| *e > 0),
+        members,
+        conditions,
+        last_failover: last_failover(view, previous, traffic, now),
+        bootstrapped_at: previous
+            .bootstrapped_at
+            .clone()
+            .or_else(|| lifecycle.bootstrapped.then(|| time(now))),
+        weights_changed_at: if traffic.weights_changed {
+            Some(time(now))
+        } else {
+            previous.weights_changed_at.clone()
+        },
+        observed_generation: group.metadata.generation,
+        selector: Some(format!(
+            "{GROUP_LABEL}={},{COMPONENT_LABEL}={COMPONENT_MEMBER}",
+            names.name
+        )),
+    };
+    (status, events)
+}
+
+/// One entry per member and witness the StatefulSets keep, then any other member the group
+/// still has (so a member on its way out stays visible until it is gone).
+pub(super) fn member_statuses(inputs: &StatusInputs) -> Vec<MemberStatus> {
+    let StatusInputs {
+        group,
+        names,
+        observed,
+        lifecycle,
+        traffic,
+        ..
+    } = *inputs;
+    let view = inputs.view();
+    let primary_live = inputs.primary_live();
     let mut member_names: Vec<String> = (0..lifecycle.member_replicas.max(0) as u32)
         .map(|i| names.member(i))
         .chain((0..lifecycle.witness_replicas.max(0) as u32).map(|i| names.witness(i)))
@@ -113,8 +219,13 @@ pub(super) fn build(
             member_names.push(m.name.clone());
         }
     }
-    let pod_serving = |name: &str| observed.pods.iter().any(|p| p.name == name && !p.terminating && p.ip.is_some());
-    let members: Vec<MemberStatus> = member_names
+    let pod_serving = |name: &str| {
+        observed
+            .pods
+            .iter()
+            .any(|p| p.name == name && !p.terminating && p.ip.is_some())
+    };
+    member_names
         .iter()
         .map(|name| {
             let in_view = view.and_then(|v| v.members.iter().find(|m| &m.name == name));
@@ -123,13 +234,20 @@ pub(super) fn build(
             MemberStatus {
                 name: name.clone(),
                 id: in_view.map(|m| m.id as i64),
-                role: in_view.map_or(if witness { MemberRole::Witness } else { MemberRole::Unknown }, |m| role(m.role)),
+                role: in_view.map_or(
+                    if witness {
+                        MemberRole::Witness
+                    } else {
+                        MemberRole::Unknown
+                    },
+                    |m| m.role,
+                ),
                 // A member whose pod is being deleted or is gone is not healthy, whatever its
                 // agent last said: the group is not whole again until the pod is back.
                 healthy: in_view.is_some_and(|m| m.healthy) && pod_serving(name),
                 voter: in_view.is_some_and(|m| m.voter),
                 weight: traffic.weights.get(name).copied().unwrap_or(0),
-                lease: (is_primary && spec.mode == GroupMode::PrimaryBackup).then(|| {
+                lease: (is_primary && group.spec.mode == GroupMode::PrimaryBackup).then(|| {
                     match view.map(|v| v.lease) {
                         Some(LeaseView::Live) if primary_live => "Live",
                         Some(LeaseView::Released) => "Released",
@@ -142,208 +260,37 @@ pub(super) fn build(
                 latency_millis: in_view.and_then(|m| m.latency_ms),
             }
         })
-        .collect();
-    let wanted_members: Vec<String> = (0..spec.replicas.max(0) as u32).map(|i| names.member(i)).collect();
-    let ready_replicas = members.iter().filter(|m| wanted_members.contains(&m.name) && m.healthy && m.voter).count() as i32;
-    let unhealthy: Vec<&str> = members
-        .iter()
-        .filter(|m| (wanted_members.contains(&m.name) || names.ordinal_of(&m.name).is_some_and(|(w, _)| w)) && !(m.healthy && m.voter))
-        .map(|m| m.name.as_str())
-        .collect();
-
-    // --- last change of primary, with the time it was routed ------------------------------------
-    let last_failover = last_failover(view, previous, traffic, now);
-    if let Some(record) = view.and_then(|v| v.failovers.last()) {
-        let known = previous.epoch.unwrap_or(0).max(0) as u64;
-        if record.epoch > known {
-            let from = record.from.clone().unwrap_or_else(|| "(none)".into());
-            let (warning, reason) = if record.reason == "Switchover" { (false, "Switchover") } else { (true, "Failover") };
-            events.push(PlannedEvent {
-                warning,
-                reason: reason.into(),
-                note: format!("primary {from} -> {} at epoch {} ({})", record.to, record.epoch, record.reason),
-            });
-        }
-    }
-    if let Some(v) = view
-        && v.epoch > previous.epoch.unwrap_or(0).max(0) as u64
-        && let Some(p) = &v.primary
-    {
-        events.push(PlannedEvent { warning: false, reason: "PrimaryAppointed".into(), note: format!("{p} appointed primary with epoch {}", v.epoch) });
-    }
-
-    // --- conditions ---------------------------------------------------------------------------
-    let previous_conditions = previous.conditions.as_slice();
-    let mut c = Conditions { previous: previous_conditions, now_ms: now, generation: group.metadata.generation, out: Vec::new() };
-    match (&observed.agents, view) {
-        (_, Some(v)) if v.from_coordinator && v.leader.is_some() => c.set(
-            QUORUM,
-            true,
-            "CoordinatorElected",
-            format!("{} coordinates the group", v.leader.as_deref().unwrap_or_default()),
-        ),
-        (_, Some(_)) => c.set(QUORUM, false, "NoCoordinator", "the members have no coordinator (no Raft majority reachable)"),
-        (AgentsObserved::Connecting, _) => c.set_raw(QUORUM, "Unknown", "Connecting", "connecting to the group's agents".into()),
-        (AgentsObserved::Unreachable { error, .. }, _) => c.set(QUORUM, false, "AgentsUnreachable", error.clone()),
-        (AgentsObserved::Connected { .. }, None) => c.set(QUORUM, false, "AgentsUnreachable", "no state from the agents"),
-    }
-
-    let rw_now = addresses(&traffic.rw).unwrap_or_else(|| sorted(&observed.routed_addresses));
-    let r_now = addresses(&traffic.r).unwrap_or_else(|| sorted(&observed.r_addresses));
-    let available = match spec.mode {
-        GroupMode::PrimaryBackup => !rw_now.is_empty(),
-        GroupMode::ActiveActive => !r_now.is_empty(),
-    };
-    match spec.mode {
-        GroupMode::PrimaryBackup if available => c.set(
-            AVAILABLE,
-            true,
-            "PrimaryRouted",
-            format!("{} routes to the primary{}", names.rw(), traffic.routed_primary.as_deref().map(|p| format!(" {p}")).unwrap_or_default()),
-        ),
-        GroupMode::PrimaryBackup => c.set(AVAILABLE, false, "NoPrimary", format!("{} routes to no member: no primary holds a live lease", names.rw())),
-        GroupMode::ActiveActive if available => c.set(AVAILABLE, true, "MembersRouted", format!("{} routes to {} member(s)", names.r(), r_now.len())),
-        GroupMode::ActiveActive => c.set(AVAILABLE, false, "NoHealthyMember", format!("{} routes to no member", names.r())),
-    }
-
-    // Converged: what is applied (read back) equals what this decision wants.
-    let mut differences = Vec::new();
-    for (label, want, have) in [
-        (names.rw(), addresses(&traffic.rw), &observed.routed_addresses),
-        (names.ro(), addresses(&traffic.ro), &observed.ro_addresses),
-        (names.r(), addresses(&traffic.r), &observed.r_addresses),
-    ] {
-        if let Some(want) = want
-            && want != sorted(have) && !spec.ports.is_empty()
-        {
-            differences.push(format!("{label}: applied {:?}, wanted {want:?}", sorted(have)));
-        }
-    }
-    if let Some(why) = &traffic.held {
-        differences.push(format!("routing held: {why}"));
-    }
-    route_differences(group, observed, traffic, &mut differences);
-    if differences.is_empty() {
-        c.set(ROUTING_CONVERGED, true, "Converged", "the applied routing matches the group's state");
-    } else {
-        c.set(ROUTING_CONVERGED, false, "Pending", differences.join("; "));
-    }
-
-    let degraded: Option<(&str, String)> = if let Some(p) = template_problem {
-        Some(("InvalidTemplate", p.to_owned()))
-    } else if let Some((reason, message)) = &lifecycle.problem {
-        Some((reason.as_str(), message.clone()))
-    } else if view.is_some_and(|v| v.flap_guard_tripped) {
-        Some((
-            "FlapGuard",
-            format!(
-                "more than {} automatic failovers in an hour: automatic failover is stopped; run `kubectl quorate switchover {}` once the cause is fixed",
-                spec.failover.max_failovers_per_hour, names.name
-            ),
-        ))
-    } else if let AgentsObserved::Unreachable { error, .. } = &observed.agents {
-        Some(("AgentsUnreachable", error.clone()))
-    } else if let Some(missing) = gateway_problem(group, observed) {
-        Some(("GatewayNotReady", missing))
-    } else if lifecycle.bootstrapped && !unhealthy.is_empty() {
-        Some(("MembersUnhealthy", format!("not healthy or not voting yet: {}", unhealthy.join(", "))))
-    } else {
-        None
-    };
-    match &degraded {
-        Some((reason, message)) => c.set(DEGRADED, true, reason, message.clone()),
-        None => c.set(DEGRADED, false, "AsExpected", "every member is healthy"),
-    }
-    let ready = is_true(&c.out, QUORUM) && available && is_true(&c.out, ROUTING_CONVERGED) && degraded.is_none();
-    if ready {
-        c.set(READY, true, "Ready", "the group has a quorum, routed traffic and healthy members");
-    } else {
-        let why = c
-            .out
-            .iter()
-            .filter(|x| (x.type_ == DEGRADED && x.status == "True") || (x.type_ != DEGRADED && x.status != "True"))
-            .map(|x| x.reason.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
-        c.set(READY, false, "NotReady", format!("waiting for: {why}"));
-    }
-
-    // Events on transitions only (the recorder would aggregate repeats, but a status change is the news).
-    if let Some((reason, message)) = &degraded {
-        let before = previous_conditions.iter().find(|x| x.type_ == DEGRADED && x.status == "True").map(|x| x.reason.as_str());
-        if before != Some(*reason) && *reason != "MembersUnhealthy" {
-            events.push(PlannedEvent { warning: true, reason: (*reason).to_owned(), note: message.clone() });
-        }
-    }
-    if let Some((reason, message)) = &lifecycle.rejected_request {
-        events.push(PlannedEvent { warning: true, reason: reason.clone(), note: message.clone() });
-    }
-    if let SliceDecision::Route(m) = &traffic.rw {
-        let target: Vec<String> = m.iter().map(|(_, ip)| ip.clone()).collect();
-        if sorted(&target) != sorted(&observed.routed_addresses) {
-            let note = match m.first() {
-                Some((name, ip)) => format!("{} routes to {name} ({ip}) at epoch {}", names.rw(), traffic.rw_epoch.unwrap_or(0)),
-                None => format!("{} routes to no member (no live primary)", names.rw()),
-            };
-            events.push(PlannedEvent { warning: false, reason: "RoutingChanged".into(), note });
-        }
-    }
-    if traffic.weights_changed && spec.mode == GroupMode::ActiveActive {
-        let list: Vec<String> = traffic.weights.iter().map(|(m, w)| format!("{m}={w}")).collect();
-        events.push(PlannedEvent { warning: false, reason: "WeightsChanged".into(), note: list.join(" ") });
-    }
-
-    let phase = if template_problem.is_some() || lifecycle.problem.is_some() {
-        GroupPhase::Failed
-    } else if !lifecycle.bootstrapped {
-        if observed.pods.is_empty() { GroupPhase::Pending } else { GroupPhase::Bootstrapping }
-    } else if ready {
-        GroupPhase::Ready
-    } else if !is_true(&c.out, QUORUM) && reason_of(&c.out, QUORUM) != Some("Connecting") {
-        GroupPhase::Failed
-    } else {
-        GroupPhase::Degraded
-    };
-
-    let epoch = view.map(|v| v.epoch as i64).max(previous.epoch);
-    let status = ReplicaGroupStatus {
-        phase: Some(phase),
-        replicas: observed.pods.iter().filter(|p| !p.witness).count() as i32,
-        ready_replicas,
-        primary: match (spec.mode, view) {
-            (GroupMode::PrimaryBackup, Some(v)) if primary_live => v.primary.clone(),
-            (GroupMode::PrimaryBackup, None) => previous.primary.clone(),
-            _ => None,
-        },
-        leader: view.and_then(|v| v.leader.clone()).or_else(|| view.is_none().then(|| previous.leader.clone()).flatten()),
-        epoch: epoch.filter(|e| *e > 0),
-        routed_epoch: traffic.rw_epoch.map(|e| e as i64).filter(|e| *e > 0),
-        members,
-        conditions: c.out,
-        last_failover,
-        bootstrapped_at: previous.bootstrapped_at.clone().or_else(|| lifecycle.bootstrapped.then(|| time(now))),
-        weights_changed_at: if traffic.weights_changed { Some(time(now)) } else { previous.weights_changed_at.clone() },
-        observed_generation: group.metadata.generation,
-        selector: Some(format!("{GROUP_LABEL}={},{COMPONENT_LABEL}=member", names.name)),
-    };
-    (status, events)
+        .collect()
 }
 
-fn last_failover(view: Option<&GroupView>, previous: &ReplicaGroupStatus, traffic: &TrafficPlan, now: i64) -> Option<FailoverRecord> {
+/// The last change of primary, with the time routing followed it.
+pub(super) fn last_failover(
+    view: Option<&GroupView>,
+    previous: &ReplicaGroupStatus,
+    traffic: &TrafficPlan,
+    now: i64,
+) -> Option<FailoverRecord> {
     // Every change of primary, switchovers included: the operator itself switches over as soon
     // as the primary's pod is being deleted, and that is an unplanned event for the user.
     let Some(record) = view.and_then(|v| v.failovers.last()) else {
         return previous.last_failover.clone();
     };
-    let same = previous.last_failover.as_ref().filter(|p| p.epoch == Some(record.epoch as i64));
+    let same = previous
+        .last_failover
+        .as_ref()
+        .filter(|p| p.epoch == Some(record.epoch as i64));
     // Once routed, keep the figures of the reconcile that routed it: the stored routedAt has
     // only whole seconds, so a duration computed again from it would be off by up to a second.
     let (routed_at, duration) = match same.filter(|p| p.routed_at.is_some()) {
         Some(p) => (p.routed_at.clone(), p.duration_millis),
         None => {
-            let routed = traffic.routed_primary.as_deref() == Some(record.to.as_str()) && traffic.rw_epoch >= Some(record.epoch);
+            let routed = traffic.routed_primary.as_deref() == Some(record.to.as_str())
+                && traffic.rw_epoch >= Some(record.epoch);
             let routed_at = routed.then(|| time(now));
-            (routed_at, routed.then(|| (now - record.detected_at_ms).max(0)))
+            (
+                routed_at,
+                routed.then(|| (now - record.detected_at_ms).max(0)),
+            )
         }
     };
     Some(FailoverRecord {
@@ -358,6 +305,361 @@ fn last_failover(view: Option<&GroupView>, previous: &ReplicaGroupStatus, traffi
     })
 }
 
+/// Quorum, Available, RoutingConverged, Degraded, then Ready from those four.
+pub(super) fn conditions(inputs: &StatusInputs, members: &[MemberStatus]) -> Vec<Condition> {
+    let mut c = Conditions {
+        previous: &inputs.previous.conditions,
+        now_ms: inputs.observed.now_ms,
+        generation: inputs.group.metadata.generation,
+        out: Vec::new(),
+    };
+    quorum(inputs, &mut c);
+    available(inputs, &mut c);
+    routing_converged(inputs, &mut c);
+    match degradation(inputs, members) {
+        Some((reason, message)) => c.set(DEGRADED, true, reason, message),
+        None => c.set(DEGRADED, false, "AsExpected", "every member is healthy"),
+    }
+    ready(&mut c);
+    c.out
+}
+
+fn quorum(inputs: &StatusInputs, c: &mut Conditions) {
+    match (&inputs.observed.agents, inputs.view()) {
+        (_, Some(v)) if v.from_coordinator && v.leader.is_some() => c.set(
+            QUORUM,
+            true,
+            "CoordinatorElected",
+            format!(
+                "{} coordinates the group",
+                v.leader.as_deref().unwrap_or_default()
+            ),
+        ),
+        (_, Some(_)) => c.set(
+            QUORUM,
+            false,
+            "NoCoordinator",
+            "the members have no coordinator (no Raft majority reachable)",
+        ),
+        (AgentsObserved::Connecting, _) => c.set_raw(
+            QUORUM,
+            "Unknown",
+            CONNECTING,
+            "connecting to the group's agents".into(),
+        ),
+        (AgentsObserved::Unreachable { error, .. }, _) => {
+            c.set(QUORUM, false, "AgentsUnreachable", error.clone())
+        }
+        (AgentsObserved::Connected { .. }, None) => c.set(
+            QUORUM,
+            false,
+            "AgentsUnreachable",
+            "no state from the agents",
+        ),
+    }
+}
+
+/// Whether the group's Service routes anywhere after this reconcile (what it keeps when this
+/// decision leaves the slice alone).
+fn available(inputs: &StatusInputs, c: &mut Conditions) {
+    let StatusInputs {
+        group,
+        names,
+        observed,
+        traffic,
+        ..
+    } = *inputs;
+    let rw_now = addresses(&traffic.rw).unwrap_or_else(|| sorted(&observed.routed_addresses));
+    let r_now = addresses(&traffic.r).unwrap_or_else(|| sorted(&observed.r_addresses));
+    let available = match group.spec.mode {
+        GroupMode::PrimaryBackup => !rw_now.is_empty(),
+        GroupMode::ActiveActive => !r_now.is_empty(),
+    };
+    match group.spec.mode {
+        GroupMode::PrimaryBackup if available => c.set(
+            AVAILABLE,
+            true,
+            "PrimaryRouted",
+            format!(
+                "{} routes to the primary{}",
+                names.rw(),
+                traffic
+                    .routed_primary
+                    .as_deref()
+                    .map(|p| format!(" {p}"))
+                    .unwrap_or_default()
+            ),
+        ),
+        GroupMode::PrimaryBackup => c.set(
+            AVAILABLE,
+            false,
+            "NoPrimary",
+            format!(
+                "{} routes to no member: no primary holds a live lease",
+                names.rw()
+            ),
+        ),
+        GroupMode::ActiveActive if available => c.set(
+            AVAILABLE,
+            true,
+            "MembersRouted",
+            format!("{} routes to {} member(s)", names.r(), r_now.len()),
+        ),
+        GroupMode::ActiveActive => c.set(
+            AVAILABLE,
+            false,
+            "NoHealthyMember",
+            format!("{} routes to no member", names.r()),
+        ),
+    }
+}
+
+/// Converged: what is applied (read back) equals what this decision wants.
+fn routing_converged(inputs: &StatusInputs, c: &mut Conditions) {
+    let StatusInputs {
+        group,
+        names,
+        observed,
+        traffic,
+        ..
+    } = *inputs;
+    let mut differences = Vec::new();
+    for (label, want, have) in [
+        (
+            names.rw(),
+            addresses(&traffic.rw),
+            &observed.routed_addresses,
+        ),
+        (names.ro(), addresses(&traffic.ro), &observed.ro_addresses),
+        (names.r(), addresses(&traffic.r), &observed.r_addresses),
+    ] {
+        if let Some(want) = want
+            && want != sorted(have)
+            && !group.spec.ports.is_empty()
+        {
+            differences.push(format!(
+                "{label}: applied {:?}, wanted {want:?}",
+                sorted(have)
+            ));
+        }
+    }
+    if let Some(why) = &traffic.held {
+        differences.push(format!("routing held: {why}"));
+    }
+    route_differences(group, observed, traffic, &mut differences);
+    if differences.is_empty() {
+        c.set(
+            ROUTING_CONVERGED,
+            true,
+            "Converged",
+            "the applied routing matches the group's state",
+        );
+    } else {
+        c.set(ROUTING_CONVERGED, false, "Pending", differences.join("; "));
+    }
+}
+
+/// The most pressing problem, if any, as (reason, message): what needs a human first.
+fn degradation<'a>(
+    inputs: &StatusInputs<'a>,
+    members: &[MemberStatus],
+) -> Option<(&'a str, String)> {
+    let StatusInputs {
+        group,
+        names,
+        observed,
+        lifecycle,
+        ..
+    } = *inputs;
+    if let Some(p) = inputs.template_problem {
+        return Some(("InvalidTemplate", p.to_owned()));
+    }
+    if let Some((reason, message)) = &lifecycle.problem {
+        return Some((reason.as_str(), message.clone()));
+    }
+    if inputs.view().is_some_and(|v| v.flap_guard_tripped) {
+        return Some((
+            "FlapGuard",
+            format!(
+                "more than {} automatic failovers in an hour: automatic failover is stopped; run `kubectl quorate switchover {}` once the cause is fixed",
+                group.spec.failover.max_failovers_per_hour, names.name
+            ),
+        ));
+    }
+    if let AgentsObserved::Unreachable { error, .. } = &observed.agents {
+        return Some(("AgentsUnreachable", error.clone()));
+    }
+    if let Some(missing) = gateway_problem(group, observed) {
+        return Some(("GatewayNotReady", missing));
+    }
+    // Wanted members and every witness; a member on its way out does not count.
+    let wanted = inputs.wanted_members();
+    let unhealthy: Vec<&str> = members
+        .iter()
+        .filter(|m| {
+            (wanted.contains(&m.name) || names.ordinal_of(&m.name).is_some_and(|(w, _)| w))
+                && !(m.healthy && m.voter)
+        })
+        .map(|m| m.name.as_str())
+        .collect();
+    if lifecycle.bootstrapped && !unhealthy.is_empty() {
+        return Some((
+            MEMBERS_UNHEALTHY,
+            format!("not healthy or not voting yet: {}", unhealthy.join(", ")),
+        ));
+    }
+    None
+}
+
+/// Ready when the other four are as they should be; otherwise it names the reasons why not.
+fn ready(c: &mut Conditions) {
+    let ready = is_true(&c.out, QUORUM)
+        && is_true(&c.out, AVAILABLE)
+        && is_true(&c.out, ROUTING_CONVERGED)
+        && !is_true(&c.out, DEGRADED);
+    if ready {
+        c.set(
+            READY,
+            true,
+            "Ready",
+            "the group has a quorum, routed traffic and healthy members",
+        );
+    } else {
+        let why = c
+            .out
+            .iter()
+            .filter(|x| {
+                (x.type_ == DEGRADED && x.status == "True")
+                    || (x.type_ != DEGRADED && x.status != "True")
+            })
+            .map(|x| x.reason.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        c.set(READY, false, "NotReady", format!("waiting for: {why}"));
+    }
+}
+
+/// Events on transitions only (the recorder would aggregate repeats, but a status change is
+/// the news): a new primary, a new problem, a rejected request, changed routing or weights.
+pub(super) fn events(inputs: &StatusInputs, conditions: &[Condition]) -> Vec<PlannedEvent> {
+    let StatusInputs {
+        group,
+        names,
+        observed,
+        previous,
+        lifecycle,
+        traffic,
+        ..
+    } = *inputs;
+    let view = inputs.view();
+    let known_epoch = previous.epoch.unwrap_or(0).max(0) as u64;
+    let mut events = Vec::new();
+    if let Some(record) = view.and_then(|v| v.failovers.last())
+        && record.epoch > known_epoch
+    {
+        let from = record.from.clone().unwrap_or_else(|| "(none)".into());
+        let (warning, reason) = if record.reason == "Switchover" {
+            (false, "Switchover")
+        } else {
+            (true, "Failover")
+        };
+        events.push(PlannedEvent {
+            warning,
+            reason: reason.into(),
+            note: format!(
+                "primary {from} -> {} at epoch {} ({})",
+                record.to, record.epoch, record.reason
+            ),
+        });
+    }
+    if let Some(v) = view
+        && v.epoch > known_epoch
+        && let Some(p) = &v.primary
+    {
+        events.push(PlannedEvent {
+            warning: false,
+            reason: "PrimaryAppointed".into(),
+            note: format!("{p} appointed primary with epoch {}", v.epoch),
+        });
+    }
+    let degraded = |conditions: &[Condition]| {
+        conditions
+            .iter()
+            .find(|x| x.type_ == DEGRADED && x.status == "True")
+            .map(|x| (x.reason.clone(), x.message.clone()))
+    };
+    // Unhealthy members come and go during every rollout: that is in the status, not news.
+    if let Some((reason, message)) = degraded(conditions)
+        && degraded(&previous.conditions).is_none_or(|(before, _)| before != reason)
+        && reason != MEMBERS_UNHEALTHY
+    {
+        events.push(PlannedEvent {
+            warning: true,
+            reason,
+            note: message,
+        });
+    }
+    if let Some((reason, message)) = &lifecycle.rejected_request {
+        events.push(PlannedEvent {
+            warning: true,
+            reason: reason.clone(),
+            note: message.clone(),
+        });
+    }
+    if let SliceDecision::Route(m) = &traffic.rw {
+        let target: Vec<String> = m.iter().map(|(_, ip)| ip.clone()).collect();
+        if sorted(&target) != sorted(&observed.routed_addresses) {
+            let note = match m.first() {
+                Some((name, ip)) => format!(
+                    "{} routes to {name} ({ip}) at epoch {}",
+                    names.rw(),
+                    traffic.rw_epoch.unwrap_or(0)
+                ),
+                None => format!("{} routes to no member (no live primary)", names.rw()),
+            };
+            events.push(PlannedEvent {
+                warning: false,
+                reason: "RoutingChanged".into(),
+                note,
+            });
+        }
+    }
+    if traffic.weights_changed && group.spec.mode == GroupMode::ActiveActive {
+        let list: Vec<String> = traffic
+            .weights
+            .iter()
+            .map(|(m, w)| format!("{m}={w}"))
+            .collect();
+        events.push(PlannedEvent {
+            warning: false,
+            reason: "WeightsChanged".into(),
+            note: list.join(" "),
+        });
+    }
+    events
+}
+
+/// The phase, from the lifecycle and the conditions just set.
+pub(super) fn phase(inputs: &StatusInputs, conditions: &[Condition]) -> GroupPhase {
+    let lifecycle = inputs.lifecycle;
+    if inputs.template_problem.is_some() || lifecycle.problem.is_some() {
+        GroupPhase::Failed
+    } else if !lifecycle.bootstrapped {
+        if inputs.observed.pods.is_empty() {
+            GroupPhase::Pending
+        } else {
+            GroupPhase::Bootstrapping
+        }
+    } else if is_true(conditions, READY) {
+        GroupPhase::Ready
+    } else if !is_true(conditions, QUORUM) && reason_of(conditions, QUORUM) != Some(CONNECTING) {
+        // No quorum is Failed; not knowing yet (the stream is being set up) is not.
+        GroupPhase::Failed
+    } else {
+        GroupPhase::Degraded
+    }
+}
+
 /// Why the HTTPRoute cannot work, if it cannot: no Gateway API, a missing Gateway.
 fn gateway_problem(group: &ReplicaGroup, observed: &Observed) -> Option<String> {
     group.spec.traffic.gateway.as_ref()?;
@@ -365,14 +667,24 @@ fn gateway_problem(group: &ReplicaGroup, observed: &Observed) -> Option<String> 
         return Some("spec.traffic.gateway is set but the Gateway API (HTTPRoute CRD) is not installed in the cluster".into());
     }
     if !observed.missing_gateways.is_empty() {
-        return Some(format!("Gateway not found: {}", observed.missing_gateways.join(", ")));
+        return Some(format!(
+            "Gateway not found: {}",
+            observed.missing_gateways.join(", ")
+        ));
     }
     None
 }
 
 /// HTTPRoute read-back: accepted by every parent, refs resolved, weights as published.
-fn route_differences(group: &ReplicaGroup, observed: &Observed, traffic: &TrafficPlan, out: &mut Vec<String>) {
-    let Some(gateway) = &group.spec.traffic.gateway else { return };
+fn route_differences(
+    group: &ReplicaGroup,
+    observed: &Observed,
+    traffic: &TrafficPlan,
+    out: &mut Vec<String>,
+) {
+    let Some(gateway) = &group.spec.traffic.gateway else {
+        return;
+    };
     if !observed.gateway_api {
         out.push("the Gateway API is not installed".into());
         return;
@@ -382,15 +694,25 @@ fn route_differences(group: &ReplicaGroup, observed: &Observed, traffic: &Traffi
         return;
     };
     if route.weights != traffic.weights {
-        out.push(format!("HTTPRoute weights {:?}, wanted {:?}", route.weights, traffic.weights));
+        out.push(format!(
+            "HTTPRoute weights {:?}, wanted {:?}",
+            route.weights, traffic.weights
+        ));
     }
     for parent in &gateway.parent_refs {
         match route.parents.get(&parent.name) {
-            None => out.push(format!("Gateway {} has not reported on the route yet", parent.name)),
+            None => out.push(format!(
+                "Gateway {} has not reported on the route yet",
+                parent.name
+            )),
             Some((accepted, resolved, message)) if !(*accepted && *resolved) => out.push(format!(
                 "Gateway {} {}: {message}",
                 parent.name,
-                if *accepted { "cannot resolve the route's backends" } else { "did not accept the route" }
+                if *accepted {
+                    "cannot resolve the route's backends"
+                } else {
+                    "did not accept the route"
+                }
             )),
             _ => {}
         }

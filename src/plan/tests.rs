@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use proptest::prelude::*;
 use serde_json::json;
 
 use super::*;
-use crate::api::{FailoverSpec, GroupMode, MemberRole, ReplicaGroupSpec};
+use crate::api::{FailoverSpec, GroupMode, GroupPhase, MemberRole, ReplicaGroupSpec};
 
 const NOW: i64 = 1_800_000_000_000;
 
@@ -23,12 +23,20 @@ fn group(mode: GroupMode, replicas: i32) -> ReplicaGroup {
     }))
     .expect("fixture spec");
     let mut g = ReplicaGroup::new("cache", spec);
-    g.metadata = ObjectMeta { name: Some("cache".into()), namespace: Some("shop".into()), generation: Some(3), ..Default::default() };
+    g.metadata = ObjectMeta {
+        name: Some("cache".into()),
+        namespace: Some("shop".into()),
+        generation: Some(3),
+        ..Default::default()
+    };
     g
 }
 
 fn settings() -> OperatorSettings {
-    OperatorSettings { agent_image: "ghcr.io/quorate-dev/quorate:0.1.0".into(), agent_image_pull_policy: "IfNotPresent".into() }
+    OperatorSettings {
+        agent_image: "ghcr.io/quorate-dev/quorate:0.1.0".into(),
+        agent_image_pull_policy: "IfNotPresent".into(),
+    }
 }
 
 fn pods(n: u32) -> Vec<MemberPod> {
@@ -44,8 +52,17 @@ fn pods(n: u32) -> Vec<MemberPod> {
         .collect()
 }
 
-fn member(i: u32, role: ViewRole) -> MemberView {
-    MemberView { id: 100 + i as u64, name: format!("cache-{i}"), voter: true, witness: false, role, healthy: true, load: None, latency_ms: None }
+fn member(i: u32, role: MemberRole) -> MemberView {
+    MemberView {
+        id: 100 + i as u64,
+        name: format!("cache-{i}"),
+        voter: true,
+        witness: false,
+        role,
+        healthy: true,
+        load: None,
+        latency_ms: None,
+    }
 }
 
 /// A healthy PrimaryBackup view: `primary` holds a live lease at `epoch`.
@@ -61,7 +78,18 @@ fn view(n: u32, primary: u32, epoch: u64) -> GroupView {
         paused: false,
         flap_guard_tripped: false,
         switchover_pending: false,
-        members: (0..n).map(|i| member(i, if i == primary { ViewRole::Primary } else { ViewRole::Backup })).collect(),
+        members: (0..n)
+            .map(|i| {
+                member(
+                    i,
+                    if i == primary {
+                        MemberRole::Primary
+                    } else {
+                        MemberRole::Backup
+                    },
+                )
+            })
+            .collect(),
         failovers: vec![],
     }
 }
@@ -84,16 +112,24 @@ fn observed(pods: Vec<MemberPod>, agents: AgentsObserved) -> Observed {
 }
 
 fn connected(v: GroupView) -> AgentsObserved {
-    AgentsObserved::Connected { view: v, age_ms: 50 }
+    AgentsObserved::Connected {
+        view: v,
+        age_ms: 50,
+    }
 }
 
 fn bootstrapped(mut g: ReplicaGroup) -> ReplicaGroup {
     let status = g.status.get_or_insert_with(Default::default);
-    status.bootstrapped_at = Some(Time(jiff::Timestamp::from_millisecond(NOW - 60_000).expect("time")));
+    status.bootstrapped_at = Some(Time(
+        jiff::Timestamp::from_millisecond(NOW - 60_000).expect("time"),
+    ));
     g
 }
 
-fn slice<'a>(plan: &'a Plan, name: &str) -> Option<&'a k8s_openapi::api::discovery::v1::EndpointSlice> {
+fn slice<'a>(
+    plan: &'a Plan,
+    name: &str,
+) -> Option<&'a k8s_openapi::api::discovery::v1::EndpointSlice> {
     plan.apply.iter().find_map(|d| match d {
         Desired::EndpointSlice(s) if s.metadata.name.as_deref() == Some(name) => Some(s.as_ref()),
         _ => None,
@@ -101,14 +137,29 @@ fn slice<'a>(plan: &'a Plan, name: &str) -> Option<&'a k8s_openapi::api::discove
 }
 
 fn slice_ips(plan: &Plan, name: &str) -> Option<Vec<String>> {
-    slice(plan, name).map(|s| s.endpoints.iter().flat_map(|e| e.addresses.clone()).collect())
+    slice(plan, name).map(|s| {
+        s.endpoints
+            .iter()
+            .flat_map(|e| e.addresses.clone())
+            .collect()
+    })
 }
 
-fn condition<'a>(plan: &'a Plan, type_: &str) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-    plan.status.conditions.iter().find(|c| c.type_ == type_).expect("condition present")
+fn condition<'a>(
+    plan: &'a Plan,
+    type_: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    plan.status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .expect("condition present")
 }
 
-fn statefulset<'a>(plan: &'a Plan, name: &str) -> Option<&'a k8s_openapi::api::apps::v1::StatefulSet> {
+fn statefulset<'a>(
+    plan: &'a Plan,
+    name: &str,
+) -> Option<&'a k8s_openapi::api::apps::v1::StatefulSet> {
     plan.apply.iter().find_map(|d| match d {
         Desired::StatefulSet(s) if s.metadata.name.as_deref() == Some(name) => Some(s.as_ref()),
         _ => None,
@@ -122,7 +173,11 @@ fn steady_primary_backup_group_snapshot() {
     o.routed_epoch = Some(4);
     o.routed_addresses = vec!["10.88.1.11".into()];
     o.ro_addresses = vec!["10.88.1.10".into(), "10.88.1.12".into()];
-    o.r_addresses = vec!["10.88.1.10".into(), "10.88.1.11".into(), "10.88.1.12".into()];
+    o.r_addresses = vec![
+        "10.88.1.10".into(),
+        "10.88.1.11".into(),
+        "10.88.1.12".into(),
+    ];
     let p = plan(&g, &o, &settings());
     insta::assert_yaml_snapshot!("primary_backup_steady", p);
 }
@@ -139,7 +194,7 @@ fn active_active_with_gateway_snapshot() {
     v.primary = None;
     v.lease = LeaseView::None;
     for m in &mut v.members {
-        m.role = ViewRole::Active;
+        m.role = MemberRole::Active;
     }
     let p = plan(&g, &observed(pods(3), connected(v)), &settings());
     insta::assert_yaml_snapshot!("active_active_gateway", p);
@@ -148,9 +203,17 @@ fn active_active_with_gateway_snapshot() {
 #[test]
 fn the_agent_is_injected_as_a_restricted_native_sidecar() {
     let g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
-    let p = plan(&g, &observed(pods(3), connected(view(3, 0, 1))), &settings());
+    let p = plan(
+        &g,
+        &observed(pods(3), connected(view(3, 0, 1))),
+        &settings(),
+    );
     let sts = statefulset(&p, "cache").expect("member StatefulSet");
-    let pod = sts.spec.as_ref().and_then(|s| s.template.spec.as_ref()).expect("pod spec");
+    let pod = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec");
     assert_eq!(pod.automount_service_account_token, Some(false));
     let agent = &pod.init_containers.as_ref().expect("init containers")[0];
     assert_eq!(agent.name, "quorate-agent");
@@ -159,12 +222,27 @@ fn the_agent_is_injected_as_a_restricted_native_sidecar() {
     assert_eq!(sc.run_as_non_root, Some(true));
     assert_eq!(sc.allow_privilege_escalation, Some(false));
     assert_eq!(sc.read_only_root_filesystem, Some(true));
-    assert_eq!(sc.capabilities.as_ref().and_then(|c| c.drop.clone()), Some(vec!["ALL".to_owned()]));
-    assert_eq!(sc.seccomp_profile.as_ref().map(|s| s.type_.as_str()), Some("RuntimeDefault"));
+    assert_eq!(
+        sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+        Some(vec!["ALL".to_owned()])
+    );
+    assert_eq!(
+        sc.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+        Some("RuntimeDefault")
+    );
     let args = agent.args.as_ref().expect("args").join(" ");
-    assert!(args.contains("--health-http=8080/healthz") && args.contains("--role-callback=http://127.0.0.1:8080/quorate/role"), "{args}");
+    assert!(
+        args.contains("--health-http=8080/healthz")
+            && args.contains("--role-callback=http://127.0.0.1:8080/quorate/role"),
+        "{args}"
+    );
     let app = &pod.containers[0];
-    assert!(app.volume_mounts.iter().flatten().any(|m| m.mount_path == "/run/quorate" && m.read_only == Some(true)));
+    assert!(
+        app.volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.mount_path == "/run/quorate" && m.read_only == Some(true))
+    );
     let spec = sts.spec.as_ref().expect("spec");
     assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
     assert_eq!(spec.service_name.as_deref(), Some("cache-peers"));
@@ -173,20 +251,49 @@ fn the_agent_is_injected_as_a_restricted_native_sidecar() {
 #[test]
 fn rw_routes_exactly_the_primary_while_its_lease_is_live() {
     let g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
-    let p = plan(&g, &observed(pods(3), connected(view(3, 2, 7))), &settings());
-    assert_eq!(slice_ips(&p, "cache-rw"), Some(vec!["10.88.1.12".to_owned()]));
-    let annotations = slice(&p, "cache-rw").and_then(|s| s.metadata.annotations.clone()).expect("annotations");
-    assert_eq!(annotations.get("quorate.dev/epoch").map(String::as_str), Some("7"));
-    assert_eq!(slice_ips(&p, "cache-ro"), Some(vec!["10.88.1.10".to_owned(), "10.88.1.11".to_owned()]));
+    let p = plan(
+        &g,
+        &observed(pods(3), connected(view(3, 2, 7))),
+        &settings(),
+    );
+    assert_eq!(
+        slice_ips(&p, "cache-rw"),
+        Some(vec!["10.88.1.12".to_owned()])
+    );
+    let annotations = slice(&p, "cache-rw")
+        .and_then(|s| s.metadata.annotations.clone())
+        .expect("annotations");
+    assert_eq!(
+        annotations.get("quorate.dev/epoch").map(String::as_str),
+        Some("7")
+    );
+    assert_eq!(
+        slice_ips(&p, "cache-ro"),
+        Some(vec!["10.88.1.10".to_owned(), "10.88.1.11".to_owned()])
+    );
 
     for lease in [LeaseView::Expired, LeaseView::Released, LeaseView::None] {
         let mut v = view(3, 2, 7);
         v.lease = lease;
         let p = plan(&g, &observed(pods(3), connected(v)), &settings());
-        assert_eq!(slice_ips(&p, "cache-rw"), Some(vec![]), "{lease:?}: no live lease, no writes");
+        assert_eq!(
+            slice_ips(&p, "cache-rw"),
+            Some(vec![]),
+            "{lease:?}: no live lease, no writes"
+        );
     }
     // A lease that ran out since the state arrived counts as expired.
-    let p = plan(&g, &observed(pods(3), AgentsObserved::Connected { view: view(3, 2, 7), age_ms: 950 }), &settings());
+    let p = plan(
+        &g,
+        &observed(
+            pods(3),
+            AgentsObserved::Connected {
+                view: view(3, 2, 7),
+                age_ms: 950,
+            },
+        ),
+        &settings(),
+    );
     assert_eq!(slice_ips(&p, "cache-rw"), Some(vec![]));
 }
 
@@ -197,7 +304,10 @@ fn routing_never_goes_back_to_an_older_epoch() {
     o.routed_epoch = Some(5);
     o.routed_addresses = vec!["10.88.1.11".into()];
     let p = plan(&g, &o, &settings());
-    assert!(slice(&p, "cache-rw").is_none(), "an older view must not rewrite -rw");
+    assert!(
+        slice(&p, "cache-rw").is_none(),
+        "an older view must not rewrite -rw"
+    );
     assert_eq!(p.status.routed_epoch, Some(5));
     assert_eq!(condition(&p, "RoutingConverged").status, "False");
 }
@@ -216,14 +326,24 @@ fn relayed_or_missing_state_leaves_routing_alone() {
 #[test]
 fn unreachable_agents_drain_routing_after_a_lease() {
     let g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
-    let recent = AgentsObserved::Unreachable { since_ms: NOW - 300, error: "connection refused".into() };
+    let recent = AgentsObserved::Unreachable {
+        since_ms: NOW - 300,
+        error: "connection refused".into(),
+    };
     let p = plan(&g, &observed(pods(3), recent), &settings());
     assert!(slice(&p, "cache-rw").is_none());
     assert_eq!(p.requeue_ms, 700);
-    let long = AgentsObserved::Unreachable { since_ms: NOW - 5_000, error: "connection refused".into() };
+    let long = AgentsObserved::Unreachable {
+        since_ms: NOW - 5_000,
+        error: "connection refused".into(),
+    };
     let p = plan(&g, &observed(pods(3), long), &settings());
     for s in ["cache-rw", "cache-ro", "cache-r"] {
-        assert_eq!(slice_ips(&p, s), Some(vec![]), "{s}: no routing to members of unknown state");
+        assert_eq!(
+            slice_ips(&p, s),
+            Some(vec![]),
+            "{s}: no routing to members of unknown state"
+        );
     }
     assert_eq!(condition(&p, "Degraded").reason, "AgentsUnreachable");
 }
@@ -232,14 +352,40 @@ fn unreachable_agents_drain_routing_after_a_lease() {
 fn bootstrap_waits_for_every_member_and_happens_once() {
     let g = group(GroupMode::PrimaryBackup, 3);
     let mut o = observed(pods(3), AgentsObserved::Connecting);
-    o.probes = (0..2).map(|i| (format!("cache-{i}"), NodeProbe { id: 10 + i, initialized: false })).collect();
-    assert_eq!(plan(&g, &o, &settings()).action, None, "cache-2 has not answered yet");
-    o.probes.insert("cache-2".into(), NodeProbe { id: 12, initialized: false });
+    o.probes = (0..2)
+        .map(|i| {
+            (
+                format!("cache-{i}"),
+                NodeProbe {
+                    id: 10 + i,
+                    initialized: false,
+                },
+            )
+        })
+        .collect();
+    assert_eq!(
+        plan(&g, &o, &settings()).action,
+        None,
+        "cache-2 has not answered yet"
+    );
+    o.probes.insert(
+        "cache-2".into(),
+        NodeProbe {
+            id: 12,
+            initialized: false,
+        },
+    );
     match plan(&g, &o, &settings()).action {
         Some(AgentAction::Bootstrap { via, members }) => {
             assert_eq!(via, "cache-0");
-            assert_eq!(members.iter().map(|m| m.id).collect::<Vec<_>>(), vec![10, 11, 12]);
-            assert_eq!(members[1].address, "cache-1.cache-peers.shop.svc.cluster.local:7470");
+            assert_eq!(
+                members.iter().map(|m| m.id).collect::<Vec<_>>(),
+                vec![10, 11, 12]
+            );
+            assert_eq!(
+                members[1].address,
+                "cache-1.cache-peers.shop.svc.cluster.local:7470"
+            );
         }
         other => panic!("expected a bootstrap, got {other:?}"),
     }
@@ -259,15 +405,37 @@ fn two_replicas_get_a_witness() {
     let g = group(GroupMode::PrimaryBackup, 2);
     let mut o = observed(pods(2), AgentsObserved::Connecting);
     o.probes = BTreeMap::from([
-        ("cache-0".into(), NodeProbe { id: 1, initialized: false }),
-        ("cache-1".into(), NodeProbe { id: 2, initialized: false }),
-        ("cache-witness-0".into(), NodeProbe { id: 3, initialized: false }),
+        (
+            "cache-0".into(),
+            NodeProbe {
+                id: 1,
+                initialized: false,
+            },
+        ),
+        (
+            "cache-1".into(),
+            NodeProbe {
+                id: 2,
+                initialized: false,
+            },
+        ),
+        (
+            "cache-witness-0".into(),
+            NodeProbe {
+                id: 3,
+                initialized: false,
+            },
+        ),
     ]);
     let p = plan(&g, &o, &settings());
     let witness = statefulset(&p, "cache-witness").expect("witness StatefulSet");
     assert_eq!(witness.spec.as_ref().and_then(|s| s.replicas), Some(1));
     match p.action {
-        Some(AgentAction::Bootstrap { members, .. }) => assert!(members.iter().any(|m| m.witness && m.name == "cache-witness-0")),
+        Some(AgentAction::Bootstrap { members, .. }) => assert!(
+            members
+                .iter()
+                .any(|m| m.witness && m.name == "cache-witness-0")
+        ),
         other => panic!("expected a bootstrap with the witness, got {other:?}"),
     }
 }
@@ -278,13 +446,32 @@ fn scale_up_adds_members_one_at_a_time() {
     g.spec.replicas = 5;
     let mut o = observed(pods(5), connected(view(3, 0, 2)));
     o.probes = BTreeMap::from([
-        ("cache-3".into(), NodeProbe { id: 33, initialized: false }),
-        ("cache-4".into(), NodeProbe { id: 44, initialized: false }),
+        (
+            "cache-3".into(),
+            NodeProbe {
+                id: 33,
+                initialized: false,
+            },
+        ),
+        (
+            "cache-4".into(),
+            NodeProbe {
+                id: 44,
+                initialized: false,
+            },
+        ),
     ]);
     let p = plan(&g, &o, &settings());
-    assert_eq!(statefulset(&p, "cache").and_then(|s| s.spec.as_ref()).and_then(|s| s.replicas), Some(5));
+    assert_eq!(
+        statefulset(&p, "cache")
+            .and_then(|s| s.spec.as_ref())
+            .and_then(|s| s.replicas),
+        Some(5)
+    );
     match p.action {
-        Some(AgentAction::AddMember(m)) => assert_eq!((m.id, m.name.as_str(), m.witness), (33, "cache-3", false)),
+        Some(AgentAction::AddMember(m)) => {
+            assert_eq!((m.id, m.name.as_str(), m.witness), (33, "cache-3", false))
+        }
         other => panic!("expected AddMember(cache-3), got {other:?}"),
     }
 }
@@ -293,34 +480,97 @@ fn scale_up_adds_members_one_at_a_time() {
 fn scale_down_moves_the_primary_first_and_keeps_pods_until_removed() {
     let g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
     // The primary is cache-4, which the scale-down removes: switch over first.
-    let p = plan(&g, &observed(pods(5), connected(view(5, 4, 6))), &settings());
-    assert_eq!(p.action, Some(AgentAction::Switchover { target: None, reason: "PrimaryRemoved".into() }));
-    assert_eq!(statefulset(&p, "cache").and_then(|s| s.spec.as_ref()).and_then(|s| s.replicas), Some(5));
+    let p = plan(
+        &g,
+        &observed(pods(5), connected(view(5, 4, 6))),
+        &settings(),
+    );
+    assert_eq!(
+        p.action,
+        Some(AgentAction::Switchover {
+            target: None,
+            reason: "PrimaryRemoved".into()
+        })
+    );
+    assert_eq!(
+        statefulset(&p, "cache")
+            .and_then(|s| s.spec.as_ref())
+            .and_then(|s| s.replicas),
+        Some(5)
+    );
     // With the primary elsewhere, the highest extra member goes first; the StatefulSet keeps it.
-    let p = plan(&g, &observed(pods(5), connected(view(5, 0, 7))), &settings());
-    assert_eq!(p.action, Some(AgentAction::RemoveMember { id: 104, name: "cache-4".into(), reason: "scaled down".into() }));
-    assert_eq!(statefulset(&p, "cache").and_then(|s| s.spec.as_ref()).and_then(|s| s.replicas), Some(5));
-    let weights: BTreeMap<_, _> = p.status.members.iter().map(|m| (m.name.as_str(), m.weight)).collect();
-    assert_eq!(weights.get("cache-3"), Some(&0), "members about to go are drained");
+    let p = plan(
+        &g,
+        &observed(pods(5), connected(view(5, 0, 7))),
+        &settings(),
+    );
+    assert_eq!(
+        p.action,
+        Some(AgentAction::RemoveMember {
+            id: 104,
+            name: "cache-4".into(),
+            reason: "scaled down".into()
+        })
+    );
+    assert_eq!(
+        statefulset(&p, "cache")
+            .and_then(|s| s.spec.as_ref())
+            .and_then(|s| s.replicas),
+        Some(5)
+    );
+    let weights: BTreeMap<_, _> = p
+        .status
+        .members
+        .iter()
+        .map(|m| (m.name.as_str(), m.weight))
+        .collect();
+    assert_eq!(
+        weights.get("cache-3"),
+        Some(&0),
+        "members about to go are drained"
+    );
     assert_eq!(weights.get("cache-4"), Some(&0));
     // Once both are out of the group, the StatefulSet shrinks.
-    let p = plan(&g, &observed(pods(5), connected(view(3, 0, 7))), &settings());
-    assert_eq!(statefulset(&p, "cache").and_then(|s| s.spec.as_ref()).and_then(|s| s.replicas), Some(3));
+    let p = plan(
+        &g,
+        &observed(pods(5), connected(view(3, 0, 7))),
+        &settings(),
+    );
+    assert_eq!(
+        statefulset(&p, "cache")
+            .and_then(|s| s.spec.as_ref())
+            .and_then(|s| s.replicas),
+        Some(3)
+    );
 }
 
 #[test]
 fn a_member_that_lost_its_volume_is_removed_and_re_added() {
     let g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
     let mut o = observed(pods(3), connected(view(3, 0, 2)));
-    o.probes = BTreeMap::from([("cache-2".into(), NodeProbe { id: 999, initialized: false })]);
+    o.probes = BTreeMap::from([(
+        "cache-2".into(),
+        NodeProbe {
+            id: 999,
+            initialized: false,
+        },
+    )]);
     let p = plan(&g, &o, &settings());
-    assert!(matches!(p.action, Some(AgentAction::RemoveMember { id: 102, .. })), "{:?}", p.action);
+    assert!(
+        matches!(p.action, Some(AgentAction::RemoveMember { id: 102, .. })),
+        "{:?}",
+        p.action
+    );
     // After removal the same pod is added with its new id.
     let mut v = view(3, 0, 2);
     v.members.retain(|m| m.name != "cache-2");
     o.agents = connected(v);
     let p = plan(&g, &o, &settings());
-    assert!(matches!(p.action, Some(AgentAction::AddMember(ref m)) if m.id == 999), "{:?}", p.action);
+    assert!(
+        matches!(p.action, Some(AgentAction::AddMember(ref m)) if m.id == 999),
+        "{:?}",
+        p.action
+    );
 }
 
 #[test]
@@ -329,8 +579,19 @@ fn a_terminating_primary_hands_over_at_once() {
     let mut ps = pods(3);
     ps[1].terminating = true;
     let p = plan(&g, &observed(ps, connected(view(3, 1, 3))), &settings());
-    assert_eq!(p.action, Some(AgentAction::Switchover { target: None, reason: "PrimaryPodTerminating".into() }));
-    let weights: BTreeMap<_, _> = p.status.members.iter().map(|m| (m.name.as_str(), m.weight)).collect();
+    assert_eq!(
+        p.action,
+        Some(AgentAction::Switchover {
+            target: None,
+            reason: "PrimaryPodTerminating".into()
+        })
+    );
+    let weights: BTreeMap<_, _> = p
+        .status
+        .members
+        .iter()
+        .map(|m| (m.name.as_str(), m.weight))
+        .collect();
     assert_eq!(weights.get("cache-1"), Some(&0));
 }
 
@@ -343,7 +604,10 @@ fn a_paused_group_does_not_hand_over_from_a_terminating_primary() {
     let mut v = view(3, 1, 3);
     v.paused = true;
     g.spec.paused = true;
-    assert_eq!(plan(&g, &observed(ps.clone(), connected(v.clone())), &settings()).action, None);
+    assert_eq!(
+        plan(&g, &observed(ps.clone(), connected(v.clone())), &settings()).action,
+        None
+    );
     // Paused in the group but not yet resumed by the operator: still no hand-off.
     g.spec.paused = false;
     let p = plan(&g, &observed(ps, connected(v)), &settings());
@@ -353,26 +617,63 @@ fn a_paused_group_does_not_hand_over_from_a_terminating_primary() {
 #[test]
 fn switchover_requests_are_checked_and_handed_over_once() {
     let mut g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
-    g.metadata.annotations = Some(BTreeMap::from([("quorate.dev/switchover-to".into(), "cache-2".into())]));
-    let p = plan(&g, &observed(pods(3), connected(view(3, 0, 3))), &settings());
-    assert_eq!(p.action, Some(AgentAction::Switchover { target: Some("cache-2".into()), reason: "Requested".into() }));
+    g.metadata.annotations = Some(BTreeMap::from([(
+        "quorate.dev/switchover-to".into(),
+        "cache-2".into(),
+    )]));
+    let p = plan(
+        &g,
+        &observed(pods(3), connected(view(3, 0, 3))),
+        &settings(),
+    );
+    assert_eq!(
+        p.action,
+        Some(AgentAction::Switchover {
+            target: Some("cache-2".into()),
+            reason: "Requested".into()
+        })
+    );
     assert!(p.clear_switchover_request);
-    g.metadata.annotations = Some(BTreeMap::from([("quorate.dev/switchover-to".into(), "cache-7".into())]));
-    let p = plan(&g, &observed(pods(3), connected(view(3, 0, 3))), &settings());
+    g.metadata.annotations = Some(BTreeMap::from([(
+        "quorate.dev/switchover-to".into(),
+        "cache-7".into(),
+    )]));
+    let p = plan(
+        &g,
+        &observed(pods(3), connected(view(3, 0, 3))),
+        &settings(),
+    );
     assert_eq!(p.action, None);
     assert!(p.clear_switchover_request);
-    assert!(p.events.iter().any(|e| e.warning && e.reason == "SwitchoverRejected" && e.note.contains("cache-1, cache-2")), "{:?}", p.events);
+    assert!(
+        p.events.iter().any(|e| e.warning
+            && e.reason == "SwitchoverRejected"
+            && e.note.contains("cache-1, cache-2")),
+        "{:?}",
+        p.events
+    );
 }
 
 #[test]
 fn pause_and_resume_follow_the_spec() {
     let mut g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
     g.spec.paused = true;
-    assert_eq!(plan(&g, &observed(pods(3), connected(view(3, 0, 1))), &settings()).action, Some(AgentAction::Pause));
+    assert_eq!(
+        plan(
+            &g,
+            &observed(pods(3), connected(view(3, 0, 1))),
+            &settings()
+        )
+        .action,
+        Some(AgentAction::Pause)
+    );
     g.spec.paused = false;
     let mut v = view(3, 0, 1);
     v.paused = true;
-    assert_eq!(plan(&g, &observed(pods(3), connected(v)), &settings()).action, Some(AgentAction::Resume));
+    assert_eq!(
+        plan(&g, &observed(pods(3), connected(v)), &settings()).action,
+        Some(AgentAction::Resume)
+    );
 }
 
 #[test]
@@ -381,11 +682,19 @@ fn an_invalid_template_is_reported_not_applied() {
     if let Some(pod) = g.spec.template.spec.as_mut() {
         pod.containers[0].name = "quorate-agent".into();
     }
-    let p = plan(&g, &observed(pods(3), connected(view(3, 0, 1))), &settings());
+    let p = plan(
+        &g,
+        &observed(pods(3), connected(view(3, 0, 1))),
+        &settings(),
+    );
     assert!(statefulset(&p, "cache").is_none());
     assert_eq!(condition(&p, "Degraded").reason, "InvalidTemplate");
     assert!(condition(&p, "Degraded").message.contains("reserved"));
-    assert!(p.events.iter().any(|e| e.warning && e.reason == "InvalidTemplate"));
+    assert!(
+        p.events
+            .iter()
+            .any(|e| e.warning && e.reason == "InvalidTemplate")
+    );
     assert_eq!(p.status.phase, Some(crate::api::GroupPhase::Failed));
 }
 
@@ -394,7 +703,11 @@ fn the_disruption_budget_keeps_a_majority() {
     for (replicas, witnesses, min) in [(3, None, 2), (2, None, 2), (5, None, 3), (4, Some(1), 3)] {
         let mut g = group(GroupMode::PrimaryBackup, replicas);
         g.spec.witnesses = witnesses;
-        let p = plan(&g, &observed(vec![], AgentsObserved::Connecting), &settings());
+        let p = plan(
+            &g,
+            &observed(vec![], AgentsObserved::Connecting),
+            &settings(),
+        );
         let pdb = p
             .apply
             .iter()
@@ -404,7 +717,11 @@ fn the_disruption_budget_keeps_a_majority() {
             })
             .expect("PDB");
         let got = pdb.spec.as_ref().and_then(|s| s.min_available.clone());
-        assert_eq!(got, Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(min)), "{replicas}+{witnesses:?}");
+        assert_eq!(
+            got,
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(min)),
+            "{replicas}+{witnesses:?}"
+        );
     }
 }
 
@@ -415,11 +732,27 @@ fn ready_needs_quorum_routing_and_healthy_members() {
     o.routed_epoch = Some(4);
     o.routed_addresses = vec!["10.88.1.11".into()];
     o.ro_addresses = vec!["10.88.1.10".into(), "10.88.1.12".into()];
-    o.r_addresses = vec!["10.88.1.10".into(), "10.88.1.11".into(), "10.88.1.12".into()];
+    o.r_addresses = vec![
+        "10.88.1.10".into(),
+        "10.88.1.11".into(),
+        "10.88.1.12".into(),
+    ];
     let p = plan(&g, &o, &settings());
-    assert_eq!(condition(&p, "Ready").status, "True", "{:?}", p.status.conditions);
+    assert_eq!(
+        condition(&p, "Ready").status,
+        "True",
+        "{:?}",
+        p.status.conditions
+    );
     assert_eq!(p.status.primary.as_deref(), Some("cache-1"));
-    assert_eq!(p.status.members.iter().find(|m| m.name == "cache-1").map(|m| m.role), Some(MemberRole::Primary));
+    assert_eq!(
+        p.status
+            .members
+            .iter()
+            .find(|m| m.name == "cache-1")
+            .map(|m| m.role),
+        Some(MemberRole::Primary)
+    );
     // Applied routing that differs from the decision is not converged (read-back).
     o.routed_addresses = vec!["10.88.1.10".into()];
     let p = plan(&g, &o, &settings());
@@ -438,12 +771,29 @@ fn a_member_whose_pod_is_going_away_is_not_ready() {
     o.pods[2].terminating = true;
     let p = plan(&g, &o, &settings());
     assert_eq!(p.status.ready_replicas, 2);
-    assert_eq!(p.status.members.iter().find(|m| m.name == "cache-2").map(|m| m.healthy), Some(false));
-    assert_eq!(condition(&p, "Ready").status, "False", "{:?}", p.status.conditions);
+    assert_eq!(
+        p.status
+            .members
+            .iter()
+            .find(|m| m.name == "cache-2")
+            .map(|m| m.healthy),
+        Some(false)
+    );
+    assert_eq!(
+        condition(&p, "Ready").status,
+        "False",
+        "{:?}",
+        p.status.conditions
+    );
     o.pods.remove(2);
     let p = plan(&g, &o, &settings());
     assert_eq!(p.status.ready_replicas, 2);
-    assert_eq!(condition(&p, "Ready").status, "False", "{:?}", p.status.conditions);
+    assert_eq!(
+        condition(&p, "Ready").status,
+        "False",
+        "{:?}",
+        p.status.conditions
+    );
 }
 
 /// A group at epoch 5 whose primary cache-2 replaced cache-0 after a lease expiry.
@@ -470,20 +820,443 @@ fn failovers_are_recorded_with_their_routing_time() {
     assert_eq!(f.duration_millis, Some(650));
     assert_eq!(f.to.as_deref(), Some("cache-2"));
     assert!(p.events.iter().any(|e| e.warning && e.reason == "Failover"));
-    assert!(p.events.iter().any(|e| e.reason == "RoutingChanged" && e.note.contains("cache-2")));
+    assert!(
+        p.events
+            .iter()
+            .any(|e| e.reason == "RoutingChanged" && e.note.contains("cache-2"))
+    );
 
     // The stored status has whole seconds only; the next reconcile keeps the measured duration.
     let mut g = g;
-    g.status = Some(serde_json::from_value(serde_json::to_value(&p.status).expect("status to JSON")).expect("status from JSON"));
+    g.status = Some(
+        serde_json::from_value(serde_json::to_value(&p.status).expect("status to JSON"))
+            .expect("status from JSON"),
+    );
     let mut o = observed(pods(3), connected(after_a_failover()));
     o.now_ms = NOW + 5_300;
     o.routed_epoch = Some(5);
-    let again = plan(&g, &o, &settings()).status.last_failover.expect("last failover");
+    let again = plan(&g, &o, &settings())
+        .status
+        .last_failover
+        .expect("last failover");
     assert_eq!(again.duration_millis, Some(650));
 }
 
+// --- status, stage by stage ------------------------------------------------------------------
+
+/// What `plan` decides before the status, owned, so that a test can change one input and
+/// call one stage.
+struct Decided {
+    group: ReplicaGroup,
+    names: GroupNames,
+    observed: Observed,
+    previous: ReplicaGroupStatus,
+    lifecycle: lifecycle::Lifecycle,
+    traffic: routing::TrafficPlan,
+    template_problem: Option<String>,
+}
+
+impl Decided {
+    fn new(group: ReplicaGroup, observed: Observed) -> Self {
+        let names = GroupNames::new("cache", "shop");
+        let previous = group.status.clone().unwrap_or_default();
+        let lifecycle = lifecycle::decide(&group, &names, &observed, &previous);
+        let traffic = routing::decide_traffic(
+            &group,
+            &names,
+            &observed,
+            &previous,
+            &lifecycle.draining,
+            lifecycle.member_replicas,
+        );
+        let template_problem = members::template_problem(&group.spec);
+        Decided {
+            group,
+            names,
+            observed,
+            previous,
+            lifecycle,
+            traffic,
+            template_problem,
+        }
+    }
+
+    fn inputs(&self) -> status::StatusInputs<'_> {
+        status::StatusInputs {
+            group: &self.group,
+            names: &self.names,
+            observed: &self.observed,
+            previous: &self.previous,
+            lifecycle: &self.lifecycle,
+            traffic: &self.traffic,
+            template_problem: self.template_problem.as_deref(),
+        }
+    }
+
+    fn conditions(&self) -> Vec<Condition> {
+        status::conditions(&self.inputs(), &status::member_statuses(&self.inputs()))
+    }
+}
+
+/// The ready PrimaryBackup group of `ready_needs_quorum_routing_and_healthy_members`.
+fn routed_to_cache_1() -> Observed {
+    let mut o = observed(pods(3), connected(view(3, 1, 4)));
+    o.routed_epoch = Some(4);
+    o.routed_addresses = vec!["10.88.1.11".into()];
+    o.ro_addresses = vec!["10.88.1.10".into(), "10.88.1.12".into()];
+    o.r_addresses = vec![
+        "10.88.1.10".into(),
+        "10.88.1.11".into(),
+        "10.88.1.12".into(),
+    ];
+    o
+}
+
+fn at(ms: i64) -> Time {
+    Time(jiff::Timestamp::from_millisecond(ms).expect("time"))
+}
+
+fn cond(type_: &str, status: &str, reason: &str) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: String::new(),
+        last_transition_time: at(NOW),
+        observed_generation: Some(3),
+    }
+}
+
+fn find<'a>(conditions: &'a [Condition], type_: &str) -> &'a Condition {
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .expect("condition present")
+}
+
+#[test]
+fn member_statuses_show_every_member_and_the_primary_lease() {
+    let g = bootstrapped(group(GroupMode::PrimaryBackup, 2));
+    let d = Decided::new(g.clone(), observed(pods(2), connected(view(2, 0, 3))));
+    let rows: Vec<_> = status::member_statuses(&d.inputs())
+        .into_iter()
+        .map(|m| (m.name, m.role, m.id, m.lease, m.healthy))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "cache-0".to_owned(),
+                MemberRole::Primary,
+                Some(100),
+                Some("Live".to_owned()),
+                true
+            ),
+            (
+                "cache-1".to_owned(),
+                MemberRole::Backup,
+                Some(101),
+                None,
+                true
+            ),
+            // The witness has no pod and is not in the group yet: listed all the same.
+            (
+                "cache-witness-0".to_owned(),
+                MemberRole::Witness,
+                None,
+                None,
+                false
+            ),
+        ]
+    );
+    let mut v = view(2, 0, 3);
+    v.members.retain(|m| m.name != "cache-1");
+    let d = Decided::new(g.clone(), observed(pods(2), connected(v)));
+    let cache_1 = status::member_statuses(&d.inputs())
+        .into_iter()
+        .find(|m| m.name == "cache-1")
+        .expect("cache-1");
+    assert_eq!(
+        (cache_1.role, cache_1.id, cache_1.healthy),
+        (MemberRole::Unknown, None, false)
+    );
+
+    // The lease as of now: one that ran out since the state arrived is Expired.
+    let lease = |agents| {
+        status::member_statuses(&Decided::new(g.clone(), observed(pods(2), agents)).inputs())[0]
+            .lease
+            .clone()
+    };
+    assert_eq!(
+        lease(AgentsObserved::Connected {
+            view: view(2, 0, 3),
+            age_ms: 950
+        })
+        .as_deref(),
+        Some("Expired")
+    );
+    let mut released = view(2, 0, 3);
+    released.lease = LeaseView::Released;
+    assert_eq!(lease(connected(released)).as_deref(), Some("Released"));
+}
+
+#[test]
+fn the_failover_record_keeps_the_duration_it_measured() {
+    let mut d = Decided::new(
+        bootstrapped(group(GroupMode::PrimaryBackup, 3)),
+        observed(pods(3), connected(after_a_failover())),
+    );
+    let v = after_a_failover();
+    let first =
+        status::last_failover(Some(&v), &d.previous, &d.traffic, NOW + 250).expect("record");
+    assert_eq!(
+        (first.routed_at.clone(), first.duration_millis),
+        (Some(at(NOW + 250)), Some(650))
+    );
+    assert_eq!(
+        (first.epoch, first.to.as_deref(), first.reason.as_deref()),
+        (Some(5), Some("cache-2"), Some("LeaseExpired"))
+    );
+
+    // Later reconciles keep the figures of the one that routed it, whatever the clock says now.
+    d.previous.last_failover = Some(first.clone());
+    assert_eq!(
+        status::last_failover(Some(&v), &d.previous, &d.traffic, NOW + 60_000).as_ref(),
+        Some(&first)
+    );
+    // Without the group's state the record stays as it was.
+    assert_eq!(
+        status::last_failover(None, &d.previous, &d.traffic, NOW + 60_000).as_ref(),
+        Some(&first)
+    );
+
+    // A newer change of primary starts a new record: nothing is carried over from the old one.
+    let mut newer = after_a_failover();
+    newer.failovers[0].epoch = 6;
+    let mut traffic = d.traffic.clone();
+    traffic.rw_epoch = Some(6);
+    let next =
+        status::last_failover(Some(&newer), &d.previous, &traffic, NOW + 100).expect("record");
+    assert_eq!((next.epoch, next.duration_millis), (Some(6), Some(500)));
+}
+
+#[test]
+fn a_failover_is_timed_when_routing_follows_it() {
+    let d = Decided::new(
+        bootstrapped(group(GroupMode::PrimaryBackup, 3)),
+        observed(pods(3), connected(after_a_failover())),
+    );
+    let v = after_a_failover();
+    // -rw still routes the old primary, or an older epoch: not routed yet.
+    let mut traffic = d.traffic.clone();
+    traffic.routed_primary = Some("cache-0".into());
+    let pending =
+        status::last_failover(Some(&v), &d.previous, &traffic, NOW + 250).expect("record");
+    assert_eq!(
+        (pending.routed_at.clone(), pending.duration_millis),
+        (None, None)
+    );
+    traffic.routed_primary = Some("cache-2".into());
+    traffic.rw_epoch = Some(4);
+    assert_eq!(
+        status::last_failover(Some(&v), &d.previous, &traffic, NOW + 250)
+            .and_then(|f| f.duration_millis),
+        None
+    );
+
+    // The stored, not yet routed record is timed by the reconcile that routes it.
+    let mut previous = d.previous.clone();
+    previous.last_failover = Some(pending);
+    let routed = status::last_failover(Some(&v), &previous, &d.traffic, NOW + 900).expect("record");
+    assert_eq!(
+        (routed.routed_at, routed.duration_millis),
+        (Some(at(NOW + 900)), Some(1300))
+    );
+    // A clock behind the detection time gives no negative duration.
+    assert_eq!(
+        status::last_failover(Some(&v), &d.previous, &d.traffic, NOW - 1_000)
+            .and_then(|f| f.duration_millis),
+        Some(0)
+    );
+}
+
+#[test]
+fn condition_times_move_only_when_their_status_does() {
+    let first = Decided::new(
+        bootstrapped(group(GroupMode::PrimaryBackup, 3)),
+        routed_to_cache_1(),
+    )
+    .conditions();
+    assert_eq!(find(&first, "Ready").status, "True", "{first:?}");
+    // A minute later the applied -rw no longer matches: RoutingConverged and Ready flip.
+    let mut g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
+    g.status.get_or_insert_with(Default::default).conditions = first.clone();
+    let mut o = routed_to_cache_1();
+    o.now_ms = NOW + 60_000;
+    o.routed_addresses = vec!["10.88.1.10".into()];
+    let second = Decided::new(g, o).conditions();
+    for (type_, status, since) in [
+        ("Quorum", "True", at(NOW)),
+        ("Available", "True", at(NOW)),
+        ("RoutingConverged", "False", at(NOW + 60_000)),
+        ("Degraded", "False", at(NOW)),
+        ("Ready", "False", at(NOW + 60_000)),
+    ] {
+        let c = find(&second, type_);
+        assert_eq!(
+            (c.status.as_str(), &c.last_transition_time),
+            (status, &since),
+            "{type_}"
+        );
+    }
+}
+
+#[test]
+fn not_ready_names_what_it_waits_for() {
+    let d = Decided::new(
+        bootstrapped(group(GroupMode::PrimaryBackup, 3)),
+        observed(pods(3), AgentsObserved::Connecting),
+    );
+    let conditions = d.conditions();
+    assert_eq!(find(&conditions, "Quorum").status, "Unknown");
+    let ready = find(&conditions, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.message.as_str()),
+        (
+            "False",
+            "waiting for: Connecting, NoPrimary, Pending, MembersUnhealthy"
+        )
+    );
+}
+
+#[test]
+fn degraded_reports_the_most_pressing_problem() {
+    let mut v = view(3, 1, 4);
+    v.flap_guard_tripped = true;
+    let mut o = observed(pods(3), connected(v));
+    o.pods[2].terminating = true;
+    let mut d = Decided::new(bootstrapped(group(GroupMode::PrimaryBackup, 3)), o);
+    let reason = |d: &Decided| find(&d.conditions(), "Degraded").reason.clone();
+    d.template_problem = Some("spec.template: reserved".into());
+    d.lifecycle.problem = Some(("MembersLostData".into(), "restore the volumes".into()));
+    assert_eq!(reason(&d), "InvalidTemplate");
+    d.template_problem = None;
+    assert_eq!(reason(&d), "MembersLostData");
+    d.lifecycle.problem = None;
+    assert_eq!(reason(&d), "FlapGuard");
+    if let AgentsObserved::Connected { view, .. } = &mut d.observed.agents {
+        view.flap_guard_tripped = false;
+    }
+    assert_eq!(reason(&d), "MembersUnhealthy");
+    d.observed.pods[2].terminating = false;
+    assert_eq!(reason(&d), "AsExpected");
+}
+
+#[test]
+fn a_problem_is_news_once_and_unhealthy_members_are_not() {
+    let mut d = Decided::new(
+        bootstrapped(group(GroupMode::PrimaryBackup, 3)),
+        routed_to_cache_1(),
+    );
+    let warnings = |d: &Decided, conditions: &[Condition]| {
+        status::events(&d.inputs(), conditions)
+            .into_iter()
+            .filter(|e| e.warning)
+            .collect::<Vec<_>>()
+    };
+    let flap = [Condition {
+        message: "automatic failover is stopped".into(),
+        ..cond("Degraded", "True", "FlapGuard")
+    }];
+    assert_eq!(
+        warnings(&d, &flap),
+        vec![PlannedEvent {
+            warning: true,
+            reason: "FlapGuard".into(),
+            note: "automatic failover is stopped".into()
+        }]
+    );
+    d.previous.conditions = flap.to_vec();
+    assert_eq!(warnings(&d, &flap), vec![], "the same problem again");
+    assert_eq!(
+        warnings(&d, &[cond("Degraded", "True", "GatewayNotReady")]).len(),
+        1,
+        "a different problem"
+    );
+    assert_eq!(
+        warnings(&d, &[cond("Degraded", "True", "MembersUnhealthy")]),
+        vec![]
+    );
+}
+
+#[test]
+fn the_phase_follows_the_conditions() {
+    let mut d = Decided::new(
+        bootstrapped(group(GroupMode::PrimaryBackup, 3)),
+        routed_to_cache_1(),
+    );
+    let phase = |d: &Decided, quorum: (&str, &str), ready: &str| {
+        status::phase(
+            &d.inputs(),
+            &[cond("Quorum", quorum.0, quorum.1), cond("Ready", ready, "")],
+        )
+    };
+    assert_eq!(
+        phase(&d, ("True", "CoordinatorElected"), "True"),
+        GroupPhase::Ready
+    );
+    assert_eq!(
+        phase(&d, ("True", "CoordinatorElected"), "False"),
+        GroupPhase::Degraded
+    );
+    assert_eq!(
+        phase(&d, ("False", "NoCoordinator"), "False"),
+        GroupPhase::Failed
+    );
+    assert_eq!(
+        phase(&d, ("False", "AgentsUnreachable"), "False"),
+        GroupPhase::Failed
+    );
+    // Not knowing yet (the state stream is being set up, e.g. after an operator restart) is not a failure.
+    assert_eq!(
+        phase(&d, ("Unknown", "Connecting"), "False"),
+        GroupPhase::Degraded
+    );
+
+    // A problem the group cannot leave on its own is Failed, whatever the conditions say.
+    d.lifecycle.problem = Some(("MembersLostData".into(), "restore the volumes".into()));
+    assert_eq!(
+        phase(&d, ("True", "CoordinatorElected"), "True"),
+        GroupPhase::Failed
+    );
+    d.lifecycle.problem = None;
+    d.template_problem = Some("spec.template: reserved".into());
+    assert_eq!(
+        phase(&d, ("True", "CoordinatorElected"), "True"),
+        GroupPhase::Failed
+    );
+    d.template_problem = None;
+
+    // Before the bootstrap: Pending until there are pods, then Bootstrapping.
+    d.lifecycle.bootstrapped = false;
+    assert_eq!(
+        phase(&d, ("Unknown", "Connecting"), "False"),
+        GroupPhase::Bootstrapping
+    );
+    d.observed.pods.clear();
+    assert_eq!(
+        phase(&d, ("Unknown", "Connecting"), "False"),
+        GroupPhase::Pending
+    );
+}
+
 fn arb_lease() -> impl Strategy<Value = LeaseView> {
-    prop_oneof![Just(LeaseView::None), Just(LeaseView::Live), Just(LeaseView::Expired), Just(LeaseView::Released)]
+    prop_oneof![
+        Just(LeaseView::None),
+        Just(LeaseView::Live),
+        Just(LeaseView::Expired),
+        Just(LeaseView::Released)
+    ]
 }
 
 proptest! {
