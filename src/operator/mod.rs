@@ -9,6 +9,7 @@ mod leader;
 mod metrics;
 mod observe;
 mod reconcile;
+mod stores;
 mod tls;
 
 use std::net::SocketAddr;
@@ -17,19 +18,17 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 use tracing::{info, warn};
 
 use crate::api::ReplicaGroup;
-use crate::api::names::{GROUP_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::api::names::{MANAGED_BY, MANAGED_BY_LABEL};
 use crate::plan::OperatorSettings;
 
 pub use hub::AgentHub;
@@ -54,6 +53,8 @@ pub enum Error {
     Tls(String),
     #[error("invalid ReplicaGroup {name}: {message}")]
     InvalidObject { name: String, message: String },
+    #[error("the watch of {what} has not listed them yet")]
+    StoreNotReady { what: String },
 }
 
 impl Error {
@@ -65,6 +66,7 @@ impl Error {
             Error::Agent { .. } => "agent",
             Error::Tls(_) => "tls",
             Error::InvalidObject { .. } => "invalid_object",
+            Error::StoreNotReady { .. } => "store_not_ready",
         }
     }
 }
@@ -104,6 +106,8 @@ pub struct Context {
     pub backoff: reconcile::Backoff,
     pub gateway_api: observe::GatewayApiProbe,
     pub tls: tls::TlsCache,
+    /// Pods, EndpointSlices, HTTPRoutes and Gateways as the watches last saw them.
+    pub stores: Arc<stores::Stores>,
 }
 
 /// Runs the operator until SIGTERM: serves metrics and health, waits for the CRD, then runs the
@@ -190,7 +194,20 @@ fn crd_established(crd: &CustomResourceDefinition) -> bool {
 
 async fn run_controller(client: Client, config: Config, metrics: Arc<Metrics>) -> anyhow::Result<()> {
     let reporter = Reporter { controller: "quorate-operator".into(), instance: Some(config.pod_name.clone()) };
-    let (hub, triggers) = AgentHub::new(metrics.clone());
+    let (hub, agent_triggers) = AgentHub::new(metrics.clone());
+    let groups: Api<kube::core::DeserializeGuard<ReplicaGroup>> = Api::all(client.clone());
+    let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    let controller = Controller::new(groups, watcher::Config::default().any_semantic())
+        .with_config(ControllerConfig::default().concurrency(16))
+        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
+        .owns(Api::<Service>::all(client.clone()), owned.clone())
+        .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned)
+        // The group's own state stream: a new primary triggers a reconcile within milliseconds.
+        .reconcile_on(agent_triggers);
+    // Member pods, EndpointSlices, HTTPRoutes and Gateways: their watches fill the stores that
+    // observe reads and trigger the groups they belong to.
+    let (stores, store_triggers) = stores::Stores::start(client.clone(), controller.store());
+    let controller = controller.reconcile_on(store_triggers);
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings: config.settings.clone(),
@@ -202,22 +219,8 @@ async fn run_controller(client: Client, config: Config, metrics: Arc<Metrics>) -
         backoff: reconcile::Backoff::default(),
         gateway_api: observe::GatewayApiProbe::default(),
         tls: tls::TlsCache::default(),
+        stores,
     });
-    let groups: Api<kube::core::DeserializeGuard<ReplicaGroup>> = Api::all(client.clone());
-    let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let controller = Controller::new(groups, watcher::Config::default().any_semantic())
-        .with_config(ControllerConfig::default().concurrency(16))
-        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client.clone()), owned.clone())
-        .owns(Api::<EndpointSlice>::all(client.clone()), owned.clone())
-        .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned)
-        // Member pods: a terminating primary, a new pod IP, a restarted member.
-        .watches(Api::<Pod>::all(client.clone()), watcher::Config::default().labels(GROUP_LABEL), |pod| {
-            let group = pod.labels().get(GROUP_LABEL)?.clone();
-            Some(ObjectRef::new(&group).within(&pod.namespace()?))
-        })
-        // The group's own state stream: a new primary triggers a reconcile within milliseconds.
-        .reconcile_on(triggers);
     hub.forget_deleted_groups(controller.store());
     controller
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
