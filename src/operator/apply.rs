@@ -63,8 +63,14 @@ fn resource_of(desired: &Desired) -> (ApiResource, &'static str) {
     }
 }
 
-/// Applies one object. Returns whether a request was made.
-async fn apply_one(client: &Client, applied: &AppliedCache, group: &ReplicaGroup, names: &GroupNames, desired: &Desired) -> Result<bool, Error> {
+/// Applies one object. Returns the object as the API server answered, if a request was made.
+async fn apply_one(
+    client: &Client,
+    applied: &AppliedCache,
+    group: &ReplicaGroup,
+    names: &GroupNames,
+    desired: &Desired,
+) -> Result<Option<DynamicObject>, Error> {
     let (resource, kind) = resource_of(desired);
     let mut body = serde_json::to_value(desired).map_err(|e| Error::Tls(format!("serializing {kind}: {e}")))?;
     body["apiVersion"] = json!(resource.api_version);
@@ -83,25 +89,30 @@ async fn apply_one(client: &Client, applied: &AppliedCache, group: &ReplicaGroup
     let key = format!("{}/{kind}/{name}", names.namespace);
     let hash = content_hash(&body);
     if applied.fresh(&key, hash) {
-        return Ok(false);
+        return Ok(None);
     }
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+    let written = api
+        .patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
         .await
         .context(|| format!("applying {kind} {}/{name}", names.namespace))?;
     applied.record(key, hash);
-    Ok(true)
+    Ok(Some(written))
 }
 
 /// Applies `writes` one after the other, in the given order (the plan's); stops at the first
-/// error. Returns how many requests were made.
-pub async fn apply_objects(client: &Client, applied: &AppliedCache, group: &ReplicaGroup, names: &GroupNames, writes: &[&Desired]) -> Result<usize, Error> {
-    let mut requests = 0;
+/// error. Returns the objects written, as the API server answered (unchanged ones are skipped).
+pub async fn apply_objects(
+    client: &Client,
+    applied: &AppliedCache,
+    group: &ReplicaGroup,
+    names: &GroupNames,
+    writes: &[&Desired],
+) -> Result<Vec<DynamicObject>, Error> {
+    let mut written = Vec::new();
     for d in writes {
-        if apply_one(client, applied, group, names, d).await? {
-            requests += 1;
-        }
+        written.extend(apply_one(client, applied, group, names, d).await?);
     }
-    Ok(requests)
+    Ok(written)
 }
 
 pub async fn delete_objects(client: &Client, applied: &AppliedCache, names: &GroupNames, obsolete: &[Obsolete]) -> Result<(), Error> {
@@ -225,8 +236,10 @@ mod tests {
         let names = GroupNames::new("g", "ns");
         let applied = AppliedCache::default();
         let plan = plan();
-        assert_eq!(apply_objects(&client, &applied, &group(), &names, &plan.writes()).await.expect("apply"), 4);
-        assert_eq!(apply_objects(&client, &applied, &group(), &names, &plan.writes()).await.expect("apply"), 0, "nothing changed");
+        let written = apply_objects(&client, &applied, &group(), &names, &plan.writes()).await.expect("apply");
+        let written: Vec<String> = written.iter().map(|o| format!("{} {}", o.types.as_ref().unwrap().kind, o.metadata.name.as_deref().unwrap())).collect();
+        assert_eq!(written, ["EndpointSlice g-rw", "EndpointSlice g-ro", "Service g-rw", "StatefulSet g"], "the server's answers");
+        assert!(apply_objects(&client, &applied, &group(), &names, &plan.writes()).await.expect("apply").is_empty(), "nothing changed");
         drop(client);
         assert_eq!(
             server.await.unwrap(),
@@ -256,7 +269,7 @@ mod tests {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let server = tokio::spawn(serve(handle, None));
         let client = Client::new(service, "default");
-        assert_eq!(apply_objects(&client, &applied, &group(), &names, &plan().writes()).await.expect("retry"), 2);
+        assert_eq!(apply_objects(&client, &applied, &group(), &names, &plan().writes()).await.expect("retry").len(), 2);
         drop(client);
         assert_eq!(server.await.unwrap().len(), 2);
     }

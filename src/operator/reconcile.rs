@@ -113,7 +113,13 @@ async fn reconcile_group(group: &ReplicaGroup, names: &GroupNames, ctx: &Context
     let plan = plan::plan(group, &observed, &ctx.settings);
 
     let objects = async {
-        apply::apply_objects(&ctx.client, &ctx.applied, group, names, &plan.writes()).await?;
+        let written = apply::apply_objects(&ctx.client, &ctx.applied, group, names, &plan.writes()).await?;
+        // The next reconcile sees these slices even before their watch events arrive.
+        for slice in written.into_iter().filter(|o| o.types.as_ref().is_some_and(|t| t.kind == "EndpointSlice")) {
+            if let Ok(slice) = slice.try_parse() {
+                ctx.stores.wrote_slice(slice);
+            }
+        }
         apply::delete_objects(&ctx.client, &ctx.applied, names, &plan.delete).await
     };
     let action = async {

@@ -7,10 +7,11 @@
 //! many reconciles as its concurrency allows stops polling its inputs, and reconciles waiting
 //! for a store that only the controller's polling fills would never finish.
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::Hash;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
@@ -33,10 +34,21 @@ pub type GroupRef = ObjectRef<DeserializeGuard<ReplicaGroup>>;
 
 /// How long a reconcile waits for a store's first LIST before it fails (and is retried).
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long our own write of an EndpointSlice is preferred over an older stored version; the
+/// watch delivers it within milliseconds, so this only bounds a lost event.
+const WRITTEN_TTL: Duration = Duration::from_secs(30);
+
+/// Our latest write of each EndpointSlice ((namespace, name) -> the server's answer, when).
+type Written = HashMap<(String, String), (Arc<EndpointSlice>, Instant)>;
 
 pub struct Stores {
     pods: Store<Pod>,
     slices: Store<EndpointSlice>,
+    /// Read-your-writes for the routing slices: a reconcile right after a routing switch (the
+    /// group's state stream triggers them within milliseconds) must see the switch, not the
+    /// stored version the watch has not replaced yet; its events and RoutingConverged are
+    /// decided from what is routed.
+    written: Mutex<Written>,
     /// Set once the Gateway API CRDs were seen installed.
     gateway_api: OnceLock<GatewayStores>,
     client: Client,
@@ -153,6 +165,7 @@ impl Stores {
         let stores = Arc::new(Stores {
             pods: pods.as_reader(),
             slices: slices.as_reader(),
+            written: Mutex::default(),
             gateway_api: OnceLock::new(),
             client: client.clone(),
             groups,
@@ -247,7 +260,18 @@ impl Stores {
     /// The group's operator-written EndpointSlices, once the first LIST is in.
     pub async fn slices(&self, names: &GroupNames) -> Result<Vec<Arc<EndpointSlice>>, Error> {
         Self::ready(&self.slices, "EndpointSlices").await?;
-        Ok(self.slices.state_filter(|s| in_group(s, names)))
+        let stored = self.slices.state_filter(|s| in_group(s, names));
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(with_written(stored, &mut written, names, Instant::now()))
+    }
+
+    /// An EndpointSlice as the API server answered our write of it.
+    pub fn wrote_slice(&self, slice: EndpointSlice) {
+        let key = (slice.namespace().unwrap_or_default(), slice.name_any());
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (Arc::new(slice), Instant::now()));
     }
 
     /// The operator's HTTPRoute `namespace/name`: `None` while the route watch is not started or
@@ -272,6 +296,42 @@ impl Stores {
                 .is_some()
         })
     }
+}
+
+/// The group's stored slices with our own later writes in place of the versions they replaced.
+/// A write is forgotten once the store holds it (the same resourceVersion) or a newer version
+/// (a larger one, when both are numbers, as etcd's revisions are), or after `WRITTEN_TTL`.
+fn with_written(
+    mut stored: Vec<Arc<EndpointSlice>>,
+    written: &mut Written,
+    names: &GroupNames,
+    now: Instant,
+) -> Vec<Arc<EndpointSlice>> {
+    let version = |s: &EndpointSlice| s.metadata.resource_version.clone().unwrap_or_default();
+    written.retain(|(ns, name), (ours, at)| {
+        if ns != &names.namespace || !in_group(ours.as_ref(), names) {
+            return now.saturating_duration_since(*at) < WRITTEN_TTL;
+        }
+        if now.saturating_duration_since(*at) >= WRITTEN_TTL {
+            return false;
+        }
+        let position = stored
+            .iter()
+            .position(|s| s.metadata.name.as_deref() == Some(name.as_str()));
+        if let Some(i) = position {
+            let (theirs, mine) = (version(&stored[i]), version(ours));
+            let caught_up = theirs == mine
+                || matches!((theirs.parse::<u64>(), mine.parse::<u64>()), (Ok(t), Ok(m)) if t > m);
+            if caught_up {
+                return false;
+            }
+            stored[i] = ours.clone();
+        } else {
+            stored.push(ours.clone());
+        }
+        true
+    });
+    stored
 }
 
 /// Whether the store's first LIST is in (without waiting for it).
@@ -372,5 +432,99 @@ mod tests {
             [ObjectRef::new("b").within("shop")]
         );
         assert!(groups_of_gateway(&store, "shop", "other").is_empty());
+    }
+
+    fn routing_slice(name: &str, version: &str, address: &str) -> Arc<EndpointSlice> {
+        Arc::new(EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                resource_version: Some(version.into()),
+                labels: Some([(GROUP_LABEL.to_owned(), "g".to_owned())].into()),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: vec![k8s_openapi::api::discovery::v1::Endpoint {
+                addresses: vec![address.into()],
+                ..Default::default()
+            }],
+            ports: None,
+        })
+    }
+
+    fn addresses(slices: &[Arc<EndpointSlice>]) -> Vec<(String, String)> {
+        let mut out: Vec<_> = slices
+            .iter()
+            .map(|s| (s.name_any(), s.endpoints[0].addresses[0].clone()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn our_own_write_is_seen_until_the_watch_catches_up() {
+        let names = GroupNames::new("g", "ns");
+        let now = Instant::now();
+        let mut written = Written::new();
+        let key = |n: &str| ("ns".to_owned(), n.to_owned());
+        written.insert(key("g-rw"), (routing_slice("g-rw", "12", "10.0.0.2"), now));
+        written.insert(key("g-ro"), (routing_slice("g-ro", "13", "10.0.0.1"), now));
+        // The store still has the old -rw and no -ro yet: our writes stand in.
+        let stored = vec![
+            routing_slice("g-rw", "7", "10.0.0.1"),
+            routing_slice("g-r", "8", "10.0.0.9"),
+        ];
+        let seen = with_written(stored, &mut written, &names, now);
+        assert_eq!(
+            addresses(&seen),
+            [
+                ("g-r".into(), "10.0.0.9".into()),
+                ("g-ro".into(), "10.0.0.1".into()),
+                ("g-rw".into(), "10.0.0.2".into())
+            ]
+        );
+        assert_eq!(written.len(), 2);
+        // The watch delivered our -rw write and a newer -ro: the store wins, the writes are forgotten.
+        let stored = vec![
+            routing_slice("g-rw", "12", "10.0.0.2"),
+            routing_slice("g-ro", "20", "10.0.0.3"),
+        ];
+        let seen = with_written(stored, &mut written, &names, now);
+        assert_eq!(
+            addresses(&seen),
+            [
+                ("g-ro".into(), "10.0.0.3".into()),
+                ("g-rw".into(), "10.0.0.2".into())
+            ]
+        );
+        assert!(written.is_empty());
+    }
+
+    #[test]
+    fn an_old_write_is_forgotten_and_other_groups_writes_are_kept() {
+        let names = GroupNames::new("g", "ns");
+        let then = Instant::now();
+        let mut written = Written::new();
+        written.insert(
+            ("ns".into(), "g-rw".into()),
+            (routing_slice("g-rw", "12", "10.0.0.2"), then),
+        );
+        let mut other = (*routing_slice("h-rw", "14", "10.0.0.5")).clone();
+        other.metadata.labels = Some([(GROUP_LABEL.to_owned(), "h".to_owned())].into());
+        written.insert(("ns".into(), "h-rw".into()), (Arc::new(other), then));
+        let seen = with_written(
+            vec![routing_slice("g-rw", "7", "10.0.0.1")],
+            &mut written,
+            &names,
+            then + WRITTEN_TTL,
+        );
+        assert_eq!(addresses(&seen), [("g-rw".into(), "10.0.0.1".into())]);
+        assert!(written.is_empty(), "both are past WRITTEN_TTL");
+        written.insert(
+            ("ns".into(), "h-rw".into()),
+            (routing_slice("h-rw", "14", "10.0.0.5"), then),
+        );
+        with_written(vec![], &mut written, &GroupNames::new("x", "ns"), then);
+        assert_eq!(written.len(), 1, "another group's write stays");
     }
 }
