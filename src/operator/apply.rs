@@ -1,6 +1,8 @@
-//! Apply: server-side apply of the planned objects with one field manager, owned by the group
-//! (so deleting the group deletes them), skipping objects whose content did not change since
-//! the last successful apply; then the status.
+//! Apply: server-side apply of the planned objects in the plan's order of writes
+//! (`Plan::writes`), with one field manager, owned by the group (so deleting the group deletes
+//! them), skipping objects whose content did not change since the last successful apply; then
+//! the status. Every function takes only a client (and the cache), so that the order of writes
+//! and the error paths are tested against a scripted API server.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -11,11 +13,11 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::core::ApiResource;
-use kube::{Api, Resource};
+use kube::{Api, Client, Resource};
 use serde_json::{Value, json};
 
 use super::observe::http_route_resource;
-use super::{Context, Error, KubeContext};
+use super::{Error, KubeContext};
 use crate::api::names::{FIELD_MANAGER, GroupNames, SWITCHOVER_ANNOTATION};
 use crate::api::{ReplicaGroup, ReplicaGroupStatus};
 use crate::plan::{Desired, Obsolete, merge_route};
@@ -61,8 +63,14 @@ fn resource_of(desired: &Desired) -> (ApiResource, &'static str) {
     }
 }
 
-/// Applies one object. Returns whether a request was made.
-async fn apply_one(ctx: &Context, group: &ReplicaGroup, names: &GroupNames, desired: &Desired) -> Result<bool, Error> {
+/// Applies one object. Returns the object as the API server answered, if a request was made.
+async fn apply_one(
+    client: &Client,
+    applied: &AppliedCache,
+    group: &ReplicaGroup,
+    names: &GroupNames,
+    desired: &Desired,
+) -> Result<Option<DynamicObject>, Error> {
     let (resource, kind) = resource_of(desired);
     let mut body = serde_json::to_value(desired).map_err(|e| Error::Tls(format!("serializing {kind}: {e}")))?;
     body["apiVersion"] = json!(resource.api_version);
@@ -71,7 +79,7 @@ async fn apply_one(ctx: &Context, group: &ReplicaGroup, names: &GroupNames, desi
     if let Some(owner) = group.controller_owner_ref(&()) {
         body["metadata"]["ownerReferences"] = json!([owner]);
     }
-    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &names.namespace, &resource);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &names.namespace, &resource);
     if let Desired::HttpRoute(_) = desired {
         // Keep what others added to the route (see plan::merge_route).
         let existing = api.get_opt(&name).await.context(|| format!("reading {kind} {name}"))?;
@@ -80,41 +88,34 @@ async fn apply_one(ctx: &Context, group: &ReplicaGroup, names: &GroupNames, desi
     }
     let key = format!("{}/{kind}/{name}", names.namespace);
     let hash = content_hash(&body);
-    if ctx.applied.fresh(&key, hash) {
-        return Ok(false);
+    if applied.fresh(&key, hash) {
+        return Ok(None);
     }
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+    let written = api
+        .patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
         .await
         .context(|| format!("applying {kind} {}/{name}", names.namespace))?;
-    ctx.applied.record(key, hash);
-    Ok(true)
+    applied.record(key, hash);
+    Ok(Some(written))
 }
 
-/// Order matters for failover time: the `-rw` EndpointSlice goes first, members last.
-fn order(d: &Desired) -> u8 {
-    match d {
-        Desired::EndpointSlice(s) if s.metadata.name.as_deref().is_some_and(|n| n.ends_with("-rw")) => 0,
-        Desired::EndpointSlice(_) => 1,
-        Desired::Service(_) => 2,
-        Desired::HttpRoute(_) => 3,
-        Desired::PodDisruptionBudget(_) => 4,
-        Desired::StatefulSet(_) => 5,
+/// Applies `writes` one after the other, in the given order (the plan's); stops at the first
+/// error. Returns the objects written, as the API server answered (unchanged ones are skipped).
+pub async fn apply_objects(
+    client: &Client,
+    applied: &AppliedCache,
+    group: &ReplicaGroup,
+    names: &GroupNames,
+    writes: &[&Desired],
+) -> Result<Vec<DynamicObject>, Error> {
+    let mut written = Vec::new();
+    for d in writes {
+        written.extend(apply_one(client, applied, group, names, d).await?);
     }
+    Ok(written)
 }
 
-pub async fn apply_objects(ctx: &Context, group: &ReplicaGroup, names: &GroupNames, objects: &[Desired]) -> Result<usize, Error> {
-    let mut sorted: Vec<&Desired> = objects.iter().collect();
-    sorted.sort_by_key(|d| order(d));
-    let mut writes = 0;
-    for d in sorted {
-        if apply_one(ctx, group, names, d).await? {
-            writes += 1;
-        }
-    }
-    Ok(writes)
-}
-
-pub async fn delete_objects(ctx: &Context, names: &GroupNames, obsolete: &[Obsolete]) -> Result<(), Error> {
+pub async fn delete_objects(client: &Client, applied: &AppliedCache, names: &GroupNames, obsolete: &[Obsolete]) -> Result<(), Error> {
     for o in obsolete {
         let resource = match o.kind {
             "StatefulSet" => ApiResource::erase::<StatefulSet>(&()),
@@ -122,24 +123,24 @@ pub async fn delete_objects(ctx: &Context, names: &GroupNames, obsolete: &[Obsol
             other => return Err(Error::InvalidObject { name: o.name.clone(), message: format!("cannot delete kind {other}") }),
         };
         let key = format!("{}/{}/{}#deleted", names.namespace, o.kind, o.name);
-        if ctx.applied.fresh(&key, 0) {
+        if applied.fresh(&key, 0) {
             continue;
         }
-        let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &names.namespace, &resource);
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &names.namespace, &resource);
         match api.delete(&o.name, &DeleteParams::background()).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(Error::Kube { context: format!("deleting {} {}", o.kind, o.name), source: e }),
         }
-        ctx.applied.forget(&format!("{}/{}/{}", names.namespace, o.kind, o.name));
-        ctx.applied.record(key, 0);
+        applied.forget(&format!("{}/{}/{}", names.namespace, o.kind, o.name));
+        applied.record(key, 0);
     }
     Ok(())
 }
 
 /// Server-side apply of the status subresource: fields we no longer set are removed.
-pub async fn apply_status(ctx: &Context, names: &GroupNames, status: &ReplicaGroupStatus) -> Result<(), Error> {
-    let api: Api<ReplicaGroup> = Api::namespaced(ctx.client.clone(), &names.namespace);
+pub async fn apply_status(client: &Client, names: &GroupNames, status: &ReplicaGroupStatus) -> Result<(), Error> {
+    let api: Api<ReplicaGroup> = Api::namespaced(client.clone(), &names.namespace);
     let body = json!({"apiVersion": "quorate.dev/v1alpha1", "kind": "ReplicaGroup", "metadata": {"name": names.name}, "status": status});
     api.patch_status(&names.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
         .await
@@ -149,11 +150,146 @@ pub async fn apply_status(ctx: &Context, names: &GroupNames, status: &ReplicaGro
 
 /// The switchover request was handed to the group: remove the annotation (a merge patch, so
 /// nothing else of the object is touched).
-pub async fn clear_switchover_request(ctx: &Context, names: &GroupNames) -> Result<(), Error> {
-    let api: Api<ReplicaGroup> = Api::namespaced(ctx.client.clone(), &names.namespace);
+pub async fn clear_switchover_request(client: &Client, names: &GroupNames) -> Result<(), Error> {
+    let api: Api<ReplicaGroup> = Api::namespaced(client.clone(), &names.namespace);
     let patch = json!({"metadata": {"annotations": {SWITCHOVER_ANNOTATION: null}}});
     api.patch(&names.name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .context(|| format!("removing the {SWITCHOVER_ANNOTATION} annotation of {}/{}", names.namespace, names.name))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use hyper::{Request, Response, StatusCode};
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use kube::client::Body;
+
+    use super::*;
+    use crate::plan::Plan;
+
+    /// A scripted API server: answers every request with its own body (or `fail` for the
+    /// object whose path ends so), and returns the requests as "METHOD path" in order.
+    async fn serve(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>, fail: Option<&'static str>) -> Vec<String> {
+        let mut seen = Vec::new();
+        while let Some((request, send)) = handle.next_request().await {
+            let line = format!("{} {}", request.method(), request.uri().path());
+            let failed = fail.is_some_and(|f| request.uri().path().ends_with(f));
+            let body = request.into_body().collect_bytes().await.expect("request body");
+            let response = if failed {
+                let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
+                    "message": "Apply failed with 1 conflict: conflict with \"someone\""});
+                Response::builder().status(StatusCode::CONFLICT).body(Body::from(serde_json::to_vec(&status).unwrap()))
+            } else {
+                Response::builder().body(Body::from(body.to_vec()))
+            };
+            seen.push(line);
+            send.send_response(response.expect("response"));
+        }
+        seen
+    }
+
+    fn meta(name: &str) -> ObjectMeta {
+        ObjectMeta { name: Some(name.into()), ..Default::default() }
+    }
+
+    fn plan() -> Plan {
+        Plan {
+            apply: vec![
+                Desired::StatefulSet(Box::new(StatefulSet { metadata: meta("g"), ..Default::default() })),
+                Desired::Service(Box::new(Service { metadata: meta("g-rw"), ..Default::default() })),
+                Desired::EndpointSlice(Box::new(EndpointSlice { metadata: meta("g-ro"), address_type: "IPv4".into(), endpoints: vec![], ports: None })),
+                Desired::EndpointSlice(Box::new(EndpointSlice { metadata: meta("g-rw"), address_type: "IPv4".into(), endpoints: vec![], ports: None })),
+            ],
+            delete: vec![],
+            action: None,
+            status: Default::default(),
+            events: vec![],
+            clear_switchover_request: false,
+            requeue_ms: 1000,
+        }
+    }
+
+    fn group() -> ReplicaGroup {
+        let mut g: ReplicaGroup = serde_json::from_value(json!({
+            "apiVersion": "quorate.dev/v1alpha1", "kind": "ReplicaGroup",
+            "metadata": {"name": "g", "namespace": "ns", "uid": "u-1"},
+            "spec": {
+                "mode": "PrimaryBackup", "replicas": 3,
+                "ports": [{"name": "http", "port": 8080}],
+                "health": {"httpGet": {"port": 8080, "path": "/healthz"}},
+                "roleChange": {"httpPost": {"port": 8080, "path": "/quorate/role"}},
+                "template": {"spec": {"containers": [{"name": "app", "image": "app:1"}]}},
+            },
+        }))
+        .expect("fixture group");
+        g.metadata.namespace = Some("ns".into());
+        g
+    }
+
+    #[tokio::test]
+    async fn objects_are_written_in_the_plans_order_and_unchanged_ones_not_again() {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(serve(handle, None));
+        let client = Client::new(service, "default");
+        let names = GroupNames::new("g", "ns");
+        let applied = AppliedCache::default();
+        let plan = plan();
+        let written = apply_objects(&client, &applied, &group(), &names, &plan.writes()).await.expect("apply");
+        let written: Vec<String> = written.iter().map(|o| format!("{} {}", o.types.as_ref().unwrap().kind, o.metadata.name.as_deref().unwrap())).collect();
+        assert_eq!(written, ["EndpointSlice g-rw", "EndpointSlice g-ro", "Service g-rw", "StatefulSet g"], "the server's answers");
+        assert!(apply_objects(&client, &applied, &group(), &names, &plan.writes()).await.expect("apply").is_empty(), "nothing changed");
+        drop(client);
+        assert_eq!(
+            server.await.unwrap(),
+            [
+                "PATCH /apis/discovery.k8s.io/v1/namespaces/ns/endpointslices/g-rw",
+                "PATCH /apis/discovery.k8s.io/v1/namespaces/ns/endpointslices/g-ro",
+                "PATCH /api/v1/namespaces/ns/services/g-rw",
+                "PATCH /apis/apps/v1/namespaces/ns/statefulsets/g",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_conflict_names_the_object_and_stops_the_writes() {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(serve(handle, Some("/services/g-rw")));
+        let client = Client::new(service, "default");
+        let names = GroupNames::new("g", "ns");
+        let applied = AppliedCache::default();
+        let error = apply_objects(&client, &applied, &group(), &names, &plan().writes()).await.expect_err("a conflict");
+        assert_eq!(error.reason(), "conflict");
+        assert!(error.to_string().contains("applying Service ns/g-rw"), "{error}");
+        drop(client);
+        let seen = server.await.unwrap();
+        assert_eq!(seen.last().map(String::as_str), Some("PATCH /api/v1/namespaces/ns/services/g-rw"), "no write after the failed one: {seen:?}");
+        // The failed object is not recorded as applied: the retry writes it again.
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(serve(handle, None));
+        let client = Client::new(service, "default");
+        assert_eq!(apply_objects(&client, &applied, &group(), &names, &plan().writes()).await.expect("retry").len(), 2);
+        drop(client);
+        assert_eq!(server.await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_status_is_applied_to_the_status_subresource_with_our_field_manager() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(async move {
+            let (request, send) = handle.next_request().await.expect("a request");
+            let query = request.uri().query().unwrap_or_default().to_owned();
+            let line = format!("{} {}", request.method(), request.uri().path());
+            let body = serde_json::to_vec(&group()).unwrap();
+            send.send_response(Response::builder().body(Body::from(body)).unwrap());
+            (line, query)
+        });
+        let client = Client::new(service, "default");
+        let names = GroupNames::new("g", "ns");
+        apply_status(&client, &names, &ReplicaGroupStatus::default()).await.expect("status");
+        let (line, query) = server.await.unwrap();
+        assert_eq!(line, "PATCH /apis/quorate.dev/v1alpha1/namespaces/ns/replicagroups/g/status");
+        assert!(query.contains(&format!("fieldManager={FIELD_MANAGER}")) && query.contains("force=true"), "{query}");
+    }
 }

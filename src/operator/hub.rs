@@ -2,33 +2,35 @@
 //! when it can, to whichever member answers otherwise), the latest state with its arrival time,
 //! reconcile triggers on every meaningful change and when a lease would run out unrenewed, plus
 //! one-off calls (Status probes of single members, membership changes, switchovers).
+//!
+//! Parts: `pool` (connections and pod IPs), `follow` (whom a stream follows, pure), `change`
+//! (which states are worth a reconcile, pure) and `stream` (the task that ties them together).
+
+mod change;
+mod follow;
+mod pool;
+mod stream;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info};
+use tracing::info;
 
+use self::pool::{CONNECT_TIMEOUT, ClientPool};
 use super::metrics::Metrics;
-use crate::agent::client::{FailoverReason, GroupState, LeaseState, Member, Role, TlsClientConfig};
-use crate::agent::{AgentClient, ClientError};
+use crate::agent::client::{FailoverReason, GroupState, LeaseState, Member, TlsClientConfig};
+use crate::agent::ClientError;
 use crate::api::ReplicaGroup;
 use crate::plan::{AgentAction, AgentsObserved, FailoverView, GroupView, LeaseView, MemberView, NodeProbe};
 
 type GroupRef = ObjectRef<DeserializeGuard<ReplicaGroup>>;
-/// Agent address (DNS name) → the member pod's current IP. A replaced pod's name keeps
-/// resolving to its old IP, or to nothing, for as long as cluster DNS caches it (5–30 s); the
-/// operator learns the new IP from the API server at once and dials it, verifying TLS against
-/// the name.
-type PodIps = Arc<Mutex<HashMap<String, IpAddr>>>;
 type Key = (String, String);
-/// A reused connection and the pod IP it was dialed at (`None`: through DNS).
-type CachedClient = (AgentClient, Option<IpAddr>);
 
 /// How to reach a group's agents.
 #[derive(Clone, Debug)]
@@ -68,17 +70,10 @@ struct Entry {
 #[derive(Clone)]
 pub struct AgentHub {
     groups: Arc<Mutex<HashMap<Key, Entry>>>,
-    /// Connections for one-off calls, reused: a failover's switchover should not pay for a TLS
-    /// handshake. Dropped on the first transport error, or when the pod's IP changed.
-    clients: Arc<Mutex<HashMap<String, CachedClient>>>,
-    /// Agent address (DNS name) → the pod IP the API server reports for it.
-    pod_ips: PodIps,
+    pool: Arc<ClientPool>,
     trigger: mpsc::UnboundedSender<GroupRef>,
     metrics: Arc<Metrics>,
 }
-
-/// Calls to a single agent give up after this (a dead pod's IP may not even refuse).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave the map inconsistent (single assignments).
@@ -92,7 +87,7 @@ fn now_ms() -> i64 {
 impl AgentHub {
     pub fn new(metrics: Arc<Metrics>) -> (Self, impl Stream<Item = GroupRef> + Send + 'static) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let hub = AgentHub { groups: Arc::default(), clients: Arc::default(), pod_ips: Arc::default(), trigger: tx, metrics };
+        let hub = AgentHub { groups: Arc::default(), pool: Arc::default(), trigger: tx, metrics };
         (hub, tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
     }
 
@@ -111,7 +106,15 @@ impl AgentHub {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (config_tx, config_rx) = watch::channel(config);
         let target = ObjectRef::new(name).within(namespace);
-        let task = tokio::spawn(stream_group(target, config_rx, shared.clone(), self.pod_ips.clone(), self.trigger.clone(), self.metrics.clone()));
+        let stream = stream::Stream {
+            target,
+            config: config_rx,
+            shared: shared.clone(),
+            pool: self.pool.clone(),
+            trigger: self.trigger.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let task = tokio::spawn(stream.run());
         groups.insert(key, Entry { shared, config: config_tx, task });
         self.metrics.agent_streams.set(groups.len() as i64);
     }
@@ -141,8 +144,7 @@ impl AgentHub {
     /// Stops following groups that no longer exist.
     pub fn forget_deleted_groups(&self, store: Store<DeserializeGuard<ReplicaGroup>>) {
         let groups = self.groups.clone();
-        let pod_ips = self.pod_ips.clone();
-        let clients = self.clients.clone();
+        let pool = self.pool.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(30));
@@ -165,54 +167,24 @@ impl AgentHub {
                 metrics.agent_streams.set(map.len() as i64);
                 // Its agents' addresses (`<pod>.<group>-peers.<namespace>.svc…`) go too.
                 let of_deleted = |address: &str| deleted.iter().any(|d| address.contains(d.as_str()));
-                lock(&pod_ips).retain(|address, _| !of_deleted(address));
-                lock(&clients).retain(|address, _| !of_deleted(address));
+                pool.forget_addresses(of_deleted);
             }
         });
-    }
-
-    async fn client(&self, address: &str, tls: Option<TlsClientConfig>) -> Result<AgentClient, ClientError> {
-        let ip = lock(&self.pod_ips).get(address).copied();
-        if let Some((c, at)) = lock(&self.clients).get(address)
-            && *at == ip
-        {
-            return Ok(c.clone());
-        }
-        let c = connect(address, ip, tls).await?;
-        lock(&self.clients).insert(address.to_owned(), (c.clone(), ip));
-        Ok(c)
     }
 
     /// The member pods' current IPs by agent address, as the API server reports them (`None`:
     /// the pod has no running IP now; its name is dialed through DNS).
     pub fn learn_pod_ips(&self, ips: impl IntoIterator<Item = (String, Option<IpAddr>)>) {
-        let mut known = lock(&self.pod_ips);
-        for (address, ip) in ips {
-            match ip {
-                Some(ip) => known.insert(address, ip),
-                None => known.remove(&address),
-            };
-        }
-    }
-
-    /// A call failed for a reason other than the group's answer: reconnect next time.
-    fn forget_client(&self, address: &str, error: &ClientError) {
-        let transport = !matches!(
-            error.code(),
-            Some(tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::AlreadyExists)
-        );
-        if transport {
-            lock(&self.clients).remove(address);
-        }
+        self.pool.learn_pod_ips(ips);
     }
 
     /// Asks one member directly who it is (used before it joins the group).
     pub async fn probe(&self, address: &str, tls: Option<TlsClientConfig>) -> Result<NodeProbe, ClientError> {
-        let client = self.client(address, tls).await?;
+        let client = self.pool.client(address, tls).await?;
         let state = tokio::time::timeout(CONNECT_TIMEOUT, client.status())
             .await
             .unwrap_or_else(|_| Err(ClientError::Connect { address: address.to_owned(), reason: "no answer".into() }))
-            .inspect_err(|e| self.forget_client(address, e))?;
+            .inspect_err(|e| self.pool.forget_client(address, e))?;
         let node = state.answered_by.unwrap_or_default();
         Ok(NodeProbe { id: node.id, initialized: node.initialized })
     }
@@ -228,12 +200,12 @@ impl AgentHub {
     ) -> Result<String, ClientError> {
         if let AgentAction::Bootstrap { via, members } = action {
             let address = addresses.iter().find(|a| a.starts_with(&format!("{via}."))).cloned().unwrap_or_else(|| via.clone());
-            let client = self.client(&address, tls).await?.with_timeout(Duration::from_secs(30));
+            let client = self.pool.client(&address, tls).await?.with_timeout(Duration::from_secs(30));
             let members = members
                 .iter()
                 .map(|m| Member { id: m.id, name: m.name.clone(), address: m.address.clone(), witness: m.witness })
                 .collect();
-            let by = client.bootstrap(members).await.inspect_err(|e| self.forget_client(&address, e))?;
+            let by = client.bootstrap(members).await.inspect_err(|e| self.pool.forget_client(&address, e))?;
             return Ok(format!("initialized the group on node {by}"));
         }
         // Membership and switchover calls go to the coordinator (any member would forward or
@@ -242,7 +214,7 @@ impl AgentHub {
         candidates.extend(addresses.iter().cloned());
         let mut last = None;
         for address in candidates {
-            let client = match self.client(&address, tls.clone()).await {
+            let client = match self.pool.client(&address, tls.clone()).await {
                 Ok(c) => c.with_timeout(Duration::from_secs(30)),
                 Err(e) => {
                     last = Some(e);
@@ -271,7 +243,7 @@ impl AgentHub {
                     return Err(e);
                 }
                 Err(e) => {
-                    self.forget_client(&address, &e);
+                    self.pool.forget_client(&address, &e);
                     last = Some(e);
                 }
             }
@@ -282,163 +254,6 @@ impl AgentHub {
 
 fn unreachable_bootstrap() -> Result<String, ClientError> {
     Err(ClientError::Connect { address: String::new(), reason: "bootstrap is handled above".into() })
-}
-
-async fn connect(address: &str, ip: Option<IpAddr>, tls: Option<TlsClientConfig>) -> Result<AgentClient, ClientError> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, AgentClient::connect_at(address, ip, tls)).await {
-        Ok(r) => r,
-        Err(_) => Err(ClientError::Connect { address: address.to_owned(), reason: format!("no answer within {CONNECT_TIMEOUT:?}") }),
-    }
-}
-
-/// What makes a new state worth a reconcile (heartbeats that only refresh the lease time are not).
-fn digest(state: &GroupState, load_sensitive: bool) -> String {
-    let mut d = format!(
-        "{}|{:?}|{}|{:?}|{}|{}|{}|{}|{}|{}",
-        state.epoch,
-        state.primary.as_ref().map(|p| p.id),
-        state.primary_lease,
-        state.leader.as_ref().map(|l| l.id),
-        state.paused,
-        state.flap_guard_tripped,
-        state.switchover_pending,
-        state.from_coordinator,
-        state.answered_by.as_ref().is_some_and(|n| n.initialized),
-        state.failovers.len(),
-    );
-    for m in &state.members {
-        d.push_str(&format!("|{}:{}:{}:{}:{}", m.id, m.name, m.voter, m.role, m.healthy));
-        if load_sensitive {
-            // Two significant digits: the traffic policy's hysteresis judges what matters.
-            d.push_str(&format!(":{:.1e}:{:.1e}", m.load.unwrap_or(-1.0), m.latency_ms.unwrap_or(-1.0)));
-        }
-    }
-    d
-}
-
-/// How long a coordinator the hub could not reach is left alone before it is tried again.
-const FOLLOW_RETRY: Duration = Duration::from_millis(500);
-
-async fn stream_group(
-    target: GroupRef,
-    mut config: watch::Receiver<StreamConfig>,
-    shared: Arc<Mutex<Shared>>,
-    pod_ips: PodIps,
-    trigger: mpsc::UnboundedSender<GroupRef>,
-    metrics: Arc<Metrics>,
-) {
-    let mut backoff = Duration::from_millis(100);
-    let mut preferred: Option<String> = None;
-    // The coordinator we last tried to follow and could not reach (a restarted pod whose name
-    // does not resolve yet): its relayed state is used meanwhile instead of dialing it again at
-    // once, which spun in a tight loop between relay and coordinator during failovers.
-    let mut unreachable_leader: Option<(String, Instant)> = None;
-    let mut last_digest = String::new();
-    loop {
-        let cfg = config.borrow_and_update().clone();
-        // Re-sends every quarter lease keep the operator's view of the lease fresh.
-        let heartbeat = (cfg.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
-        let first: Vec<String> = preferred.take().into_iter().collect();
-        let candidates: Vec<String> = first.iter().cloned().chain(cfg.addresses.iter().filter(|a| !first.contains(a)).cloned()).collect();
-        let mut last_error = String::from("no agent address");
-        let mut answered = false;
-        'candidates: for address in candidates {
-            let ip = lock(&pod_ips).get(&address).copied();
-            let client = match connect(&address, ip, cfg.tls.clone()).await {
-                Ok(c) => c,
-                Err(e) => {
-                    last_error = e.to_string();
-                    if first.contains(&address) {
-                        unreachable_leader = Some((address.clone(), Instant::now()));
-                    }
-                    continue;
-                }
-            };
-            let mut stream = Box::pin(client.watch_every(heartbeat));
-            loop {
-                // Wake up when the lease in the latest state would run out without a renewal.
-                let lease_left = {
-                    let s = lock(&shared);
-                    s.latest.as_ref().and_then(|(st, at)| {
-                        (st.primary_lease == LeaseState::Live as i32)
-                            .then(|| Duration::from_millis(st.primary_lease_remaining_millis).saturating_sub(at.elapsed()))
-                    })
-                };
-                let silence = heartbeat * 4;
-                let wait = lease_left.map_or(silence, |l| l.min(silence)) + Duration::from_millis(5);
-                tokio::select! {
-                    changed = config.changed() => {
-                        if changed.is_err() { return; }
-                        if !config.borrow().same(&cfg) { break 'candidates; }
-                    }
-                    next = tokio::time::timeout(wait, stream.next()) => match next {
-                        Ok(Some(Ok(state))) => {
-                            answered = true;
-                            backoff = Duration::from_millis(100);
-                            let d = digest(&state, cfg.load_sensitive);
-                            let leader = state.leader.as_ref().map(|l| l.address.clone()).filter(|a| !a.is_empty() && *a != address);
-                            let relayed = !state.from_coordinator;
-                            {
-                                let mut s = lock(&shared);
-                                s.latest = Some((state, Instant::now()));
-                                s.unreachable = None;
-                            }
-                            if d != last_digest {
-                                last_digest = d;
-                                metrics.agent_state_changes.inc();
-                                let _ = trigger.send(target.clone());
-                            }
-                            // Only the coordinator's own word carries a trustworthy lease.
-                            let recently_unreachable = unreachable_leader
-                                .as_ref()
-                                .is_some_and(|(a, at)| leader.as_ref() == Some(a) && at.elapsed() < FOLLOW_RETRY);
-                            if relayed && leader.is_some() && !recently_unreachable {
-                                debug!(group = %target.name, from = %address, to = ?leader, "following the coordinator");
-                                preferred = leader;
-                                break 'candidates;
-                            }
-                        }
-                        Ok(Some(Err(e))) => { last_error = e.to_string(); break; }
-                        Ok(None) => { last_error = format!("{address} closed the state stream"); break; }
-                        Err(_) => {
-                            // A lease ran out unrenewed, or the stream went silent: look again now.
-                            let _ = trigger.send(target.clone());
-                            if lease_left.is_none_or(|l| l >= silence) {
-                                last_error = format!("{address} sent nothing for {silence:?}");
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        if !answered {
-            let first = {
-                let mut s = lock(&shared);
-                let first = s.unreachable.is_none();
-                let since = s.unreachable.as_ref().map_or_else(now_ms, |(since, _)| *since);
-                s.unreachable = Some((since, last_error.clone()));
-                first
-            };
-            if first {
-                info!(group = %target.name, namespace = ?target.namespace, error = %last_error, "no agent of the group answers");
-                let _ = trigger.send(target.clone());
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
-    }
-}
-
-fn role(r: i32) -> crate::api::MemberRole {
-    use crate::api::MemberRole;
-    match Role::try_from(r) {
-        Ok(Role::Primary) => MemberRole::Primary,
-        Ok(Role::Backup) => MemberRole::Backup,
-        Ok(Role::Active) => MemberRole::Active,
-        Ok(Role::Witness) => MemberRole::Witness,
-        _ => MemberRole::Unknown,
-    }
 }
 
 /// The agents' state in the plan's terms.
@@ -467,7 +282,7 @@ pub fn view_of(state: &GroupState) -> GroupView {
                 name: m.name.clone(),
                 voter: m.voter,
                 witness: m.witness,
-                role: role(m.role),
+                role: crate::agent::wire::role(m.role),
                 healthy: m.healthy,
                 load: m.load,
                 latency_ms: m.latency_ms,

@@ -5,9 +5,11 @@
 
 mod apply;
 mod hub;
+mod leader;
 mod metrics;
 mod observe;
 mod reconcile;
+mod stores;
 mod tls;
 
 use std::net::SocketAddr;
@@ -16,19 +18,17 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 use tracing::{info, warn};
 
 use crate::api::ReplicaGroup;
-use crate::api::names::{GROUP_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::api::names::{MANAGED_BY, MANAGED_BY_LABEL};
 use crate::plan::OperatorSettings;
 
 pub use hub::AgentHub;
@@ -53,6 +53,8 @@ pub enum Error {
     Tls(String),
     #[error("invalid ReplicaGroup {name}: {message}")]
     InvalidObject { name: String, message: String },
+    #[error("the watch of {what} has not listed them yet")]
+    StoreNotReady { what: String },
 }
 
 impl Error {
@@ -64,6 +66,7 @@ impl Error {
             Error::Agent { .. } => "agent",
             Error::Tls(_) => "tls",
             Error::InvalidObject { .. } => "invalid_object",
+            Error::StoreNotReady { .. } => "store_not_ready",
         }
     }
 }
@@ -103,9 +106,12 @@ pub struct Context {
     pub backoff: reconcile::Backoff,
     pub gateway_api: observe::GatewayApiProbe,
     pub tls: tls::TlsCache,
+    /// Pods, EndpointSlices, HTTPRoutes and Gateways as the watches last saw them.
+    pub stores: Arc<stores::Stores>,
 }
 
-/// Runs the operator until SIGTERM.
+/// Runs the operator until SIGTERM: serves metrics and health, waits for the CRD, then runs the
+/// controller, behind the leader election when there is one.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let metrics = Arc::new(Metrics::new());
@@ -113,92 +119,44 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     metrics::serve(config.metrics_addr, config.health_addr, metrics.clone(), ready.clone()).await?;
 
     wait_for_crd(&client).await;
-
-    if let Some(lease) = &config.leader_election_lease {
-        // Standby replicas are ready too: readiness says the process works, not that it leads.
-        ready.store(true, std::sync::atomic::Ordering::Relaxed);
-        let (mut leading, mut task) = watch_lease(&client, &config, lease).await?;
-        info!(lease = %lease, identity = %config.pod_name, "waiting for leadership");
-        let mut shutdown = std::pin::pin!(shutdown_signal());
-        let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), &config.namespace);
-        while !*leading.borrow_and_update() {
-            tokio::select! {
-                changed = leading.changed() => {
-                    if changed.is_err() {
-                        anyhow::bail!("the leader election task ended");
-                    }
-                }
-                // kube-lease-manager sleeps until the holder's lease would expire, even when the
-                // holder released it on shutdown; looking every second lets a standby take over
-                // a rollout's released lease at once instead of up to 15 s later.
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                    let released = matches!(leases.get_opt(lease).await, Ok(Some(l)) if l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()).is_none_or(str::is_empty));
-                    if released {
-                        info!("the lease was released: trying for it now");
-                        drop(leading);
-                        let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
-                        (leading, task) = watch_lease(&client, &config, lease).await?;
-                    }
-                }
-                // A standby must stop on SIGTERM too: one that lingers through its grace period
-                // can win the lease its leader just released in the same rollout, lead for a few
-                // seconds, and be killed without releasing it.
-                _ = &mut shutdown => {
-                    info!("shutting down before leading");
-                    stop_campaigning((leading, task)).await;
-                    return Ok(());
-                }
-            }
-        }
-        info!("leading: starting the controller");
-        metrics.leader.set(1);
-        let controller = tokio::spawn(run_controller(client.clone(), config.clone(), metrics.clone()));
-        // Losing the lease ends the process: a clean restart is the only way to be sure no
-        // write of an old leader is still in flight when the new one starts.
-        tokio::select! {
-            _ = async { while *leading.borrow_and_update() { if leading.changed().await.is_err() { break; } } } => {
-                warn!("lost leadership; exiting so that only the new leader writes");
-            }
-            r = controller => { r??; }
-            _ = &mut shutdown => {
-                info!("shutting down; releasing the lease");
-            }
-        }
-        stop_campaigning((leading, task)).await;
-        return Ok(());
-    }
+    // Standby replicas are ready too: readiness says the process works, not that it leads.
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+
+    let Some(lease) = &config.leader_election_lease else {
+        metrics.leader.set(1);
+        return tokio::select! {
+            r = run_controller(client, config, metrics) => r,
+            _ = &mut shutdown => Ok(()),
+        };
+    };
+    let candidate = leader::Candidate {
+        client: client.clone(),
+        namespace: config.namespace.clone(),
+        lease: lease.clone(),
+        identity: config.pod_name.clone(),
+    };
+    let Some(mut leadership) = candidate.lead(&mut shutdown).await? else {
+        return Ok(());
+    };
+    info!("leading: starting the controller");
     metrics.leader.set(1);
-    tokio::select! {
-        r = run_controller(client, config, metrics) => r,
-        _ = shutdown_signal() => Ok(()),
-    }
-}
-
-type LeaseWatch = (tokio::sync::watch::Receiver<bool>, tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>);
-
-/// Ends the campaign: closing the receiver makes the manager's task release the lease if it
-/// holds it; released once more here in case the task ended otherwise.
-async fn stop_campaigning((leading, task): LeaseWatch) {
-    drop(leading);
-    if let Ok(Ok(Ok(manager))) = tokio::time::timeout(Duration::from_secs(3), task).await {
-        let _ = manager.release().await;
-    }
-}
-
-/// Campaigns for the operator's lease; the receiver says whether this replica holds it.
-async fn watch_lease(client: &Client, config: &Config, lease: &str) -> anyhow::Result<LeaseWatch> {
-    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), lease)
-        .with_namespace(&config.namespace)
-        .with_identity(&config.pod_name)
-        .with_duration(15)
-        .with_grace(5)
-        // One field manager per candidate: the library's lock is a server-side apply that
-        // must conflict with the other candidate's (a shared manager name lets both win).
-        .with_field_manager(format!("quorate-operator-lease-{}", config.pod_name))
-        .build()
-        .await?;
-    Ok(manager.watch().await)
+    let controller = tokio::spawn(run_controller(client, config, metrics));
+    // Losing the lease ends the process: a clean restart is the only way to be sure no write of
+    // an old leader is still in flight when the new one starts.
+    let result = tokio::select! {
+        _ = leadership.lost() => {
+            warn!("lost leadership; exiting so that only the new leader writes");
+            Ok(())
+        }
+        r = controller => r.map_err(anyhow::Error::from).and_then(|r| r),
+        _ = &mut shutdown => {
+            info!("shutting down; releasing the lease");
+            Ok(())
+        }
+    };
+    leadership.stop().await;
+    result
 }
 
 async fn shutdown_signal() {
@@ -236,7 +194,20 @@ fn crd_established(crd: &CustomResourceDefinition) -> bool {
 
 async fn run_controller(client: Client, config: Config, metrics: Arc<Metrics>) -> anyhow::Result<()> {
     let reporter = Reporter { controller: "quorate-operator".into(), instance: Some(config.pod_name.clone()) };
-    let (hub, triggers) = AgentHub::new(metrics.clone());
+    let (hub, agent_triggers) = AgentHub::new(metrics.clone());
+    let groups: Api<kube::core::DeserializeGuard<ReplicaGroup>> = Api::all(client.clone());
+    let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    let controller = Controller::new(groups, watcher::Config::default().any_semantic())
+        .with_config(ControllerConfig::default().concurrency(16))
+        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
+        .owns(Api::<Service>::all(client.clone()), owned.clone())
+        .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned)
+        // The group's own state stream: a new primary triggers a reconcile within milliseconds.
+        .reconcile_on(agent_triggers);
+    // Member pods, EndpointSlices, HTTPRoutes and Gateways: their watches fill the stores that
+    // observe reads and trigger the groups they belong to.
+    let (stores, store_triggers) = stores::Stores::start(client.clone(), controller.store());
+    let controller = controller.reconcile_on(store_triggers);
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings: config.settings.clone(),
@@ -248,22 +219,8 @@ async fn run_controller(client: Client, config: Config, metrics: Arc<Metrics>) -
         backoff: reconcile::Backoff::default(),
         gateway_api: observe::GatewayApiProbe::default(),
         tls: tls::TlsCache::default(),
+        stores,
     });
-    let groups: Api<kube::core::DeserializeGuard<ReplicaGroup>> = Api::all(client.clone());
-    let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let controller = Controller::new(groups, watcher::Config::default().any_semantic())
-        .with_config(ControllerConfig::default().concurrency(16))
-        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client.clone()), owned.clone())
-        .owns(Api::<EndpointSlice>::all(client.clone()), owned.clone())
-        .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned)
-        // Member pods: a terminating primary, a new pod IP, a restarted member.
-        .watches(Api::<Pod>::all(client.clone()), watcher::Config::default().labels(GROUP_LABEL), |pod| {
-            let group = pod.labels().get(GROUP_LABEL)?.clone();
-            Some(ObjectRef::new(&group).within(&pod.namespace()?))
-        })
-        // The group's own state stream: a new primary triggers a reconcile within milliseconds.
-        .reconcile_on(triggers);
     hub.forget_deleted_groups(controller.store());
     controller
         .run(reconcile::reconcile, reconcile::error_policy, ctx)

@@ -1,16 +1,18 @@
 //! Observe: everything one reconcile reads — member pods, the agents' state (and direct probes
 //! of members that are not in the group yet), the routing objects as applied, the HTTPRoute's
-//! status as the Gateway wrote it.
+//! status as the Gateway wrote it. Pods and EndpointSlices come from the reflector stores
+//! (`super::stores`), and so do the HTTPRoute and Gateways once their watches have listed; the
+//! functions turning store snapshots into `Observed` parts are pure.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Api, Client, ResourceExt};
 
 use super::tls::GroupTls;
@@ -43,7 +45,7 @@ pub fn http_route_resource() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"))
 }
 
-fn gateway_resource() -> ApiResource {
+pub fn gateway_resource() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "Gateway"))
 }
 
@@ -67,19 +69,60 @@ fn member_pod(names: &GroupNames, pod: &Pod) -> Option<MemberPod> {
     })
 }
 
+/// The group's member and witness pods, by name (the order a LIST returns them in).
+pub(super) fn member_pods(names: &GroupNames, pods: &[Arc<Pod>]) -> Vec<MemberPod> {
+    let mut pods: Vec<MemberPod> = pods.iter().filter_map(|p| member_pod(names, p)).collect();
+    pods.sort_by(|a, b| a.name.cmp(&b.name));
+    pods
+}
+
+/// What the operator-written EndpointSlices route to now.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct SlicesObserved {
+    pub routed_epoch: Option<u64>,
+    pub rw: Vec<String>,
+    pub ro: Vec<String>,
+    pub r: Vec<String>,
+}
+
+pub(super) fn slices_observed(names: &GroupNames, slices: &[Arc<EndpointSlice>]) -> SlicesObserved {
+    // Only the slices we write (the EndpointSlice controller's would carry its own label).
+    let ours: Vec<&EndpointSlice> =
+        slices.iter().map(|s| s.as_ref()).filter(|s| s.labels().get(SLICE_MANAGED_BY_LABEL).map(String::as_str) == Some(SLICE_MANAGER)).collect();
+    let named = |name: &str| -> Vec<&EndpointSlice> { ours.iter().copied().filter(|s| s.metadata.name.as_deref() == Some(name)).collect() };
+    let addresses = |name: &str| -> Vec<String> { named(name).iter().flat_map(|s| s.endpoints.iter().flat_map(|e| e.addresses.clone())).collect() };
+    let rw = names.rw();
+    SlicesObserved {
+        routed_epoch: named(&rw).iter().find_map(|s| s.metadata.annotations.as_ref()?.get(EPOCH_ANNOTATION)?.parse().ok()),
+        rw: addresses(&rw),
+        ro: addresses(&names.ro()),
+        r: addresses(&names.r()),
+    }
+}
+
+/// The group's HTTPRoute: from the store when its watch has listed and holds it, else read.
+async fn read_route(ctx: &Context, ns: &str, name: &str) -> Result<Option<Arc<DynamicObject>>, Error> {
+    if let Some(Some(route)) = ctx.stores.route(ns, name) {
+        return Ok(Some(route));
+    }
+    // The store holds only routes with our managed-by label; one created by someone else
+    // (before our first apply labels it) is read from the API.
+    let routes: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &http_route_resource());
+    Ok(routes.get_opt(name).await.context(|| format!("reading HTTPRoute {ns}/{name}"))?.map(Arc::new))
+}
+
+async fn gateway_exists(ctx: &Context, ns: &str, name: &str) -> Result<bool, Error> {
+    if let Some(exists) = ctx.stores.gateway_exists(ns, name) {
+        return Ok(exists);
+    }
+    let gateways: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &gateway_resource());
+    Ok(gateways.get_opt(name).await.context(|| format!("reading Gateway {ns}/{name}"))?.is_some())
+}
+
 pub async fn observe(ctx: &Context, group: &ReplicaGroup, names: &GroupNames, tls: &GroupTls) -> Result<Observed, Error> {
     let client = &ctx.client;
     let ns = &names.namespace;
-    let selector = format!("{GROUP_LABEL}={}", names.name);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let pods: Vec<MemberPod> = pods
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .context(|| format!("listing the pods of {ns}/{}", names.name))?
-        .items
-        .iter()
-        .filter_map(|p| member_pod(names, p))
-        .collect();
+    let pods = member_pods(names, &ctx.stores.pods(names).await?);
 
     // Before anything dials a member: a replaced pod is reachable by its new IP at once.
     ctx.hub.learn_pod_ips(pods.iter().map(|p| (names.agent_address(&p.name), p.ip.as_deref().and_then(|ip| ip.parse().ok()))));
@@ -106,53 +149,31 @@ pub async fn observe(ctx: &Context, group: &ReplicaGroup, names: &GroupNames, tl
     .filter_map(|(name, r)| r.ok().map(|probe| (name, probe)))
     .collect();
 
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
-    let slices = slices
-        .list(&ListParams::default().labels(&format!("{selector},{SLICE_MANAGED_BY_LABEL}={SLICE_MANAGER}")))
-        .await
-        .context(|| format!("listing the EndpointSlices of {ns}/{}", names.name))?
-        .items;
-    let addresses = |name: &str| -> Vec<String> {
-        slices
-            .iter()
-            .filter(|s| s.metadata.name.as_deref() == Some(name))
-            .flat_map(|s| s.endpoints.iter().flat_map(|e| e.addresses.clone()))
-            .collect()
-    };
-    let routed_epoch = slices
-        .iter()
-        .find(|s| s.metadata.name.as_deref() == Some(names.rw().as_str()))
-        .and_then(|s| s.metadata.annotations.as_ref()?.get(EPOCH_ANNOTATION)?.parse().ok());
+    let slices = slices_observed(names, &ctx.stores.slices(names).await?);
 
-    let mut gateway_api = false;
+    let gateway_api = ctx.gateway_api.installed(client).await;
+    if gateway_api {
+        // The CRDs may have been installed after the operator started.
+        ctx.stores.start_gateway_api();
+    }
     let mut route = None;
     let mut missing_gateways = Vec::new();
     if let Some(gateway) = &group.spec.traffic.gateway {
-        gateway_api = ctx.gateway_api.installed(client).await;
         if gateway_api {
-            let routes: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &http_route_resource());
-            route = routes
-                .get_opt(&names.members())
-                .await
-                .context(|| format!("reading HTTPRoute {ns}/{}", names.members()))?
-                .map(|r| route_observed(&r.data, names));
+            route = read_route(ctx, ns, &names.members()).await?.map(|r| route_observed(&r.data, names));
             for parent in &gateway.parent_refs {
                 let gns = parent.namespace.as_deref().unwrap_or(ns);
-                let gateways: Api<DynamicObject> = Api::namespaced_with(client.clone(), gns, &gateway_resource());
-                if gateways.get_opt(&parent.name).await.context(|| format!("reading Gateway {gns}/{}", parent.name))?.is_none() {
+                if !gateway_exists(ctx, gns, &parent.name).await? {
                     missing_gateways.push(format!("{gns}/{}", parent.name));
                 }
             }
         }
-    } else {
+    } else if gateway_api {
         // Only to notice a route that should go away.
-        if ctx.gateway_api.installed(client).await {
-            let routes: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &http_route_resource());
-            if let Ok(Some(r)) = routes.get_opt(&names.members()).await
-                && r.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
-            {
-                route = Some(route_observed(&r.data, names));
-            }
+        if let Ok(Some(r)) = read_route(ctx, ns, &names.members()).await
+            && r.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
+        {
+            route = Some(route_observed(&r.data, names));
         }
     }
 
@@ -161,11 +182,11 @@ pub async fn observe(ctx: &Context, group: &ReplicaGroup, names: &GroupNames, tl
         pods,
         agents,
         probes,
-        routed_epoch,
-        routed_addresses: addresses(&names.rw()),
-        ro_addresses: addresses(&names.ro()),
-        r_addresses: addresses(&names.r()),
-        gateway_api,
+        routed_epoch: slices.routed_epoch,
+        routed_addresses: slices.rw,
+        ro_addresses: slices.ro,
+        r_addresses: slices.r,
+        gateway_api: gateway_api && group.spec.traffic.gateway.is_some(),
         route,
         tls_hash: tls.hash.clone(),
         missing_gateways,
@@ -204,4 +225,80 @@ fn route_observed(data: &serde_json::Value, names: &GroupNames) -> RouteObserved
         parents.insert(name.to_owned(), (current("Accepted"), current("ResolvedRefs"), message));
     }
     RouteObserved { weights, parents }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{ContainerState, ContainerStateRunning, ContainerStatus, PodStatus};
+    use k8s_openapi::api::discovery::v1::Endpoint;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+    use super::*;
+
+    fn names() -> GroupNames {
+        GroupNames::new("g", "ns")
+    }
+
+    fn pod(name: &str, phase: &str, ip: &str, agent_running: bool) -> Arc<Pod> {
+        let agent = ContainerStatus {
+            name: AGENT_CONTAINER.into(),
+            state: Some(ContainerState { running: agent_running.then(ContainerStateRunning::default), ..Default::default() }),
+            ..Default::default()
+        };
+        Arc::new(Pod {
+            metadata: ObjectMeta { name: Some(name.into()), namespace: Some("ns".into()), ..Default::default() },
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                pod_ip: Some(ip.into()),
+                init_container_statuses: Some(vec![agent]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn member_pods_in_name_order_with_their_running_ip() {
+        let mut terminating = (*pod("g-2", "Running", "10.0.0.3", true)).clone();
+        terminating.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+        let pods = [Arc::new(terminating), pod("g-witness-0", "Running", "10.0.0.9", true), pod("g-0", "Pending", "10.0.0.1", false), pod("other", "Running", "10.0.0.5", true)];
+        let observed = member_pods(&names(), &pods);
+        let summary: Vec<_> = observed.iter().map(|p| (p.name.as_str(), p.witness, p.ordinal, p.ip.as_deref(), p.agent_running, p.terminating)).collect();
+        assert_eq!(
+            summary,
+            [
+                ("g-0", false, 0, None, false, false),
+                ("g-2", false, 2, Some("10.0.0.3"), true, true),
+                ("g-witness-0", true, 0, Some("10.0.0.9"), true, false),
+            ]
+        );
+    }
+
+    fn slice(name: &str, ours: bool, epoch: Option<&str>, addresses: &[&str]) -> Arc<EndpointSlice> {
+        let labels = ours.then(|| [(SLICE_MANAGED_BY_LABEL.to_owned(), SLICE_MANAGER.to_owned())].into());
+        let annotations = epoch.map(|e| [(EPOCH_ANNOTATION.to_owned(), e.to_owned())].into());
+        Arc::new(EndpointSlice {
+            metadata: ObjectMeta { name: Some(name.into()), labels, annotations, ..Default::default() },
+            endpoints: addresses.iter().map(|a| Endpoint { addresses: vec![(*a).into()], ..Default::default() }).collect(),
+            address_type: "IPv4".into(),
+            ports: None,
+        })
+    }
+
+    #[test]
+    fn the_slices_say_what_is_routed() {
+        let slices = [
+            slice("g-rw", true, Some("7"), &["10.0.0.1"]),
+            slice("g-ro", true, None, &["10.0.0.2", "10.0.0.3"]),
+            slice("g-r", true, None, &[]),
+            // Written by someone else (the EndpointSlice controller's label is missing).
+            slice("g-rw", false, Some("9"), &["10.0.0.8"]),
+        ];
+        let observed = slices_observed(&names(), &slices);
+        assert_eq!(
+            observed,
+            SlicesObserved { routed_epoch: Some(7), rw: vec!["10.0.0.1".into()], ro: vec!["10.0.0.2".into(), "10.0.0.3".into()], r: vec![] }
+        );
+        assert_eq!(slices_observed(&names(), &[]), SlicesObserved::default());
+    }
 }

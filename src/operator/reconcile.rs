@@ -113,8 +113,14 @@ async fn reconcile_group(group: &ReplicaGroup, names: &GroupNames, ctx: &Context
     let plan = plan::plan(group, &observed, &ctx.settings);
 
     let objects = async {
-        apply::apply_objects(ctx, group, names, &plan.apply).await?;
-        apply::delete_objects(ctx, names, &plan.delete).await
+        let written = apply::apply_objects(&ctx.client, &ctx.applied, group, names, &plan.writes()).await?;
+        // The next reconcile sees these slices even before their watch events arrive.
+        for slice in written.into_iter().filter(|o| o.types.as_ref().is_some_and(|t| t.kind == "EndpointSlice")) {
+            if let Ok(slice) = slice.try_parse() {
+                ctx.stores.wrote_slice(slice);
+            }
+        }
+        apply::delete_objects(&ctx.client, &ctx.applied, names, &plan.delete).await
     };
     let action = async {
         match &plan.action {
@@ -155,10 +161,10 @@ async fn reconcile_group(group: &ReplicaGroup, names: &GroupNames, ctx: &Context
         }
     }
     if plan.clear_switchover_request {
-        apply::clear_switchover_request(ctx, names).await?;
+        apply::clear_switchover_request(&ctx.client, names).await?;
     }
     if group.status.as_ref() != Some(&plan.status) {
-        apply::apply_status(ctx, names, &plan.status).await?;
+        apply::apply_status(&ctx.client, names, &plan.status).await?;
         record_failover_metrics(ctx, group, &plan.status);
     }
     ctx.metrics.record_phase(&format!("{}/{}", names.namespace, names.name), plan.status.phase);

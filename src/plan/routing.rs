@@ -612,3 +612,27 @@ pub fn merge_route(
     merged["spec"]["rules"] = serde_json::Value::Array(rules);
     merged
 }
+
+/// The order of writes, decided here rather than at apply time because it is what a failover
+/// waits for: the `-rw` EndpointSlice (the switch itself, one object and so one write) goes
+/// first, then the other slices, the Services, the HTTPRoute, the PodDisruptionBudget, and the
+/// members' StatefulSets last. The status is written after all of them (by the IO shell).
+fn write_rank(d: &Desired) -> u8 {
+    match d {
+        Desired::EndpointSlice(s) if s.metadata.name.as_deref().is_some_and(|n| n.ends_with("-rw")) => 0,
+        Desired::EndpointSlice(_) => 1,
+        Desired::Service(_) => 2,
+        Desired::HttpRoute(_) => 3,
+        Desired::PodDisruptionBudget(_) => 4,
+        Desired::StatefulSet(_) => 5,
+    }
+}
+
+impl super::Plan {
+    /// The objects to apply, in the order to write them (stable within a kind).
+    pub fn writes(&self) -> Vec<&Desired> {
+        let mut writes: Vec<&Desired> = self.apply.iter().collect();
+        writes.sort_by_key(|d| write_rank(d));
+        writes
+    }
+}
