@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for the hack/ scripts. Sourced, not run.
 HACK="${HACK:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}"
 ROOT="$(cd "$HACK/.." && pwd)"
@@ -70,3 +71,21 @@ quorate_image_id() {
 
 # gateway_api_crds: the cached Gateway API standard-channel CRDs (hack/build-tools.sh gatewayapi).
 gateway_api_crds() { printf '%s/crds/standard' "$(tool_dir gateway-api "$GATEWAY_API_VERSION")"; }
+
+# render TEMPLATE NAME[=VALUE]...: TEMPLATE's text with each ${NAME} replaced by VALUE (or by the
+# shell variable NAME's value), written to stdout byte for byte (pure bash: no envsubst needed).
+# A placeholder left over is an error, so a template and its caller cannot drift apart silently.
+render() {
+  local _tmpl=$1 _text _arg _name _value; shift
+  [[ -f "$_tmpl" ]] || die "template $_tmpl is missing"
+  _text="$(cat "$_tmpl"; printf x)"; _text="${_text%x}"  # keep trailing newlines
+  for _arg in "$@"; do
+    _name="${_arg%%=*}"
+    if [[ "$_arg" == *=* ]]; then _value="${_arg#*=}"
+    elif [[ -v "$_name" ]]; then _value="${!_name}"
+    else die "render: $_name (for $_tmpl) is not set"; fi
+    _text="${_text//"\${$_name}"/"$_value"}"  # quoted: no pattern or & expansion
+  done
+  if [[ "$_text" =~ \$\{[A-Za-z_][A-Za-z0-9_]*\} ]]; then die "render: ${BASH_REMATCH[0]} in $_tmpl has no value"; fi
+  printf '%s' "$_text"
+}
