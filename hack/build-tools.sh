@@ -19,10 +19,12 @@ go_wrapper() {
   rm -rf "$1" && mkdir -p "$1" && (cd "$1" && go mod init quorate.local/build >/dev/null 2>&1)
 }
 
-# installed NAME VERSION BINARY PATTERN: true when the cached BINARY prints PATTERN for --version.
+# installed NAME VERSION BINARY [ARGS [PATTERN]]: true when the cached BINARY, run with ARGS
+# (words; default --version), prints PATTERN (default VERSION without its v).
 installed() {
-  local bin; bin="$(tool_dir "$1" "$2")/bin/$3"
-  [[ -x "$bin" ]] && "$bin" ${4:---version} 2>&1 | grep -qF -- "${5:-${2#v}}"
+  local bin args; bin="$(tool_dir "$1" "$2")/bin/$3"
+  read -ra args <<<"${4:---version}"
+  [[ -x "$bin" ]] && "$bin" "${args[@]}" 2>&1 | grep -qF -- "${5:-${2#v}}"
 }
 
 begin() { log "building $1 $2 (cold build; cached afterwards)"; BUILD_START=$SECONDS; }
@@ -247,7 +249,9 @@ build_gatewayapi() {
 }
 
 all="kubernetes etcd containerd runc cni crictl coredns helm provisioner traefik gatewayapi"
-for c in ${@:-$all}; do
+components=("$@")
+((${#components[@]} > 0)) || read -ra components <<<"$all"
+for c in "${components[@]}"; do
   declare -F "build_$c" >/dev/null || die "unknown component '$c' (known: $all)"
   # Not `( build ) || die`: errexit is ignored inside anything that is tested with ||, so a
   # failed step would not stop the build and a broken component would be reported as built.

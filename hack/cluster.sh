@@ -20,6 +20,7 @@ NODE_IP=10.88.0.1
 POD_CIDR=10.88.0.0/16
 SERVICE_CIDR=10.96.0.0/16
 API_SERVICE_IP=10.96.0.1
+# shellcheck disable=SC2034  # used by name: render ... DNS_IP (hack/testbed/config)
 DNS_IP=10.96.0.10
 PKI="$DIR/pki"
 KUBECONFIG_ADMIN="$DIR/kubeconfig"
@@ -364,10 +365,10 @@ cmd_up() {
 
 # ---------------------------------------------------------------------------------------
 stop_pid() { # name pid: TERM, then KILL after a grace period
-  local name=$1 pid=$2 i
+  local name=$1 pid=$2
   kill -0 "$pid" 2>/dev/null || return 0
   kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
   log "$name ($pid) did not stop on SIGTERM; killing it"
   kill -KILL "$pid" 2>/dev/null || true
 }
@@ -433,9 +434,9 @@ cleanup_cgroups() {
 cleanup_mounts() {
   # Everything mounted under our directory (overlay rootfs, tmpfs for secrets, netns), deepest first.
   local m
-  for m in $(awk -v d="$DIR" '$2 ~ "^"d {print $2}' /proc/self/mounts | sort -r); do
+  while read -r m; do
     umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
-  done
+  done < <(awk -v d="$DIR" '$2 ~ "^"d {print $2}' /proc/self/mounts | sort -r)
 }
 
 cmd_down() {
@@ -450,7 +451,9 @@ cmd_down() {
   # Network namespaces created while the cluster ran (containerd keeps them under its state dir;
   # older layouts use /var/run/netns).
   if [[ -f "$DIR/state/netns.before" ]]; then
-    for ns in $(ls /var/run/netns 2>/dev/null); do
+    for ns in /var/run/netns/*; do
+      [[ -e "$ns" ]] || continue  # no namespaces: the glob stays unexpanded
+      ns="${ns##*/}"
       grep -qx "$ns" "$DIR/state/netns.before" || ip netns delete "$ns" 2>/dev/null || true
     done
   fi

@@ -38,9 +38,10 @@ up() {
 
 e2e() {
   [[ -f "$KUBECONFIG_KIND" ]] || die "no kind cluster: run make kind-up first"
-  export QUORATE_KUBECONFIG="$KUBECONFIG_KIND" QUORATE_KUBECTL="$(command -v kubectl)" HELM="$(command -v helm)"
-  export QUORATE_IMAGE="$(quorate_image)" E2E_ENV=kind QUORATE_IMAGE_ID="$(quorate_image_id)"
-  export E2E_GATEWAY_ADDR="$(KUBECONFIG="$KUBECONFIG_KIND" kubectl get svc traefik -n traefik -o jsonpath='{.spec.clusterIP}'):80"
+  QUORATE_KUBECONFIG="$KUBECONFIG_KIND" QUORATE_KUBECTL="$(command -v kubectl)" HELM="$(command -v helm)"
+  QUORATE_IMAGE="$(quorate_image)" E2E_ENV=kind QUORATE_IMAGE_ID="$(quorate_image_id)"
+  E2E_GATEWAY_ADDR="$(KUBECONFIG="$KUBECONFIG_KIND" kubectl get svc traefik -n traefik -o jsonpath='{.spec.clusterIP}'):80"
+  export QUORATE_KUBECONFIG QUORATE_KUBECTL HELM QUORATE_IMAGE E2E_ENV QUORATE_IMAGE_ID E2E_GATEWAY_ADDR
   cargo test --locked --test e2e -- --test-threads=2
 }
 

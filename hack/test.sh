@@ -14,7 +14,8 @@ step() { log "== $* (t+$((SECONDS - t0)) s)"; }
 
 step "tools"
 "$HACK/build-tools.sh"
-export HELM="$(bin_dir helm)/helm"
+HELM="$(bin_dir helm)/helm"
+export HELM
 
 step "cargo test (no cluster)"
 cargo test --locked
@@ -34,7 +35,8 @@ step "images"
 "$HACK/images.sh"
 
 step "cluster suites"
-export QUORATE_KUBECONFIG="$("$HACK/cluster.sh" kubeconfig)"
-export QUORATE_KUBECTL="$(bin_dir kubernetes)/kubectl" QUORATE_IMAGE="$(quorate_image)" QUORATE_IMAGE_ID="$(quorate_image_id)"
+QUORATE_KUBECONFIG="$("$HACK/cluster.sh" kubeconfig)"
+QUORATE_KUBECTL="$(bin_dir kubernetes)/kubectl" QUORATE_IMAGE="$(quorate_image)" QUORATE_IMAGE_ID="$(quorate_image_id)"
+export QUORATE_KUBECONFIG QUORATE_KUBECTL QUORATE_IMAGE QUORATE_IMAGE_ID
 cargo test --locked --test e2e -- --test-threads="${E2E_THREADS:-2}"
 step "all tests passed"
