@@ -31,8 +31,8 @@ crds: check-cargo ## regenerate the CRD YAML from the Rust types
 	cargo run --quiet --locked --bin crdgen > crds/replicagroups.quorate.dev.yaml
 	cp crds/replicagroups.quorate.dev.yaml charts/quorate/crds/replicagroups.quorate.dev.yaml
 
-build: check-cargo ## release binaries
-	cargo build --release --locked --bins
+build: check-cargo ## release binaries (static; the build make test, the images and the benchmarks share)
+	source hack/lib.sh && release_cargo build --release --bins --examples  # --examples: see hack/images.sh
 
 images: check-cargo ## static binaries packed as an OCI image, imported into the test bed
 	hack/images.sh

@@ -42,7 +42,8 @@ e2e() {
   QUORATE_IMAGE="$(quorate_image)" E2E_ENV=kind QUORATE_IMAGE_ID="$(quorate_image_id)"
   E2E_GATEWAY_ADDR="$(KUBECONFIG="$KUBECONFIG_KIND" kubectl get svc traefik -n traefik -o jsonpath='{.spec.clusterIP}'):80"
   export QUORATE_KUBECONFIG QUORATE_KUBECTL HELM QUORATE_IMAGE E2E_ENV QUORATE_IMAGE_ID E2E_GATEWAY_ADDR
-  cargo test --locked --test e2e -- --test-threads=2
+  # The build the images came from (hack/images.sh), as on the test bed (hack/test.sh).
+  release_cargo test --release --test e2e -- --test-threads=2
 }
 
 case "${1:-}" in

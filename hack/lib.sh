@@ -15,7 +15,14 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 # hence one build: a host build without them would rebuild every dependency, and back again.
 # Static glibc (no musl target here); RUSTFLAGS with --target leaves build scripts dynamic.
 RELEASE_TARGET=x86_64-unknown-linux-gnu
-release_cargo() { (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo "$@" --locked --target "$RELEASE_TARGET"); }
+# release_cargo SUBCOMMAND ARGS...: the options go right after the subcommand, so they stay cargo's
+# when ARGS hold a `--` (`test ... -- --test-threads=2`, `clippy ... -- -D warnings`); after it
+# they would reach the test binary or rustc, and cargo would build for the host with the static
+# flags, which proc-macros cannot be.
+release_cargo() {
+  local sub=$1; shift
+  (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo "$sub" --locked --target "$RELEASE_TARGET" "$@")
+}
 
 # tool_dir NAME VERSION: where the pinned build of a component lives.
 tool_dir() { printf '%s/tools/%s-%s' "$QUORATE_CACHE" "$1" "$2"; }
