@@ -21,7 +21,7 @@ check-cargo:
 demo: check-cargo ## the main job: local cluster, images, operator install, a group, its status
 	hack/demo.sh
 
-test: check-cargo ## every test: unit, property, snapshot, agent processes, chart, and the cluster suites
+test: check-cargo ## lint and every test: unit, property, snapshot, agent processes, chart, and the cluster suites
 	hack/test.sh
 
 tools: ## build the pinned test-bed components (cached)
@@ -31,8 +31,8 @@ crds: check-cargo ## regenerate the CRD YAML from the Rust types
 	cargo run --quiet --locked --bin crdgen > crds/replicagroups.quorate.dev.yaml
 	cp crds/replicagroups.quorate.dev.yaml charts/quorate/crds/replicagroups.quorate.dev.yaml
 
-build: check-cargo ## release binaries
-	cargo build --release --locked --bins
+build: check-cargo ## release binaries (static; the build make test, the images and the benchmarks share)
+	source hack/lib.sh && release_cargo build --release --bins --examples  # --examples: see hack/images.sh
 
 images: check-cargo ## static binaries packed as an OCI image, imported into the test bed
 	hack/images.sh
@@ -55,9 +55,8 @@ bench-failover: check-cargo ## failover through Kubernetes routing on the test b
 bench-weights: check-cargo ## weight convergence and split accuracy through a real Gateway
 	hack/bench.sh weights
 
-lint: check-cargo ## clippy and helm lint
-	cargo clippy --locked --all-targets -- -D warnings
-	hack/build-tools.sh helm && "$$(source hack/lib.sh && bin_dir helm)/helm" lint --strict charts/quorate
+lint: check-cargo ## rustfmt --check, clippy -D warnings (every target), shellcheck (hack/), helm lint --strict
+	hack/lint.sh
 
 kind-up: ## (users with Docker) a kind cluster with the images loaded
 	hack/kind.sh up

@@ -26,6 +26,7 @@ if ! "$HACK/cluster.sh" status >/dev/null 2>&1; then
   started=1
 fi
 "$HACK/images.sh"
-export QUORATE_KUBECONFIG="$("$HACK/cluster.sh" kubeconfig)"
-export QUORATE_KUBECTL="$(bin_dir kubernetes)/kubectl" HELM="$(bin_dir helm)/helm" QUORATE_IMAGE="$(quorate_image)" QUORATE_IMAGE_ID="$(quorate_image_id)"
+QUORATE_KUBECONFIG="$("$HACK/cluster.sh" kubeconfig)"
+QUORATE_KUBECTL="$(bin_dir kubernetes)/kubectl" HELM="$(bin_dir helm)/helm" QUORATE_IMAGE="$(quorate_image)" QUORATE_IMAGE_ID="$(quorate_image_id)"
+export QUORATE_KUBECONFIG QUORATE_KUBECTL HELM QUORATE_IMAGE QUORATE_IMAGE_ID
 release_cargo bench --bench "$name"

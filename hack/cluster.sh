@@ -20,9 +20,12 @@ NODE_IP=10.88.0.1
 POD_CIDR=10.88.0.0/16
 SERVICE_CIDR=10.96.0.0/16
 API_SERVICE_IP=10.96.0.1
+# shellcheck disable=SC2034  # used by name: render ... DNS_IP (hack/testbed/config)
 DNS_IP=10.96.0.10
 PKI="$DIR/pki"
 KUBECONFIG_ADMIN="$DIR/kubeconfig"
+# The configuration files and manifests, rendered with the values above (render, hack/lib.sh).
+CONFIG="$HACK/testbed/config"
 # Traefik, the Gateway API implementation (docs/testbed-gateway.md): the Gateway entrypoint `web`
 # listens on the bridge only, ping on loopback. Its egress is confined by the group it runs as.
 TRAEFIK_WEB_PORT=8000
@@ -89,20 +92,7 @@ subjectAltName=DNS:$NODE,DNS:localhost,IP:127.0.0.1,IP:$NODE_IP"
   sign coredns "/CN=quorate-testbed:coredns" "$client"
   sign provisioner "/CN=quorate-testbed:provisioner" "$client"
   for u in admin controller-manager scheduler kube-proxy kubelet coredns provisioner; do
-    cat >"$u.kubeconfig" <<KC
-apiVersion: v1
-kind: Config
-clusters:
-- name: quorate-testbed
-  cluster: {server: "https://$NODE_IP:6443", certificate-authority: "$PKI/ca.crt"}
-users:
-- name: $u
-  user: {client-certificate: "$PKI/$u.crt", client-key: "$PKI/$u.key"}
-contexts:
-- name: quorate-testbed
-  context: {cluster: quorate-testbed, user: $u}
-current-context: quorate-testbed
-KC
+    render "$CONFIG/kubeconfig.yaml" NODE_IP PKI KUBECONFIG_USER="$u" >"$u.kubeconfig"
   done
   cp admin.kubeconfig "$KUBECONFIG_ADMIN"
   cd - >/dev/null
@@ -120,20 +110,7 @@ gen_pki_traefik() {
   openssl x509 -req -in "$PKI/traefik.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial -days 825 \
     -out "$PKI/traefik.crt" -extfile <(printf '%s\n' "$ext") 2>/dev/null
   rm -f "$PKI/traefik.csr"
-  cat >"$PKI/traefik.kubeconfig" <<KC
-apiVersion: v1
-kind: Config
-clusters:
-- name: quorate-testbed
-  cluster: {server: "https://$NODE_IP:6443", certificate-authority: "$PKI/ca.crt"}
-users:
-- name: traefik
-  user: {client-certificate: "$PKI/traefik.crt", client-key: "$PKI/traefik.key"}
-contexts:
-- name: quorate-testbed
-  context: {cluster: quorate-testbed, user: traefik}
-current-context: quorate-testbed
-KC
+  render "$CONFIG/kubeconfig.yaml" NODE_IP PKI KUBECONFIG_USER=traefik >"$PKI/traefik.kubeconfig"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -164,120 +141,27 @@ setup_host() {
   printf 'search cluster.local\n' >"$DIR/resolv.conf"  # no outside nameserver for pods
 }
 
-# put FILE: write stdin to FILE only when it differs (kube-proxy exits when its config changes,
-# so a second `up` must not touch unchanged files).
+# put FILE TEMPLATE NAME[=VALUE]...: render TEMPLATE (hack/testbed/config) into FILE only when
+# that changes FILE (kube-proxy exits when its config changes, so a second `up` must not touch
+# unchanged files).
 put() {
-  local tmp; tmp="$(mktemp "$1.XXXX")"
-  cat >"$tmp"
-  if cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv "$tmp" "$1"; fi
+  local file=$1 tmp; shift
+  tmp="$(mktemp "$file.XXXX")"
+  if ! (render "$@") >"$tmp"; then rm -f "$tmp"; die "could not write $file from $1"; fi
+  if cmp -s "$tmp" "$file"; then rm -f "$tmp"; else mv "$tmp" "$file"; fi
 }
 
 write_configs() {
   local cni_conf="$DIR/cni/net.d"
   mkdir -p "$cni_conf" "$DIR/containerd" "$DIR/kubelet" "$DIR/volumes"
-  put "$cni_conf/10-quorate.conflist" <<EOF
-{
-  "cniVersion": "1.0.0",
-  "name": "quorate-testbed",
-  "plugins": [
-    {"type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-     "ipam": {"type": "host-local", "ranges": [[{"subnet": "$POD_CIDR", "rangeStart": "10.88.1.1", "gateway": "$NODE_IP"}]],
-              "routes": [{"dst": "$SERVICE_CIDR", "gw": "$NODE_IP"}],
-              "dataDir": "$DIR/cni/ipam"}},
-    {"type": "portmap", "capabilities": {"portMappings": true}}
-  ]
-}
-EOF
-  put "$DIR/containerd/config.toml" <<EOF
-version = 3
-root = "$DIR/containerd/root"
-state = "$DIR/containerd/state"
-imports = []
-[grpc]
-  address = "$DIR/containerd/containerd.sock"
-[plugins.'io.containerd.cri.v1.images']
-  snapshotter = 'overlayfs'
-  [plugins.'io.containerd.cri.v1.images'.pinned_images]
-    sandbox = '$PAUSE_IMAGE'
-[plugins.'io.containerd.cri.v1.runtime']
-  netns_mounts_under_state_dir = true
-  # The session lacks CAP_SYS_RESOURCE, so no container may get a lower OOM score than containerd.
-  restrict_oom_score_adj = true
-  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
-    runtime_type = 'io.containerd.runc.v2'
-    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
-      BinaryName = '$(bin_dir runc)/runc'
-      SystemdCgroup = false
-  [plugins.'io.containerd.cri.v1.runtime'.cni]
-    bin_dirs = ['$(bin_dir cni)']
-    conf_dir = '$cni_conf'
-[plugins.'io.containerd.grpc.v1.cri']
-  stream_server_address = '127.0.0.1'
-EOF
-  put "$DIR/kubelet/config.yaml" <<EOF
-apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-address: $NODE_IP
-readOnlyPort: 0
-healthzBindAddress: 127.0.0.1
-authentication:
-  anonymous: {enabled: false}
-  webhook: {enabled: true}
-  x509: {clientCAFile: $PKI/ca.crt}
-authorization: {mode: Webhook}
-tlsCertFile: $PKI/kubelet-serving.crt
-tlsPrivateKeyFile: $PKI/kubelet-serving.key
-containerRuntimeEndpoint: unix://$DIR/containerd/containerd.sock
-cgroupDriver: cgroupfs
-failCgroupV1: false
-failSwapOn: false
-protectKernelDefaults: true
-clusterDNS: [$DNS_IP]
-clusterDomain: cluster.local
-resolvConf: $DIR/resolv.conf
-maxPods: 250
-serializeImagePulls: false
-imageGCHighThresholdPercent: 100
-imageGCLowThresholdPercent: 99
-evictionHard: {memory.available: "200Mi", nodefs.available: "2%", imagefs.available: "2%"}
-nodeStatusUpdateFrequency: 5s
-syncFrequency: 10s
-EOF
-  put "$DIR/kube-proxy.yaml" <<EOF
-apiVersion: kubeproxy.config.k8s.io/v1alpha1
-kind: KubeProxyConfiguration
-clientConnection: {kubeconfig: $PKI/kube-proxy.kubeconfig}
-mode: iptables
-clusterCIDR: $POD_CIDR
-hostnameOverride: $NODE
-bindAddress: $NODE_IP
-healthzBindAddress: 127.0.0.1:10256
-metricsBindAddress: 127.0.0.1:10249
-nodePortAddresses: ["$NODE_IP/32"]
-conntrack: {maxPerCore: 0}
-iptables: {minSyncPeriod: 250ms, syncPeriod: 30s}
-EOF
-  put "$DIR/scheduler.yaml" <<EOF
-apiVersion: kubescheduler.config.k8s.io/v1
-kind: KubeSchedulerConfiguration
-clientConnection: {kubeconfig: $PKI/scheduler.kubeconfig}
-leaderElection: {leaderElect: false}
-EOF
+  put "$cni_conf/10-quorate.conflist" "$CONFIG/10-quorate.conflist" BRIDGE POD_CIDR NODE_IP SERVICE_CIDR DIR
+  put "$DIR/containerd/config.toml" "$CONFIG/containerd.toml" DIR PAUSE_IMAGE \
+    RUNC_BIN_DIR="$(bin_dir runc)" CNI_BIN_DIR="$(bin_dir cni)" CNI_CONF_DIR="$cni_conf"
+  put "$DIR/kubelet/config.yaml" "$CONFIG/kubelet.yaml" NODE_IP PKI DIR DNS_IP
+  put "$DIR/kube-proxy.yaml" "$CONFIG/kube-proxy.yaml" PKI POD_CIDR NODE NODE_IP
+  put "$DIR/scheduler.yaml" "$CONFIG/scheduler.yaml" PKI
   # No `forward`: names outside the cluster are never resolved upstream.
-  put "$DIR/Corefile" <<EOF
-.:53 {
-    bind $NODE_IP
-    errors
-    health 127.0.0.1:18080
-    ready 127.0.0.1:18181
-    kubernetes cluster.local in-addr.arpa ip6.arpa {
-        kubeconfig $PKI/coredns.kubeconfig quorate-testbed
-        pods insecure
-        ttl 5
-    }
-    cache 5
-}
-EOF
+  put "$DIR/Corefile" "$CONFIG/Corefile" NODE_IP PKI
 }
 
 # ---------------------------------------------------------------------------------------
@@ -343,69 +227,8 @@ start_control_plane() {
 # Cluster objects the node-side components need: RBAC for CoreDNS and the provisioner, the
 # DNS Service on its fixed IP (pointing at CoreDNS on the bridge) and the default StorageClass.
 apply_addons() {
-  kubectl apply --server-side --force-conflicts --field-manager quorate-testbed -f - >/dev/null <<EOF
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: quorate-testbed:coredns}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: system:coredns}
-subjects: [{kind: User, name: "quorate-testbed:coredns", apiGroup: rbac.authorization.k8s.io}]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: system:coredns}
-rules:
-- {apiGroups: [""], resources: [endpoints, services, pods, namespaces], verbs: [list, watch]}
-- {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [list, watch]}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: quorate-testbed:provisioner}
-rules:
-- {apiGroups: [""], resources: [persistentvolumes], verbs: [get, list, watch, create, delete]}
-- {apiGroups: [""], resources: [persistentvolumeclaims], verbs: [get, list, watch, update]}
-- {apiGroups: [storage.k8s.io], resources: [storageclasses], verbs: [get, list, watch]}
-- {apiGroups: [""], resources: [nodes], verbs: [get, list, watch]}
-- {apiGroups: [""], resources: [events], verbs: [create, update, patch]}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: quorate-testbed:provisioner}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: quorate-testbed:provisioner}
-subjects: [{kind: User, name: "quorate-testbed:provisioner", apiGroup: rbac.authorization.k8s.io}]
----
-apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata:
-  name: standard
-  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
-provisioner: quorate.dev/testbed-hostpath
-reclaimPolicy: Delete
-volumeBindingMode: WaitForFirstConsumer
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: kube-dns
-  namespace: kube-system
-  labels: {k8s-app: kube-dns, kubernetes.io/name: CoreDNS}
-spec:
-  clusterIP: $DNS_IP
-  ports:
-  - {name: dns, port: 53, protocol: UDP, targetPort: 53}
-  - {name: dns-tcp, port: 53, protocol: TCP, targetPort: 53}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: kube-dns-host
-  namespace: kube-system
-  labels: {kubernetes.io/service-name: kube-dns, endpointslice.kubernetes.io/managed-by: quorate-testbed}
-addressType: IPv4
-endpoints: [{addresses: ["$NODE_IP"], conditions: {ready: true}}]
-ports:
-- {name: dns, port: 53, protocol: UDP}
-- {name: dns-tcp, port: 53, protocol: TCP}
-EOF
+  render "$CONFIG/addons.yaml" DNS_IP NODE_IP \
+    | kubectl apply --server-side --force-conflicts --field-manager quorate-testbed -f - >/dev/null
 }
 
 start_node() {
@@ -448,33 +271,7 @@ apply_gateway_api() {
   # writes: informers (list/watch) on namespaces, Services, EndpointSlices, Secrets, ConfigMaps and
   # the standard-channel Gateway API kinds, and status updates. No `get`: it reads through its
   # informer caches. No pods (only for OpenTelemetry attributes), no TCPRoutes (experimental).
-  kubectl apply --server-side --force-conflicts --field-manager quorate-testbed -f - >/dev/null <<EOF
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: quorate-testbed:traefik}
-rules:
-- {apiGroups: [""], resources: [namespaces, services, secrets, configmaps], verbs: [list, watch]}
-- {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [list, watch]}
-- apiGroups: [gateway.networking.k8s.io]
-  resources: [gatewayclasses, gateways, httproutes, grpcroutes, tlsroutes, referencegrants, backendtlspolicies]
-  verbs: [list, watch]
-- apiGroups: [gateway.networking.k8s.io]
-  resources: [gatewayclasses/status, gateways/status, httproutes/status, grpcroutes/status, tlsroutes/status, backendtlspolicies/status]
-  verbs: [update]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: quorate-testbed:traefik}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: quorate-testbed:traefik}
-subjects: [{kind: User, name: "quorate-testbed:traefik", apiGroup: rbac.authorization.k8s.io}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {name: traefik}
-spec:
-  controllerName: traefik.io/gateway-controller
-  description: Traefik on the test bed's bridge (docs/testbed-gateway.md)
-EOF
+  render "$CONFIG/gateway-api.yaml" | kubectl apply --server-side --force-conflicts --field-manager quorate-testbed -f - >/dev/null
 }
 
 # Traefik runs with the group TRAEFIK_GID, and that group may only reach loopback, the pod
@@ -568,10 +365,10 @@ cmd_up() {
 
 # ---------------------------------------------------------------------------------------
 stop_pid() { # name pid: TERM, then KILL after a grace period
-  local name=$1 pid=$2 i
+  local name=$1 pid=$2
   kill -0 "$pid" 2>/dev/null || return 0
   kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
   log "$name ($pid) did not stop on SIGTERM; killing it"
   kill -KILL "$pid" 2>/dev/null || true
 }
@@ -637,9 +434,9 @@ cleanup_cgroups() {
 cleanup_mounts() {
   # Everything mounted under our directory (overlay rootfs, tmpfs for secrets, netns), deepest first.
   local m
-  for m in $(awk -v d="$DIR" '$2 ~ "^"d {print $2}' /proc/self/mounts | sort -r); do
+  while read -r m; do
     umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
-  done
+  done < <(awk -v d="$DIR" '$2 ~ "^"d {print $2}' /proc/self/mounts | sort -r)
 }
 
 cmd_down() {
@@ -654,7 +451,9 @@ cmd_down() {
   # Network namespaces created while the cluster ran (containerd keeps them under its state dir;
   # older layouts use /var/run/netns).
   if [[ -f "$DIR/state/netns.before" ]]; then
-    for ns in $(ls /var/run/netns 2>/dev/null); do
+    for ns in /var/run/netns/*; do
+      [[ -e "$ns" ]] || continue  # no namespaces: the glob stays unexpanded
+      ns="${ns##*/}"
       grep -qx "$ns" "$DIR/state/netns.before" || ip netns delete "$ns" 2>/dev/null || true
     done
   fi

@@ -13,7 +13,8 @@ cd "$ROOT"
 "$HACK/build-tools.sh"
 "$HACK/cluster.sh" up
 "$HACK/images.sh"
-export KUBECONFIG="$("$HACK/cluster.sh" kubeconfig)"
+KUBECONFIG="$("$HACK/cluster.sh" kubeconfig)"
+export KUBECONFIG
 kubectl() { "$(bin_dir kubernetes)/kubectl" "$@"; }
 helm() { "$(bin_dir helm)/helm" "$@"; }
 image="$(quorate_image)"

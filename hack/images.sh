@@ -17,7 +17,11 @@ mkdir -p "$QUORATE_CACHE/images"
 need_cmd cargo "install Rust (https://rustup.rs)"
 log "building static release binaries ($BINARIES)"
 bins=(); for b in $BINARIES; do bins+=(--bin "$b"); done
-release_cargo build --release "${bins[@]}"
+# `--examples` (the package has none) makes cargo resolve features as for a test build: with
+# resolver 2 a plain `build --bin` leaves the dev-dependencies' features out (tokio's test-util,
+# among others) and would rebuild tokio, everything above it and our crate, where after
+# `make test`'s build (hack/test.sh) this call finds everything fresh and costs under a second.
+release_cargo build --release "${bins[@]}" --examples
 out="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/$RELEASE_TARGET/release"
 entries=()
 for b in $BINARIES; do entries+=("$out/$b:/$b"); done

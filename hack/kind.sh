@@ -38,10 +38,12 @@ up() {
 
 e2e() {
   [[ -f "$KUBECONFIG_KIND" ]] || die "no kind cluster: run make kind-up first"
-  export QUORATE_KUBECONFIG="$KUBECONFIG_KIND" QUORATE_KUBECTL="$(command -v kubectl)" HELM="$(command -v helm)"
-  export QUORATE_IMAGE="$(quorate_image)" E2E_ENV=kind QUORATE_IMAGE_ID="$(quorate_image_id)"
-  export E2E_GATEWAY_ADDR="$(KUBECONFIG="$KUBECONFIG_KIND" kubectl get svc traefik -n traefik -o jsonpath='{.spec.clusterIP}'):80"
-  cargo test --locked --test e2e -- --test-threads=2
+  QUORATE_KUBECONFIG="$KUBECONFIG_KIND" QUORATE_KUBECTL="$(command -v kubectl)" HELM="$(command -v helm)"
+  QUORATE_IMAGE="$(quorate_image)" E2E_ENV=kind QUORATE_IMAGE_ID="$(quorate_image_id)"
+  E2E_GATEWAY_ADDR="$(KUBECONFIG="$KUBECONFIG_KIND" kubectl get svc traefik -n traefik -o jsonpath='{.spec.clusterIP}'):80"
+  export QUORATE_KUBECONFIG QUORATE_KUBECTL HELM QUORATE_IMAGE E2E_ENV QUORATE_IMAGE_ID E2E_GATEWAY_ADDR
+  # The build the images came from (hack/images.sh), as on the test bed (hack/test.sh).
+  release_cargo test --release --test e2e -- --test-threads=2
 }
 
 case "${1:-}" in

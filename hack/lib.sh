@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for the hack/ scripts. Sourced, not run.
 HACK="${HACK:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}"
 ROOT="$(cd "$HACK/.." && pwd)"
@@ -14,7 +15,14 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 # hence one build: a host build without them would rebuild every dependency, and back again.
 # Static glibc (no musl target here); RUSTFLAGS with --target leaves build scripts dynamic.
 RELEASE_TARGET=x86_64-unknown-linux-gnu
-release_cargo() { (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo "$@" --locked --target "$RELEASE_TARGET"); }
+# release_cargo SUBCOMMAND ARGS...: the options go right after the subcommand, so they stay cargo's
+# when ARGS hold a `--` (`test ... -- --test-threads=2`, `clippy ... -- -D warnings`); after it
+# they would reach the test binary or rustc, and cargo would build for the host with the static
+# flags, which proc-macros cannot be.
+release_cargo() {
+  local sub=$1; shift
+  (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo "$sub" --locked --target "$RELEASE_TARGET" "$@")
+}
 
 # tool_dir NAME VERSION: where the pinned build of a component lives.
 tool_dir() { printf '%s/tools/%s-%s' "$QUORATE_CACHE" "$1" "$2"; }
@@ -70,3 +78,21 @@ quorate_image_id() {
 
 # gateway_api_crds: the cached Gateway API standard-channel CRDs (hack/build-tools.sh gatewayapi).
 gateway_api_crds() { printf '%s/crds/standard' "$(tool_dir gateway-api "$GATEWAY_API_VERSION")"; }
+
+# render TEMPLATE NAME[=VALUE]...: TEMPLATE's text with each ${NAME} replaced by VALUE (or by the
+# shell variable NAME's value), written to stdout byte for byte (pure bash: no envsubst needed).
+# A placeholder left over is an error, so a template and its caller cannot drift apart silently.
+render() {
+  local _tmpl=$1 _text _arg _name _value; shift
+  [[ -f "$_tmpl" ]] || die "template $_tmpl is missing"
+  _text="$(cat "$_tmpl"; printf x)"; _text="${_text%x}"  # keep trailing newlines
+  for _arg in "$@"; do
+    _name="${_arg%%=*}"
+    if [[ "$_arg" == *=* ]]; then _value="${_arg#*=}"
+    elif [[ -v "$_name" ]]; then _value="${!_name}"
+    else die "render: $_name (for $_tmpl) is not set"; fi
+    _text="${_text//"\${$_name}"/"$_value"}"  # quoted: no pattern or & expansion
+  done
+  if [[ "$_text" =~ \$\{[A-Za-z_][A-Za-z0-9_]*\} ]]; then die "render: ${BASH_REMATCH[0]} in $_tmpl has no value"; fi
+  printf '%s' "$_text"
+}
