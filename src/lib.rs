@@ -1,9 +1,9 @@
 //! Quorate: replicated groups of pods on Kubernetes.
-pub mod api;
-pub mod plan;
-pub mod operator;
-pub mod traffic;
 pub mod agent;
-pub mod pki;
-pub mod testapp;
+pub mod api;
 pub mod cli;
+pub mod operator;
+pub mod pki;
+pub mod plan;
+pub mod testapp;
+pub mod traffic;

@@ -615,11 +615,9 @@ async fn assert_settled_without_a_change(
     primary: usize,
     healed_at: u64,
 ) -> TestResult {
-    c.wait_state(
-        Duration::from_secs(15),
-        "every member healthy again",
-        |s| s.members.iter().filter(|m| m.healthy).count() == 3,
-    )
+    c.wait_state(Duration::from_secs(15), "every member healthy again", |s| {
+        s.members.iter().filter(|m| m.healthy).count() == 3
+    })
     .await?;
     wait_until(
         Duration::from_secs(10),
@@ -645,11 +643,7 @@ async fn assert_settled_without_a_change(
     );
     assert_eq!(after.epoch, before.epoch, "a needless new appointment");
     assert_eq!(primary_name(&after), primary_name(before));
-    held_without_a_gap(
-        &c.transitions(),
-        &c.nodes[primary].spec.name,
-        before.epoch,
-    )?;
+    held_without_a_gap(&c.transitions(), &c.nodes[primary].spec.name, before.epoch)?;
     c.check_invariants()?;
     Ok(())
 }
@@ -739,7 +733,9 @@ async fn killing_the_coordinator_keeps_the_primary_and_its_lease() -> TestResult
         "renewals by the new coordinator",
         || {
             c.lines_of(primary).iter().any(|l| {
-                l.event == "renew" && l.epoch == s1.epoch && l.mono_ms > killed_at + 2 * LEASE_MILLIS
+                l.event == "renew"
+                    && l.epoch == s1.epoch
+                    && l.mono_ms > killed_at + 2 * LEASE_MILLIS
             })
         },
     )
@@ -750,7 +746,10 @@ async fn killing_the_coordinator_keeps_the_primary_and_its_lease() -> TestResult
             live(s) && s.term == s2.term
         })
         .await?;
-    assert_eq!(s3.epoch, s1.epoch, "a coordinator change caused an appointment");
+    assert_eq!(
+        s3.epoch, s1.epoch,
+        "a coordinator change caused an appointment"
+    );
     assert_eq!(primary_name(&s3), primary_name(&s1));
     assert_eq!(s3.failovers.len(), s1.failovers.len());
     held_without_a_gap(&c.transitions(), &c.nodes[primary].spec.name, s1.epoch)?;

@@ -253,14 +253,24 @@ async fn active_active_groups_have_no_primary_and_one_leader() -> TestResult {
 async fn a_second_process_waits_for_the_data_directory() -> TestResult {
     let mut c = single_member_group().await?;
     let node = &c.nodes[0];
-    let ip = node.spec.ip.rsplit_once('.').map(|(net, _)| format!("{net}.99")).ok_or_else(|| err("node ip"))?;
+    let ip = node
+        .spec
+        .ip
+        .rsplit_once('.')
+        .map(|(net, _)| format!("{net}.99"))
+        .ok_or_else(|| err("node ip"))?;
     let log = node.dir.join("second.log");
     let mut second = Proc::new(
         agent()
             .arg("--data-dir")
             .arg(node.data_dir())
             .args(["--member", &node.spec.name])
-            .args(["--listen", &format!("{ip}:7470"), "--advertise", &format!("{ip}:7470")])
+            .args([
+                "--listen",
+                &format!("{ip}:7470"),
+                "--advertise",
+                &format!("{ip}:7470"),
+            ])
             .args(["--http-listen", &format!("{ip}:7471")])
             .arg("--role-file")
             .arg(node.dir.join("second-role"))
@@ -272,22 +282,34 @@ async fn a_second_process_waits_for_the_data_directory() -> TestResult {
         log.clone(),
     );
     let logged = |text: &str| std::fs::read_to_string(&log).is_ok_and(|l| l.contains(text));
-    wait_until(Duration::from_secs(10), "the second process to wait for the lock", || {
-        logged("another agent process still uses the data directory")
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the second process to wait for the lock",
+        || logged("another agent process still uses the data directory"),
+    )
     .await?;
     // Not serving while it waits.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(second.is_running(), "{}", second.log_tail(20));
-    assert!(http_get(&format!("{ip}:7471"), "/readiness").await.is_err(), "the second process serves: {}", second.log_tail(20));
+    assert!(
+        http_get(&format!("{ip}:7471"), "/readiness").await.is_err(),
+        "the second process serves: {}",
+        second.log_tail(20)
+    );
     c.kill9(0);
-    wait_until(Duration::from_secs(10), "the second process to take the data directory over", || {
-        logged("released the data directory")
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the second process to take the data directory over",
+        || logged("released the data directory"),
+    )
     .await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while http_get(&format!("{ip}:7471"), "/readiness").await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "the second process does not serve: {}", second.log_tail(20));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second process does not serve: {}",
+            second.log_tail(20)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     second.kill9();

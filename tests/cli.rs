@@ -37,7 +37,8 @@ fn condition(type_: &str, status: &str, reason: &str, message: &str, at: &str) -
 }
 
 fn member(name: &str, role: &str, healthy: bool, weight: i32, lease: Option<&str>) -> Value {
-    let mut m = json!({"name": name, "role": role, "healthy": healthy, "voter": true, "weight": weight});
+    let mut m =
+        json!({"name": name, "role": role, "healthy": healthy, "voter": true, "weight": weight});
     if let Some(lease) = lease {
         m["lease"] = json!(lease);
     }
@@ -114,7 +115,10 @@ fn active_active_weighted() -> ReplicaGroup {
     };
     let mut drained = active("web-2", 0, 0.0, 0.0);
     drained["healthy"] = json!(false);
-    drained.as_object_mut().expect("object").remove("latencyMillis");
+    drained
+        .as_object_mut()
+        .expect("object")
+        .remove("latencyMillis");
     group(json!({
         "apiVersion": "quorate.dev/v1alpha1",
         "kind": "ReplicaGroup",
@@ -149,17 +153,26 @@ fn pending_group() -> ReplicaGroup {
 
 #[test]
 fn status_of_a_healthy_primary_backup_group() {
-    insta::assert_snapshot!("status_primary_backup_healthy", format_status(&healthy_primary_backup(), now()));
+    insta::assert_snapshot!(
+        "status_primary_backup_healthy",
+        format_status(&healthy_primary_backup(), now())
+    );
 }
 
 #[test]
 fn status_of_a_degraded_group_after_a_failover() {
-    insta::assert_snapshot!("status_primary_backup_degraded", format_status(&degraded_after_failover(), now()));
+    insta::assert_snapshot!(
+        "status_primary_backup_degraded",
+        format_status(&degraded_after_failover(), now())
+    );
 }
 
 #[test]
 fn status_of_an_active_active_group_with_weights() {
-    insta::assert_snapshot!("status_active_active", format_status(&active_active_weighted(), now()));
+    insta::assert_snapshot!(
+        "status_active_active",
+        format_status(&active_active_weighted(), now())
+    );
 }
 
 #[test]
@@ -169,11 +182,27 @@ fn status_of_a_group_without_status() {
 
 #[test]
 fn status_lists() {
-    let groups = [healthy_primary_backup(), pending_group(), active_active_weighted()];
-    insta::assert_snapshot!("list_namespace", format_list(&groups[..2], false, "shop", now()));
-    insta::assert_snapshot!("list_all_namespaces", format_list(&groups, true, "shop", now()));
-    assert_eq!(format_list(&[], false, "shop", now()), "No ReplicaGroups found in namespace \"shop\".\n");
-    assert_eq!(format_list(&[], true, "shop", now()), "No ReplicaGroups found.\n");
+    let groups = [
+        healthy_primary_backup(),
+        pending_group(),
+        active_active_weighted(),
+    ];
+    insta::assert_snapshot!(
+        "list_namespace",
+        format_list(&groups[..2], false, "shop", now())
+    );
+    insta::assert_snapshot!(
+        "list_all_namespaces",
+        format_list(&groups, true, "shop", now())
+    );
+    assert_eq!(
+        format_list(&[], false, "shop", now()),
+        "No ReplicaGroups found in namespace \"shop\".\n"
+    );
+    assert_eq!(
+        format_list(&[], true, "shop", now()),
+        "No ReplicaGroups found.\n"
+    );
 }
 
 #[test]
@@ -187,9 +216,18 @@ fn raw_status_as_json_and_yaml() {
     let parsed: Value = serde_saphyr::from_str(&yaml_text).expect("valid YAML");
     assert_eq!(parsed, serde_json::to_value(&g.status).expect("status"));
     // No status yet: null, not an error.
-    assert_eq!(raw_status(&pending_group(), OutputFormat::Json).expect("json").trim(), "null");
+    assert_eq!(
+        raw_status(&pending_group(), OutputFormat::Json)
+            .expect("json")
+            .trim(),
+        "null"
+    );
 
-    let list = raw_list(&[healthy_primary_backup(), pending_group()], OutputFormat::Json).expect("json");
+    let list = raw_list(
+        &[healthy_primary_backup(), pending_group()],
+        OutputFormat::Json,
+    )
+    .expect("json");
     let parsed: Value = serde_json::from_str(&list).expect("valid JSON");
     assert_eq!(parsed[0]["namespace"], "shop");
     assert_eq!(parsed[0]["name"], "cache");
@@ -210,13 +248,30 @@ fn target_error(g: &ReplicaGroup, to: &str) -> String {
 #[test]
 fn switchover_targets_are_checked_locally() {
     let g = healthy_primary_backup();
-    assert_eq!(check_switchover(&g, Some("cache-2")).expect("valid"), Vec::<String>::new());
-    assert_eq!(check_switchover(&g, Some("cache-0")).expect("valid"), Vec::<String>::new());
-    assert_eq!(check_switchover(&g, None).expect("best candidate"), Vec::<String>::new());
-    let errors: Vec<String> = ["cache-3", "cache-1", "web-0", "cache-01", "cache-witness-0", "cache", ""]
-        .iter()
-        .map(|to| target_error(&g, to))
-        .collect();
+    assert_eq!(
+        check_switchover(&g, Some("cache-2")).expect("valid"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        check_switchover(&g, Some("cache-0")).expect("valid"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        check_switchover(&g, None).expect("best candidate"),
+        Vec::<String>::new()
+    );
+    let errors: Vec<String> = [
+        "cache-3",
+        "cache-1",
+        "web-0",
+        "cache-01",
+        "cache-witness-0",
+        "cache",
+        "",
+    ]
+    .iter()
+    .map(|to| target_error(&g, to))
+    .collect();
     insta::assert_snapshot!("switchover_target_errors", errors.join("\n"));
 }
 
@@ -247,7 +302,10 @@ fn switchover_notes_and_refusals() {
 
     // Without a status every in-range member is fine.
     assert!(check_switchover(&pending_group(), Some("queue-1")).is_ok());
-    assert!(target_error(&pending_group(), "queue-2").contains("has 2 replicas, so the members are queue-0 to queue-1"));
+    assert!(
+        target_error(&pending_group(), "queue-2")
+            .contains("has 2 replicas, so the members are queue-0 to queue-1")
+    );
 }
 
 #[test]
@@ -255,9 +313,17 @@ fn switchover_wait_condition() {
     let before = healthy_primary_backup();
     // Just requested: annotation set, epoch unchanged.
     let mut requested = before.clone();
-    requested.metadata.annotations = Some([("quorate.dev/switchover-to".to_owned(), "cache-2".to_owned())].into());
+    requested.metadata.annotations =
+        Some([("quorate.dev/switchover-to".to_owned(), "cache-2".to_owned())].into());
     let waiting = switchover_progress(&requested, Some(7));
-    assert_eq!(waiting, Progress::Waiting { annotation: Some("cache-2".to_owned()), primary: Some("cache-1".to_owned()), epoch: Some(7) });
+    assert_eq!(
+        waiting,
+        Progress::Waiting {
+            annotation: Some("cache-2".to_owned()),
+            primary: Some("cache-1".to_owned()),
+            epoch: Some(7)
+        }
+    );
     assert_eq!(
         describe_waiting(&waiting, Some(7)),
         "the annotation quorate.dev/switchover-to is still set (is the operator running? `kubectl get pods -n quorate-system`); primary cache-1, epoch 7 (before: 7)"
@@ -267,15 +333,33 @@ fn switchover_wait_condition() {
     let status = appointed.status.as_mut().expect("status");
     status.epoch = Some(8);
     status.primary = Some("cache-2".to_owned());
-    assert!(matches!(switchover_progress(&appointed, Some(7)), Progress::Waiting { .. }));
+    assert!(matches!(
+        switchover_progress(&appointed, Some(7)),
+        Progress::Waiting { .. }
+    ));
     // Annotation removed, epoch unchanged: refused, still waiting.
     let refused = switchover_progress(&before, Some(7));
-    assert!(describe_waiting(&refused, Some(7)).starts_with("the operator removed the annotation but no new primary was appointed"));
+    assert!(
+        describe_waiting(&refused, Some(7))
+            .starts_with("the operator removed the annotation but no new primary was appointed")
+    );
     // Both: done.
     appointed.metadata.annotations = Some(Default::default());
-    assert_eq!(switchover_progress(&appointed, Some(7)), Progress::Done { primary: Some("cache-2".to_owned()), epoch: 8 });
+    assert_eq!(
+        switchover_progress(&appointed, Some(7)),
+        Progress::Done {
+            primary: Some("cache-2".to_owned()),
+            epoch: 8
+        }
+    );
     // A group that had no epoch yet: any epoch counts.
-    assert_eq!(switchover_progress(&appointed, None), Progress::Done { primary: Some("cache-2".to_owned()), epoch: 8 });
+    assert_eq!(
+        switchover_progress(&appointed, None),
+        Progress::Done {
+            primary: Some("cache-2".to_owned()),
+            epoch: 8
+        }
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -306,9 +390,16 @@ fn every_invalid_manifest_is_reported_with_its_expected_message() {
         if lines.is_empty() {
             failures.push(format!("{}: reported valid", path.display()));
         }
-        for expect in text.lines().filter_map(|l| l.strip_prefix("# expect:")).map(str::trim) {
+        for expect in text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# expect:"))
+            .map(str::trim)
+        {
             if !lines.iter().any(|l| l.contains(expect)) {
-                failures.push(format!("{}: no problem contains {expect:?}: {lines:?}", path.display()));
+                failures.push(format!(
+                    "{}: no problem contains {expect:?}: {lines:?}",
+                    path.display()
+                ));
             }
         }
         for line in &lines {
@@ -327,7 +418,11 @@ fn the_examples_are_valid() {
     assert_eq!(reports.len(), files.len());
     for report in &reports {
         assert!(report.is_valid(), "{}", report.render());
-        assert!(!report.groups.is_empty(), "{} holds no ReplicaGroup", report.source);
+        assert!(
+            !report.groups.is_empty(),
+            "{} holds no ReplicaGroup",
+            report.source
+        );
     }
     // A directory is its YAML files.
     assert_eq!(check_inputs(&[repo().join("examples")]), reports);
@@ -335,13 +430,21 @@ fn the_examples_are_valid() {
 
 #[test]
 fn validate_lines_for_a_few_cases() {
-    let lines: Vec<String> = ["tests/invalid/01-replicas-above-15.yaml", "tests/invalid/34-mode-changed-on-update.yaml", "tests/invalid/33-unknown-field.yaml"]
-        .iter()
-        .flat_map(|f| {
-            let text = std::fs::read_to_string(repo().join(f)).expect("readable");
-            ManifestChecker::new().check_text(f, &text).problems.into_iter().map(|p| p.to_string())
-        })
-        .collect();
+    let lines: Vec<String> = [
+        "tests/invalid/01-replicas-above-15.yaml",
+        "tests/invalid/34-mode-changed-on-update.yaml",
+        "tests/invalid/33-unknown-field.yaml",
+    ]
+    .iter()
+    .flat_map(|f| {
+        let text = std::fs::read_to_string(repo().join(f)).expect("readable");
+        ManifestChecker::new()
+            .check_text(f, &text)
+            .problems
+            .into_iter()
+            .map(|p| p.to_string())
+    })
+    .collect();
     insta::assert_snapshot!("validate_lines", lines.join("\n"));
 }
 
@@ -350,7 +453,10 @@ fn validate_lines_for_a_few_cases() {
 
 fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubectl-quorate"));
-    cmd.current_dir(repo()).env_remove("KUBECONFIG").env("HOME", std::env::temp_dir().join("kubectl-quorate-test-home"));
+    cmd.current_dir(repo()).env_remove("KUBECONFIG").env(
+        "HOME",
+        std::env::temp_dir().join("kubectl-quorate-test-home"),
+    );
     cmd
 }
 
@@ -368,33 +474,75 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn binary_validate_exit_codes_and_lines() {
-    let ok = run(&["validate", "-f", "examples/primary-backup.yaml", "-f", "examples/active-active.yaml"]);
+    let ok = run(&[
+        "validate",
+        "-f",
+        "examples/primary-backup.yaml",
+        "-f",
+        "examples/active-active.yaml",
+    ]);
     assert_eq!(ok.status.code(), Some(0), "{}{}", stdout(&ok), stderr(&ok));
-    assert_eq!(stdout(&ok), "examples/primary-backup.yaml: valid (ReplicaGroup cache)\nexamples/active-active.yaml: valid (ReplicaGroup web)\n");
+    assert_eq!(
+        stdout(&ok),
+        "examples/primary-backup.yaml: valid (ReplicaGroup cache)\nexamples/active-active.yaml: valid (ReplicaGroup web)\n"
+    );
 
     let bad = run(&["validate", "-f", "tests/invalid/01-replicas-above-15.yaml"]);
     assert_eq!(bad.status.code(), Some(1));
     let text = stdout(&bad);
-    assert!(!text.is_empty() && text.lines().all(|l| l.starts_with("tests/invalid/01-replicas-above-15.yaml: document 1 (cache): spec.replicas: ")), "{text}");
-    assert!(text.contains("spec.replicas must be between 1 and 15"), "{text}");
+    assert!(
+        !text.is_empty()
+            && text.lines().all(|l| l.starts_with(
+                "tests/invalid/01-replicas-above-15.yaml: document 1 (cache): spec.replicas: "
+            )),
+        "{text}"
+    );
+    assert!(
+        text.contains("spec.replicas must be between 1 and 15"),
+        "{text}"
+    );
 
     // One invalid input among valid ones still fails the whole run.
     let mixed = run(&["validate", "-f", "examples", "-f", "tests/invalid"]);
     assert_eq!(mixed.status.code(), Some(1));
     assert!(stdout(&mixed).contains("examples/primary-backup.yaml: valid"));
-    assert_eq!(stdout(&mixed).lines().filter(|l| l.starts_with("tests/invalid/")).map(|l| l.split(':').next()).collect::<std::collections::BTreeSet<_>>().len(), yaml_files("tests/invalid").len());
+    assert_eq!(
+        stdout(&mixed)
+            .lines()
+            .filter(|l| l.starts_with("tests/invalid/"))
+            .map(|l| l.split(':').next())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        yaml_files("tests/invalid").len()
+    );
 
     let missing = run(&["validate", "-f", "no/such/file.yaml"]);
     assert_eq!(missing.status.code(), Some(1));
-    assert!(stdout(&missing).starts_with("no/such/file.yaml: cannot read: "), "{}", stdout(&missing));
+    assert!(
+        stdout(&missing).starts_with("no/such/file.yaml: cannot read: "),
+        "{}",
+        stdout(&missing)
+    );
 }
 
 #[test]
 fn binary_validate_reads_standard_input() {
     use std::io::Write;
-    let text = std::fs::read_to_string(repo().join("tests/invalid/34-mode-changed-on-update.yaml")).expect("readable");
-    let mut child = bin().args(["validate", "-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
-    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write");
+    let text = std::fs::read_to_string(repo().join("tests/invalid/34-mode-changed-on-update.yaml"))
+        .expect("readable");
+    let mut child = bin()
+        .args(["validate", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
     let out = child.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
@@ -408,33 +556,76 @@ fn binary_help_and_version() {
     let help = run(&["--help"]);
     assert_eq!(help.status.code(), Some(0));
     let text = stdout(&help);
-    for word in ["Usage: kubectl quorate", "status", "switchover", "pause", "resume", "validate", "version", "--kubeconfig", "--context", "--namespace"] {
+    for word in [
+        "Usage: kubectl quorate",
+        "status",
+        "switchover",
+        "pause",
+        "resume",
+        "validate",
+        "version",
+        "--kubeconfig",
+        "--context",
+        "--namespace",
+    ] {
         assert!(text.contains(word), "--help lacks {word:?}:\n{text}");
     }
     let pause = stdout(&run(&["pause", "--help"]));
-    assert!(pause.contains("no new primary is appointed automatically") && pause.contains("Routing still follows member health"), "{pause}");
+    assert!(
+        pause.contains("no new primary is appointed automatically")
+            && pause.contains("Routing still follows member health"),
+        "{pause}"
+    );
     let switchover = stdout(&run(&["switchover", "--help"]));
-    for word in ["--to <MEMBER>", "--no-wait", "--timeout <DURATION>", "[default: 60s]", "quorate.dev/switchover-to"] {
-        assert!(switchover.contains(word), "switchover --help lacks {word:?}:\n{switchover}");
+    for word in [
+        "--to <MEMBER>",
+        "--no-wait",
+        "--timeout <DURATION>",
+        "[default: 60s]",
+        "quorate.dev/switchover-to",
+    ] {
+        assert!(
+            switchover.contains(word),
+            "switchover --help lacks {word:?}:\n{switchover}"
+        );
     }
     let version = run(&["version"]);
     assert_eq!(version.status.code(), Some(0));
-    assert_eq!(stdout(&version), format!("kubectl-quorate {} (ReplicaGroup API quorate.dev/v1alpha1)\n", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        stdout(&version),
+        format!(
+            "kubectl-quorate {} (ReplicaGroup API quorate.dev/v1alpha1)\n",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
 }
 
 #[test]
 fn binary_bad_flags_name_the_flag() {
     for (args, needle) in [
         (&["status", "--bogus"][..], "--bogus"),
-        (&["status", "-o", "xml"][..], "'xml' for '--output <FORMAT>'"),
-        (&["switchover", "cache", "--timeout", "soon"][..], "--timeout <DURATION>"),
-        (&["status", "cache", "-A"][..], "'[NAME]' cannot be used with '--all-namespaces'"),
+        (
+            &["status", "-o", "xml"][..],
+            "'xml' for '--output <FORMAT>'",
+        ),
+        (
+            &["switchover", "cache", "--timeout", "soon"][..],
+            "--timeout <DURATION>",
+        ),
+        (
+            &["status", "cache", "-A"][..],
+            "'[NAME]' cannot be used with '--all-namespaces'",
+        ),
         (&["validate"][..], "--filename <FILE>"),
         (&["switchover"][..], "<NAME>"),
     ] {
         let out = run(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
-        assert!(stderr(&out).contains(needle), "{args:?}: expected {needle:?} in {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(needle),
+            "{args:?}: expected {needle:?} in {}",
+            stderr(&out)
+        );
     }
 }
 
@@ -443,6 +634,12 @@ fn binary_without_a_kubeconfig_says_so() {
     let out = run(&["--kubeconfig", "/no/such/kubeconfig", "status", "cache"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.starts_with("error: cannot load the kubeconfig"), "{err}");
-    assert!(err.contains("/no/such/kubeconfig") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.starts_with("error: cannot load the kubeconfig"),
+        "{err}"
+    );
+    assert!(
+        err.contains("/no/such/kubeconfig") && !err.contains("panicked"),
+        "{err}"
+    );
 }

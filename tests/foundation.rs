@@ -14,8 +14,13 @@ fn committed_crds_match_the_code() {
     let generated = quorate::api::crd_yaml().expect("CRD serializes");
     for dir in ["crds", "charts/quorate/crds"] {
         let path = repo_root().join(dir).join(CRD_FILE);
-        let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-        assert!(committed == generated, "{} differs from the code: run `make crds` and commit the result", path.display());
+        let committed = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        assert!(
+            committed == generated,
+            "{} differs from the code: run `make crds` and commit the result",
+            path.display()
+        );
     }
 }
 
@@ -28,14 +33,22 @@ fn examples_are_valid_replica_groups() {
             continue;
         }
         let text = std::fs::read_to_string(&path).expect("example readable");
-        let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         for doc in docs.iter().filter(|d| d["kind"] == "ReplicaGroup") {
             let errors = validate_manifest(doc, None);
-            assert!(errors.is_empty(), "{} is invalid: {errors:?}", path.display());
+            assert!(
+                errors.is_empty(),
+                "{} is invalid: {errors:?}",
+                path.display()
+            );
             checked += 1;
         }
     }
-    assert!(checked >= 2, "expected the primary-backup and active-active examples, checked {checked}");
+    assert!(
+        checked >= 2,
+        "expected the primary-backup and active-active examples, checked {checked}"
+    );
 }
 
 /// Versions of a package in Cargo.lock (the whole resolve, dev-dependencies included).
@@ -59,12 +72,23 @@ fn one_version_of_the_kubernetes_type_crates() {
     // on kube 4 is the known way to get there).
     for package in ["kube-core", "k8s-openapi", "kube-client"] {
         let versions = locked_versions(package);
-        assert_eq!(versions.len(), 1, "{package} must appear once in Cargo.lock, found {versions:?}");
+        assert_eq!(
+            versions.len(),
+            1,
+            "{package} must appear once in Cargo.lock, found {versions:?}"
+        );
     }
 }
 
 #[test]
 fn one_tls_crypto_provider() {
-    assert_eq!(locked_versions("ring").len(), 1, "ring is the project's crypto provider");
-    assert!(locked_versions("aws-lc-rs").is_empty(), "aws-lc-rs must not be in the tree: rustls would see two providers");
+    assert_eq!(
+        locked_versions("ring").len(),
+        1,
+        "ring is the project's crypto provider"
+    );
+    assert!(
+        locked_versions("aws-lc-rs").is_empty(),
+        "aws-lc-rs must not be in the tree: rustls would see two providers"
+    );
 }

@@ -10,7 +10,9 @@ pub mod validation;
 pub use spec::*;
 pub use status::*;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{CustomResourceDefinition, JSONSchemaProps};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps,
+};
 use kube::CustomResourceExt;
 
 /// Longest group name: the witnesses' StatefulSet `NAME-witness` must leave room for the
@@ -23,13 +25,31 @@ pub const MAX_NAME_LENGTH: i64 = 44;
 pub fn crd() -> CustomResourceDefinition {
     let mut crd = ReplicaGroup::crd();
     for version in &mut crd.spec.versions {
-        let Some(root) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) else { continue };
+        let Some(root) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        else {
+            continue;
+        };
         let properties = root.properties.get_or_insert_with(Default::default);
-        let metadata = properties.entry("metadata".to_owned()).or_insert_with(|| JSONSchemaProps { type_: Some("object".into()), ..Default::default() });
-        metadata.properties.get_or_insert_with(Default::default).insert(
-            "name".to_owned(),
-            JSONSchemaProps { type_: Some("string".into()), max_length: Some(MAX_NAME_LENGTH), ..Default::default() },
-        );
+        let metadata = properties
+            .entry("metadata".to_owned())
+            .or_insert_with(|| JSONSchemaProps {
+                type_: Some("object".into()),
+                ..Default::default()
+            });
+        metadata
+            .properties
+            .get_or_insert_with(Default::default)
+            .insert(
+                "name".to_owned(),
+                JSONSchemaProps {
+                    type_: Some("string".into()),
+                    max_length: Some(MAX_NAME_LENGTH),
+                    ..Default::default()
+                },
+            );
     }
     // Doc comments are wrapped at 100 columns in the source; `kubectl explain` wraps again, so
     // keep only paragraph breaks.
@@ -44,7 +64,11 @@ fn unwrap_descriptions(v: &mut serde_json::Value) {
             for (key, child) in map.iter_mut() {
                 match child {
                     serde_json::Value::String(text) if key == "description" => {
-                        *text = text.split("\n\n").map(|p| p.split_whitespace().collect::<Vec<_>>().join(" ")).collect::<Vec<_>>().join("\n\n");
+                        *text = text
+                            .split("\n\n")
+                            .map(|p| p.split_whitespace().collect::<Vec<_>>().join(" "))
+                            .collect::<Vec<_>>()
+                            .join("\n\n");
                     }
                     _ => unwrap_descriptions(child),
                 }

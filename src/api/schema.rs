@@ -9,7 +9,12 @@ use super::spec::MAX_REPLICAS;
 /// on purpose: as OpenAPI bounds (shown by `kubectl explain`) and as a CEL rule whose message
 /// names the field, so that the error a user sees says what is allowed. `maxProperties` also
 /// keeps the API server's CEL cost estimate bounded.
-pub(crate) fn map_of_bounded_ints(_: &mut SchemaGenerator, min: i64, max: i64, message: &str) -> Schema {
+pub(crate) fn map_of_bounded_ints(
+    _: &mut SchemaGenerator,
+    min: i64,
+    max: i64,
+    message: &str,
+) -> Schema {
     json_schema!({
         "type": "object",
         "maxProperties": MAX_REPLICAS,
@@ -26,7 +31,11 @@ pub(crate) fn map_of_bounded_ints(_: &mut SchemaGenerator, min: i64, max: i64, m
 /// only there can CEL see `metadata.name`.
 pub(crate) fn member_key_rule(path: &str) -> Rule {
     let (parent, field) = path.rsplit_once('.').unwrap_or(("", path));
-    let parent = if parent.is_empty() { "self.spec".to_owned() } else { format!("self.spec.{parent}") };
+    let parent = if parent.is_empty() {
+        "self.spec".to_owned()
+    } else {
+        format!("self.spec.{parent}")
+    };
     let map = format!("{parent}.{field}");
     let ordinal = "k.substring(size(self.metadata.name) + 1)";
     Rule::new(format!(

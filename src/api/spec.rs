@@ -158,7 +158,10 @@ pub enum GroupMode {
 #[serde(rename_all = "camelCase")]
 pub struct MemberPort {
     /// Port name, a DNS label (lowercase letters, digits and '-', at most 15 characters).
-    #[schemars(length(min = 1, max = 15), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 15),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Port number, 1 to 65535.
     #[schemars(range(min = 1, max = 65535))]
@@ -340,7 +343,12 @@ pub struct FailoverSpec {
 }
 
 fn priorities_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    map_of_bounded_ints(g, 0, 100, "spec.failover.priorities values must be between 0 and 100")
+    map_of_bounded_ints(
+        g,
+        0,
+        100,
+        "spec.failover.priorities values must be between 0 and 100",
+    )
 }
 
 fn default_lease_millis() -> i32 {
@@ -405,7 +413,12 @@ pub struct TrafficSpec {
 }
 
 fn weights_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    map_of_bounded_ints(g, 0, MAX_WEIGHT as i64, "spec.traffic.weights values must be between 0 and 1000000")
+    map_of_bounded_ints(
+        g,
+        0,
+        MAX_WEIGHT as i64,
+        "spec.traffic.weights values must be between 0 and 1000000",
+    )
 }
 
 fn default_min_change() -> i32 {
@@ -428,7 +441,9 @@ impl Default for TrafficSpec {
 }
 
 /// The weight policies.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, schemars::JsonSchema,
+)]
 pub enum TrafficPolicy {
     /// Every healthy member gets the same weight (round robin).
     #[default]
@@ -504,7 +519,10 @@ fn default_storage_size() -> Quantity {
 
 impl Default for StorageSpec {
     fn default() -> Self {
-        Self { size: default_storage_size(), storage_class_name: None }
+        Self {
+            size: default_storage_size(),
+            storage_class_name: None,
+        }
     }
 }
 

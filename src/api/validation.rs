@@ -11,7 +11,6 @@ use std::sync::LazyLock;
 use kube::core::cel::{CompiledSchema, Validator, compile_schema};
 use serde_json::Value;
 
-
 /// One problem with a manifest, worded like the API server's field errors.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldError {
@@ -22,7 +21,11 @@ pub struct FieldError {
 
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() { f.write_str(&self.message) } else { write!(f, "{}: {}", self.path, self.message) }
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
     }
 }
 
@@ -30,7 +33,10 @@ impl fmt::Display for FieldError {
 pub fn openapi_schema() -> &'static Value {
     static SCHEMA: LazyLock<Value> = LazyLock::new(|| {
         let crd = super::crd();
-        let schema = crd.spec.versions[0].schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref());
+        let schema = crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref());
         serde_json::to_value(schema).unwrap_or(Value::Null)
     });
     &SCHEMA
@@ -60,23 +66,35 @@ pub fn validate_manifest(object: &Value, old: Option<&Value>) -> Vec<FieldError>
         }
     }
     // The API server skips CEL when the structure is wrong (rules would see the wrong types).
-    if errors.iter().any(|e| e.message.contains("must be of type") || e.message.starts_with("unknown field")) {
+    if errors
+        .iter()
+        .any(|e| e.message.contains("must be of type") || e.message.starts_with("unknown field"))
+    {
         return errors;
     }
     if let Err(cel_errors) = Validator::new().validate_compiled(compiled_rules(), object, old) {
         for e in cel_errors.iter() {
-            errors.push(FieldError { path: e.field_path.trim_start_matches('.').to_owned(), message: e.message.clone() });
+            errors.push(FieldError {
+                path: e.field_path.trim_start_matches('.').to_owned(),
+                message: e.message.clone(),
+            });
         }
     }
     errors
 }
 
 fn unknown(path: &str) -> FieldError {
-    FieldError { path: String::new(), message: format!("unknown field \"{path}\"") }
+    FieldError {
+        path: String::new(),
+        message: format!("unknown field \"{path}\""),
+    }
 }
 
 fn err(path: &str, message: String) -> FieldError {
-    FieldError { path: path.to_owned(), message }
+    FieldError {
+        path: path.to_owned(),
+        message,
+    }
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -93,7 +111,11 @@ fn type_name(v: &Value) -> &'static str {
 
 /// A bound as the API server prints it: integral bounds without a fraction.
 fn number(n: f64) -> String {
-    if n.fract() == 0.0 && n.abs() < 1e15 { format!("{}", n as i64) } else { n.to_string() }
+    if n.fract() == 0.0 && n.abs() < 1e15 {
+        format!("{}", n as i64)
+    } else {
+        n.to_string()
+    }
 }
 
 fn show(v: &Value) -> String {
@@ -107,7 +129,14 @@ fn check(value: &Value, schema: &Value, path: &str, errors: &mut Vec<FieldError>
     let flag = |k: &str| schema.get(k).and_then(Value::as_bool).unwrap_or(false);
     if flag("x-kubernetes-int-or-string") {
         if !(value.is_i64() || value.is_u64() || value.is_string()) {
-            errors.push(err(path, format!("Invalid value: \"{}\": {path} in body must be of type int-or-string: \"{}\"", type_name(value), type_name(value))));
+            errors.push(err(
+                path,
+                format!(
+                    "Invalid value: \"{}\": {path} in body must be of type int-or-string: \"{}\"",
+                    type_name(value),
+                    type_name(value)
+                ),
+            ));
         }
         return;
     }
@@ -118,7 +147,12 @@ fn check(value: &Value, schema: &Value, path: &str, errors: &mut Vec<FieldError>
         let have = type_name(value);
         let ok = have == want || (want == "number" && have == "integer");
         if !ok {
-            errors.push(err(path, format!("Invalid value: \"{have}\": {path} in body must be of type {want}: \"{have}\"")));
+            errors.push(err(
+                path,
+                format!(
+                    "Invalid value: \"{have}\": {path} in body must be of type {want}: \"{have}\""
+                ),
+            ));
             return;
         }
     }
@@ -126,47 +160,84 @@ fn check(value: &Value, schema: &Value, path: &str, errors: &mut Vec<FieldError>
         && !allowed.contains(value)
     {
         let list: Vec<String> = allowed.iter().map(show).collect();
-        errors.push(err(path, format!("Unsupported value: {}: supported values: {}", show(value), list.join(", "))));
+        errors.push(err(
+            path,
+            format!(
+                "Unsupported value: {}: supported values: {}",
+                show(value),
+                list.join(", ")
+            ),
+        ));
     }
     if let Some(n) = value.as_f64() {
         if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
             && n > max
         {
-            errors.push(err(path, format!("Invalid value: {value}: {path} in body should be less than or equal to {}", number(max))));
+            errors.push(err(
+                path,
+                format!(
+                    "Invalid value: {value}: {path} in body should be less than or equal to {}",
+                    number(max)
+                ),
+            ));
         }
         if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
             && n < min
         {
-            errors.push(err(path, format!("Invalid value: {value}: {path} in body should be greater than or equal to {}", number(min))));
+            errors.push(err(
+                path,
+                format!(
+                    "Invalid value: {value}: {path} in body should be greater than or equal to {}",
+                    number(min)
+                ),
+            ));
         }
     }
     if let Some(s) = value.as_str() {
         if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
             && s.len() as u64 > max
         {
-            errors.push(err(path, format!("Too long: may not be more than {max} bytes")));
+            errors.push(err(
+                path,
+                format!("Too long: may not be more than {max} bytes"),
+            ));
         }
         if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
             && (s.len() as u64) < min
         {
-            errors.push(err(path, format!("Invalid value: {s:?}: {path} in body should be at least {min} chars long")));
+            errors.push(err(
+                path,
+                format!("Invalid value: {s:?}: {path} in body should be at least {min} chars long"),
+            ));
         }
         if let Some(pattern) = schema.get("pattern").and_then(Value::as_str)
             && regex::Regex::new(pattern).is_ok_and(|re| !re.is_match(s))
         {
-            errors.push(err(path, format!("Invalid value: {s:?}: {path} in body should match '{pattern}'")));
+            errors.push(err(
+                path,
+                format!("Invalid value: {s:?}: {path} in body should match '{pattern}'"),
+            ));
         }
     }
     if let Some(items) = value.as_array() {
         if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
             && items.len() as u64 > max
         {
-            errors.push(err(path, format!("Too many: {}: must have at most {max} items", items.len())));
+            errors.push(err(
+                path,
+                format!("Too many: {}: must have at most {max} items", items.len()),
+            ));
         }
         if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
             && (items.len() as u64) < min
         {
-            errors.push(err(path, format!("Invalid value: {}: {path} in body should have at least {min} items", items.len())));
+            errors.push(err(
+                path,
+                format!(
+                    "Invalid value: {}: {path} in body should have at least {min} items",
+                    items.len()
+                ),
+            ));
         }
         if let Some(item_schema) = schema.get("items") {
             for (i, item) in items.iter().enumerate() {
@@ -178,9 +249,18 @@ fn check(value: &Value, schema: &Value, path: &str, errors: &mut Vec<FieldError>
         if let Some(max) = schema.get("maxProperties").and_then(Value::as_u64)
             && fields.len() as u64 > max
         {
-            errors.push(err(path, format!("Too many: {}: must have at most {max} items", fields.len())));
+            errors.push(err(
+                path,
+                format!("Too many: {}: must have at most {max} items", fields.len()),
+            ));
         }
-        for name in schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+        for name in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
             if !fields.contains_key(name) {
                 errors.push(err(&format!("{path}.{name}"), "Required value".to_owned()));
             }
@@ -192,7 +272,9 @@ fn check(value: &Value, schema: &Value, path: &str, errors: &mut Vec<FieldError>
             let field_path = format!("{path}.{name}");
             match (properties.and_then(|p| p.get(name)), additional) {
                 (Some(s), _) | (None, Some(s)) => check(field, s, &field_path, errors),
-                (None, None) if !preserve && properties.is_some() => errors.push(unknown(&field_path)),
+                (None, None) if !preserve && properties.is_some() => {
+                    errors.push(unknown(&field_path))
+                }
                 (None, None) => {}
             }
         }
@@ -220,17 +302,28 @@ mod tests {
 
     #[test]
     fn type_errors_stop_before_cel() {
-        let g = group(json!({"mode": "PrimaryBackup", "replicas": "three", "template": template()}));
+        let g =
+            group(json!({"mode": "PrimaryBackup", "replicas": "three", "template": template()}));
         let errors = validate_manifest(&g, None);
         assert_eq!(errors.len(), 1, "{errors:?}");
-        assert_eq!(errors[0].to_string(), "spec.replicas: Invalid value: \"string\": spec.replicas in body must be of type integer: \"string\"");
+        assert_eq!(
+            errors[0].to_string(),
+            "spec.replicas: Invalid value: \"string\": spec.replicas in body must be of type integer: \"string\""
+        );
     }
 
     #[test]
     fn weights_name_the_existing_members() {
-        let g = group(json!({"mode": "ActiveActive", "replicas": 2, "template": template(),
-            "traffic": {"policy": "Static", "weights": {"cache-0": 1, "cache-2": 1}}}));
+        let g = group(
+            json!({"mode": "ActiveActive", "replicas": 2, "template": template(),
+            "traffic": {"policy": "Static", "weights": {"cache-0": 1, "cache-2": 1}}}),
+        );
         let errors = validate_manifest(&g, None);
-        assert!(errors.iter().any(|e| e.message.contains("spec.traffic.weights: every key must name an existing member")), "{errors:?}");
+        assert!(
+            errors.iter().any(|e| e
+                .message
+                .contains("spec.traffic.weights: every key must name an existing member")),
+            "{errors:?}"
+        );
     }
 }

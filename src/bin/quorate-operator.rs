@@ -7,7 +7,11 @@ use quorate::operator::{self, Config};
 use quorate::plan::OperatorSettings;
 
 #[derive(Parser)]
-#[command(name = "quorate-operator", version, about = "Operator for replicated pod groups (ReplicaGroup, quorate.dev/v1alpha1)")]
+#[command(
+    name = "quorate-operator",
+    version,
+    about = "Operator for replicated pod groups (ReplicaGroup, quorate.dev/v1alpha1)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -58,8 +62,11 @@ struct RunArgs {
 
 fn main() -> anyhow::Result<()> {
     let Command::Run(args) = Cli::parse().command;
-    let filter = tracing_subscriber::EnvFilter::try_new(format!("{},kube=warn,tower=warn,hyper=warn,hyper_util=warn,h2=warn,tonic=info,rustls=info", args.log_level))
-        .map_err(|e| anyhow::anyhow!("--log-level {:?}: {e}", args.log_level))?;
+    let filter = tracing_subscriber::EnvFilter::try_new(format!(
+        "{},kube=warn,tower=warn,hyper=warn,hyper_util=warn,h2=warn,tonic=info,rustls=info",
+        args.log_level
+    ))
+    .map_err(|e| anyhow::anyhow!("--log-level {:?}: {e}", args.log_level))?;
     let subscriber = tracing_subscriber::fmt().with_env_filter(filter);
     match args.log_format {
         LogFormat::Json => subscriber.json().init(),
@@ -78,6 +85,9 @@ fn main() -> anyhow::Result<()> {
         namespace: args.namespace,
         pod_name: args.pod_name,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     runtime.block_on(operator::run(config))
 }

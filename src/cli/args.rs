@@ -12,7 +12,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// It talks only to the Kubernetes API, with the credentials of your kubeconfig; the operator
 /// carries out what it asks for.
 #[derive(Parser, Debug, Clone, PartialEq, Eq)]
-#[command(name = "kubectl-quorate", bin_name = "kubectl quorate", version, propagate_version = true)]
+#[command(
+    name = "kubectl-quorate",
+    bin_name = "kubectl quorate",
+    version,
+    propagate_version = true
+)]
 #[command(after_help = "Examples:\n  \
     kubectl quorate status cache\n  \
     kubectl quorate status -A\n  \
@@ -137,9 +142,15 @@ pub struct ValidateArgs {
 /// Parses `--timeout`: a positive number of seconds, or a number with `ms`, `s`, `m` or `h`.
 pub fn parse_timeout(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let invalid = || format!("{text:?} is not a duration; use a number of seconds or a value such as 90s, 2m, 1500ms");
+    let invalid = || {
+        format!(
+            "{text:?} is not a duration; use a number of seconds or a value such as 90s, 2m, 1500ms"
+        )
+    };
     let n: u64 = number.parse().map_err(|_| invalid())?;
     let duration = match unit {
         "" | "s" => Duration::from_secs(n),
@@ -149,7 +160,9 @@ pub fn parse_timeout(text: &str) -> Result<Duration, String> {
         _ => return Err(invalid()),
     };
     if duration.is_zero() {
-        return Err("the timeout must be greater than 0 (use --no-wait to skip waiting)".to_owned());
+        return Err(
+            "the timeout must be greater than 0 (use --no-wait to skip waiting)".to_owned(),
+        );
     }
     Ok(duration)
 }
@@ -187,17 +200,59 @@ mod tests {
         assert_eq!(s.timeout, Duration::from_secs(60));
         assert_eq!(s.to, None);
         assert!(!parse(&["kubectl-quorate", "switchover", "cache", "--no-wait"]).should_wait());
-        assert!(parse(&["kubectl-quorate", "switchover", "cache", "--no-wait", "--wait"]).should_wait());
-        assert!(!parse(&["kubectl-quorate", "switchover", "cache", "--wait", "--no-wait"]).should_wait());
-        let s = parse(&["kubectl-quorate", "switchover", "cache", "--to", "cache-2", "--timeout", "5s"]);
+        assert!(
+            parse(&[
+                "kubectl-quorate",
+                "switchover",
+                "cache",
+                "--no-wait",
+                "--wait"
+            ])
+            .should_wait()
+        );
+        assert!(
+            !parse(&[
+                "kubectl-quorate",
+                "switchover",
+                "cache",
+                "--wait",
+                "--no-wait"
+            ])
+            .should_wait()
+        );
+        let s = parse(&[
+            "kubectl-quorate",
+            "switchover",
+            "cache",
+            "--to",
+            "cache-2",
+            "--timeout",
+            "5s",
+        ]);
         assert_eq!(s.to.as_deref(), Some("cache-2"));
         assert_eq!(s.timeout, Duration::from_secs(5));
     }
 
     #[test]
     fn cluster_flags_go_before_or_after_the_subcommand() {
-        let a = Cli::try_parse_from(["kubectl-quorate", "-n", "shop", "--context", "prod", "status", "cache"]).expect("valid");
-        let b = Cli::try_parse_from(["kubectl-quorate", "status", "cache", "--namespace=shop", "--context=prod"]).expect("valid");
+        let a = Cli::try_parse_from([
+            "kubectl-quorate",
+            "-n",
+            "shop",
+            "--context",
+            "prod",
+            "status",
+            "cache",
+        ])
+        .expect("valid");
+        let b = Cli::try_parse_from([
+            "kubectl-quorate",
+            "status",
+            "cache",
+            "--namespace=shop",
+            "--context=prod",
+        ])
+        .expect("valid");
         assert_eq!(a, b);
         assert_eq!(a.cluster.namespace.as_deref(), Some("shop"));
         assert_eq!(a.cluster.context.as_deref(), Some("prod"));
@@ -205,17 +260,29 @@ mod tests {
 
     #[test]
     fn all_namespaces_conflicts_with_a_name() {
-        let err = Cli::try_parse_from(["kubectl-quorate", "status", "cache", "-A"]).expect_err("conflict");
+        let err = Cli::try_parse_from(["kubectl-quorate", "status", "cache", "-A"])
+            .expect_err("conflict");
         assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
-        let ok = Cli::try_parse_from(["kubectl-quorate", "status", "-A", "-o", "yaml"]).expect("valid");
-        assert!(matches!(ok.command, Command::Status(StatusArgs { all_namespaces: true, output: Some(OutputFormat::Yaml), .. })));
+        let ok =
+            Cli::try_parse_from(["kubectl-quorate", "status", "-A", "-o", "yaml"]).expect("valid");
+        assert!(matches!(
+            ok.command,
+            Command::Status(StatusArgs {
+                all_namespaces: true,
+                output: Some(OutputFormat::Yaml),
+                ..
+            })
+        ));
     }
 
     #[test]
     fn validate_needs_a_file() {
         let err = Cli::try_parse_from(["kubectl-quorate", "validate"]).expect_err("missing -f");
         assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
-        let ok = Cli::try_parse_from(["kubectl-quorate", "validate", "-f", "a.yaml", "-f", "-"]).expect("valid");
-        assert!(matches!(ok.command, Command::Validate(ValidateArgs { files }) if files.len() == 2));
+        let ok = Cli::try_parse_from(["kubectl-quorate", "validate", "-f", "a.yaml", "-f", "-"])
+            .expect("valid");
+        assert!(
+            matches!(ok.command, Command::Validate(ValidateArgs { files }) if files.len() == 2)
+        );
     }
 }

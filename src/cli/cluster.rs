@@ -24,16 +24,30 @@ pub struct Cluster {
 /// `~/.kube/config` (else the in-cluster service account); `--context` picks the context;
 /// the namespace is `-n`, else the context's, else `default`.
 pub async fn connect(args: &ClusterArgs) -> Result<Cluster, CliError> {
-    let options = KubeConfigOptions { context: args.context.clone(), cluster: None, user: None };
+    let options = KubeConfigOptions {
+        context: args.context.clone(),
+        cluster: None,
+        user: None,
+    };
     let config = match (&args.kubeconfig, &args.context) {
         (Some(path), _) => {
-            let kubeconfig = Kubeconfig::read_from(path).map_err(|e| CliError::Kubeconfig(Box::new(e)))?;
-            Config::from_custom_kubeconfig(kubeconfig, &options).await.map_err(|e| CliError::Kubeconfig(Box::new(e)))?
+            let kubeconfig =
+                Kubeconfig::read_from(path).map_err(|e| CliError::Kubeconfig(Box::new(e)))?;
+            Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .map_err(|e| CliError::Kubeconfig(Box::new(e)))?
         }
-        (None, Some(_)) => Config::from_kubeconfig(&options).await.map_err(|e| CliError::Kubeconfig(Box::new(e)))?,
-        (None, None) => Config::infer().await.map_err(|e| CliError::Kubeconfig(Box::new(e)))?,
+        (None, Some(_)) => Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| CliError::Kubeconfig(Box::new(e)))?,
+        (None, None) => Config::infer()
+            .await
+            .map_err(|e| CliError::Kubeconfig(Box::new(e)))?,
     };
-    let namespace = args.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
     let client = Client::try_from(config).map_err(CliError::Client)?;
     Ok(Cluster { client, namespace })
 }
@@ -55,7 +69,16 @@ impl Cluster {
     pub async fn get(&self, name: &str) -> Result<ReplicaGroup, CliError> {
         match self.api().get(name).await {
             Ok(group) => Ok(group),
-            Err(e) => Err(self.explain(e, format!("get replicagroup \"{name}\" in namespace \"{}\"", self.namespace), Some(name)).await),
+            Err(e) => Err(self
+                .explain(
+                    e,
+                    format!(
+                        "get replicagroup \"{name}\" in namespace \"{}\"",
+                        self.namespace
+                    ),
+                    Some(name),
+                )
+                .await),
         }
     }
 
@@ -69,19 +92,36 @@ impl Cluster {
         match api.list(&ListParams::default()).await {
             Ok(list) => {
                 let mut groups = list.items;
-                groups.sort_by(|a, b| (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name)));
+                groups.sort_by(|a, b| {
+                    (&a.metadata.namespace, &a.metadata.name)
+                        .cmp(&(&b.metadata.namespace, &b.metadata.name))
+                });
                 Ok(groups)
             }
-            Err(e) => Err(self.explain(e, format!("list replicagroups in {scope}"), None).await),
+            Err(e) => Err(self
+                .explain(e, format!("list replicagroups in {scope}"), None)
+                .await),
         }
     }
 
     /// Applies a JSON merge patch to a group and returns the result.
     pub async fn merge_patch(&self, name: &str, patch: &Value) -> Result<ReplicaGroup, CliError> {
-        let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
         match self.api().patch(name, &params, &Patch::Merge(patch)).await {
             Ok(group) => Ok(group),
-            Err(e) => Err(self.explain(e, format!("patch replicagroup \"{name}\" in namespace \"{}\"", self.namespace), Some(name)).await),
+            Err(e) => Err(self
+                .explain(
+                    e,
+                    format!(
+                        "patch replicagroup \"{name}\" in namespace \"{}\"",
+                        self.namespace
+                    ),
+                    Some(name),
+                )
+                .await),
         }
     }
 
@@ -100,15 +140,27 @@ impl Cluster {
                     .await
                     .map(|list| list.resources.iter().any(|r| r.name == "replicagroups"));
                 match (served, name) {
-                    (Ok(true), Some(name)) => CliError::NotFound { name: name.to_owned(), namespace: self.namespace.clone() },
-                    (Err(e), _) if api_code(&e) != Some(404) => CliError::Api { action, source: error },
-                    (Ok(true), None) => CliError::Api { action, source: error },
+                    (Ok(true), Some(name)) => CliError::NotFound {
+                        name: name.to_owned(),
+                        namespace: self.namespace.clone(),
+                    },
+                    (Err(e), _) if api_code(&e) != Some(404) => CliError::Api {
+                        action,
+                        source: error,
+                    },
+                    (Ok(true), None) => CliError::Api {
+                        action,
+                        source: error,
+                    },
                     _ => CliError::CrdNotInstalled,
                 }
             }
             Some(403) => CliError::Forbidden { action, message },
             Some(401) => CliError::Unauthorized { action, message },
-            _ => CliError::Api { action, source: error },
+            _ => CliError::Api {
+                action,
+                source: error,
+            },
         }
     }
 }

@@ -35,13 +35,17 @@ pub enum CliError {
     #[error("replicagroup \"{name}\" not found in namespace \"{namespace}\"")]
     NotFound { name: String, namespace: String },
 
-    #[error("the ReplicaGroup CRD (replicagroups.quorate.dev, version v1alpha1) is not installed in this cluster; {CRD_INSTALL_HINT}")]
+    #[error(
+        "the ReplicaGroup CRD (replicagroups.quorate.dev, version v1alpha1) is not installed in this cluster; {CRD_INSTALL_HINT}"
+    )]
     CrdNotInstalled,
 
     #[error("not allowed to {action}: {message}")]
     Forbidden { action: String, message: String },
 
-    #[error("the API server did not accept the credentials of the current kubeconfig user while trying to {action}: {message}")]
+    #[error(
+        "the API server did not accept the credentials of the current kubeconfig user while trying to {action}: {message}"
+    )]
     Unauthorized { action: String, message: String },
 
     /// Any other API failure; the cause (kube's error) follows in the error chain.
@@ -63,19 +67,37 @@ pub enum CliError {
     InvalidTarget { target: String, reason: String },
 
     /// A switchover on a group that has no primary.
-    #[error("replicagroup \"{name}\" is ActiveActive: it has no primary to switch over (switchover applies to PrimaryBackup groups)")]
+    #[error(
+        "replicagroup \"{name}\" is ActiveActive: it has no primary to switch over (switchover applies to PrimaryBackup groups)"
+    )]
     NoPrimaryMode { name: String },
 
     #[error("timed out after {}s waiting for the switchover of replicagroup \"{name}\": {seen}", waited.as_secs_f64())]
-    SwitchoverTimeout { name: String, waited: Duration, seen: String },
+    SwitchoverTimeout {
+        name: String,
+        waited: Duration,
+        seen: String,
+    },
 
     /// The group appointed another member than the one asked for.
-    #[error("replicagroup \"{name}\" appointed {primary} (epoch {epoch}), not the requested {requested}")]
-    OtherPrimary { name: String, requested: String, primary: String, epoch: i64 },
+    #[error(
+        "replicagroup \"{name}\" appointed {primary} (epoch {epoch}), not the requested {requested}"
+    )]
+    OtherPrimary {
+        name: String,
+        requested: String,
+        primary: String,
+        epoch: i64,
+    },
 
-    #[error("replicagroup \"{name}\" in namespace \"{namespace}\" was deleted while waiting for the switchover")]
+    #[error(
+        "replicagroup \"{name}\" in namespace \"{namespace}\" was deleted while waiting for the switchover"
+    )]
     DeletedWhileWaiting { name: String, namespace: String },
 
     #[error("cannot format the output as {format}: {message}")]
-    Output { format: &'static str, message: String },
+    Output {
+        format: &'static str,
+        message: String,
+    },
 }

@@ -9,7 +9,10 @@ use kube::ResourceExt;
 
 use super::args::{Cli, Command, StatusArgs, SwitchoverArgs};
 use super::cluster::{Cluster, connect};
-use super::switchover::{Progress, check_switchover, describe_waiting, paused_patch, switchover_patch, switchover_progress};
+use super::switchover::{
+    Progress, check_switchover, describe_waiting, paused_patch, switchover_patch,
+    switchover_progress,
+};
 use super::{CliError, SWITCHOVER_ANNOTATION, format, validate};
 
 /// How often `switchover --wait` reads the group.
@@ -29,7 +32,10 @@ fn note(text: &str) {
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Version => {
-            emit(&format!("kubectl-quorate {} (ReplicaGroup API quorate.dev/v1alpha1)\n", env!("CARGO_PKG_VERSION")));
+            emit(&format!(
+                "kubectl-quorate {} (ReplicaGroup API quorate.dev/v1alpha1)\n",
+                env!("CARGO_PKG_VERSION")
+            ));
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate(args) => {
@@ -37,7 +43,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             for report in &reports {
                 emit(&report.render());
             }
-            Ok(if reports.iter().all(validate::FileReport::is_valid) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if reports.iter().all(validate::FileReport::is_valid) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Status(args) => status(&connect(&cli.cluster).await?, &args).await,
         Command::Switchover(args) => switchover(&connect(&cli.cluster).await?, &args).await,
@@ -74,9 +84,14 @@ async fn switchover(cluster: &Cluster, args: &SwitchoverArgs) -> Result<ExitCode
         note(&text);
     }
     let epoch_before = group.status.as_ref().and_then(|s| s.epoch);
-    cluster.merge_patch(&args.name, &switchover_patch(args.to.as_deref())).await?;
+    cluster
+        .merge_patch(&args.name, &switchover_patch(args.to.as_deref()))
+        .await?;
     let target = args.to.as_deref().unwrap_or("the best candidate");
-    emit(&format!("replicagroup \"{}\": switchover to {target} requested ({SWITCHOVER_ANNOTATION})\n", args.name));
+    emit(&format!(
+        "replicagroup \"{}\": switchover to {target} requested ({SWITCHOVER_ANNOTATION})\n",
+        args.name
+    ));
     if !args.should_wait() {
         return Ok(ExitCode::SUCCESS);
     }
@@ -86,7 +101,11 @@ async fn switchover(cluster: &Cluster, args: &SwitchoverArgs) -> Result<ExitCode
     loop {
         let read = match tokio::time::timeout_at(deadline, cluster.get(&args.name)).await {
             Ok(read) => read,
-            Err(_elapsed) => Err(CliError::SwitchoverTimeout { name: args.name.clone(), waited: args.timeout, seen: String::new() }),
+            Err(_elapsed) => Err(CliError::SwitchoverTimeout {
+                name: args.name.clone(),
+                waited: args.timeout,
+                seen: String::new(),
+            }),
         };
         let read_error = match read {
             Ok(group) => match switchover_progress(&group, epoch_before) {
@@ -95,9 +114,17 @@ async fn switchover(cluster: &Cluster, args: &SwitchoverArgs) -> Result<ExitCode
                     if let Some(requested) = &args.to
                         && *requested != primary
                     {
-                        return Err(CliError::OtherPrimary { name: args.name.clone(), requested: requested.clone(), primary, epoch });
+                        return Err(CliError::OtherPrimary {
+                            name: args.name.clone(),
+                            requested: requested.clone(),
+                            primary,
+                            epoch,
+                        });
                     }
-                    emit(&format!("replicagroup \"{}\": primary is now {primary} (epoch {epoch})\n", args.name));
+                    emit(&format!(
+                        "replicagroup \"{}\": primary is now {primary} (epoch {epoch})\n",
+                        args.name
+                    ));
                     return Ok(ExitCode::SUCCESS);
                 }
                 waiting => {
@@ -105,16 +132,24 @@ async fn switchover(cluster: &Cluster, args: &SwitchoverArgs) -> Result<ExitCode
                     None
                 }
             },
-            Err(CliError::NotFound { name, namespace }) => return Err(CliError::DeletedWhileWaiting { name, namespace }),
+            Err(CliError::NotFound { name, namespace }) => {
+                return Err(CliError::DeletedWhileWaiting { name, namespace });
+            }
             // A transient failure (network, API server restart): keep trying until the deadline.
-            Err(CliError::SwitchoverTimeout { .. }) => Some("the API server did not answer in time".to_owned()),
+            Err(CliError::SwitchoverTimeout { .. }) => {
+                Some("the API server did not answer in time".to_owned())
+            }
             Err(e) => Some(e.to_string()),
         };
         if tokio::time::Instant::now() + POLL_INTERVAL > deadline {
             if let Some(e) = read_error {
                 seen = format!("{seen}; the last read failed: {e}");
             }
-            return Err(CliError::SwitchoverTimeout { name: args.name.clone(), waited: args.timeout, seen });
+            return Err(CliError::SwitchoverTimeout {
+                name: args.name.clone(),
+                waited: args.timeout,
+                seen,
+            });
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
@@ -124,12 +159,22 @@ async fn set_paused(cluster: &Cluster, name: &str, paused: bool) -> Result<ExitC
     let group = cluster.get(name).await?;
     let word = if paused { "paused" } else { "resumed" };
     if group.spec.paused == paused {
-        emit(&format!("replicagroup \"{}\" is already {}\n", group.name_any(), if paused { "paused" } else { "running (not paused)" }));
+        emit(&format!(
+            "replicagroup \"{}\" is already {}\n",
+            group.name_any(),
+            if paused {
+                "paused"
+            } else {
+                "running (not paused)"
+            }
+        ));
         return Ok(ExitCode::SUCCESS);
     }
     cluster.merge_patch(name, &paused_patch(paused)).await?;
     let what = if paused {
-        format!("no automatic failover until `kubectl quorate resume {name}`; routing still follows member health")
+        format!(
+            "no automatic failover until `kubectl quorate resume {name}`; routing still follows member health"
+        )
     } else {
         "automatic failover is on again".to_owned()
     };

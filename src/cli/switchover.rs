@@ -11,8 +11,14 @@ use crate::api::{GroupMode, MemberRole, ReplicaGroup};
 /// `NAME-<ordinal>` (decimal, no leading zeros).
 pub fn member_ordinal(group: &str, member: &str) -> Option<u32> {
     let ordinal = member.strip_prefix(group)?.strip_prefix('-')?;
-    let canonical = !ordinal.is_empty() && ordinal.bytes().all(|b| b.is_ascii_digit()) && (ordinal == "0" || !ordinal.starts_with('0'));
-    if canonical { ordinal.parse().ok() } else { None }
+    let canonical = !ordinal.is_empty()
+        && ordinal.bytes().all(|b| b.is_ascii_digit())
+        && (ordinal == "0" || !ordinal.starts_with('0'));
+    if canonical {
+        ordinal.parse().ok()
+    } else {
+        None
+    }
 }
 
 /// The members that can be named: `cache-0 to cache-2`.
@@ -27,7 +33,10 @@ fn member_range(name: &str, replicas: i32) -> String {
 /// Checks a switchover request against the group as last read: the group must be PrimaryBackup
 /// and the target (when given) a member `NAME-<ordinal>` with ordinal < spec.replicas that is
 /// not already the primary. Returns notes worth showing (the request is still sent).
-pub fn check_switchover(group: &ReplicaGroup, target: Option<&str>) -> Result<Vec<String>, CliError> {
+pub fn check_switchover(
+    group: &ReplicaGroup,
+    target: Option<&str>,
+) -> Result<Vec<String>, CliError> {
     let name = group.name_any();
     if group.spec.mode != GroupMode::PrimaryBackup {
         return Err(CliError::NoPrimaryMode { name });
@@ -35,14 +44,23 @@ pub fn check_switchover(group: &ReplicaGroup, target: Option<&str>) -> Result<Ve
     let status = group.status.as_ref();
     let mut notes = Vec::new();
     if let Some(target) = target {
-        let invalid = |reason: String| CliError::InvalidTarget { target: target.to_owned(), reason };
+        let invalid = |reason: String| CliError::InvalidTarget {
+            target: target.to_owned(),
+            reason,
+        };
         let replicas = group.spec.replicas;
         if target.is_empty() {
-            return Err(invalid("needs a member name; leave out --to to let the group choose the best candidate".to_owned()));
+            return Err(invalid(
+                "needs a member name; leave out --to to let the group choose the best candidate"
+                    .to_owned(),
+            ));
         }
         let witness_prefix = format!("{name}-witness-");
         if target.starts_with(&witness_prefix) {
-            return Err(invalid(format!("witnesses never become primary; choose a member ({})", member_range(&name, replicas))));
+            return Err(invalid(format!(
+                "witnesses never become primary; choose a member ({})",
+                member_range(&name, replicas)
+            )));
         }
         let Some(ordinal) = member_ordinal(&name, target) else {
             return Err(invalid(format!(
@@ -58,7 +76,9 @@ pub fn check_switchover(group: &ReplicaGroup, target: Option<&str>) -> Result<Ve
             )));
         }
         if status.and_then(|s| s.primary.as_deref()) == Some(target) {
-            let epoch = status.and_then(|s| s.epoch).map_or_else(String::new, |e| format!(" (epoch {e})"));
+            let epoch = status
+                .and_then(|s| s.epoch)
+                .map_or_else(String::new, |e| format!(" (epoch {e})"));
             return Err(invalid(format!(
                 "{target} is already the primary{epoch}; choose another member, or leave out --to for the best candidate"
             )));
@@ -79,8 +99,14 @@ pub fn check_switchover(group: &ReplicaGroup, target: Option<&str>) -> Result<Ve
         }
     }
     if let Some(pending) = group.annotations().get(SWITCHOVER_ANNOTATION) {
-        let what = if pending.is_empty() { "the best candidate".to_owned() } else { pending.clone() };
-        notes.push(format!("a switchover to {what} was still pending; this request replaces it"));
+        let what = if pending.is_empty() {
+            "the best candidate".to_owned()
+        } else {
+            pending.clone()
+        };
+        notes.push(format!(
+            "a switchover to {what} was still pending; this request replaces it"
+        ));
     }
     Ok(notes)
 }
@@ -101,7 +127,11 @@ pub enum Progress {
     /// The annotation is gone and the epoch grew: a new appointment happened.
     Done { primary: Option<String>, epoch: i64 },
     /// Not yet; what was seen, for the timeout message.
-    Waiting { annotation: Option<String>, primary: Option<String>, epoch: Option<i64> },
+    Waiting {
+        annotation: Option<String>,
+        primary: Option<String>,
+        epoch: Option<i64>,
+    },
 }
 
 /// Evaluates the wait condition: the annotation removed by the operator and `status.epoch`
@@ -112,8 +142,14 @@ pub fn switchover_progress(group: &ReplicaGroup, epoch_before: Option<i64>) -> P
     let primary = status.and_then(|s| s.primary.clone());
     let epoch = status.and_then(|s| s.epoch);
     match epoch {
-        Some(e) if annotation.is_none() && epoch_before.is_none_or(|b| e > b) => Progress::Done { primary, epoch: e },
-        _ => Progress::Waiting { annotation, primary, epoch },
+        Some(e) if annotation.is_none() && epoch_before.is_none_or(|b| e > b) => {
+            Progress::Done { primary, epoch: e }
+        }
+        _ => Progress::Waiting {
+            annotation,
+            primary,
+            epoch,
+        },
     }
 }
 
@@ -122,9 +158,16 @@ pub fn describe_waiting(progress: &Progress, epoch_before: Option<i64>) -> Strin
     let epoch_text = |e: Option<i64>| e.map_or_else(|| "none".to_owned(), |e| e.to_string());
     match progress {
         Progress::Done { primary, epoch } => {
-            format!("the switchover completed: primary {}, epoch {epoch}", primary.as_deref().unwrap_or("none"))
+            format!(
+                "the switchover completed: primary {}, epoch {epoch}",
+                primary.as_deref().unwrap_or("none")
+            )
         }
-        Progress::Waiting { annotation, primary, epoch } => {
+        Progress::Waiting {
+            annotation,
+            primary,
+            epoch,
+        } => {
             let request = match annotation {
                 Some(_) => format!(
                     "the annotation {SWITCHOVER_ANNOTATION} is still set (is the operator running? `kubectl get pods -n quorate-system`)"
@@ -149,7 +192,19 @@ mod tests {
     fn member_ordinals_need_the_exact_shape() {
         assert_eq!(member_ordinal("cache", "cache-0"), Some(0));
         assert_eq!(member_ordinal("cache", "cache-12"), Some(12));
-        for bad in ["cache", "cache-", "cache-01", "cache--1", "cache-1a", "cache-+1", "cache2", "cachex-1", "other-1", "cache-witness-0", "cache- 1"] {
+        for bad in [
+            "cache",
+            "cache-",
+            "cache-01",
+            "cache--1",
+            "cache-1a",
+            "cache-+1",
+            "cache2",
+            "cachex-1",
+            "other-1",
+            "cache-witness-0",
+            "cache- 1",
+        ] {
             assert_eq!(member_ordinal("cache", bad), None, "{bad}");
         }
         // A group whose name ends like a member of another.
@@ -160,8 +215,14 @@ mod tests {
 
     #[test]
     fn patches_have_the_expected_shape() {
-        assert_eq!(switchover_patch(Some("cache-2")), json!({"metadata": {"annotations": {"quorate.dev/switchover-to": "cache-2"}}}));
-        assert_eq!(switchover_patch(None), json!({"metadata": {"annotations": {"quorate.dev/switchover-to": ""}}}));
+        assert_eq!(
+            switchover_patch(Some("cache-2")),
+            json!({"metadata": {"annotations": {"quorate.dev/switchover-to": "cache-2"}}})
+        );
+        assert_eq!(
+            switchover_patch(None),
+            json!({"metadata": {"annotations": {"quorate.dev/switchover-to": ""}}})
+        );
         assert_eq!(paused_patch(true), json!({"spec": {"paused": true}}));
         assert_eq!(paused_patch(false), json!({"spec": {"paused": false}}));
     }

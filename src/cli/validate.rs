@@ -48,7 +48,11 @@ impl fmt::Display for Problem {
             write!(f, " ({}): ", loc.name.as_deref().unwrap_or("unnamed"))?;
         }
         // One problem per line, whatever the message holds.
-        let message: String = self.message.split_whitespace().collect::<Vec<_>>().join(" ");
+        let message: String = self
+            .message
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
         f.write_str(&message)
     }
 }
@@ -73,9 +77,16 @@ impl FileReport {
             return self.problems.iter().map(|p| format!("{p}\n")).collect();
         }
         match self.groups.len() {
-            0 => format!("{}: no ReplicaGroup documents (nothing to check)\n", self.source),
+            0 => format!(
+                "{}: no ReplicaGroup documents (nothing to check)\n",
+                self.source
+            ),
             1 => format!("{}: valid (ReplicaGroup {})\n", self.source, self.groups[0]),
-            n => format!("{}: valid ({n} ReplicaGroups: {})\n", self.source, self.groups.join(", ")),
+            n => format!(
+                "{}: valid ({n} ReplicaGroups: {})\n",
+                self.source,
+                self.groups.join(", ")
+            ),
         }
     }
 }
@@ -95,21 +106,36 @@ impl ManifestChecker {
 
     /// Checks the documents of one input (YAML, one or more documents; JSON is YAML too).
     pub fn check_text(&mut self, source: &str, text: &str) -> FileReport {
-        let mut report = FileReport { source: source.to_owned(), ..FileReport::default() };
+        let mut report = FileReport {
+            source: source.to_owned(),
+            ..FileReport::default()
+        };
         let documents: Vec<Value> = match serde_saphyr::from_multiple(text) {
             Ok(docs) => docs,
             Err(e) => {
                 // The first line says where and what; the rest is a source snippet.
                 let text = e.to_string();
-                let first = text.lines().next().unwrap_or_default().trim_start_matches("error: ");
-                report.problems.push(Problem { source: source.to_owned(), location: None, message: format!("not valid YAML: {first}") });
+                let first = text
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim_start_matches("error: ");
+                report.problems.push(Problem {
+                    source: source.to_owned(),
+                    location: None,
+                    message: format!("not valid YAML: {first}"),
+                });
                 return report;
             }
         };
         for (index, document) in documents.iter().enumerate() {
             let number = index + 1;
             if is_list(document) {
-                let items = document.get("items").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+                let items = document
+                    .get("items")
+                    .and_then(Value::as_array)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
                 for (item_index, item) in items.iter().enumerate() {
                     self.check_document(&mut report, item, number, Some(item_index + 1));
                 }
@@ -120,15 +146,31 @@ impl ManifestChecker {
         report
     }
 
-    fn check_document(&mut self, report: &mut FileReport, document: &Value, number: usize, item: Option<usize>) {
-        let name = document.pointer("/metadata/name").and_then(Value::as_str).map(str::to_owned);
+    fn check_document(
+        &mut self,
+        report: &mut FileReport,
+        document: &Value,
+        number: usize,
+        item: Option<usize>,
+    ) {
+        let name = document
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         let problem = |message: String| Problem {
             source: report.source.clone(),
-            location: Some(Location { document: number, item, name: name.clone() }),
+            location: Some(Location {
+                document: number,
+                item,
+                name: name.clone(),
+            }),
             message,
         };
         let Some(object) = document.as_object() else {
-            report.problems.push(problem("not a Kubernetes object (expected a mapping with apiVersion, kind and metadata)".to_owned()));
+            report.problems.push(problem(
+                "not a Kubernetes object (expected a mapping with apiVersion, kind and metadata)"
+                    .to_owned(),
+            ));
             return;
         };
         let api_version = object.get("apiVersion").and_then(Value::as_str);
@@ -137,14 +179,21 @@ impl ManifestChecker {
         match (group, kind) {
             (Some(GROUP), Some(KIND)) | (None, Some(KIND)) => {}
             (Some(GROUP), other) => {
-                let kind = other.map_or_else(|| "kind: Required value".to_owned(), |k| format!("kind: {GROUP} has no kind {k:?}"));
-                report.problems.push(problem(format!("{kind}; expected {KIND}")));
+                let kind = other.map_or_else(
+                    || "kind: Required value".to_owned(),
+                    |k| format!("kind: {GROUP} has no kind {k:?}"),
+                );
+                report
+                    .problems
+                    .push(problem(format!("{kind}; expected {KIND}")));
                 return;
             }
             // Another kind, or a ReplicaGroup of another API group: not ours.
             _ => return,
         }
-        report.groups.push(name.clone().unwrap_or_else(|| "unnamed".to_owned()));
+        report
+            .groups
+            .push(name.clone().unwrap_or_else(|| "unnamed".to_owned()));
         let expected = format!("{GROUP}/{VERSION}");
         match api_version {
             None => report.problems.push(problem(format!("apiVersion: Required value: set it to {expected}"))),
@@ -153,7 +202,9 @@ impl ManifestChecker {
             }
             Some(_) => {}
         }
-        let generate_name = document.pointer("/metadata/generateName").and_then(Value::as_str);
+        let generate_name = document
+            .pointer("/metadata/generateName")
+            .and_then(Value::as_str);
         match (&name, generate_name) {
             (None, None) => report.problems.push(problem("metadata.name: Required value: name or generateName is required".to_owned())),
             (Some(n), _) if !is_dns_subdomain(n) => report.problems.push(problem(format!(
@@ -161,11 +212,21 @@ impl ManifestChecker {
             ))),
             _ => {}
         }
-        let key = name.clone().map(|n| (document.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_owned), n));
+        let key = name.clone().map(|n| {
+            (
+                document
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                n,
+            )
+        });
         let old = key.as_ref().and_then(|k| self.seen.get(k));
         for error in validate_manifest(document, old) {
             // CEL messages often start with their field already: do not say it twice.
-            let text = if !error.path.is_empty() && error.message.starts_with(&format!("{}:", error.path)) {
+            let text = if !error.path.is_empty()
+                && error.message.starts_with(&format!("{}:", error.path))
+            {
                 error.message
             } else {
                 error.to_string()
@@ -179,13 +240,17 @@ impl ManifestChecker {
 }
 
 fn is_list(document: &Value) -> bool {
-    document.get("kind").and_then(Value::as_str).is_some_and(|k| k == "List" || k.ends_with("List"))
+    document
+        .get("kind")
+        .and_then(Value::as_str)
+        .is_some_and(|k| k == "List" || k.ends_with("List"))
         && document.get("items").is_some_and(Value::is_array)
 }
 
 fn is_dns_subdomain(name: &str) -> bool {
     static RE: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$").expect("valid regex")
+        Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+            .expect("valid regex")
     });
     name.len() <= 253 && RE.is_match(name)
 }
@@ -201,7 +266,11 @@ pub fn expand_inputs(paths: &[PathBuf]) -> Vec<Result<PathBuf, Problem>> {
                     let mut files: Vec<PathBuf> = entries
                         .filter_map(Result::ok)
                         .map(|e| e.path())
-                        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json"))
+                        .filter(|p| {
+                            p.is_file()
+                                && p.extension()
+                                    .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+                        })
                         .collect();
                     files.sort();
                     out.extend(files.into_iter().map(Ok));
@@ -216,7 +285,11 @@ pub fn expand_inputs(paths: &[PathBuf]) -> Vec<Result<PathBuf, Problem>> {
 }
 
 fn unreadable(path: &Path, error: &std::io::Error) -> Problem {
-    Problem { source: path.display().to_string(), location: None, message: format!("cannot read: {error}") }
+    Problem {
+        source: path.display().to_string(),
+        location: None,
+        message: format!("cannot read: {error}"),
+    }
 }
 
 /// Reads one input (`-` is standard input) and checks it.
@@ -230,7 +303,15 @@ pub fn check_path(checker: &mut ManifestChecker, path: &Path) -> FileReport {
     };
     match text {
         Ok(text) => checker.check_text(&source, &text),
-        Err(e) => FileReport { source: source.clone(), groups: vec![], problems: vec![Problem { source, location: None, message: format!("cannot read: {e}") }] },
+        Err(e) => FileReport {
+            source: source.clone(),
+            groups: vec![],
+            problems: vec![Problem {
+                source,
+                location: None,
+                message: format!("cannot read: {e}"),
+            }],
+        },
     }
 }
 
@@ -241,7 +322,11 @@ pub fn check_inputs(paths: &[PathBuf]) -> Vec<FileReport> {
         .into_iter()
         .map(|input| match input {
             Ok(path) => check_path(&mut checker, &path),
-            Err(problem) => FileReport { source: problem.source.clone(), groups: vec![], problems: vec![problem] },
+            Err(problem) => FileReport {
+                source: problem.source.clone(),
+                groups: vec![],
+                problems: vec![problem],
+            },
         })
         .collect()
 }
@@ -276,20 +361,35 @@ spec:
 
     #[test]
     fn problems_name_the_file_document_group_and_field() {
-        let text = format!("{VALID}---\n{}", VALID.replace("name: cache", "name: one").replace("replicas: 3", "replicas: 1"));
+        let text = format!(
+            "{VALID}---\n{}",
+            VALID
+                .replace("name: cache", "name: one")
+                .replace("replicas: 3", "replicas: 1")
+        );
         let report = check(&text);
         assert_eq!(report.groups, ["cache", "one"]);
-        assert_eq!(lines(&report), ["g.yaml: document 2 (one): spec.replicas: a PrimaryBackup group needs at least 2 replicas so that it survives the loss of one member (use mode ActiveActive for a single member)"]);
+        assert_eq!(
+            lines(&report),
+            [
+                "g.yaml: document 2 (one): spec.replicas: a PrimaryBackup group needs at least 2 replicas so that it survives the loss of one member (use mode ActiveActive for a single member)"
+            ]
+        );
     }
 
     #[test]
     fn other_kinds_and_empty_documents_are_ignored() {
-        let text = format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: x}}\n---\n---\n{VALID}");
+        let text = format!(
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: x}}\n---\n---\n{VALID}"
+        );
         let report = check(&text);
         assert!(report.is_valid(), "{:?}", report.problems);
         assert_eq!(report.groups, ["cache"]);
         let none = check("apiVersion: v1\nkind: Service\nmetadata: {name: x}\n");
-        assert_eq!(none.render(), "g.yaml: no ReplicaGroup documents (nothing to check)\n");
+        assert_eq!(
+            none.render(),
+            "g.yaml: no ReplicaGroup documents (nothing to check)\n"
+        );
     }
 
     #[test]
@@ -299,33 +399,72 @@ spec:
         let line = report.problems[0].to_string();
         assert!(line.starts_with("g.yaml: not valid YAML: "), "{line}");
         assert!(!line.contains('\n'));
-        assert_eq!(line, "g.yaml: not valid YAML: line 2 column 7: unclosed bracket '['");
+        assert_eq!(
+            line,
+            "g.yaml: not valid YAML: line 2 column 7: unclosed bracket '['"
+        );
     }
 
     #[test]
     fn wrong_api_versions_kinds_and_names_are_reported() {
         let v1 = check(&VALID.replace("v1alpha1", "v1"));
-        assert_eq!(lines(&v1), ["g.yaml: document 1 (cache): apiVersion: Unsupported value: \"quorate.dev/v1\": this version of kubectl-quorate knows quorate.dev/v1alpha1"]);
+        assert_eq!(
+            lines(&v1),
+            [
+                "g.yaml: document 1 (cache): apiVersion: Unsupported value: \"quorate.dev/v1\": this version of kubectl-quorate knows quorate.dev/v1alpha1"
+            ]
+        );
         let kind = check(&VALID.replace("kind: ReplicaGroup", "kind: ReplicaGroups"));
-        assert_eq!(lines(&kind), ["g.yaml: document 1 (cache): kind: quorate.dev has no kind \"ReplicaGroups\"; expected ReplicaGroup"]);
+        assert_eq!(
+            lines(&kind),
+            [
+                "g.yaml: document 1 (cache): kind: quorate.dev has no kind \"ReplicaGroups\"; expected ReplicaGroup"
+            ]
+        );
         let unnamed = check(&VALID.replace("metadata: {name: cache}", "metadata: {}"));
-        assert_eq!(lines(&unnamed), ["g.yaml: document 1 (unnamed): metadata.name: Required value: name or generateName is required"]);
+        assert_eq!(
+            lines(&unnamed),
+            [
+                "g.yaml: document 1 (unnamed): metadata.name: Required value: name or generateName is required"
+            ]
+        );
         let upper = check(&VALID.replace("name: cache", "name: Cache"));
         assert_eq!(upper.problems.len(), 1);
-        assert!(upper.problems[0].message.starts_with("metadata.name: Invalid value: \"Cache\""));
+        assert!(
+            upper.problems[0]
+                .message
+                .starts_with("metadata.name: Invalid value: \"Cache\"")
+        );
         let scalar = check("just a string\n");
-        assert_eq!(lines(&scalar), ["g.yaml: document 1 (unnamed): not a Kubernetes object (expected a mapping with apiVersion, kind and metadata)"]);
+        assert_eq!(
+            lines(&scalar),
+            [
+                "g.yaml: document 1 (unnamed): not a Kubernetes object (expected a mapping with apiVersion, kind and metadata)"
+            ]
+        );
         // A ReplicaGroup of another API group is someone else's resource.
-        assert!(check(&VALID.replace("quorate.dev/v1alpha1", "example.com/v1")).groups.is_empty());
+        assert!(
+            check(&VALID.replace("quorate.dev/v1alpha1", "example.com/v1"))
+                .groups
+                .is_empty()
+        );
     }
 
     #[test]
     fn a_group_seen_again_is_checked_as_an_update() {
         let changed = VALID.replace("mode: PrimaryBackup", "mode: ActiveActive");
         let report = check(&format!("{VALID}---\n{changed}"));
-        assert_eq!(lines(&report), ["g.yaml: document 2 (cache): spec.mode: spec.mode is immutable: delete and re-create the group to change between PrimaryBackup and ActiveActive"]);
+        assert_eq!(
+            lines(&report),
+            [
+                "g.yaml: document 2 (cache): spec.mode: spec.mode is immutable: delete and re-create the group to change between PrimaryBackup and ActiveActive"
+            ]
+        );
         // The same name in another namespace is another group.
-        let elsewhere = changed.replace("metadata: {name: cache}", "metadata: {name: cache, namespace: other}");
+        let elsewhere = changed.replace(
+            "metadata: {name: cache}",
+            "metadata: {name: cache, namespace: other}",
+        );
         assert!(check(&format!("{VALID}---\n{elsewhere}")).is_valid());
     }
 
@@ -345,7 +484,12 @@ items:
 ";
         let report = check(text);
         assert_eq!(report.groups, ["a", "b"]);
-        assert_eq!(lines(&report), ["g.yaml: document 1, item 2 (b): spec.witnesses: witnesses are only allowed in PrimaryBackup groups; set witnesses to 0 or leave it unset for ActiveActive"]);
+        assert_eq!(
+            lines(&report),
+            [
+                "g.yaml: document 1, item 2 (b): spec.witnesses: witnesses are only allowed in PrimaryBackup groups; set witnesses to 0 or leave it unset for ActiveActive"
+            ]
+        );
     }
 
     #[test]

@@ -35,13 +35,21 @@ const CACHE_TTL: Duration = Duration::from_secs(300);
 impl AppliedCache {
     fn fresh(&self, key: &str, hash: u64) -> bool {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.get(key).is_some_and(|(h, at)| *h == hash && at.elapsed() < CACHE_TTL)
+        entries
+            .get(key)
+            .is_some_and(|(h, at)| *h == hash && at.elapsed() < CACHE_TTL)
     }
     fn record(&self, key: String, hash: u64) {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (hash, Instant::now()));
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (hash, Instant::now()));
     }
     fn forget(&self, key: &str) {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
     }
 }
 
@@ -58,7 +66,10 @@ fn resource_of(desired: &Desired) -> (ApiResource, &'static str) {
         Desired::StatefulSet(_) => (ApiResource::erase::<StatefulSet>(&()), "StatefulSet"),
         Desired::Service(_) => (ApiResource::erase::<Service>(&()), "Service"),
         Desired::EndpointSlice(_) => (ApiResource::erase::<EndpointSlice>(&()), "EndpointSlice"),
-        Desired::PodDisruptionBudget(_) => (ApiResource::erase::<PodDisruptionBudget>(&()), "PodDisruptionBudget"),
+        Desired::PodDisruptionBudget(_) => (
+            ApiResource::erase::<PodDisruptionBudget>(&()),
+            "PodDisruptionBudget",
+        ),
         Desired::HttpRoute(_) => (http_route_resource(), "HTTPRoute"),
     }
 }
@@ -72,17 +83,24 @@ async fn apply_one(
     desired: &Desired,
 ) -> Result<Option<DynamicObject>, Error> {
     let (resource, kind) = resource_of(desired);
-    let mut body = serde_json::to_value(desired).map_err(|e| Error::Tls(format!("serializing {kind}: {e}")))?;
+    let mut body = serde_json::to_value(desired)
+        .map_err(|e| Error::Tls(format!("serializing {kind}: {e}")))?;
     body["apiVersion"] = json!(resource.api_version);
     body["kind"] = json!(resource.kind);
-    let name = body["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    let name = body["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     if let Some(owner) = group.controller_owner_ref(&()) {
         body["metadata"]["ownerReferences"] = json!([owner]);
     }
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &names.namespace, &resource);
     if let Desired::HttpRoute(_) = desired {
         // Keep what others added to the route (see plan::merge_route).
-        let existing = api.get_opt(&name).await.context(|| format!("reading {kind} {name}"))?;
+        let existing = api
+            .get_opt(&name)
+            .await
+            .context(|| format!("reading {kind} {name}"))?;
         let existing = existing.map(|o| serde_json::to_value(&o).unwrap_or(Value::Null));
         body = merge_route(&body, existing.as_ref(), names);
     }
@@ -92,7 +110,11 @@ async fn apply_one(
         return Ok(None);
     }
     let written = api
-        .patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
         .await
         .context(|| format!("applying {kind} {}/{name}", names.namespace))?;
     applied.record(key, hash);
@@ -115,22 +137,38 @@ pub async fn apply_objects(
     Ok(written)
 }
 
-pub async fn delete_objects(client: &Client, applied: &AppliedCache, names: &GroupNames, obsolete: &[Obsolete]) -> Result<(), Error> {
+pub async fn delete_objects(
+    client: &Client,
+    applied: &AppliedCache,
+    names: &GroupNames,
+    obsolete: &[Obsolete],
+) -> Result<(), Error> {
     for o in obsolete {
         let resource = match o.kind {
             "StatefulSet" => ApiResource::erase::<StatefulSet>(&()),
             "HTTPRoute" => http_route_resource(),
-            other => return Err(Error::InvalidObject { name: o.name.clone(), message: format!("cannot delete kind {other}") }),
+            other => {
+                return Err(Error::InvalidObject {
+                    name: o.name.clone(),
+                    message: format!("cannot delete kind {other}"),
+                });
+            }
         };
         let key = format!("{}/{}/{}#deleted", names.namespace, o.kind, o.name);
         if applied.fresh(&key, 0) {
             continue;
         }
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &names.namespace, &resource);
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &names.namespace, &resource);
         match api.delete(&o.name, &DeleteParams::background()).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(Error::Kube { context: format!("deleting {} {}", o.kind, o.name), source: e }),
+            Err(e) => {
+                return Err(Error::Kube {
+                    context: format!("deleting {} {}", o.kind, o.name),
+                    source: e,
+                });
+            }
         }
         applied.forget(&format!("{}/{}/{}", names.namespace, o.kind, o.name));
         applied.record(key, 0);
@@ -139,12 +177,20 @@ pub async fn delete_objects(client: &Client, applied: &AppliedCache, names: &Gro
 }
 
 /// Server-side apply of the status subresource: fields we no longer set are removed.
-pub async fn apply_status(client: &Client, names: &GroupNames, status: &ReplicaGroupStatus) -> Result<(), Error> {
+pub async fn apply_status(
+    client: &Client,
+    names: &GroupNames,
+    status: &ReplicaGroupStatus,
+) -> Result<(), Error> {
     let api: Api<ReplicaGroup> = Api::namespaced(client.clone(), &names.namespace);
     let body = json!({"apiVersion": "quorate.dev/v1alpha1", "kind": "ReplicaGroup", "metadata": {"name": names.name}, "status": status});
-    api.patch_status(&names.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
-        .await
-        .context(|| format!("updating the status of {}/{}", names.namespace, names.name))?;
+    api.patch_status(
+        &names.name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .context(|| format!("updating the status of {}/{}", names.namespace, names.name))?;
     Ok(())
 }
 
@@ -155,7 +201,12 @@ pub async fn clear_switchover_request(client: &Client, names: &GroupNames) -> Re
     let patch = json!({"metadata": {"annotations": {SWITCHOVER_ANNOTATION: null}}});
     api.patch(&names.name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .context(|| format!("removing the {SWITCHOVER_ANNOTATION} annotation of {}/{}", names.namespace, names.name))?;
+        .context(|| {
+            format!(
+                "removing the {SWITCHOVER_ANNOTATION} annotation of {}/{}",
+                names.namespace, names.name
+            )
+        })?;
     Ok(())
 }
 
@@ -171,16 +222,25 @@ mod tests {
 
     /// A scripted API server: answers every request with its own body (or `fail` for the
     /// object whose path ends so), and returns the requests as "METHOD path" in order.
-    async fn serve(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>, fail: Option<&'static str>) -> Vec<String> {
+    async fn serve(
+        mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+        fail: Option<&'static str>,
+    ) -> Vec<String> {
         let mut seen = Vec::new();
         while let Some((request, send)) = handle.next_request().await {
             let line = format!("{} {}", request.method(), request.uri().path());
             let failed = fail.is_some_and(|f| request.uri().path().ends_with(f));
-            let body = request.into_body().collect_bytes().await.expect("request body");
+            let body = request
+                .into_body()
+                .collect_bytes()
+                .await
+                .expect("request body");
             let response = if failed {
                 let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
                     "message": "Apply failed with 1 conflict: conflict with \"someone\""});
-                Response::builder().status(StatusCode::CONFLICT).body(Body::from(serde_json::to_vec(&status).unwrap()))
+                Response::builder()
+                    .status(StatusCode::CONFLICT)
+                    .body(Body::from(serde_json::to_vec(&status).unwrap()))
             } else {
                 Response::builder().body(Body::from(body.to_vec()))
             };
@@ -191,16 +251,35 @@ mod tests {
     }
 
     fn meta(name: &str) -> ObjectMeta {
-        ObjectMeta { name: Some(name.into()), ..Default::default() }
+        ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        }
     }
 
     fn plan() -> Plan {
         Plan {
             apply: vec![
-                Desired::StatefulSet(Box::new(StatefulSet { metadata: meta("g"), ..Default::default() })),
-                Desired::Service(Box::new(Service { metadata: meta("g-rw"), ..Default::default() })),
-                Desired::EndpointSlice(Box::new(EndpointSlice { metadata: meta("g-ro"), address_type: "IPv4".into(), endpoints: vec![], ports: None })),
-                Desired::EndpointSlice(Box::new(EndpointSlice { metadata: meta("g-rw"), address_type: "IPv4".into(), endpoints: vec![], ports: None })),
+                Desired::StatefulSet(Box::new(StatefulSet {
+                    metadata: meta("g"),
+                    ..Default::default()
+                })),
+                Desired::Service(Box::new(Service {
+                    metadata: meta("g-rw"),
+                    ..Default::default()
+                })),
+                Desired::EndpointSlice(Box::new(EndpointSlice {
+                    metadata: meta("g-ro"),
+                    address_type: "IPv4".into(),
+                    endpoints: vec![],
+                    ports: None,
+                })),
+                Desired::EndpointSlice(Box::new(EndpointSlice {
+                    metadata: meta("g-rw"),
+                    address_type: "IPv4".into(),
+                    endpoints: vec![],
+                    ports: None,
+                })),
             ],
             delete: vec![],
             action: None,
@@ -236,10 +315,36 @@ mod tests {
         let names = GroupNames::new("g", "ns");
         let applied = AppliedCache::default();
         let plan = plan();
-        let written = apply_objects(&client, &applied, &group(), &names, &plan.writes()).await.expect("apply");
-        let written: Vec<String> = written.iter().map(|o| format!("{} {}", o.types.as_ref().unwrap().kind, o.metadata.name.as_deref().unwrap())).collect();
-        assert_eq!(written, ["EndpointSlice g-rw", "EndpointSlice g-ro", "Service g-rw", "StatefulSet g"], "the server's answers");
-        assert!(apply_objects(&client, &applied, &group(), &names, &plan.writes()).await.expect("apply").is_empty(), "nothing changed");
+        let written = apply_objects(&client, &applied, &group(), &names, &plan.writes())
+            .await
+            .expect("apply");
+        let written: Vec<String> = written
+            .iter()
+            .map(|o| {
+                format!(
+                    "{} {}",
+                    o.types.as_ref().unwrap().kind,
+                    o.metadata.name.as_deref().unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(
+            written,
+            [
+                "EndpointSlice g-rw",
+                "EndpointSlice g-ro",
+                "Service g-rw",
+                "StatefulSet g"
+            ],
+            "the server's answers"
+        );
+        assert!(
+            apply_objects(&client, &applied, &group(), &names, &plan.writes())
+                .await
+                .expect("apply")
+                .is_empty(),
+            "nothing changed"
+        );
         drop(client);
         assert_eq!(
             server.await.unwrap(),
@@ -259,17 +364,32 @@ mod tests {
         let client = Client::new(service, "default");
         let names = GroupNames::new("g", "ns");
         let applied = AppliedCache::default();
-        let error = apply_objects(&client, &applied, &group(), &names, &plan().writes()).await.expect_err("a conflict");
+        let error = apply_objects(&client, &applied, &group(), &names, &plan().writes())
+            .await
+            .expect_err("a conflict");
         assert_eq!(error.reason(), "conflict");
-        assert!(error.to_string().contains("applying Service ns/g-rw"), "{error}");
+        assert!(
+            error.to_string().contains("applying Service ns/g-rw"),
+            "{error}"
+        );
         drop(client);
         let seen = server.await.unwrap();
-        assert_eq!(seen.last().map(String::as_str), Some("PATCH /api/v1/namespaces/ns/services/g-rw"), "no write after the failed one: {seen:?}");
+        assert_eq!(
+            seen.last().map(String::as_str),
+            Some("PATCH /api/v1/namespaces/ns/services/g-rw"),
+            "no write after the failed one: {seen:?}"
+        );
         // The failed object is not recorded as applied: the retry writes it again.
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let server = tokio::spawn(serve(handle, None));
         let client = Client::new(service, "default");
-        assert_eq!(apply_objects(&client, &applied, &group(), &names, &plan().writes()).await.expect("retry").len(), 2);
+        assert_eq!(
+            apply_objects(&client, &applied, &group(), &names, &plan().writes())
+                .await
+                .expect("retry")
+                .len(),
+            2
+        );
         drop(client);
         assert_eq!(server.await.unwrap().len(), 2);
     }
@@ -287,9 +407,18 @@ mod tests {
         });
         let client = Client::new(service, "default");
         let names = GroupNames::new("g", "ns");
-        apply_status(&client, &names, &ReplicaGroupStatus::default()).await.expect("status");
+        apply_status(&client, &names, &ReplicaGroupStatus::default())
+            .await
+            .expect("status");
         let (line, query) = server.await.unwrap();
-        assert_eq!(line, "PATCH /apis/quorate.dev/v1alpha1/namespaces/ns/replicagroups/g/status");
-        assert!(query.contains(&format!("fieldManager={FIELD_MANAGER}")) && query.contains("force=true"), "{query}");
+        assert_eq!(
+            line,
+            "PATCH /apis/quorate.dev/v1alpha1/namespaces/ns/replicagroups/g/status"
+        );
+        assert!(
+            query.contains(&format!("fieldManager={FIELD_MANAGER}"))
+                && query.contains("force=true"),
+            "{query}"
+        );
     }
 }

@@ -24,10 +24,12 @@ use tracing::info;
 
 use self::pool::{CONNECT_TIMEOUT, ClientPool};
 use super::metrics::Metrics;
-use crate::agent::client::{FailoverReason, GroupState, LeaseState, Member, TlsClientConfig};
 use crate::agent::ClientError;
+use crate::agent::client::{FailoverReason, GroupState, LeaseState, Member, TlsClientConfig};
 use crate::api::ReplicaGroup;
-use crate::plan::{AgentAction, AgentsObserved, FailoverView, GroupView, LeaseView, MemberView, NodeProbe};
+use crate::plan::{
+    AgentAction, AgentsObserved, FailoverView, GroupView, LeaseView, MemberView, NodeProbe,
+};
 
 type GroupRef = ObjectRef<DeserializeGuard<ReplicaGroup>>;
 type Key = (String, String);
@@ -87,8 +89,16 @@ fn now_ms() -> i64 {
 impl AgentHub {
     pub fn new(metrics: Arc<Metrics>) -> (Self, impl Stream<Item = GroupRef> + Send + 'static) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let hub = AgentHub { groups: Arc::default(), pool: Arc::default(), trigger: tx, metrics };
-        (hub, tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        let hub = AgentHub {
+            groups: Arc::default(),
+            pool: Arc::default(),
+            trigger: tx,
+            metrics,
+        };
+        (
+            hub,
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        )
     }
 
     /// Starts (or re-targets) the group's state stream.
@@ -115,7 +125,14 @@ impl AgentHub {
             metrics: self.metrics.clone(),
         };
         let task = tokio::spawn(stream.run());
-        groups.insert(key, Entry { shared, config: config_tx, task });
+        groups.insert(
+            key,
+            Entry {
+                shared,
+                config: config_tx,
+                task,
+            },
+        );
         self.metrics.agent_streams.set(groups.len() as i64);
     }
 
@@ -127,8 +144,14 @@ impl AgentHub {
         };
         let shared = lock(&entry.shared);
         match (&shared.unreachable, &shared.latest) {
-            (Some((since_ms, error)), _) => AgentsObserved::Unreachable { since_ms: *since_ms, error: error.clone() },
-            (None, Some((state, at))) => AgentsObserved::Connected { view: view_of(state), age_ms: at.elapsed().as_millis() as u64 },
+            (Some((since_ms, error)), _) => AgentsObserved::Unreachable {
+                since_ms: *since_ms,
+                error: error.clone(),
+            },
+            (None, Some((state, at))) => AgentsObserved::Connected {
+                view: view_of(state),
+                age_ms: at.elapsed().as_millis() as u64,
+            },
             (None, None) => AgentsObserved::Connecting,
         }
     }
@@ -138,7 +161,12 @@ impl AgentHub {
         let groups = lock(&self.groups);
         let entry = groups.get(&(namespace.to_owned(), name.to_owned()))?;
         let shared = lock(&entry.shared);
-        shared.latest.as_ref().and_then(|(s, _)| s.leader.as_ref()).map(|l| l.address.clone()).filter(|a| !a.is_empty())
+        shared
+            .latest
+            .as_ref()
+            .and_then(|(s, _)| s.leader.as_ref())
+            .map(|l| l.address.clone())
+            .filter(|a| !a.is_empty())
     }
 
     /// Stops following groups that no longer exist.
@@ -150,7 +178,10 @@ impl AgentHub {
             let mut tick = tokio::time::interval(Duration::from_secs(30));
             loop {
                 tick.tick().await;
-                if store.is_empty() && !lock(&groups).is_empty() && store.wait_until_ready().await.is_err() {
+                if store.is_empty()
+                    && !lock(&groups).is_empty()
+                    && store.wait_until_ready().await.is_err()
+                {
                     continue;
                 }
                 let mut map = lock(&groups);
@@ -166,7 +197,8 @@ impl AgentHub {
                 });
                 metrics.agent_streams.set(map.len() as i64);
                 // Its agents' addresses (`<pod>.<group>-peers.<namespace>.svc…`) go too.
-                let of_deleted = |address: &str| deleted.iter().any(|d| address.contains(d.as_str()));
+                let of_deleted =
+                    |address: &str| deleted.iter().any(|d| address.contains(d.as_str()));
                 pool.forget_addresses(of_deleted);
             }
         });
@@ -179,14 +211,26 @@ impl AgentHub {
     }
 
     /// Asks one member directly who it is (used before it joins the group).
-    pub async fn probe(&self, address: &str, tls: Option<TlsClientConfig>) -> Result<NodeProbe, ClientError> {
+    pub async fn probe(
+        &self,
+        address: &str,
+        tls: Option<TlsClientConfig>,
+    ) -> Result<NodeProbe, ClientError> {
         let client = self.pool.client(address, tls).await?;
         let state = tokio::time::timeout(CONNECT_TIMEOUT, client.status())
             .await
-            .unwrap_or_else(|_| Err(ClientError::Connect { address: address.to_owned(), reason: "no answer".into() }))
+            .unwrap_or_else(|_| {
+                Err(ClientError::Connect {
+                    address: address.to_owned(),
+                    reason: "no answer".into(),
+                })
+            })
             .inspect_err(|e| self.pool.forget_client(address, e))?;
         let node = state.answered_by.unwrap_or_default();
-        Ok(NodeProbe { id: node.id, initialized: node.initialized })
+        Ok(NodeProbe {
+            id: node.id,
+            initialized: node.initialized,
+        })
     }
 
     /// Performs one planned action against the group; returns a summary for logs and events.
@@ -199,18 +243,35 @@ impl AgentHub {
         tls: Option<TlsClientConfig>,
     ) -> Result<String, ClientError> {
         if let AgentAction::Bootstrap { via, members } = action {
-            let address = addresses.iter().find(|a| a.starts_with(&format!("{via}."))).cloned().unwrap_or_else(|| via.clone());
-            let client = self.pool.client(&address, tls).await?.with_timeout(Duration::from_secs(30));
+            let address = addresses
+                .iter()
+                .find(|a| a.starts_with(&format!("{via}.")))
+                .cloned()
+                .unwrap_or_else(|| via.clone());
+            let client = self
+                .pool
+                .client(&address, tls)
+                .await?
+                .with_timeout(Duration::from_secs(30));
             let members = members
                 .iter()
-                .map(|m| Member { id: m.id, name: m.name.clone(), address: m.address.clone(), witness: m.witness })
+                .map(|m| Member {
+                    id: m.id,
+                    name: m.name.clone(),
+                    address: m.address.clone(),
+                    witness: m.witness,
+                })
                 .collect();
-            let by = client.bootstrap(members).await.inspect_err(|e| self.pool.forget_client(&address, e))?;
+            let by = client
+                .bootstrap(members)
+                .await
+                .inspect_err(|e| self.pool.forget_client(&address, e))?;
             return Ok(format!("initialized the group on node {by}"));
         }
         // Membership and switchover calls go to the coordinator (any member would forward or
         // refuse; going straight there saves a hop and a failure mode).
-        let mut candidates: Vec<String> = self.leader_address(namespace, name).into_iter().collect();
+        let mut candidates: Vec<String> =
+            self.leader_address(namespace, name).into_iter().collect();
         candidates.extend(addresses.iter().cloned());
         let mut last = None;
         for address in candidates {
@@ -223,23 +284,51 @@ impl AgentHub {
             };
             let result = match action {
                 AgentAction::AddMember(m) => client
-                    .add_member(Member { id: m.id, name: m.name.clone(), address: m.address.clone(), witness: m.witness })
+                    .add_member(Member {
+                        id: m.id,
+                        name: m.name.clone(),
+                        address: m.address.clone(),
+                        witness: m.witness,
+                    })
                     .await
                     .map(|r| format!("added {} (id {}); voters {:?}", m.name, m.id, r.voters)),
-                AgentAction::RemoveMember { id, name, .. } => {
-                    client.remove_member(*id).await.map(|r| format!("removed {name} (id {id}); voters {:?}", r.voters))
-                }
-                AgentAction::Switchover { target, .. } => client.switchover(target.as_deref().unwrap_or("")).await.map(|r| {
-                    format!("switched over to {} at epoch {}", r.primary.map(|p| p.name).unwrap_or_default(), r.epoch)
-                }),
-                AgentAction::Pause => client.pause().await.map(|_| "paused automatic failover".to_owned()),
-                AgentAction::Resume => client.resume().await.map(|_| "resumed automatic failover".to_owned()),
+                AgentAction::RemoveMember { id, name, .. } => client
+                    .remove_member(*id)
+                    .await
+                    .map(|r| format!("removed {name} (id {id}); voters {:?}", r.voters)),
+                AgentAction::Switchover { target, .. } => client
+                    .switchover(target.as_deref().unwrap_or(""))
+                    .await
+                    .map(|r| {
+                        format!(
+                            "switched over to {} at epoch {}",
+                            r.primary.map(|p| p.name).unwrap_or_default(),
+                            r.epoch
+                        )
+                    }),
+                AgentAction::Pause => client
+                    .pause()
+                    .await
+                    .map(|_| "paused automatic failover".to_owned()),
+                AgentAction::Resume => client
+                    .resume()
+                    .await
+                    .map(|_| "resumed automatic failover".to_owned()),
                 AgentAction::Bootstrap { .. } => unreachable_bootstrap(),
             };
             match result {
                 Ok(summary) => return Ok(summary),
                 // The answer of the group itself (refused, not allowed): final.
-                Err(e) if matches!(e.code(), Some(tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument | tonic::Code::NotFound)) => {
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        Some(
+                            tonic::Code::FailedPrecondition
+                                | tonic::Code::InvalidArgument
+                                | tonic::Code::NotFound
+                        )
+                    ) =>
+                {
                     return Err(e);
                 }
                 Err(e) => {
@@ -248,12 +337,18 @@ impl AgentHub {
                 }
             }
         }
-        Err(last.unwrap_or_else(|| ClientError::Connect { address: name.to_owned(), reason: "no agent address known".into() }))
+        Err(last.unwrap_or_else(|| ClientError::Connect {
+            address: name.to_owned(),
+            reason: "no agent address known".into(),
+        }))
     }
 }
 
 fn unreachable_bootstrap() -> Result<String, ClientError> {
-    Err(ClientError::Connect { address: String::new(), reason: "bootstrap is handled above".into() })
+    Err(ClientError::Connect {
+        address: String::new(),
+        reason: "bootstrap is handled above".into(),
+    })
 }
 
 /// The agents' state in the plan's terms.

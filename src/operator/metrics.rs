@@ -54,20 +54,52 @@ impl Metrics {
         let agent_state_changes = Counter::default();
         let leader = Gauge::default();
         let resident_memory = Gauge::default();
-        registry.register("reconciles", "Reconciles by result (ok, error)", reconciles.clone());
-        registry.register("reconcile_errors", "Failed reconciles by reason", reconcile_errors.clone());
-        registry.register("reconcile_duration_seconds", "Duration of one reconcile", reconcile_duration.clone());
-        registry.register("failovers", "Changes of primary routed by the operator, by reason", failovers.clone());
+        registry.register(
+            "reconciles",
+            "Reconciles by result (ok, error)",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by reason",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of one reconcile",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "failovers",
+            "Changes of primary routed by the operator, by reason",
+            failovers.clone(),
+        );
         registry.register(
             "failover_duration_seconds",
             "From the group noticing the old primary gone to the -rw EndpointSlice naming the new one",
             failover_duration.clone(),
         );
         registry.register("groups", "ReplicaGroups by phase", groups.clone());
-        registry.register("agent_streams", "Open group state streams", agent_streams.clone());
-        registry.register("agent_state_changes", "Group state changes received from agents", agent_state_changes.clone());
-        registry.register("leader", "1 while this replica is the elected leader", leader.clone());
-        registry.register("process_resident_memory_bytes", "Resident memory of the operator process", resident_memory.clone());
+        registry.register(
+            "agent_streams",
+            "Open group state streams",
+            agent_streams.clone(),
+        );
+        registry.register(
+            "agent_state_changes",
+            "Group state changes received from agents",
+            agent_state_changes.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica is the elected leader",
+            leader.clone(),
+        );
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the operator process",
+            resident_memory.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -93,10 +125,21 @@ impl Metrics {
         phases.insert(group.to_owned(), phase);
         let mut counts: HashMap<String, i64> = HashMap::new();
         for p in phases.values() {
-            *counts.entry(p.map_or("Unknown".to_owned(), |p| format!("{p:?}"))).or_default() += 1;
+            *counts
+                .entry(p.map_or("Unknown".to_owned(), |p| format!("{p:?}")))
+                .or_default() += 1;
         }
-        for name in ["Pending", "Bootstrapping", "Ready", "Degraded", "Failed", "Unknown"] {
-            self.groups.get_or_create(&vec![("phase".to_owned(), name.to_owned())]).set(counts.get(name).copied().unwrap_or(0));
+        for name in [
+            "Pending",
+            "Bootstrapping",
+            "Ready",
+            "Degraded",
+            "Failed",
+            "Unknown",
+        ] {
+            self.groups
+                .get_or_create(&vec![("phase".to_owned(), name.to_owned())])
+                .set(counts.get(name).copied().unwrap_or(0));
         }
     }
 
@@ -111,21 +154,42 @@ impl Metrics {
 }
 
 /// Starts the metrics and health servers; fails when an address cannot be bound.
-pub async fn serve(metrics_addr: SocketAddr, health_addr: SocketAddr, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> std::io::Result<()> {
+pub async fn serve(
+    metrics_addr: SocketAddr,
+    health_addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+) -> std::io::Result<()> {
     let metrics_app = Router::new().route(
         "/metrics",
         get(move || {
             let m = metrics.clone();
-            async move { ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.encode()) }
+            async move {
+                (
+                    [(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    m.encode(),
+                )
+            }
         }),
     );
-    let health_app = Router::new().route("/healthz", get(|| async { "ok" })).route(
-        "/readyz",
-        get(move || {
-            let ready = ready.load(Ordering::Relaxed);
-            async move { if ready { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "starting") } }
-        }),
-    );
+    let health_app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.load(Ordering::Relaxed);
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                    }
+                }
+            }),
+        );
     let metrics_listener = tokio::net::TcpListener::bind(metrics_addr).await?;
     let health_listener = tokio::net::TcpListener::bind(health_addr).await?;
     tokio::spawn(async move { axum::serve(metrics_listener, metrics_app).await });
@@ -137,7 +201,11 @@ pub async fn serve(metrics_addr: SocketAddr, health_addr: SocketAddr, metrics: A
 fn resident_memory_bytes() -> i64 {
     let pages = std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<i64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<i64>().ok())
+        })
         .unwrap_or(0);
     // SAFETY: sysconf takes a constant and reads no memory of ours.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };

@@ -60,8 +60,14 @@ pub enum Error {
 impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::Kube { source: kube::Error::Api(e), .. } if e.code == 403 && e.message.contains("being terminated") => "namespace_terminating",
-            Error::Kube { source: kube::Error::Api(e), .. } if e.code == 409 => "conflict",
+            Error::Kube {
+                source: kube::Error::Api(e),
+                ..
+            } if e.code == 403 && e.message.contains("being terminated") => "namespace_terminating",
+            Error::Kube {
+                source: kube::Error::Api(e),
+                ..
+            } if e.code == 409 => "conflict",
             Error::Kube { .. } => "kube_api",
             Error::Agent { .. } => "agent",
             Error::Tls(_) => "tls",
@@ -78,7 +84,10 @@ pub(crate) trait KubeContext<T> {
 
 impl<T> KubeContext<T> for Result<T, kube::Error> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T, Error> {
-        self.map_err(|source| Error::Kube { context: what(), source })
+        self.map_err(|source| Error::Kube {
+            context: what(),
+            source,
+        })
     }
 }
 
@@ -116,7 +125,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    metrics::serve(config.metrics_addr, config.health_addr, metrics.clone(), ready.clone()).await?;
+    metrics::serve(
+        config.metrics_addr,
+        config.health_addr,
+        metrics.clone(),
+        ready.clone(),
+    )
+    .await?;
 
     wait_for_crd(&client).await;
     // Standby replicas are ready too: readiness says the process works, not that it leads.
@@ -177,7 +192,9 @@ async fn wait_for_crd(client: &Client) {
     loop {
         match crds.get_opt("replicagroups.quorate.dev").await {
             Ok(Some(crd)) if crd_established(&crd) => return,
-            Ok(_) => info!("waiting for the ReplicaGroup CRD (replicagroups.quorate.dev) to be installed"),
+            Ok(_) => info!(
+                "waiting for the ReplicaGroup CRD (replicagroups.quorate.dev) to be installed"
+            ),
             Err(e) => warn!(error = %e, "checking for the ReplicaGroup CRD"),
         }
         tokio::time::sleep(delay).await;
@@ -189,11 +206,21 @@ fn crd_established(crd: &CustomResourceDefinition) -> bool {
     crd.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Established" && c.status == "True"))
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        })
 }
 
-async fn run_controller(client: Client, config: Config, metrics: Arc<Metrics>) -> anyhow::Result<()> {
-    let reporter = Reporter { controller: "quorate-operator".into(), instance: Some(config.pod_name.clone()) };
+async fn run_controller(
+    client: Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
+    let reporter = Reporter {
+        controller: "quorate-operator".into(),
+        instance: Some(config.pod_name.clone()),
+    };
     let (hub, agent_triggers) = AgentHub::new(metrics.clone());
     let groups: Api<kube::core::DeserializeGuard<ReplicaGroup>> = Api::all(client.clone());
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));

@@ -17,8 +17,8 @@ use kube::{Api, Client, ResourceExt};
 
 use super::tls::GroupTls;
 use super::{Context, Error, KubeContext};
-use crate::api::names::*;
 use crate::api::ReplicaGroup;
+use crate::api::names::*;
 use crate::plan::{AgentsObserved, MemberPod, Observed, RouteObserved};
 
 /// Whether the Gateway API is installed, looked up at most every 30 s.
@@ -35,18 +35,29 @@ impl GatewayApiProbe {
             return v;
         }
         let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        let installed = matches!(crds.get_opt("httproutes.gateway.networking.k8s.io").await, Ok(Some(_)));
+        let installed = matches!(
+            crds.get_opt("httproutes.gateway.networking.k8s.io").await,
+            Ok(Some(_))
+        );
         *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some((installed, Instant::now()));
         installed
     }
 }
 
 pub fn http_route_resource() -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"))
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "gateway.networking.k8s.io",
+        "v1",
+        "HTTPRoute",
+    ))
 }
 
 pub fn gateway_resource() -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "Gateway"))
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "gateway.networking.k8s.io",
+        "v1",
+        "Gateway",
+    ))
 }
 
 fn member_pod(names: &GroupNames, pod: &Pod) -> Option<MemberPod> {
@@ -57,8 +68,15 @@ fn member_pod(names: &GroupNames, pod: &Pod) -> Option<MemberPod> {
     // The agent is a native sidecar (an init container) in members, a container in witnesses.
     let agent_running = status
         .into_iter()
-        .flat_map(|s| s.init_container_statuses.iter().flatten().chain(s.container_statuses.iter().flatten()))
-        .any(|c| c.name == AGENT_CONTAINER && c.state.as_ref().is_some_and(|st| st.running.is_some()));
+        .flat_map(|s| {
+            s.init_container_statuses
+                .iter()
+                .flatten()
+                .chain(s.container_statuses.iter().flatten())
+        })
+        .any(|c| {
+            c.name == AGENT_CONTAINER && c.state.as_ref().is_some_and(|st| st.running.is_some())
+        });
     Some(MemberPod {
         name,
         witness,
@@ -87,13 +105,35 @@ pub(super) struct SlicesObserved {
 
 pub(super) fn slices_observed(names: &GroupNames, slices: &[Arc<EndpointSlice>]) -> SlicesObserved {
     // Only the slices we write (the EndpointSlice controller's would carry its own label).
-    let ours: Vec<&EndpointSlice> =
-        slices.iter().map(|s| s.as_ref()).filter(|s| s.labels().get(SLICE_MANAGED_BY_LABEL).map(String::as_str) == Some(SLICE_MANAGER)).collect();
-    let named = |name: &str| -> Vec<&EndpointSlice> { ours.iter().copied().filter(|s| s.metadata.name.as_deref() == Some(name)).collect() };
-    let addresses = |name: &str| -> Vec<String> { named(name).iter().flat_map(|s| s.endpoints.iter().flat_map(|e| e.addresses.clone())).collect() };
+    let ours: Vec<&EndpointSlice> = slices
+        .iter()
+        .map(|s| s.as_ref())
+        .filter(|s| {
+            s.labels().get(SLICE_MANAGED_BY_LABEL).map(String::as_str) == Some(SLICE_MANAGER)
+        })
+        .collect();
+    let named = |name: &str| -> Vec<&EndpointSlice> {
+        ours.iter()
+            .copied()
+            .filter(|s| s.metadata.name.as_deref() == Some(name))
+            .collect()
+    };
+    let addresses = |name: &str| -> Vec<String> {
+        named(name)
+            .iter()
+            .flat_map(|s| s.endpoints.iter().flat_map(|e| e.addresses.clone()))
+            .collect()
+    };
     let rw = names.rw();
     SlicesObserved {
-        routed_epoch: named(&rw).iter().find_map(|s| s.metadata.annotations.as_ref()?.get(EPOCH_ANNOTATION)?.parse().ok()),
+        routed_epoch: named(&rw).iter().find_map(|s| {
+            s.metadata
+                .annotations
+                .as_ref()?
+                .get(EPOCH_ANNOTATION)?
+                .parse()
+                .ok()
+        }),
         rw: addresses(&rw),
         ro: addresses(&names.ro()),
         r: addresses(&names.r()),
@@ -101,31 +141,55 @@ pub(super) fn slices_observed(names: &GroupNames, slices: &[Arc<EndpointSlice>])
 }
 
 /// The group's HTTPRoute: from the store when its watch has listed and holds it, else read.
-async fn read_route(ctx: &Context, ns: &str, name: &str) -> Result<Option<Arc<DynamicObject>>, Error> {
+async fn read_route(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+) -> Result<Option<Arc<DynamicObject>>, Error> {
     if let Some(Some(route)) = ctx.stores.route(ns, name) {
         return Ok(Some(route));
     }
     // The store holds only routes with our managed-by label; one created by someone else
     // (before our first apply labels it) is read from the API.
-    let routes: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &http_route_resource());
-    Ok(routes.get_opt(name).await.context(|| format!("reading HTTPRoute {ns}/{name}"))?.map(Arc::new))
+    let routes: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), ns, &http_route_resource());
+    Ok(routes
+        .get_opt(name)
+        .await
+        .context(|| format!("reading HTTPRoute {ns}/{name}"))?
+        .map(Arc::new))
 }
 
 async fn gateway_exists(ctx: &Context, ns: &str, name: &str) -> Result<bool, Error> {
     if let Some(exists) = ctx.stores.gateway_exists(ns, name) {
         return Ok(exists);
     }
-    let gateways: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &gateway_resource());
-    Ok(gateways.get_opt(name).await.context(|| format!("reading Gateway {ns}/{name}"))?.is_some())
+    let gateways: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), ns, &gateway_resource());
+    Ok(gateways
+        .get_opt(name)
+        .await
+        .context(|| format!("reading Gateway {ns}/{name}"))?
+        .is_some())
 }
 
-pub async fn observe(ctx: &Context, group: &ReplicaGroup, names: &GroupNames, tls: &GroupTls) -> Result<Observed, Error> {
+pub async fn observe(
+    ctx: &Context,
+    group: &ReplicaGroup,
+    names: &GroupNames,
+    tls: &GroupTls,
+) -> Result<Observed, Error> {
     let client = &ctx.client;
     let ns = &names.namespace;
     let pods = member_pods(names, &ctx.stores.pods(names).await?);
 
     // Before anything dials a member: a replaced pod is reachable by its new IP at once.
-    ctx.hub.learn_pod_ips(pods.iter().map(|p| (names.agent_address(&p.name), p.ip.as_deref().and_then(|ip| ip.parse().ok()))));
+    ctx.hub.learn_pod_ips(pods.iter().map(|p| {
+        (
+            names.agent_address(&p.name),
+            p.ip.as_deref().and_then(|ip| ip.parse().ok()),
+        )
+    }));
     let agents = ctx.hub.observe(ns, &names.name);
     // Ask members directly who they are when the group's view cannot say: before bootstrap,
     // new members, and members that stopped reporting (a lost volume shows up as a new id).
@@ -136,7 +200,15 @@ pub async fn observe(ctx: &Context, group: &ReplicaGroup, names: &GroupNames, tl
     let to_probe: Vec<&MemberPod> = pods
         .iter()
         .filter(|p| p.agent_running && !p.terminating)
-        .filter(|p| view.is_none_or(|v| !v.initialized || v.members.iter().find(|m| m.name == p.name).is_none_or(|m| !m.healthy)))
+        .filter(|p| {
+            view.is_none_or(|v| {
+                !v.initialized
+                    || v.members
+                        .iter()
+                        .find(|m| m.name == p.name)
+                        .is_none_or(|m| !m.healthy)
+            })
+        })
         .collect();
     let probes = join_all(to_probe.iter().map(|p| {
         let address = names.agent_address(&p.name);
@@ -160,7 +232,9 @@ pub async fn observe(ctx: &Context, group: &ReplicaGroup, names: &GroupNames, tl
     let mut missing_gateways = Vec::new();
     if let Some(gateway) = &group.spec.traffic.gateway {
         if gateway_api {
-            route = read_route(ctx, ns, &names.members()).await?.map(|r| route_observed(&r.data, names));
+            route = read_route(ctx, ns, &names.members())
+                .await?
+                .map(|r| route_observed(&r.data, names));
             for parent in &gateway.parent_refs {
                 let gns = parent.namespace.as_deref().unwrap_or(ns);
                 if !gateway_exists(ctx, gns, &parent.name).await? {
@@ -201,35 +275,61 @@ fn route_observed(data: &serde_json::Value, names: &GroupNames) -> RouteObserved
             continue;
         }
         for backend in rule["backendRefs"].as_array().into_iter().flatten() {
-            if let Some(name) = backend["name"].as_str().filter(|n| names.ordinal_of(n).is_some_and(|(w, _)| !w)) {
-                weights.insert(name.to_owned(), backend["weight"].as_i64().unwrap_or(1) as i32);
+            if let Some(name) = backend["name"]
+                .as_str()
+                .filter(|n| names.ordinal_of(n).is_some_and(|(w, _)| !w))
+            {
+                weights.insert(
+                    name.to_owned(),
+                    backend["weight"].as_i64().unwrap_or(1) as i32,
+                );
             }
         }
     }
     let generation = data["metadata"]["generation"].as_i64();
     let mut parents = BTreeMap::new();
     for parent in data["status"]["parents"].as_array().into_iter().flatten() {
-        let Some(name) = parent["parentRef"]["name"].as_str() else { continue };
+        let Some(name) = parent["parentRef"]["name"].as_str() else {
+            continue;
+        };
         let conditions = parent["conditions"].as_array().cloned().unwrap_or_default();
         let current = |type_: &str| {
-            conditions.iter().find(|c| c["type"] == type_).is_some_and(|c| {
-                // A condition about an older generation says nothing about the current route.
-                c["status"] == "True" && (generation.is_none() || c["observedGeneration"].as_i64().is_none_or(|g| Some(g) >= generation))
-            })
+            conditions
+                .iter()
+                .find(|c| c["type"] == type_)
+                .is_some_and(|c| {
+                    // A condition about an older generation says nothing about the current route.
+                    c["status"] == "True"
+                        && (generation.is_none()
+                            || c["observedGeneration"]
+                                .as_i64()
+                                .is_none_or(|g| Some(g) >= generation))
+                })
         };
         let message = conditions
             .iter()
             .find(|c| c["status"] != "True")
-            .map(|c| format!("{}: {}", c["reason"].as_str().unwrap_or(""), c["message"].as_str().unwrap_or("")))
+            .map(|c| {
+                format!(
+                    "{}: {}",
+                    c["reason"].as_str().unwrap_or(""),
+                    c["message"].as_str().unwrap_or("")
+                )
+            })
             .unwrap_or_else(|| "not yet reported for this generation".into());
-        parents.insert(name.to_owned(), (current("Accepted"), current("ResolvedRefs"), message));
+        parents.insert(
+            name.to_owned(),
+            (current("Accepted"), current("ResolvedRefs"), message),
+        );
     }
     RouteObserved { weights, parents }
 }
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::{ContainerState, ContainerStateRunning, ContainerStatus, PodStatus};
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateRunning, ContainerStatus, PodStatus,
+    };
     use k8s_openapi::api::discovery::v1::Endpoint;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
@@ -242,11 +342,18 @@ mod tests {
     fn pod(name: &str, phase: &str, ip: &str, agent_running: bool) -> Arc<Pod> {
         let agent = ContainerStatus {
             name: AGENT_CONTAINER.into(),
-            state: Some(ContainerState { running: agent_running.then(ContainerStateRunning::default), ..Default::default() }),
+            state: Some(ContainerState {
+                running: agent_running.then(ContainerStateRunning::default),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         Arc::new(Pod {
-            metadata: ObjectMeta { name: Some(name.into()), namespace: Some("ns".into()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                ..Default::default()
+            },
             status: Some(PodStatus {
                 phase: Some(phase.into()),
                 pod_ip: Some(ip.into()),
@@ -261,9 +368,26 @@ mod tests {
     fn member_pods_in_name_order_with_their_running_ip() {
         let mut terminating = (*pod("g-2", "Running", "10.0.0.3", true)).clone();
         terminating.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
-        let pods = [Arc::new(terminating), pod("g-witness-0", "Running", "10.0.0.9", true), pod("g-0", "Pending", "10.0.0.1", false), pod("other", "Running", "10.0.0.5", true)];
+        let pods = [
+            Arc::new(terminating),
+            pod("g-witness-0", "Running", "10.0.0.9", true),
+            pod("g-0", "Pending", "10.0.0.1", false),
+            pod("other", "Running", "10.0.0.5", true),
+        ];
         let observed = member_pods(&names(), &pods);
-        let summary: Vec<_> = observed.iter().map(|p| (p.name.as_str(), p.witness, p.ordinal, p.ip.as_deref(), p.agent_running, p.terminating)).collect();
+        let summary: Vec<_> = observed
+            .iter()
+            .map(|p| {
+                (
+                    p.name.as_str(),
+                    p.witness,
+                    p.ordinal,
+                    p.ip.as_deref(),
+                    p.agent_running,
+                    p.terminating,
+                )
+            })
+            .collect();
         assert_eq!(
             summary,
             [
@@ -274,12 +398,29 @@ mod tests {
         );
     }
 
-    fn slice(name: &str, ours: bool, epoch: Option<&str>, addresses: &[&str]) -> Arc<EndpointSlice> {
-        let labels = ours.then(|| [(SLICE_MANAGED_BY_LABEL.to_owned(), SLICE_MANAGER.to_owned())].into());
+    fn slice(
+        name: &str,
+        ours: bool,
+        epoch: Option<&str>,
+        addresses: &[&str],
+    ) -> Arc<EndpointSlice> {
+        let labels =
+            ours.then(|| [(SLICE_MANAGED_BY_LABEL.to_owned(), SLICE_MANAGER.to_owned())].into());
         let annotations = epoch.map(|e| [(EPOCH_ANNOTATION.to_owned(), e.to_owned())].into());
         Arc::new(EndpointSlice {
-            metadata: ObjectMeta { name: Some(name.into()), labels, annotations, ..Default::default() },
-            endpoints: addresses.iter().map(|a| Endpoint { addresses: vec![(*a).into()], ..Default::default() }).collect(),
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels,
+                annotations,
+                ..Default::default()
+            },
+            endpoints: addresses
+                .iter()
+                .map(|a| Endpoint {
+                    addresses: vec![(*a).into()],
+                    ..Default::default()
+                })
+                .collect(),
             address_type: "IPv4".into(),
             ports: None,
         })
@@ -297,7 +438,12 @@ mod tests {
         let observed = slices_observed(&names(), &slices);
         assert_eq!(
             observed,
-            SlicesObserved { routed_epoch: Some(7), rw: vec!["10.0.0.1".into()], ro: vec!["10.0.0.2".into(), "10.0.0.3".into()], r: vec![] }
+            SlicesObserved {
+                routed_epoch: Some(7),
+                rw: vec!["10.0.0.1".into()],
+                ro: vec!["10.0.0.2".into(), "10.0.0.3".into()],
+                r: vec![]
+            }
         );
         assert_eq!(slices_observed(&names(), &[]), SlicesObserved::default());
     }

@@ -28,10 +28,14 @@ impl Backoff {
         let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         let n = f.entry(key.to_owned()).or_insert(0);
         *n = n.saturating_add(1);
-        Duration::from_millis(200u64.saturating_mul(1 << (*n - 1).min(8))).min(Duration::from_secs(30))
+        Duration::from_millis(200u64.saturating_mul(1 << (*n - 1).min(8)))
+            .min(Duration::from_secs(30))
     }
     fn reset(&self, key: &str) {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
     }
 }
 
@@ -40,10 +44,17 @@ fn key_of(obj: &DeserializeGuard<ReplicaGroup>) -> String {
         Ok(g) => &g.metadata,
         Err(invalid) => &invalid.metadata,
     };
-    format!("{}/{}", meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default())
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
 }
 
-pub async fn reconcile(obj: Arc<DeserializeGuard<ReplicaGroup>>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(
+    obj: Arc<DeserializeGuard<ReplicaGroup>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let started = Instant::now();
     let key = key_of(&obj);
     let group = match &obj.0 {
@@ -51,7 +62,10 @@ pub async fn reconcile(obj: Arc<DeserializeGuard<ReplicaGroup>>, ctx: Arc<Contex
         Err(invalid) => {
             // One bad object must not stop the others: report it and wait for a change.
             warn!(group = %key, error = %invalid.error, "cannot read ReplicaGroup");
-            ctx.metrics.reconcile_errors.get_or_create(&vec![("reason".to_owned(), "invalid_object".to_owned())]).inc();
+            ctx.metrics
+                .reconcile_errors
+                .get_or_create(&vec![("reason".to_owned(), "invalid_object".to_owned())])
+                .inc();
             let reference = k8s_openapi::api::core::v1::ObjectReference {
                 api_version: Some("quorate.dev/v1alpha1".into()),
                 kind: Some("ReplicaGroup".into()),
@@ -63,7 +77,10 @@ pub async fn reconcile(obj: Arc<DeserializeGuard<ReplicaGroup>>, ctx: Arc<Contex
             let event = Event {
                 type_: EventType::Warning,
                 reason: "InvalidObject".into(),
-                note: Some(format!("the operator cannot read this ReplicaGroup: {}", invalid.error)),
+                note: Some(format!(
+                    "the operator cannot read this ReplicaGroup: {}",
+                    invalid.error
+                )),
                 action: "Reconcile".into(),
                 secondary: None,
             };
@@ -80,20 +97,30 @@ pub async fn reconcile(obj: Arc<DeserializeGuard<ReplicaGroup>>, ctx: Arc<Contex
     let elapsed = started.elapsed().as_secs_f64();
     ctx.metrics.reconcile_duration.observe(elapsed);
     let outcome = if result.is_ok() { "ok" } else { "error" };
-    ctx.metrics.reconciles.get_or_create(&vec![("result".to_owned(), outcome.to_owned())]).inc();
+    ctx.metrics
+        .reconciles
+        .get_or_create(&vec![("result".to_owned(), outcome.to_owned())])
+        .inc();
     if result.is_ok() {
         ctx.backoff.reset(&key);
     }
     result
 }
 
-async fn reconcile_group(group: &ReplicaGroup, names: &GroupNames, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile_group(
+    group: &ReplicaGroup,
+    names: &GroupNames,
+    ctx: &Context,
+) -> Result<Action, Error> {
     let spec = &group.spec;
     let tls = ctx.tls.get(&ctx.client, group, names).await?;
     let existing = group.status.as_ref().map_or(0, |s| s.replicas);
     let addresses: Vec<String> = (0..spec.replicas.max(existing).max(0) as u32)
         .map(|i| names.agent_address(&names.member(i)))
-        .chain((0..spec.effective_witnesses().max(0) as u32).map(|i| names.agent_address(&names.witness(i))))
+        .chain(
+            (0..spec.effective_witnesses().max(0) as u32)
+                .map(|i| names.agent_address(&names.witness(i))),
+        )
         .collect();
     ctx.hub.ensure(
         &names.namespace,
@@ -102,7 +129,10 @@ async fn reconcile_group(group: &ReplicaGroup, names: &GroupNames, ctx: &Context
             addresses: addresses.clone(),
             tls: Some(tls.client.clone()),
             lease: Duration::from_millis(spec.failover.lease_millis.max(200) as u64),
-            load_sensitive: matches!(spec.traffic.policy, TrafficPolicy::LeastLoaded | TrafficPolicy::LatencyAware),
+            load_sensitive: matches!(
+                spec.traffic.policy,
+                TrafficPolicy::LeastLoaded | TrafficPolicy::LatencyAware
+            ),
             tls_hash: tls.hash.clone(),
         },
     );
@@ -113,9 +143,13 @@ async fn reconcile_group(group: &ReplicaGroup, names: &GroupNames, ctx: &Context
     let plan = plan::plan(group, &observed, &ctx.settings);
 
     let objects = async {
-        let written = apply::apply_objects(&ctx.client, &ctx.applied, group, names, &plan.writes()).await?;
+        let written =
+            apply::apply_objects(&ctx.client, &ctx.applied, group, names, &plan.writes()).await?;
         // The next reconcile sees these slices even before their watch events arrive.
-        for slice in written.into_iter().filter(|o| o.types.as_ref().is_some_and(|t| t.kind == "EndpointSlice")) {
+        for slice in written
+            .into_iter()
+            .filter(|o| o.types.as_ref().is_some_and(|t| t.kind == "EndpointSlice"))
+        {
             if let Ok(slice) = slice.try_parse() {
                 ctx.stores.wrote_slice(slice);
             }
@@ -124,21 +158,36 @@ async fn reconcile_group(group: &ReplicaGroup, names: &GroupNames, ctx: &Context
     };
     let action = async {
         match &plan.action {
-            Some(action) => Some(ctx.hub.execute(&names.namespace, &names.name, action, &addresses, Some(tls.client.clone())).await),
+            Some(action) => Some(
+                ctx.hub
+                    .execute(
+                        &names.namespace,
+                        &names.name,
+                        action,
+                        &addresses,
+                        Some(tls.client.clone()),
+                    )
+                    .await,
+            ),
             None => None,
         }
     };
-    let (objects_result, action_result) = if matches!(plan.action, Some(AgentAction::Switchover { .. })) {
-        // A hand-off is what a failover waits for (the primary's pod is going away): it starts
-        // now, and the object writes go alongside it.
-        futures::join!(objects, action)
-    } else {
-        // Routing and objects first: a failover's one EndpointSlice write must not wait behind
-        // membership calls.
-        let objects_result = objects.await;
-        let action_result = if objects_result.is_ok() { action.await } else { None };
-        (objects_result, action_result)
-    };
+    let (objects_result, action_result) =
+        if matches!(plan.action, Some(AgentAction::Switchover { .. })) {
+            // A hand-off is what a failover waits for (the primary's pod is going away): it starts
+            // now, and the object writes go alongside it.
+            futures::join!(objects, action)
+        } else {
+            // Routing and objects first: a failover's one EndpointSlice write must not wait behind
+            // membership calls.
+            let objects_result = objects.await;
+            let action_result = if objects_result.is_ok() {
+                action.await
+            } else {
+                None
+            };
+            (objects_result, action_result)
+        };
     objects_result?;
     debug!(group = %names.name, namespace = %names.namespace, observed_ms, applied_ms = started.elapsed().as_millis() as u64, "reconciled objects");
 
@@ -147,16 +196,27 @@ async fn reconcile_group(group: &ReplicaGroup, names: &GroupNames, ctx: &Context
         match result {
             Ok(summary) => {
                 info!(group = %names.name, namespace = %names.namespace, action = ?action, "{summary}");
-                events.push(plan::PlannedEvent { warning: false, reason: action_reason(action).into(), note: summary });
+                events.push(plan::PlannedEvent {
+                    warning: false,
+                    reason: action_reason(action).into(),
+                    note: summary,
+                });
             }
             // The group refused (e.g. a member cannot be removed yet): its answer, not our fault.
             Err(e) if e.code() == Some(tonic::Code::FailedPrecondition) => {
                 warn!(group = %names.name, action = ?action, error = %e, "the group refused");
-                events.push(plan::PlannedEvent { warning: true, reason: format!("{}Refused", action_reason(action)), note: e.to_string() });
+                events.push(plan::PlannedEvent {
+                    warning: true,
+                    reason: format!("{}Refused", action_reason(action)),
+                    note: e.to_string(),
+                });
             }
             Err(source) => {
                 publish(ctx, group, &events).await;
-                return Err(Error::Agent { action: action_reason(action).into(), source });
+                return Err(Error::Agent {
+                    action: action_reason(action).into(),
+                    source,
+                });
             }
         }
     }
@@ -167,7 +227,10 @@ async fn reconcile_group(group: &ReplicaGroup, names: &GroupNames, ctx: &Context
         apply::apply_status(&ctx.client, names, &plan.status).await?;
         record_failover_metrics(ctx, group, &plan.status);
     }
-    ctx.metrics.record_phase(&format!("{}/{}", names.namespace, names.name), plan.status.phase);
+    ctx.metrics.record_phase(
+        &format!("{}/{}", names.namespace, names.name),
+        plan.status.phase,
+    );
     publish(ctx, group, &events).await;
     Ok(Action::requeue(Duration::from_millis(plan.requeue_ms)))
 }
@@ -183,16 +246,28 @@ fn action_reason(action: &AgentAction) -> &'static str {
     }
 }
 
-fn record_failover_metrics(ctx: &Context, group: &ReplicaGroup, status: &crate::api::ReplicaGroupStatus) {
-    let Some(new) = &status.last_failover else { return };
+fn record_failover_metrics(
+    ctx: &Context,
+    group: &ReplicaGroup,
+    status: &crate::api::ReplicaGroupStatus,
+) {
+    let Some(new) = &status.last_failover else {
+        return;
+    };
     let before = group.status.as_ref().and_then(|s| s.last_failover.as_ref());
     // Count a failover once, when it is first seen routed.
-    let newly_routed = new.routed_at.is_some() && before.is_none_or(|b| b.epoch != new.epoch || b.routed_at.is_none());
+    let newly_routed = new.routed_at.is_some()
+        && before.is_none_or(|b| b.epoch != new.epoch || b.routed_at.is_none());
     if newly_routed {
         let reason = new.reason.clone().unwrap_or_default();
-        ctx.metrics.failovers.get_or_create(&vec![("reason".to_owned(), reason)]).inc();
+        ctx.metrics
+            .failovers
+            .get_or_create(&vec![("reason".to_owned(), reason)])
+            .inc();
         if let Some(ms) = new.duration_millis {
-            ctx.metrics.failover_duration.observe(ms.max(0) as f64 / 1000.0);
+            ctx.metrics
+                .failover_duration
+                .observe(ms.max(0) as f64 / 1000.0);
         }
     }
 }
@@ -201,7 +276,11 @@ async fn publish(ctx: &Context, group: &ReplicaGroup, events: &[plan::PlannedEve
     let reference = group.object_ref(&());
     for e in events {
         let event = Event {
-            type_: if e.warning { EventType::Warning } else { EventType::Normal },
+            type_: if e.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: e.reason.clone(),
             note: Some(e.note.chars().take(1000).collect()),
             action: e.reason.clone(),
@@ -213,13 +292,20 @@ async fn publish(ctx: &Context, group: &ReplicaGroup, events: &[plan::PlannedEve
     }
 }
 
-pub fn error_policy(obj: Arc<DeserializeGuard<ReplicaGroup>>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(
+    obj: Arc<DeserializeGuard<ReplicaGroup>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
     let key = key_of(&obj);
     if error.reason() == "namespace_terminating" {
         // The namespace goes away with everything in it: nothing to retry.
         return Action::await_change();
     }
-    ctx.metrics.reconcile_errors.get_or_create(&vec![("reason".to_owned(), error.reason().to_owned())]).inc();
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&vec![("reason".to_owned(), error.reason().to_owned())])
+        .inc();
     let delay = ctx.backoff.next(&key);
     warn!(group = %key, error = %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)

@@ -17,7 +17,7 @@ use kube::{Api, Client, Resource};
 use super::{Error, KubeContext};
 use crate::agent::client::TlsClientConfig;
 use crate::api::ReplicaGroup;
-use crate::api::names::{FIELD_MANAGER, GroupNames, MANAGED_BY, MANAGED_BY_LABEL, GROUP_LABEL};
+use crate::api::names::{FIELD_MANAGER, GROUP_LABEL, GroupNames, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::pki::{self, GroupCa, Validity};
 
 const CA_DAYS: i32 = 3650;
@@ -45,17 +45,30 @@ fn text(secret: &Secret, key: &str) -> Option<String> {
 }
 
 fn today() -> jiff::civil::Date {
-    jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date()
+    jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date()
 }
 
 fn tls_error(what: &str) -> impl Fn(pki::PkiError) -> Error + '_ {
     move |e| Error::Tls(format!("{what}: {e}"))
 }
 
-fn secret(group: &ReplicaGroup, names: &GroupNames, name: String, type_: &str, data: BTreeMap<String, String>, annotations: BTreeMap<String, String>) -> Secret {
+fn secret(
+    group: &ReplicaGroup,
+    names: &GroupNames,
+    name: String,
+    type_: &str,
+    data: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+) -> Secret {
     let mut s = Secret {
         type_: Some(type_.to_owned()),
-        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v.into_bytes()))).collect()),
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k, ByteString(v.into_bytes())))
+                .collect(),
+        ),
         ..Default::default()
     };
     s.metadata.name = Some(name);
@@ -74,7 +87,13 @@ async fn apply(api: &Api<Secret>, s: &Secret) -> Result<(), Error> {
     let mut body = serde_json::to_value(s).map_err(|e| Error::Tls(e.to_string()))?;
     body["apiVersion"] = "v1".into();
     body["kind"] = "Secret".into();
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await.context(|| format!("applying Secret {name}"))?;
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .context(|| format!("applying Secret {name}"))?;
     Ok(())
 }
 
@@ -88,24 +107,49 @@ pub struct TlsCache {
 const TLS_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl TlsCache {
-    pub async fn get(&self, client: &Client, group: &ReplicaGroup, names: &GroupNames) -> Result<GroupTls, Error> {
-        let key = format!("{}/{}/{}", names.namespace, names.name, group.metadata.uid.as_deref().unwrap_or_default());
-        if let Some((tls, at)) = self.entries.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
-            && at.elapsed() < TLS_CACHE_TTL {
-                return Ok(tls.clone());
-            }
+    pub async fn get(
+        &self,
+        client: &Client,
+        group: &ReplicaGroup,
+        names: &GroupNames,
+    ) -> Result<GroupTls, Error> {
+        let key = format!(
+            "{}/{}/{}",
+            names.namespace,
+            names.name,
+            group.metadata.uid.as_deref().unwrap_or_default()
+        );
+        if let Some((tls, at)) = self
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            && at.elapsed() < TLS_CACHE_TTL
+        {
+            return Ok(tls.clone());
+        }
         let tls = ensure(client, group, names).await?;
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (tls.clone(), std::time::Instant::now()));
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (tls.clone(), std::time::Instant::now()));
         Ok(tls)
     }
 }
 
 /// Makes sure both Secrets exist and are current; returns the operator's client configuration.
-pub async fn ensure(client: &Client, group: &ReplicaGroup, names: &GroupNames) -> Result<GroupTls, Error> {
+pub async fn ensure(
+    client: &Client,
+    group: &ReplicaGroup,
+    names: &GroupNames,
+) -> Result<GroupTls, Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), &names.namespace);
     let today = today();
 
-    let ca_secret = api.get_opt(&names.ca_secret()).await.context(|| format!("reading Secret {}", names.ca_secret()))?;
+    let ca_secret = api
+        .get_opt(&names.ca_secret())
+        .await
+        .context(|| format!("reading Secret {}", names.ca_secret()))?;
     let existing = ca_secret.as_ref().and_then(|s| {
         Some((
             GroupCa {
@@ -125,47 +169,92 @@ pub async fn ensure(client: &Client, group: &ReplicaGroup, names: &GroupNames) -
                 &Validity::days_from(today, CA_DAYS).map_err(tls_error("CA validity"))?,
             )
             .map_err(tls_error("generating the group CA"))?;
-            let operator = pki::issue_client_certificate(&ca, "quorate-operator", &Validity::days_from(today, CA_DAYS).map_err(tls_error("validity"))?)
-                .map_err(tls_error("issuing the operator certificate"))?;
+            let operator = pki::issue_client_certificate(
+                &ca,
+                "quorate-operator",
+                &Validity::days_from(today, CA_DAYS).map_err(tls_error("validity"))?,
+            )
+            .map_err(tls_error("issuing the operator certificate"))?;
             let data = BTreeMap::from([
                 ("ca.crt".to_owned(), ca.cert_pem.clone()),
                 ("ca.key".to_owned(), ca.key_pem.clone()),
                 ("operator.crt".to_owned(), operator.cert_pem.clone()),
                 ("operator.key".to_owned(), operator.key_pem.clone()),
             ]);
-            apply(&api, &secret(group, names, names.ca_secret(), "Opaque", data, BTreeMap::new())).await?;
+            apply(
+                &api,
+                &secret(
+                    group,
+                    names,
+                    names.ca_secret(),
+                    "Opaque",
+                    data,
+                    BTreeMap::new(),
+                ),
+            )
+            .await?;
             (ca, operator.cert_pem, operator.key_pem)
         }
     };
     let ca_hash = hash_of(&[&ca.cert_pem]);
 
-    let agent_secret = api.get_opt(&names.agent_tls_secret()).await.context(|| format!("reading Secret {}", names.agent_tls_secret()))?;
+    let agent_secret = api
+        .get_opt(&names.agent_tls_secret())
+        .await
+        .context(|| format!("reading Secret {}", names.agent_tls_secret()))?;
     let current = agent_secret.as_ref().and_then(|s| {
         let annotations = s.metadata.annotations.as_ref()?;
         let not_after: jiff::civil::Date = annotations.get(NOT_AFTER_ANNOTATION)?.parse().ok()?;
         let fresh = annotations.get(CA_HASH_ANNOTATION) == Some(&ca_hash)
-            && today.checked_add(jiff::Span::new().days(RENEW_BEFORE_DAYS)).is_ok_and(|d| d < not_after);
+            && today
+                .checked_add(jiff::Span::new().days(RENEW_BEFORE_DAYS))
+                .is_ok_and(|d| d < not_after);
         fresh.then(|| text(s, "tls.crt")).flatten()
     });
     let member_cert = match current {
         Some(cert) => cert,
         None => {
-            let validity = Validity::days_from(today, MEMBER_DAYS).map_err(tls_error("validity"))?;
-            let member = pki::issue_member_certificate(&ca, &format!("{}-member", names.name), &names.agent_dns_names(), &[], &validity)
-                .map_err(tls_error("issuing the member certificate"))?;
+            let validity =
+                Validity::days_from(today, MEMBER_DAYS).map_err(tls_error("validity"))?;
+            let member = pki::issue_member_certificate(
+                &ca,
+                &format!("{}-member", names.name),
+                &names.agent_dns_names(),
+                &[],
+                &validity,
+            )
+            .map_err(tls_error("issuing the member certificate"))?;
             let data = BTreeMap::from([
                 ("ca.crt".to_owned(), ca.cert_pem.clone()),
                 ("tls.crt".to_owned(), member.cert_pem.clone()),
                 ("tls.key".to_owned(), member.key_pem.clone()),
             ]);
             let annotations = BTreeMap::from([
-                (NOT_AFTER_ANNOTATION.to_owned(), validity.not_after.to_string()),
+                (
+                    NOT_AFTER_ANNOTATION.to_owned(),
+                    validity.not_after.to_string(),
+                ),
                 (CA_HASH_ANNOTATION.to_owned(), ca_hash.clone()),
             ]);
-            apply(&api, &secret(group, names, names.agent_tls_secret(), "kubernetes.io/tls", data, annotations)).await?;
+            apply(
+                &api,
+                &secret(
+                    group,
+                    names,
+                    names.agent_tls_secret(),
+                    "kubernetes.io/tls",
+                    data,
+                    annotations,
+                ),
+            )
+            .await?;
             member.cert_pem
         }
     };
-    let client = TlsClientConfig::from_pem(&operator_cert, &operator_key, &ca.cert_pem).map_err(|e| Error::Tls(format!("operator client configuration: {e}")))?;
-    Ok(GroupTls { client, hash: hash_of(&[&ca.cert_pem, &member_cert]) })
+    let client = TlsClientConfig::from_pem(&operator_cert, &operator_key, &ca.cert_pem)
+        .map_err(|e| Error::Tls(format!("operator client configuration: {e}")))?;
+    Ok(GroupTls {
+        client,
+        hash: hash_of(&[&ca.cert_pem, &member_cert]),
+    })
 }

@@ -619,7 +619,14 @@ pub fn merge_route(
 /// members' StatefulSets last. The status is written after all of them (by the IO shell).
 fn write_rank(d: &Desired) -> u8 {
     match d {
-        Desired::EndpointSlice(s) if s.metadata.name.as_deref().is_some_and(|n| n.ends_with("-rw")) => 0,
+        Desired::EndpointSlice(s)
+            if s.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.ends_with("-rw")) =>
+        {
+            0
+        }
         Desired::EndpointSlice(_) => 1,
         Desired::Service(_) => 2,
         Desired::HttpRoute(_) => 3,

@@ -1297,13 +1297,21 @@ fn failover_spec_defaults_are_the_documented_ones() {
 #[test]
 fn writes_go_routing_switch_first_and_members_last() {
     let mut g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
-    g.spec.traffic.gateway = serde_json::from_value(json!({"parentRefs": [{"name": "web"}]})).expect("gateway");
-    let plan = plan(&g, &observed(pods(3), connected(view(3, 0, 1))), &settings());
+    g.spec.traffic.gateway =
+        serde_json::from_value(json!({"parentRefs": [{"name": "web"}]})).expect("gateway");
+    let plan = plan(
+        &g,
+        &observed(pods(3), connected(view(3, 0, 1))),
+        &settings(),
+    );
     let kinds: Vec<String> = plan
         .writes()
         .iter()
         .map(|d| match d {
-            Desired::EndpointSlice(s) => format!("EndpointSlice {}", s.metadata.name.as_deref().unwrap_or_default()),
+            Desired::EndpointSlice(s) => format!(
+                "EndpointSlice {}",
+                s.metadata.name.as_deref().unwrap_or_default()
+            ),
             Desired::Service(_) => "Service".into(),
             Desired::HttpRoute(_) => "HTTPRoute".into(),
             Desired::PodDisruptionBudget(_) => "PodDisruptionBudget".into(),
@@ -1314,9 +1322,24 @@ fn writes_go_routing_switch_first_and_members_last() {
     expected.dedup();
     assert_eq!(
         expected,
-        ["EndpointSlice cache-rw", "EndpointSlice cache-ro", "EndpointSlice cache-r", "Service", "HTTPRoute", "PodDisruptionBudget", "StatefulSet"],
+        [
+            "EndpointSlice cache-rw",
+            "EndpointSlice cache-ro",
+            "EndpointSlice cache-r",
+            "Service",
+            "HTTPRoute",
+            "PodDisruptionBudget",
+            "StatefulSet"
+        ],
         "{kinds:?}"
     );
-    assert_eq!(kinds.iter().filter(|k| *k == "EndpointSlice cache-rw").count(), 1, "the switch is one write");
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| *k == "EndpointSlice cache-rw")
+            .count(),
+        1,
+        "the switch is one write"
+    );
     assert_eq!(plan.writes().len(), plan.apply.len());
 }

@@ -14,9 +14,18 @@ pub(super) const HYSTERESIS_FLOOR: i32 = WEIGHT_TOTAL / 100;
 
 /// The weights to publish at `now_ms`, given the members' current signals and what was last
 /// published. See the module documentation for the rules.
-pub fn decide(spec: &TrafficSpec, members: &[MemberSignal], published: &Published, now_ms: u64) -> Decision {
+pub fn decide(
+    spec: &TrafficSpec,
+    members: &[MemberSignal],
+    published: &Published,
+    now_ms: u64,
+) -> Decision {
     let target = target_weights(spec, members);
-    let publish = |reason| Decision { changed: target != published.weights, weights: target.clone(), reason };
+    let publish = |reason| Decision {
+        changed: target != published.weights,
+        weights: target.clone(),
+        reason,
+    };
 
     let previous = &published.weights;
     // Weights we could not have published (out of bounds) are state we cannot trust: start over.
@@ -28,10 +37,16 @@ pub fn decide(spec: &TrafficSpec, members: &[MemberSignal], published: &Publishe
         return publish(WeightReason::Unchanged);
     }
     let weight = |map: &BTreeMap<String, i32>, name: &str| map.get(name).copied().unwrap_or(0);
-    if previous.iter().any(|(n, w)| *w > 0 && weight(&target, n) == 0) {
+    if previous
+        .iter()
+        .any(|(n, w)| *w > 0 && weight(&target, n) == 0)
+    {
         return publish(WeightReason::Drain);
     }
-    if target.iter().any(|(n, w)| *w > 0 && weight(previous, n) == 0) {
+    if target
+        .iter()
+        .any(|(n, w)| *w > 0 && weight(previous, n) == 0)
+    {
         return publish(WeightReason::Admit);
     }
     if !previous.keys().eq(target.keys()) {
@@ -42,16 +57,27 @@ pub fn decide(spec: &TrafficSpec, members: &[MemberSignal], published: &Publishe
     }
 
     // Same members, same who-serves: only the load-driven split moved.
-    let hold = |reason| Decision { weights: published.weights.clone(), changed: false, reason };
+    let hold = |reason| Decision {
+        weights: published.weights.clone(),
+        changed: false,
+        reason,
+    };
     let min_change = i64::from(spec.min_change_percent.clamp(0, 100));
-    if !target.iter().any(|(n, w)| significant(weight(previous, n), *w, min_change)) {
+    if !target
+        .iter()
+        .any(|(n, w)| significant(weight(previous, n), *w, min_change))
+    {
         return hold(WeightReason::Hysteresis);
     }
     let dwell = u64::try_from(spec.dwell_millis).unwrap_or(0);
-    if let Some(elapsed) = published.changed_at_ms.and_then(|at| now_ms.checked_sub(at))
+    if let Some(elapsed) = published
+        .changed_at_ms
+        .and_then(|at| now_ms.checked_sub(at))
         && elapsed < dwell
     {
-        return hold(WeightReason::Dwell { wait_ms: dwell - elapsed });
+        return hold(WeightReason::Dwell {
+            wait_ms: dwell - elapsed,
+        });
     }
     publish(WeightReason::Signal)
 }

@@ -157,7 +157,10 @@ impl Published {
     /// decision changed nothing, so the dwell clock keeps running from the last real change.
     pub fn after(&self, decision: &Decision, now_ms: u64) -> Published {
         if decision.changed {
-            Published { weights: decision.weights.clone(), changed_at_ms: Some(now_ms) }
+            Published {
+                weights: decision.weights.clone(),
+                changed_at_ms: Some(now_ms),
+            }
         } else {
             self.clone()
         }
@@ -177,7 +180,10 @@ pub struct Decision {
 impl Decision {
     /// Members with a weight above 0: the `NAME-r` EndpointSlice.
     pub fn serving(&self) -> impl Iterator<Item = &str> {
-        self.weights.iter().filter(|(_, w)| **w > 0).map(|(n, _)| n.as_str())
+        self.weights
+            .iter()
+            .filter(|(_, w)| **w > 0)
+            .map(|(n, _)| n.as_str())
     }
 }
 

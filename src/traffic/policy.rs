@@ -25,22 +25,36 @@ struct Member {
 /// for the formulas.
 pub fn target_weights(spec: &TrafficSpec, members: &[MemberSignal]) -> BTreeMap<String, i32> {
     let merged = merge(members);
-    let serving: Vec<(&str, &Member)> = merged.iter().filter(|(_, m)| m.serving).map(|(n, m)| (*n, m)).collect();
+    let serving: Vec<(&str, &Member)> = merged
+        .iter()
+        .filter(|(_, m)| m.serving)
+        .map(|(n, m)| (*n, m))
+        .collect();
     let names: Vec<&str> = serving.iter().map(|(n, _)| *n).collect();
 
     let computed = match spec.policy {
         TrafficPolicy::Equal => equal(&names),
         // Verbatim; never black-hole traffic while someone serves: fall back to Equal.
         TrafficPolicy::Static => {
-            let declared: Vec<(&str, i32)> = names.iter().map(|n| (*n, declared(spec, n))).collect();
-            if declared.iter().any(|(_, w)| *w > 0) { declared } else { equal(&names) }
+            let declared: Vec<(&str, i32)> =
+                names.iter().map(|n| (*n, declared(spec, n))).collect();
+            if declared.iter().any(|(_, w)| *w > 0) {
+                declared
+            } else {
+                equal(&names)
+            }
         }
         TrafficPolicy::WeightedRoundRobin => {
-            let capacities = names.iter().map(|n| (*n, f64::from(declared(spec, n)))).collect();
+            let capacities = names
+                .iter()
+                .map(|n| (*n, f64::from(declared(spec, n))))
+                .collect();
             proportional(capacities).unwrap_or_else(|| equal(&names))
         }
         TrafficPolicy::LeastLoaded => inverse(serving.iter().map(|(n, m)| (*n, m.load)).collect()),
-        TrafficPolicy::LatencyAware => inverse(serving.iter().map(|(n, m)| (*n, m.latency)).collect()),
+        TrafficPolicy::LatencyAware => {
+            inverse(serving.iter().map(|(n, m)| (*n, m.latency)).collect())
+        }
     };
 
     let mut out: BTreeMap<String, i32> = merged.keys().map(|n| ((*n).to_owned(), 0)).collect();
@@ -50,20 +64,31 @@ pub fn target_weights(spec: &TrafficSpec, members: &[MemberSignal]) -> BTreeMap<
 
 /// Load-driven policies follow noisy reports, so their changes go through hysteresis and dwell.
 pub(super) fn load_driven(policy: TrafficPolicy) -> bool {
-    matches!(policy, TrafficPolicy::LeastLoaded | TrafficPolicy::LatencyAware)
+    matches!(
+        policy,
+        TrafficPolicy::LeastLoaded | TrafficPolicy::LatencyAware
+    )
 }
 
 /// A usable report: NaN and negative values are unknown (a broken agent must not attract or
 /// repel traffic), huge ones saturate.
 pub(super) fn known(value: Option<f64>) -> Option<f64> {
     let v = value?;
-    if v.is_nan() || v < 0.0 { None } else { Some(v.min(SIGNAL_CAP)) }
+    if v.is_nan() || v < 0.0 {
+        None
+    } else {
+        Some(v.min(SIGNAL_CAP))
+    }
 }
 
 fn merge(members: &[MemberSignal]) -> BTreeMap<&str, Member> {
     let mut merged: BTreeMap<&str, Member> = BTreeMap::new();
     for m in members {
-        let entry = merged.entry(m.name.as_str()).or_insert(Member { serving: true, load: None, latency: None });
+        let entry = merged.entry(m.name.as_str()).or_insert(Member {
+            serving: true,
+            load: None,
+            latency: None,
+        });
         // Conflicting reports about one member: the safe reading is "drain it".
         entry.serving &= m.serving();
         entry.load = entry.load.or(known(m.load));
@@ -75,7 +100,11 @@ fn merge(members: &[MemberSignal]) -> BTreeMap<&str, Member> {
 /// The declared weight, clamped to the Gateway API bounds (the schema already enforces them;
 /// this keeps the math total on any input).
 fn declared(spec: &TrafficSpec, name: &str) -> i32 {
-    spec.weights.get(name).copied().unwrap_or(0).clamp(0, MAX_WEIGHT)
+    spec.weights
+        .get(name)
+        .copied()
+        .unwrap_or(0)
+        .clamp(0, MAX_WEIGHT)
 }
 
 fn equal<'a>(names: &[&'a str]) -> Vec<(&'a str, i32)> {
@@ -95,7 +124,10 @@ fn inverse(values: Vec<(&str, Option<f64>)>) -> Vec<(&str, i32)> {
     let epsilon = (known.iter().sum::<f64>() / count).max(MIN_EPSILON);
     let raw = |x: f64| 1.0 / (x + epsilon);
     let mean_raw = known.iter().map(|x| raw(*x)).sum::<f64>() / count;
-    let raws = values.iter().map(|(n, v)| (*n, v.map_or(mean_raw, raw))).collect();
+    let raws = values
+        .iter()
+        .map(|(n, v)| (*n, v.map_or(mean_raw, raw)))
+        .collect();
     proportional(raws).unwrap_or_else(|| equal(&names))
 }
 

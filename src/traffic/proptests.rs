@@ -38,9 +38,20 @@ fn name() -> impl Strategy<Value = String> {
 }
 
 fn member() -> impl Strategy<Value = MemberSignal> {
-    (name(), any::<bool>(), prop::bool::weighted(0.2), signal(), signal()).prop_map(
-        |(name, healthy, draining, load, latency_ms)| MemberSignal { name, healthy, draining, load, latency_ms },
+    (
+        name(),
+        any::<bool>(),
+        prop::bool::weighted(0.2),
+        signal(),
+        signal(),
     )
+        .prop_map(|(name, healthy, draining, load, latency_ms)| MemberSignal {
+            name,
+            healthy,
+            draining,
+            load,
+            latency_ms,
+        })
 }
 
 fn weight() -> impl Strategy<Value = i32> {
@@ -54,18 +65,26 @@ fn any_spec() -> impl Strategy<Value = TrafficSpec> {
         prop_oneof![0..=100i32, any::<i32>()],
         prop_oneof![0..=600_000i32, any::<i32>()],
     )
-        .prop_map(|(policy, weights, min_change_percent, dwell_millis)| TrafficSpec {
-            policy,
-            weights,
-            min_change_percent,
-            dwell_millis,
-            gateway: None,
-        })
+        .prop_map(
+            |(policy, weights, min_change_percent, dwell_millis)| TrafficSpec {
+                policy,
+                weights,
+                min_change_percent,
+                dwell_millis,
+                gateway: None,
+            },
+        )
 }
 
 fn any_published() -> impl Strategy<Value = Published> {
-    (prop::collection::btree_map(name(), weight(), 0..8), prop::option::of(any::<u64>()))
-        .prop_map(|(weights, changed_at_ms)| Published { weights, changed_at_ms })
+    (
+        prop::collection::btree_map(name(), weight(), 0..8),
+        prop::option::of(any::<u64>()),
+    )
+        .prop_map(|(weights, changed_at_ms)| Published {
+            weights,
+            changed_at_ms,
+        })
 }
 
 /// Member names mapped to "serving", with duplicates merged the way the policy does.
@@ -78,7 +97,11 @@ fn serving_by_name(members: &[MemberSignal]) -> BTreeMap<&str, bool> {
 }
 
 /// Distinct members with the given health and signal (load or latency, per policy).
-fn members_with(policy: TrafficPolicy, signals: &[Option<f64>], healthy: &[bool]) -> Vec<MemberSignal> {
+fn members_with(
+    policy: TrafficPolicy,
+    signals: &[Option<f64>],
+    healthy: &[bool],
+) -> Vec<MemberSignal> {
     signals
         .iter()
         .zip(healthy)
@@ -87,14 +110,25 @@ fn members_with(policy: TrafficPolicy, signals: &[Option<f64>], healthy: &[bool]
             name: format!("m-{i:02}"),
             healthy: *h,
             draining: false,
-            load: if policy == TrafficPolicy::LeastLoaded { *s } else { None },
-            latency_ms: if policy == TrafficPolicy::LatencyAware { *s } else { None },
+            load: if policy == TrafficPolicy::LeastLoaded {
+                *s
+            } else {
+                None
+            },
+            latency_ms: if policy == TrafficPolicy::LatencyAware {
+                *s
+            } else {
+                None
+            },
         })
         .collect()
 }
 
 fn load_policy() -> impl Strategy<Value = TrafficPolicy> {
-    prop_oneof![Just(TrafficPolicy::LeastLoaded), Just(TrafficPolicy::LatencyAware)]
+    prop_oneof![
+        Just(TrafficPolicy::LeastLoaded),
+        Just(TrafficPolicy::LatencyAware)
+    ]
 }
 
 proptest! {

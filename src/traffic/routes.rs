@@ -33,11 +33,19 @@ pub fn primary_backup_routes(
 ) -> PrimaryBackupRoutes {
     // A primary we do not know as a member has no endpoint to route to.
     let primary = primary.filter(|p| members.iter().any(|m| m.name == *p));
-    let backups: Vec<MemberSignal> = members.iter().filter(|m| Some(m.name.as_str()) != primary).cloned().collect();
+    let backups: Vec<MemberSignal> = members
+        .iter()
+        .filter(|m| Some(m.name.as_str()) != primary)
+        .cloned()
+        .collect();
     let all = target_weights(spec, members);
     PrimaryBackupRoutes {
         rw: primary.filter(|_| lease_live).map(str::to_owned),
         ro: target_weights(spec, &backups),
-        r: all.into_iter().filter(|(_, w)| *w > 0).map(|(n, _)| n).collect(),
+        r: all
+            .into_iter()
+            .filter(|(_, w)| *w > 0)
+            .map(|(n, _)| n)
+            .collect(),
     }
 }

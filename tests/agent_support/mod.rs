@@ -40,7 +40,10 @@ pub struct Proc {
 impl Proc {
     /// A process started by a test itself.
     pub fn new(child: Child, log: PathBuf) -> Proc {
-        Proc { child: Some(child), log }
+        Proc {
+            child: Some(child),
+            log,
+        }
     }
     pub fn pid(&self) -> Option<i32> {
         self.child.as_ref().map(|c| c.id() as i32)
@@ -525,7 +528,9 @@ where
     let deadline = Instant::now() + timeout;
     while !cond() {
         if Instant::now() >= deadline {
-            return Err(err(format!("timed out after {timeout:?} waiting for {what}")));
+            return Err(err(format!(
+                "timed out after {timeout:?} waiting for {what}"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -7,17 +7,17 @@
 //!   failover_graceful_ms p50=… p95=… max=… n=20
 //!   operator_rss_mib groups=… rss=…
 
-#[path = "../e2e/support.rs"]
-mod support;
-#[path = "../e2e/smoke.rs"]
-#[allow(dead_code)]
-mod smoke;
-#[path = "../e2e/operator.rs"]
-#[allow(dead_code)]
-mod operator;
 #[path = "../common/manifests.rs"]
 #[allow(dead_code)]
 mod manifests;
+#[path = "../e2e/operator.rs"]
+#[allow(dead_code)]
+mod operator;
+#[path = "../e2e/smoke.rs"]
+#[allow(dead_code)]
+mod smoke;
+#[path = "../e2e/support.rs"]
+mod support;
 
 use std::time::{Duration, Instant};
 
@@ -38,7 +38,13 @@ fn percentile(sorted: &[u128], p: f64) -> u128 {
 
 fn report(name: &str, mut ms: Vec<u128>) {
     ms.sort_unstable();
-    println!("{name} p50={} p95={} max={} n={}", percentile(&ms, 0.5), percentile(&ms, 0.95), ms.last().copied().unwrap_or(0), ms.len());
+    println!(
+        "{name} p50={} p95={} max={} n={}",
+        percentile(&ms, 0.5),
+        percentile(&ms, 0.95),
+        ms.last().copied().unwrap_or(0),
+        ms.len()
+    );
 }
 
 /// What one failover took, from the delete call.
@@ -56,19 +62,35 @@ struct Measured {
 async fn settle(ctx: &Ctx, ns: &str) -> Result<()> {
     const DNS_NEGATIVE_CACHE: Duration = Duration::from_secs(6);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    wait_for("every member pod Ready beyond the DNS cache time", Duration::from_secs(120), || async {
-        let list = pods.list(&kube::api::ListParams::default().labels("quorate.dev/group=db")).await?;
-        let now = jiff::Timestamp::now();
-        let ready_since = |p: &Pod| {
-            p.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready" && c.status == "True")?.last_transition_time.clone()
-        };
-        let settled = list.items.len() == 3
-            && list.items.iter().all(|p| {
-                p.metadata.deletion_timestamp.is_none()
-                    && ready_since(p).is_some_and(|t| now.duration_since(t.0).as_millis() as u128 >= DNS_NEGATIVE_CACHE.as_millis())
-            });
-        Ok(settled.then_some(()))
-    })
+    wait_for(
+        "every member pod Ready beyond the DNS cache time",
+        Duration::from_secs(120),
+        || async {
+            let list = pods
+                .list(&kube::api::ListParams::default().labels("quorate.dev/group=db"))
+                .await?;
+            let now = jiff::Timestamp::now();
+            let ready_since = |p: &Pod| {
+                p.status
+                    .as_ref()?
+                    .conditions
+                    .as_ref()?
+                    .iter()
+                    .find(|c| c.type_ == "Ready" && c.status == "True")?
+                    .last_transition_time
+                    .clone()
+            };
+            let settled = list.items.len() == 3
+                && list.items.iter().all(|p| {
+                    p.metadata.deletion_timestamp.is_none()
+                        && ready_since(p).is_some_and(|t| {
+                            now.duration_since(t.0).as_millis() as u128
+                                >= DNS_NEGATIVE_CACHE.as_millis()
+                        })
+                });
+            Ok(settled.then_some(()))
+        },
+    )
     .await
 }
 
@@ -76,24 +98,44 @@ async fn settle(ctx: &Ctx, ns: &str) -> Result<()> {
 async fn failover(ctx: &Ctx, ns: &str, grace: Option<u32>) -> Result<Measured> {
     operator::wait_ready(ctx, ns, "db", Duration::from_secs(180)).await?;
     settle(ctx, ns).await?;
-    let (old, epoch) = operator::wait_routed_primary(ctx, ns, "db", 0, Duration::from_secs(30)).await?;
+    let (old, epoch) =
+        operator::wait_routed_primary(ctx, ns, "db", 0, Duration::from_secs(30)).await?;
     let rw = operator::service_ip(ctx, ns, "db-rw").await?;
-    let old_ip = operator::pod_ip(ctx, ns, &old).await?.context("old primary IP")?;
+    let old_ip = operator::pod_ip(ctx, ns, &old)
+        .await?
+        .context("old primary IP")?;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let started = Instant::now();
-    pods.delete(&old, &DeleteParams { grace_period_seconds: grace, ..Default::default() }).await?;
+    pods.delete(
+        &old,
+        &DeleteParams {
+            grace_period_seconds: grace,
+            ..Default::default()
+        },
+    )
+    .await?;
     let mut slice_ms = None;
     // Polled every 20 ms; a request that kube-proxy still sends to the old pod's address gets no
     // answer at all, so each one is cut off after 250 ms and tried again (as a client would).
     while started.elapsed() < Duration::from_secs(30) {
         let (addresses, slice_epoch) = operator::rw_slice(ctx, ns, "db").await?;
-        let named = addresses.len() == 1 && addresses[0] != old_ip && slice_epoch.is_some_and(|e| e > epoch);
+        let named = addresses.len() == 1
+            && addresses[0] != old_ip
+            && slice_epoch.is_some_and(|e| e > epoch);
         if named {
             let at = *slice_ms.get_or_insert(started.elapsed().as_millis());
-            if let Ok(Ok(answer)) = tokio::time::timeout(Duration::from_millis(250), operator::who_answers(ctx, &rw)).await {
-                let ok = answer["role"] == "Primary" && answer["member"] != old.as_str() && answer["epoch"].as_u64().is_some_and(|e| e > epoch);
+            if let Ok(Ok(answer)) =
+                tokio::time::timeout(Duration::from_millis(250), operator::who_answers(ctx, &rw))
+                    .await
+            {
+                let ok = answer["role"] == "Primary"
+                    && answer["member"] != old.as_str()
+                    && answer["epoch"].as_u64().is_some_and(|e| e > epoch);
                 if ok {
-                    return Ok(Measured { total_ms: started.elapsed().as_millis(), slice_ms: at });
+                    return Ok(Measured {
+                        total_ms: started.elapsed().as_millis(),
+                        slice_ms: at,
+                    });
                 }
             }
         }
@@ -101,9 +143,23 @@ async fn failover(ctx: &Ctx, ns: &str, grace: Option<u32>) -> Result<Measured> {
     }
     // What the operator and the group said when it did not happen: the figure alone does not
     // tell where a failover got stuck.
-    let status = operator::groups(ctx, ns).get("db").await.ok().and_then(|g| g.status);
+    let status = operator::groups(ctx, ns)
+        .get("db")
+        .await
+        .ok()
+        .and_then(|g| g.status);
     let slice = operator::rw_slice(ctx, ns, "db").await.ok();
-    let events = ctx.kubectl(&["get", "events", "-n", ns, "--sort-by=.lastTimestamp", "-o", "custom-columns=T:.lastTimestamp,R:.reason,M:.message"]).unwrap_or_default();
+    let events = ctx
+        .kubectl(&[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--sort-by=.lastTimestamp",
+            "-o",
+            "custom-columns=T:.lastTimestamp,R:.reason,M:.message",
+        ])
+        .unwrap_or_default();
     anyhow::bail!(
         "no new primary routed and answering within 30 s (slice named one after {slice_ms:?} ms): deleted {old} (epoch {epoch}); -rw now {slice:?}; status {status:#?}; events:\n{events}"
     )
@@ -114,11 +170,19 @@ async fn failovers(ctx: &Ctx, grace: Option<u32>, label: &str) -> Result<Vec<u12
     let mut group = operator::test_group(ctx, "db", "PrimaryBackup", 3);
     // The bench trips the flap guard otherwise (that is what it is for).
     group["spec"]["failover"] = json!({"maxFailoversPerHour": 1000});
-    ctx.kubectl_stdin(&["apply", "--server-side", "-n", &ns.name, "-f", "-"], Some(&group.to_string()))?;
+    ctx.kubectl_stdin(
+        &["apply", "--server-side", "-n", &ns.name, "-f", "-"],
+        Some(&group.to_string()),
+    )?;
     let mut out = Vec::new();
     for round in 0..ROUNDS {
-        let m = failover(ctx, &ns.name, grace).await.with_context(|| format!("{label} round {round}"))?;
-        eprintln!("  {label} round {round}: {} ms (-rw EndpointSlice after {} ms)", m.total_ms, m.slice_ms);
+        let m = failover(ctx, &ns.name, grace)
+            .await
+            .with_context(|| format!("{label} round {round}"))?;
+        eprintln!(
+            "  {label} round {round}: {} ms (-rw EndpointSlice after {} ms)",
+            m.total_ms, m.slice_ms
+        );
         out.push(m.total_ms);
     }
     Ok(out)
@@ -130,7 +194,10 @@ async fn failovers(ctx: &Ctx, grace: Option<u32>, label: &str) -> Result<Vec<u12
 async fn operator_rss(ctx: &Ctx) -> Result<f64> {
     let ns = ctx.namespace("bench-rss")?;
     let quota = json!({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}});
-    ctx.kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(&quota.to_string()))?;
+    ctx.kubectl_stdin(
+        &["apply", "-n", &ns.name, "-f", "-"],
+        Some(&quota.to_string()),
+    )?;
     let mut list = Vec::new();
     for i in 0..GROUPS_FOR_RSS {
         let mut g = operator::test_group(ctx, &format!("g{i}"), "ActiveActive", 1);
@@ -138,19 +205,48 @@ async fn operator_rss(ctx: &Ctx) -> Result<f64> {
         list.push(g);
     }
     let list = json!({"apiVersion": "v1", "kind": "List", "items": list});
-    ctx.kubectl_stdin(&["apply", "--server-side", "-n", &ns.name, "-f", "-"], Some(&list.to_string()))?;
+    ctx.kubectl_stdin(
+        &["apply", "--server-side", "-n", &ns.name, "-f", "-"],
+        Some(&list.to_string()),
+    )?;
     let api = operator::groups(ctx, &ns.name);
-    wait_for("every group to have a status", Duration::from_secs(600), || async {
-        let groups = api.list(&Default::default()).await?;
-        let done = groups.items.iter().filter(|g| g.status.as_ref().is_some_and(|s| s.phase.is_some())).count();
-        Ok((done == GROUPS_FOR_RSS).then_some(()))
-    })
+    wait_for(
+        "every group to have a status",
+        Duration::from_secs(600),
+        || async {
+            let groups = api.list(&Default::default()).await?;
+            let done = groups
+                .items
+                .iter()
+                .filter(|g| g.status.as_ref().is_some_and(|s| s.phase.is_some()))
+                .count();
+            Ok((done == GROUPS_FOR_RSS).then_some(()))
+        },
+    )
     .await?;
     // Let the per-group streams settle into their steady state before sampling.
     tokio::time::sleep(Duration::from_secs(20)).await;
-    let holder = ctx.kubectl(&["get", "lease", operator::RELEASE, "-n", operator::OPERATOR_NAMESPACE, "-o", "jsonpath={.spec.holderIdentity}"])?;
-    let ip = ctx.kubectl(&["get", "pod", &holder, "-n", operator::OPERATOR_NAMESPACE, "-o", "jsonpath={.status.podIP}"])?;
-    let (code, metrics) = ctx.http_get(&format!("http://{ip}:8080/metrics"), None).await?;
+    let holder = ctx.kubectl(&[
+        "get",
+        "lease",
+        operator::RELEASE,
+        "-n",
+        operator::OPERATOR_NAMESPACE,
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ])?;
+    let ip = ctx.kubectl(&[
+        "get",
+        "pod",
+        &holder,
+        "-n",
+        operator::OPERATOR_NAMESPACE,
+        "-o",
+        "jsonpath={.status.podIP}",
+    ])?;
+    let (code, metrics) = ctx
+        .http_get(&format!("http://{ip}:8080/metrics"), None)
+        .await?;
     ensure!(code == 200, "operator metrics: HTTP {code}");
     let bytes: f64 = metrics
         .lines()
@@ -161,13 +257,21 @@ async fn operator_rss(ctx: &Ctx) -> Result<f64> {
 }
 
 fn main() -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let ctx = Ctx::from_env().await?;
         operator::ensure_operator(&ctx).await?;
         // Each figure as soon as it is measured: a later phase that fails keeps the earlier ones.
-        report("failover_crash_ms", failovers(&ctx, Some(0), "crash").await?);
-        report("failover_graceful_ms", failovers(&ctx, None, "graceful").await?);
+        report(
+            "failover_crash_ms",
+            failovers(&ctx, Some(0), "crash").await?,
+        );
+        report(
+            "failover_graceful_ms",
+            failovers(&ctx, None, "graceful").await?,
+        );
         let rss = operator_rss(&ctx).await?;
         println!("operator_rss_mib groups={GROUPS_FOR_RSS} rss={rss:.1}");
         Ok(())

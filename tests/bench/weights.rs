@@ -30,20 +30,20 @@
 //! deviation, in percentage points, of any member's observed share from its declared share
 //! (failed requests count in the total). The figure is the worst over the four splits.
 
-#[path = "../e2e/support.rs"]
-mod support;
-#[path = "../e2e/smoke.rs"]
-#[allow(dead_code)]
-mod smoke;
-#[path = "../e2e/operator.rs"]
-#[allow(dead_code)]
-mod operator;
-#[path = "../e2e/traffic.rs"]
-#[allow(dead_code)]
-mod traffic;
 #[path = "../common/manifests.rs"]
 #[allow(dead_code)]
 mod manifests;
+#[path = "../e2e/operator.rs"]
+#[allow(dead_code)]
+mod operator;
+#[path = "../e2e/smoke.rs"]
+#[allow(dead_code)]
+mod smoke;
+#[path = "../e2e/support.rs"]
+mod support;
+#[path = "../e2e/traffic.rs"]
+#[allow(dead_code)]
+mod traffic;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -51,7 +51,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, ensure};
 use serde_json::json;
 use support::Ctx;
-use traffic::{MEMBERS, RouteLog, SPLIT_TOLERANCE_PP, ms_since, shares, show, split_error, target_shares};
+use traffic::{
+    MEMBERS, RouteLog, SPLIT_TOLERANCE_PP, ms_since, shares, show, split_error, target_shares,
+};
 
 /// Convergence rounds: each member's load goes up once and back down once, and again.
 const ROUNDS: usize = 16;
@@ -78,7 +80,11 @@ fn nearest_rank(sorted: &[u128], p: f64) -> u128 {
 }
 
 fn by_member<T: Copy>(values: [T; 3]) -> BTreeMap<String, T> {
-    MEMBERS.iter().map(|m| (*m).to_owned()).zip(values).collect()
+    MEMBERS
+        .iter()
+        .map(|m| (*m).to_owned())
+        .zip(values)
+        .collect()
 }
 
 /// One round: set `member`'s load, wait until the Gateway applies the split the policy wants.
@@ -90,29 +96,59 @@ async fn converge_round(
     member: &str,
     load: f64,
 ) -> Result<u128> {
-    let ip = operator::pod_ip(ctx, &setup.ns.name, member).await?.with_context(|| format!("{member} has no pod IP"))?;
+    let ip = operator::pod_ip(ctx, &setup.ns.name, member)
+        .await?
+        .with_context(|| format!("{member} has no pod IP"))?;
     loads.insert(member.to_owned(), load);
     let wanted = traffic::least_loaded_weights(loads);
     let target = target_shares(&wanted);
     let started = Instant::now();
-    let (code, body) = ctx.http_post(&format!("http://{ip}:8080/admin/load?value={load}"), "").await?;
-    ensure!(code == 204, "POST /admin/load on {member}: HTTP {code}: {body}");
-    let held = traffic::until_split(ctx, &setup.host, &target, SPLIT_TOLERANCE_PP, WINDOW, started + ROUND_LIMIT, MAX_REQUESTS_PER_ROUND).await;
+    let (code, body) = ctx
+        .http_post(&format!("http://{ip}:8080/admin/load?value={load}"), "")
+        .await?;
+    ensure!(
+        code == 204,
+        "POST /admin/load on {member}: HTTP {code}: {body}"
+    );
+    let held = traffic::until_split(
+        ctx,
+        &setup.host,
+        &target,
+        SPLIT_TOLERANCE_PP,
+        WINDOW,
+        started + ROUND_LIMIT,
+        MAX_REQUESTS_PER_ROUND,
+    )
+    .await;
     let (written, accepted) = log.applied(&wanted, started);
-    let breakdown = format!("route {wanted:?} written +{} ms, accepted +{} ms", ms_since(started, written), ms_since(started, accepted));
+    let breakdown = format!(
+        "route {wanted:?} written +{} ms, accepted +{} ms",
+        ms_since(started, written),
+        ms_since(started, accepted)
+    );
     let held = held.with_context(|| breakdown.clone())?;
-    ensure!(written.is_some(), "the split matched but the HTTPRoute never carried {wanted:?}");
+    ensure!(
+        written.is_some(),
+        "the split matched but the HTTPRoute never carried {wanted:?}"
+    );
     let ms = held.saturating_duration_since(started).as_millis();
     eprintln!("  {member} load {load}: {breakdown}, split applied in the data plane +{ms} ms");
     Ok(ms)
 }
 
 async fn convergence(ctx: &Ctx) -> Result<Vec<u128>> {
-    let traffic = json!({"policy": "LeastLoaded", "minChangePercent": 10, "dwellMillis": DWELL_MILLIS});
+    let traffic =
+        json!({"policy": "LeastLoaded", "minChangePercent": 10, "dwellMillis": DWELL_MILLIS});
     let setup = traffic::ready_group(ctx, "bench-converge", traffic).await?;
     // Every member idles at load 0 (the test workload's default): equal weights.
     let mut loads = by_member([0.0; 3]);
-    traffic::wait_converged_on(ctx, &setup.ns.name, &traffic::least_loaded_weights(&loads), Duration::from_secs(60)).await?;
+    traffic::wait_converged_on(
+        ctx,
+        &setup.ns.name,
+        &traffic::least_loaded_weights(&loads),
+        Duration::from_secs(60),
+    )
+    .await?;
     let log = RouteLog::start(ctx, &setup.ns.name).await?;
     let mut out = Vec::with_capacity(ROUNDS);
     for round in 0..ROUNDS {
@@ -120,7 +156,9 @@ async fn convergence(ctx: &Ctx) -> Result<Vec<u128>> {
         tokio::time::sleep(Duration::from_millis(DWELL_MILLIS.max(1000))).await;
         let member = MEMBERS[(round / 2) % MEMBERS.len()];
         let load = if round % 2 == 0 { LOAD } else { 0.0 };
-        let ms = converge_round(ctx, &setup, &log, &mut loads, member, load).await.with_context(|| format!("convergence round {round}"))?;
+        let ms = converge_round(ctx, &setup, &log, &mut loads, member, load)
+            .await
+            .with_context(|| format!("convergence round {round}"))?;
         out.push(ms);
     }
     Ok(out)
@@ -128,7 +166,12 @@ async fn convergence(ctx: &Ctx) -> Result<Vec<u128>> {
 
 async fn split_accuracy(ctx: &Ctx) -> Result<f64> {
     let first = by_member(SPLITS[0]);
-    let setup = traffic::ready_group(ctx, "bench-split", json!({"policy": "Static", "weights": first})).await?;
+    let setup = traffic::ready_group(
+        ctx,
+        "bench-split",
+        json!({"policy": "Static", "weights": first}),
+    )
+    .await?;
     let ns = &setup.ns.name;
     let mut worst: f64 = 0.0;
     for (i, split) in SPLITS.iter().enumerate() {
@@ -141,27 +184,50 @@ async fn split_accuracy(ctx: &Ctx) -> Result<f64> {
         let converged = patched.elapsed().as_millis();
         let target = target_shares(&declared);
         let deadline = Instant::now() + Duration::from_secs(10);
-        traffic::until_split(ctx, &setup.host, &target, LIVE_TOLERANCE_PP, 100, deadline, 5000).await.with_context(|| format!("split {split:?}"))?;
-        eprintln!("  {split:?}: RoutingConverged +{converged} ms, live in the data plane +{} ms", patched.elapsed().as_millis());
+        traffic::until_split(
+            ctx,
+            &setup.host,
+            &target,
+            LIVE_TOLERANCE_PP,
+            100,
+            deadline,
+            5000,
+        )
+        .await
+        .with_context(|| format!("split {split:?}"))?;
+        eprintln!(
+            "  {split:?}: RoutingConverged +{converged} ms, live in the data plane +{} ms",
+            patched.elapsed().as_millis()
+        );
         let samples = traffic::requests(ctx, &setup.host, SPLIT_REQUESTS).await;
         let observed = shares(&samples);
         let error = split_error(&observed, &target);
         let failed = traffic::failures(&samples).len();
-        eprintln!("  {split:?} over {SPLIT_REQUESTS} requests: {} ({failed} failed), error {error:.1} pp", show(&observed));
+        eprintln!(
+            "  {split:?} over {SPLIT_REQUESTS} requests: {} ({failed} failed), error {error:.1} pp",
+            show(&observed)
+        );
         worst = worst.max(error);
     }
     Ok(worst)
 }
 
 fn main() -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let ctx = Ctx::from_env().await?;
         operator::ensure_operator(&ctx).await?;
         let split = split_accuracy(&ctx).await?;
         let mut converge = convergence(&ctx).await?;
         converge.sort_unstable();
-        println!("weights_converge_ms p50={} p95={} n={}", nearest_rank(&converge, 0.5), nearest_rank(&converge, 0.95), converge.len());
+        println!(
+            "weights_converge_ms p50={} p95={} n={}",
+            nearest_rank(&converge, 0.5),
+            nearest_rank(&converge, 0.95),
+            converge.len()
+        );
         println!("split_error_pp max={split:.1}");
         Ok(())
     })

@@ -32,18 +32,32 @@ pub fn invalid_cases() -> Vec<InvalidCase> {
 }
 
 fn load_case(path: &Path) -> InvalidCase {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let expects: Vec<String> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# expect:"))
         .map(|s| s.trim().to_owned())
         .collect();
-    assert!(!expects.is_empty(), "{} has no `# expect:` line", path.display());
-    let mut docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()));
-    assert!(matches!(docs.len(), 1 | 2), "{} must hold one document, or two for an update", path.display());
+    assert!(
+        !expects.is_empty(),
+        "{} has no `# expect:` line",
+        path.display()
+    );
+    let mut docs: Vec<Value> = serde_saphyr::from_multiple(&text)
+        .unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()));
+    assert!(
+        matches!(docs.len(), 1 | 2),
+        "{} must hold one document, or two for an update",
+        path.display()
+    );
     let object = docs.pop().expect("one document");
     InvalidCase {
-        name: path.file_stem().expect("file name").to_string_lossy().into_owned(),
+        name: path
+            .file_stem()
+            .expect("file name")
+            .to_string_lossy()
+            .into_owned(),
         expects,
         old: docs.pop(),
         object,

@@ -16,13 +16,26 @@ use std::time::Instant;
 use support::{Ctx, Test};
 
 fn main() -> std::process::ExitCode {
-    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let threads: usize = std::env::args()
-        .find_map(|a| a.strip_prefix("--test-threads=").and_then(|n| n.parse().ok()))
+        .find_map(|a| {
+            a.strip_prefix("--test-threads=")
+                .and_then(|n| n.parse().ok())
+        })
         .unwrap_or(2);
-    let phases: Vec<(&str, Vec<Test>)> =
-        vec![("smoke", smoke::tests()), ("operator", operator::tests()), ("traffic", traffic::tests()), ("uninstall", smoke::last_tests())];
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let phases: Vec<(&str, Vec<Test>)> = vec![
+        ("smoke", smoke::tests()),
+        ("operator", operator::tests()),
+        ("traffic", traffic::tests()),
+        ("uninstall", smoke::last_tests()),
+    ];
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let failed = runtime.block_on(async move {
         let ctx = match Ctx::from_env().await {
             Ok(c) => c,
@@ -33,7 +46,12 @@ fn main() -> std::process::ExitCode {
         };
         let mut failed = Vec::new();
         for (phase, tests) in phases {
-            let selected: Vec<Test> = tests.into_iter().filter(|t| filters.is_empty() || filters.iter().any(|f| t.name.contains(f.as_str()))).collect();
+            let selected: Vec<Test> = tests
+                .into_iter()
+                .filter(|t| {
+                    filters.is_empty() || filters.iter().any(|f| t.name.contains(f.as_str()))
+                })
+                .collect();
             if selected.is_empty() {
                 continue;
             }
@@ -49,9 +67,18 @@ fn main() -> std::process::ExitCode {
                     drop(permit);
                     let secs = start.elapsed().as_secs_f64();
                     match result {
-                        Ok(Ok(())) => { println!("test {} ... ok ({secs:.1} s)", test.name); None }
-                        Ok(Err(e)) => { println!("test {} ... FAILED ({secs:.1} s)\n    {e:#}", test.name); Some(test.name.to_owned()) }
-                        Err(panic) => { println!("test {} ... PANICKED ({secs:.1} s)\n    {panic}", test.name); Some(test.name.to_owned()) }
+                        Ok(Ok(())) => {
+                            println!("test {} ... ok ({secs:.1} s)", test.name);
+                            None
+                        }
+                        Ok(Err(e)) => {
+                            println!("test {} ... FAILED ({secs:.1} s)\n    {e:#}", test.name);
+                            Some(test.name.to_owned())
+                        }
+                        Err(panic) => {
+                            println!("test {} ... PANICKED ({secs:.1} s)\n    {panic}", test.name);
+                            Some(test.name.to_owned())
+                        }
                     }
                 }));
             }

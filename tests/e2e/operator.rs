@@ -45,10 +45,28 @@ pub async fn ensure_operator(ctx: &Ctx) -> Result<()> {
             let image_id = std::env::var("QUORATE_IMAGE_ID").unwrap_or_default();
             let image_id = format!("podAnnotations.quorate\\.dev/image-id={image_id}");
             ctx.helm(&[
-                "upgrade", "--install", RELEASE, &chart.to_string_lossy(), "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
-                "--set", &format!("image.repository={repo}"), "--set", &format!("image.tag={tag}"),
-                "--set", "replicaCount=2", "--set", "logFormat=text", "--set", "logLevel=debug", "--set-string", &image_id,
-                "--wait", "--timeout", "180s",
+                "upgrade",
+                "--install",
+                RELEASE,
+                &chart.to_string_lossy(),
+                "--namespace",
+                OPERATOR_NAMESPACE,
+                "--create-namespace",
+                "--set",
+                &format!("image.repository={repo}"),
+                "--set",
+                &format!("image.tag={tag}"),
+                "--set",
+                "replicaCount=2",
+                "--set",
+                "logFormat=text",
+                "--set",
+                "logLevel=debug",
+                "--set-string",
+                &image_id,
+                "--wait",
+                "--timeout",
+                "180s",
             ])?;
             Ok(())
         })
@@ -84,19 +102,33 @@ pub fn groups(ctx: &Ctx, ns: &str) -> Api<ReplicaGroup> {
 }
 
 fn condition_true(g: &ReplicaGroup, type_: &str) -> bool {
-    g.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == type_ && c.status == "True"))
+    g.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == type_ && c.status == "True")
+    })
 }
 
-pub async fn wait_ready(ctx: &Ctx, ns: &str, name: &str, timeout: Duration) -> Result<ReplicaGroup> {
+pub async fn wait_ready(
+    ctx: &Ctx,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<ReplicaGroup> {
     let api = groups(ctx, ns);
     let last = std::sync::Mutex::new(String::new());
-    let r = wait_for(&format!("ReplicaGroup {ns}/{name} Ready"), timeout, || async {
-        let g = api.get(name).await?;
-        if let Some(s) = &g.status {
-            *last.lock().expect("lock") = serde_json::to_string(&s.conditions).unwrap_or_default();
-        }
-        Ok(condition_true(&g, "Ready").then_some(g))
-    })
+    let r = wait_for(
+        &format!("ReplicaGroup {ns}/{name} Ready"),
+        timeout,
+        || async {
+            let g = api.get(name).await?;
+            if let Some(s) = &g.status {
+                *last.lock().expect("lock") =
+                    serde_json::to_string(&s.conditions).unwrap_or_default();
+            }
+            Ok(condition_true(&g, "Ready").then_some(g))
+        },
+    )
     .await;
     r.with_context(|| format!("last conditions: {}", last.lock().expect("lock")))
 }
@@ -105,17 +137,40 @@ pub async fn wait_ready(ctx: &Ctx, ns: &str, name: &str, timeout: Duration) -> R
 pub async fn rw_slice(ctx: &Ctx, ns: &str, group: &str) -> Result<(Vec<String>, Option<u64>)> {
     let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), ns);
     let s = api.get(&format!("{group}-rw")).await?;
-    let epoch = s.metadata.annotations.as_ref().and_then(|a| a.get("quorate.dev/epoch")).and_then(|e| e.parse().ok());
-    Ok((s.endpoints.iter().flat_map(|e| e.addresses.clone()).collect(), epoch))
+    let epoch = s
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("quorate.dev/epoch"))
+        .and_then(|e| e.parse().ok());
+    Ok((
+        s.endpoints
+            .iter()
+            .flat_map(|e| e.addresses.clone())
+            .collect(),
+        epoch,
+    ))
 }
 
 pub async fn pod_ip(ctx: &Ctx, ns: &str, pod: &str) -> Result<Option<String>> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    Ok(api.get_opt(pod).await?.and_then(|p| p.status).and_then(|s| s.pod_ip))
+    Ok(api
+        .get_opt(pod)
+        .await?
+        .and_then(|p| p.status)
+        .and_then(|s| s.pod_ip))
 }
 
 pub async fn service_ip(ctx: &Ctx, ns: &str, service: &str) -> Result<String> {
-    ctx.kubectl(&["get", "service", service, "-n", ns, "-o", "jsonpath={.spec.clusterIP}"])
+    ctx.kubectl(&[
+        "get",
+        "service",
+        service,
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])
 }
 
 /// Asks the member behind a Service who it is (the test workload answers with its identity).
@@ -127,29 +182,54 @@ pub async fn who_answers(ctx: &Ctx, ip: &str) -> Result<Value> {
 
 /// Waits until the group has a primary routed by `-rw` with an epoch above `after`, and a request
 /// through the `-rw` Service is answered by it. Returns (primary, epoch).
-pub async fn wait_routed_primary(ctx: &Ctx, ns: &str, group: &str, after: u64, timeout: Duration) -> Result<(String, u64)> {
+pub async fn wait_routed_primary(
+    ctx: &Ctx,
+    ns: &str,
+    group: &str,
+    after: u64,
+    timeout: Duration,
+) -> Result<(String, u64)> {
     let api = groups(ctx, ns);
     let rw = service_ip(ctx, ns, &format!("{group}-rw")).await?;
-    wait_for(&format!("{group}: a primary routed above epoch {after}"), timeout, || async {
-        let g = api.get(group).await?;
-        let Some(status) = g.status else { return Ok(None) };
-        let (Some(primary), Some(epoch)) = (status.primary.clone(), status.epoch.map(|e| e as u64)) else { return Ok(None) };
-        if epoch <= after {
-            return Ok(None);
-        }
-        let (addresses, slice_epoch) = rw_slice(ctx, ns, group).await?;
-        let ip = pod_ip(ctx, ns, &primary).await?;
-        if addresses.len() != 1 || Some(&addresses[0]) != ip.as_ref() || slice_epoch != Some(epoch) {
-            return Ok(None);
-        }
-        let answer = who_answers(ctx, &rw).await?;
-        Ok((answer["member"] == primary.as_str() && answer["role"] == "Primary").then_some((primary, epoch)))
-    })
+    wait_for(
+        &format!("{group}: a primary routed above epoch {after}"),
+        timeout,
+        || async {
+            let g = api.get(group).await?;
+            let Some(status) = g.status else {
+                return Ok(None);
+            };
+            let (Some(primary), Some(epoch)) =
+                (status.primary.clone(), status.epoch.map(|e| e as u64))
+            else {
+                return Ok(None);
+            };
+            if epoch <= after {
+                return Ok(None);
+            }
+            let (addresses, slice_epoch) = rw_slice(ctx, ns, group).await?;
+            let ip = pod_ip(ctx, ns, &primary).await?;
+            if addresses.len() != 1
+                || Some(&addresses[0]) != ip.as_ref()
+                || slice_epoch != Some(epoch)
+            {
+                return Ok(None);
+            }
+            let answer = who_answers(ctx, &rw).await?;
+            Ok(
+                (answer["member"] == primary.as_str() && answer["role"] == "Primary")
+                    .then_some((primary, epoch)),
+            )
+        },
+    )
     .await
 }
 
 async fn create_group(ctx: &Ctx, ns: &str, group: &Value) -> Result<()> {
-    ctx.kubectl_stdin(&["apply", "--server-side", "-n", ns, "-f", "-"], Some(&group.to_string()))?;
+    ctx.kubectl_stdin(
+        &["apply", "--server-side", "-n", ns, "-f", "-"],
+        Some(&group.to_string()),
+    )?;
     Ok(())
 }
 
@@ -172,21 +252,56 @@ async fn example_group_becomes_ready_and_routes_writes_to_the_primary(ctx: Ctx) 
     create_group(&ctx, &ns.name, &example_with_test_workload(&ctx)?).await?;
     let g = wait_ready(&ctx, &ns.name, "cache", Duration::from_secs(180)).await?;
     let status = g.status.context("status")?;
-    ensure!(status.members.iter().filter(|m| m.healthy && m.voter).count() == 3, "members: {:?}", status.members);
-    let (primary, epoch) = wait_routed_primary(&ctx, &ns.name, "cache", 0, Duration::from_secs(30)).await?;
+    ensure!(
+        status
+            .members
+            .iter()
+            .filter(|m| m.healthy && m.voter)
+            .count()
+            == 3,
+        "members: {:?}",
+        status.members
+    );
+    let (primary, epoch) =
+        wait_routed_primary(&ctx, &ns.name, "cache", 0, Duration::from_secs(30)).await?;
     // A write through -rw reaches the primary and carries its epoch.
     let rw = service_ip(&ctx, &ns.name, "cache-rw").await?;
-    let (code, body) = ctx.http_post(&format!("http://{rw}:8080/write"), &json!({"epoch": epoch, "value": "hello"}).to_string()).await?;
+    let (code, body) = ctx
+        .http_post(
+            &format!("http://{rw}:8080/write"),
+            &json!({"epoch": epoch, "value": "hello"}).to_string(),
+        )
+        .await?;
     ensure!(code == 200, "write through cache-rw: HTTP {code}: {body}");
-    ensure!(body.contains(&primary), "the write was not served by the primary {primary}: {body}");
+    ensure!(
+        body.contains(&primary),
+        "the write was not served by the primary {primary}: {body}"
+    );
     // Member pods hold no Kubernetes credentials.
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns.name);
-    for pod in pods.list(&ListParams::default().labels("quorate.dev/group=cache")).await?.items {
+    for pod in pods
+        .list(&ListParams::default().labels("quorate.dev/group=cache"))
+        .await?
+        .items
+    {
         let spec = pod.spec.context("pod spec")?;
-        ensure!(spec.automount_service_account_token == Some(false), "{:?} mounts a token", pod.metadata.name);
-        let mounts = spec.containers.iter().chain(spec.init_containers.iter().flatten()).flat_map(|c| c.volume_mounts.iter().flatten());
+        ensure!(
+            spec.automount_service_account_token == Some(false),
+            "{:?} mounts a token",
+            pod.metadata.name
+        );
+        let mounts = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .flat_map(|c| c.volume_mounts.iter().flatten());
         for m in mounts {
-            ensure!(!m.mount_path.contains("serviceaccount"), "{:?} mounts {}", pod.metadata.name, m.mount_path);
+            ensure!(
+                !m.mount_path.contains("serviceaccount"),
+                "{:?} mounts {}",
+                pod.metadata.name,
+                m.mount_path
+            );
         }
     }
     // The ro Service holds the two backups.
@@ -201,21 +316,48 @@ async fn crashed_primary_is_replaced_and_comes_back_as_a_backup(ctx: Ctx) -> Res
     let ns = ctx.namespace("op-crash")?;
     create_group(&ctx, &ns.name, &test_group(&ctx, "db", "PrimaryBackup", 3)).await?;
     wait_ready(&ctx, &ns.name, "db", Duration::from_secs(180)).await?;
-    let (old, epoch) = wait_routed_primary(&ctx, &ns.name, "db", 0, Duration::from_secs(30)).await?;
+    let (old, epoch) =
+        wait_routed_primary(&ctx, &ns.name, "db", 0, Duration::from_secs(30)).await?;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns.name);
     let started = Instant::now();
-    pods.delete(&old, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
-    let (new, new_epoch) = wait_routed_primary(&ctx, &ns.name, "db", epoch, Duration::from_secs(30)).await?;
-    eprintln!("    crash failover {old} -> {new}: {} ms", started.elapsed().as_millis());
+    pods.delete(
+        &old,
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let (new, new_epoch) =
+        wait_routed_primary(&ctx, &ns.name, "db", epoch, Duration::from_secs(30)).await?;
+    eprintln!(
+        "    crash failover {old} -> {new}: {} ms",
+        started.elapsed().as_millis()
+    );
     ensure!(new != old, "the deleted primary {old} is primary again");
-    ensure!(new_epoch == epoch + 1, "epoch went {epoch} -> {new_epoch}, expected +1");
+    ensure!(
+        new_epoch == epoch + 1,
+        "epoch went {epoch} -> {new_epoch}, expected +1"
+    );
     // The old pod comes back (StatefulSet) and rejoins as a backup; the group is Ready again.
     let g = wait_ready(&ctx, &ns.name, "db", Duration::from_secs(120)).await?;
     let status = g.status.context("status")?;
-    let back = status.members.iter().find(|m| m.name == old).context("old member")?;
-    ensure!(back.healthy && back.role == quorate::api::MemberRole::Backup, "{old} after the crash: {back:?}");
+    let back = status
+        .members
+        .iter()
+        .find(|m| m.name == old)
+        .context("old member")?;
+    ensure!(
+        back.healthy && back.role == quorate::api::MemberRole::Backup,
+        "{old} after the crash: {back:?}"
+    );
     let f = status.last_failover.context("lastFailover")?;
-    ensure!(f.to.as_deref() == Some(new.as_str()) && f.routed_at.is_some() && f.duration_millis.is_some(), "lastFailover: {f:?}");
+    ensure!(
+        f.to.as_deref() == Some(new.as_str())
+            && f.routed_at.is_some()
+            && f.duration_millis.is_some(),
+        "lastFailover: {f:?}"
+    );
     Ok(())
 }
 
@@ -224,20 +366,40 @@ async fn graceful_deletion_hands_over_at_once(ctx: Ctx) -> Result<()> {
     let ns = ctx.namespace("op-graceful")?;
     create_group(&ctx, &ns.name, &test_group(&ctx, "db", "PrimaryBackup", 3)).await?;
     wait_ready(&ctx, &ns.name, "db", Duration::from_secs(180)).await?;
-    let (old, epoch) = wait_routed_primary(&ctx, &ns.name, "db", 0, Duration::from_secs(30)).await?;
+    let (old, epoch) =
+        wait_routed_primary(&ctx, &ns.name, "db", 0, Duration::from_secs(30)).await?;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns.name);
     let started = Instant::now();
     pods.delete(&old, &DeleteParams::default()).await?;
-    let (new, new_epoch) = wait_routed_primary(&ctx, &ns.name, "db", epoch, Duration::from_secs(20)).await?;
+    let (new, new_epoch) =
+        wait_routed_primary(&ctx, &ns.name, "db", epoch, Duration::from_secs(20)).await?;
     let took = started.elapsed();
-    eprintln!("    graceful hand-off {old} -> {new}: {} ms", took.as_millis());
+    eprintln!(
+        "    graceful hand-off {old} -> {new}: {} ms",
+        took.as_millis()
+    );
     ensure!(new != old);
     // The hand-off went through the released lease (no expiry wait); how fast that is on an
     // idle machine is `make bench-failover`'s business, not a timed assertion's.
     // No lease had to run out: the next epoch, and no failover event for a lease expiry.
-    ensure!(new_epoch == epoch + 1, "epoch went {epoch} -> {new_epoch} after {took:?}");
-    let failovers = ctx.kubectl(&["get", "events", "-n", &ns.name, "--field-selector", "reason=Failover", "-o", "jsonpath={.items[*].message}"])?;
-    ensure!(!failovers.contains("LeaseExpired"), "the hand-off after {took:?} waited for the lease to expire: {failovers}");
+    ensure!(
+        new_epoch == epoch + 1,
+        "epoch went {epoch} -> {new_epoch} after {took:?}"
+    );
+    let failovers = ctx.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        &ns.name,
+        "--field-selector",
+        "reason=Failover",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ])?;
+    ensure!(
+        !failovers.contains("LeaseExpired"),
+        "the hand-off after {took:?} waited for the lease to expire: {failovers}"
+    );
     Ok(())
 }
 
@@ -247,23 +409,58 @@ async fn scale_up_and_down_keeps_one_primary(ctx: Ctx) -> Result<()> {
     create_group(&ctx, &ns.name, &test_group(&ctx, "db", "PrimaryBackup", 3)).await?;
     wait_ready(&ctx, &ns.name, "db", Duration::from_secs(180)).await?;
     for replicas in [5, 3] {
-        ctx.kubectl(&["scale", "-n", &ns.name, "rg/db", &format!("--replicas={replicas}")])?;
-        let g = wait_for(&format!("{replicas} healthy voting members"), Duration::from_secs(180), || async {
-            let g = groups(&ctx, &ns.name).get("db").await?;
-            let s = g.status.clone().unwrap_or_default();
-            let members: Vec<_> = s.members.iter().filter(|m| !m.name.contains("witness")).collect();
-            let ok = members.len() == replicas && members.iter().all(|m| m.healthy && m.voter) && condition_true(&g, "Ready");
-            Ok(ok.then_some(g))
-        })
+        ctx.kubectl(&[
+            "scale",
+            "-n",
+            &ns.name,
+            "rg/db",
+            &format!("--replicas={replicas}"),
+        ])?;
+        let g = wait_for(
+            &format!("{replicas} healthy voting members"),
+            Duration::from_secs(180),
+            || async {
+                let g = groups(&ctx, &ns.name).get("db").await?;
+                let s = g.status.clone().unwrap_or_default();
+                let members: Vec<_> = s
+                    .members
+                    .iter()
+                    .filter(|m| !m.name.contains("witness"))
+                    .collect();
+                let ok = members.len() == replicas
+                    && members.iter().all(|m| m.healthy && m.voter)
+                    && condition_true(&g, "Ready");
+                Ok(ok.then_some(g))
+            },
+        )
         .await?;
-        let primaries = g.status.as_ref().map_or(0, |s| s.members.iter().filter(|m| m.role == quorate::api::MemberRole::Primary).count());
-        ensure!(primaries == 1, "after scaling to {replicas}: {primaries} primaries");
+        let primaries = g.status.as_ref().map_or(0, |s| {
+            s.members
+                .iter()
+                .filter(|m| m.role == quorate::api::MemberRole::Primary)
+                .count()
+        });
+        ensure!(
+            primaries == 1,
+            "after scaling to {replicas}: {primaries} primaries"
+        );
         // Pods of removed members finish terminating shortly after they left the group.
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns.name);
-        wait_for(&format!("{replicas} member pods"), Duration::from_secs(60), || async {
-            let n = pods.list(&ListParams::default().labels("quorate.dev/group=db,quorate.dev/component=member")).await?.items.len();
-            Ok((n == replicas).then_some(()))
-        })
+        wait_for(
+            &format!("{replicas} member pods"),
+            Duration::from_secs(60),
+            || async {
+                let n = pods
+                    .list(
+                        &ListParams::default()
+                            .labels("quorate.dev/group=db,quorate.dev/component=member"),
+                    )
+                    .await?
+                    .items
+                    .len();
+                Ok((n == replicas).then_some(()))
+            },
+        )
         .await?;
     }
     Ok(())
@@ -277,7 +474,12 @@ fn plugin(ctx: &Ctx, args: &[&str]) -> Result<String> {
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
-        bail!("kubectl quorate {} failed: {}{}", args.join(" "), stdout, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "kubectl quorate {} failed: {}{}",
+            args.join(" "),
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(stdout)
 }
@@ -287,16 +489,47 @@ async fn switchover_through_the_kubectl_plugin(ctx: Ctx) -> Result<()> {
     let ns = ctx.namespace("op-switch")?;
     create_group(&ctx, &ns.name, &test_group(&ctx, "db", "PrimaryBackup", 3)).await?;
     wait_ready(&ctx, &ns.name, "db", Duration::from_secs(180)).await?;
-    let (old, epoch) = wait_routed_primary(&ctx, &ns.name, "db", 0, Duration::from_secs(30)).await?;
-    let target = ["db-0", "db-1", "db-2"].into_iter().find(|m| *m != old).context("a target")?;
-    let out = plugin(&ctx, &["-n", &ns.name, "switchover", "db", "--to", target, "--timeout", "60s"])?;
+    let (old, epoch) =
+        wait_routed_primary(&ctx, &ns.name, "db", 0, Duration::from_secs(30)).await?;
+    let target = ["db-0", "db-1", "db-2"]
+        .into_iter()
+        .find(|m| *m != old)
+        .context("a target")?;
+    let out = plugin(
+        &ctx,
+        &[
+            "-n",
+            &ns.name,
+            "switchover",
+            "db",
+            "--to",
+            target,
+            "--timeout",
+            "60s",
+        ],
+    )?;
     ensure!(out.contains(target), "plugin output: {out}");
-    let (new, epoch2) = wait_routed_primary(&ctx, &ns.name, "db", epoch, Duration::from_secs(30)).await?;
-    ensure!(new == target && epoch2 == epoch + 1, "switched to {new} at epoch {epoch2}, asked for {target} after epoch {epoch}");
+    let (new, epoch2) =
+        wait_routed_primary(&ctx, &ns.name, "db", epoch, Duration::from_secs(30)).await?;
+    ensure!(
+        new == target && epoch2 == epoch + 1,
+        "switched to {new} at epoch {epoch2}, asked for {target} after epoch {epoch}"
+    );
     let status = plugin(&ctx, &["-n", &ns.name, "status", "db"])?;
-    ensure!(status.contains(target) && status.contains("Primary"), "status output: {status}");
-    let missing = plugin(&ctx, &["-n", &ns.name, "status", "nosuch"]).expect_err("a missing group is an error").to_string();
-    ensure!(missing.contains(&format!("replicagroup \"nosuch\" not found in namespace \"{}\"", ns.name)), "{missing}");
+    ensure!(
+        status.contains(target) && status.contains("Primary"),
+        "status output: {status}"
+    );
+    let missing = plugin(&ctx, &["-n", &ns.name, "status", "nosuch"])
+        .expect_err("a missing group is an error")
+        .to_string();
+    ensure!(
+        missing.contains(&format!(
+            "replicagroup \"nosuch\" not found in namespace \"{}\"",
+            ns.name
+        )),
+        "{missing}"
+    );
 
     Ok(())
 }
@@ -308,24 +541,56 @@ async fn pause_and_resume_through_the_kubectl_plugin(ctx: Ctx) -> Result<()> {
     let ns = ctx.namespace("op-pause")?;
     create_group(&ctx, &ns.name, &test_group(&ctx, "db", "PrimaryBackup", 3)).await?;
     wait_ready(&ctx, &ns.name, "db", Duration::from_secs(180)).await?;
-    let (new, epoch2) = wait_routed_primary(&ctx, &ns.name, "db", 0, Duration::from_secs(30)).await?;
+    let (new, epoch2) =
+        wait_routed_primary(&ctx, &ns.name, "db", 0, Duration::from_secs(30)).await?;
     // Paused: a crashed primary is not replaced; routing drains it once its lease is gone.
     plugin(&ctx, &["-n", &ns.name, "pause", "db"])?;
-    wait_for("the group to report paused", Duration::from_secs(30), || async {
-        let g = groups(&ctx, &ns.name).get("db").await?;
-        let paused_event = ctx.kubectl(&["get", "events", "-n", &ns.name, "--field-selector", "reason=Paused", "-o", "name"])?;
-        Ok((g.spec.paused && !paused_event.trim().is_empty()).then_some(()))
-    })
+    wait_for(
+        "the group to report paused",
+        Duration::from_secs(30),
+        || async {
+            let g = groups(&ctx, &ns.name).get("db").await?;
+            let paused_event = ctx.kubectl(&[
+                "get",
+                "events",
+                "-n",
+                &ns.name,
+                "--field-selector",
+                "reason=Paused",
+                "-o",
+                "name",
+            ])?;
+            Ok((g.spec.paused && !paused_event.trim().is_empty()).then_some(()))
+        },
+    )
     .await?;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns.name);
-    pods.delete(&new, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
+    pods.delete(
+        &new,
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await?;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let g = groups(&ctx, &ns.name).get("db").await?;
-    ensure!(g.status.as_ref().and_then(|s| s.epoch) == Some(epoch2 as i64), "a primary was appointed while paused: {:?}", g.status);
+    ensure!(
+        g.status.as_ref().and_then(|s| s.epoch) == Some(epoch2 as i64),
+        "a primary was appointed while paused: {:?}",
+        g.status
+    );
     let (rw, _) = rw_slice(&ctx, &ns.name, "db").await?;
-    ensure!(rw.is_empty() || pod_ip(&ctx, &ns.name, &new).await?.is_some_and(|ip| rw == vec![ip]), "-rw routes elsewhere while paused: {rw:?}");
+    ensure!(
+        rw.is_empty()
+            || pod_ip(&ctx, &ns.name, &new)
+                .await?
+                .is_some_and(|ip| rw == vec![ip]),
+        "-rw routes elsewhere while paused: {rw:?}"
+    );
     plugin(&ctx, &["-n", &ns.name, "resume", "db"])?;
-    let (after, _) = wait_routed_primary(&ctx, &ns.name, "db", epoch2, Duration::from_secs(60)).await?;
+    let (after, _) =
+        wait_routed_primary(&ctx, &ns.name, "db", epoch2, Duration::from_secs(60)).await?;
     eprintln!("    resumed: primary {after}");
     Ok(())
 }
@@ -335,17 +600,53 @@ async fn leader_loss_during_a_failover_still_ends_routed(ctx: Ctx) -> Result<()>
     let ns = ctx.namespace("op-ha")?;
     create_group(&ctx, &ns.name, &test_group(&ctx, "db", "PrimaryBackup", 3)).await?;
     wait_ready(&ctx, &ns.name, "db", Duration::from_secs(180)).await?;
-    let (old, epoch) = wait_routed_primary(&ctx, &ns.name, "db", 0, Duration::from_secs(30)).await?;
-    let holder = ctx.kubectl(&["get", "lease", RELEASE, "-n", OPERATOR_NAMESPACE, "-o", "jsonpath={.spec.holderIdentity}"])?;
+    let (old, epoch) =
+        wait_routed_primary(&ctx, &ns.name, "db", 0, Duration::from_secs(30)).await?;
+    let holder = ctx.kubectl(&[
+        "get",
+        "lease",
+        RELEASE,
+        "-n",
+        OPERATOR_NAMESPACE,
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ])?;
     ensure!(!holder.is_empty(), "no operator holds the lease");
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns.name);
     let operators: Api<Pod> = Api::namespaced(ctx.client.clone(), OPERATOR_NAMESPACE);
-    pods.delete(&old, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
-    operators.delete(&holder, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
-    let (new, _) = wait_routed_primary(&ctx, &ns.name, "db", epoch, Duration::from_secs(90)).await?;
+    pods.delete(
+        &old,
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await?;
+    operators
+        .delete(
+            &holder,
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let (new, _) =
+        wait_routed_primary(&ctx, &ns.name, "db", epoch, Duration::from_secs(90)).await?;
     ensure!(new != old);
-    let holder2 = ctx.kubectl(&["get", "lease", RELEASE, "-n", OPERATOR_NAMESPACE, "-o", "jsonpath={.spec.holderIdentity}"])?;
-    ensure!(holder2 != holder, "the killed operator {holder} still holds the lease");
+    let holder2 = ctx.kubectl(&[
+        "get",
+        "lease",
+        RELEASE,
+        "-n",
+        OPERATOR_NAMESPACE,
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ])?;
+    ensure!(
+        holder2 != holder,
+        "the killed operator {holder} still holds the lease"
+    );
     wait_ready(&ctx, &ns.name, "db", Duration::from_secs(120)).await?;
     Ok(())
 }
@@ -369,22 +670,51 @@ async fn invalid_template_is_reported_without_a_crash_loop(ctx: Ctx) -> Result<(
     let mut group = test_group(&ctx, "bad", "PrimaryBackup", 3);
     group["spec"]["template"]["spec"]["containers"][0]["name"] = json!("quorate-agent");
     create_group(&ctx, &ns.name, &group).await?;
-    let g = wait_for("a Degraded condition naming the template", Duration::from_secs(60), || async {
-        let g = groups(&ctx, &ns.name).get("bad").await?;
-        let degraded = g.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded").cloned());
-        Ok(degraded.filter(|c| c.status == "True" && c.reason == "InvalidTemplate").map(|c| (g, c)))
-    })
+    let g = wait_for(
+        "a Degraded condition naming the template",
+        Duration::from_secs(60),
+        || async {
+            let g = groups(&ctx, &ns.name).get("bad").await?;
+            let degraded = g
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded").cloned());
+            Ok(degraded
+                .filter(|c| c.status == "True" && c.reason == "InvalidTemplate")
+                .map(|c| (g, c)))
+        },
+    )
     .await?;
     ensure!(g.1.message.contains("reserved"), "message: {}", g.1.message);
-    let events = ctx.kubectl(&["get", "events", "-n", &ns.name, "--field-selector", "reason=InvalidTemplate", "-o", "jsonpath={.items[*].message}"])?;
-    ensure!(events.contains("reserved"), "no InvalidTemplate event: {events}");
+    let events = ctx.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        &ns.name,
+        "--field-selector",
+        "reason=InvalidTemplate",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ])?;
+    ensure!(
+        events.contains("reserved"),
+        "no InvalidTemplate event: {events}"
+    );
     let sts = ctx.kubectl(&["get", "statefulsets", "-n", &ns.name, "-o", "name"])?;
-    ensure!(sts.trim().is_empty(), "a StatefulSet was created from an invalid template: {sts}");
+    ensure!(
+        sts.trim().is_empty(),
+        "a StatefulSet was created from an invalid template: {sts}"
+    );
     // The operator keeps running (no crash loop).
     let restarts = operator_restarts(&ctx)?;
     // Pods replaced meanwhile (another test kills the leader) do not count; restarts do.
-    let restarted = restarts.iter().any(|(pod, n)| restarts_before.iter().any(|(p, m)| p == pod && n > m));
-    ensure!(!restarted, "operator restarts: {restarts_before:?} before the invalid group, {restarts:?} after");
+    let restarted = restarts
+        .iter()
+        .any(|(pod, n)| restarts_before.iter().any(|(p, m)| p == pod && n > m));
+    ensure!(
+        !restarted,
+        "operator restarts: {restarts_before:?} before the invalid group, {restarts:?} after"
+    );
     Ok(())
 }
 
@@ -393,12 +723,33 @@ async fn deleting_a_group_removes_everything_it_created(ctx: Ctx) -> Result<()> 
     let ns = ctx.namespace("op-delete")?;
     create_group(&ctx, &ns.name, &test_group(&ctx, "db", "PrimaryBackup", 3)).await?;
     wait_ready(&ctx, &ns.name, "db", Duration::from_secs(180)).await?;
-    ctx.kubectl(&["delete", "rg", "db", "-n", &ns.name, "--wait=true", "--timeout=60s"])?;
+    ctx.kubectl(&[
+        "delete",
+        "rg",
+        "db",
+        "-n",
+        &ns.name,
+        "--wait=true",
+        "--timeout=60s",
+    ])?;
     let kinds = "statefulsets,services,endpointslices,poddisruptionbudgets,secrets,pods,persistentvolumeclaims";
-    wait_for("every object of the group to be gone", Duration::from_secs(120), || async {
-        let left = ctx.kubectl(&["get", kinds, "-n", &ns.name, "-l", "quorate.dev/group=db", "-o", "name"])?;
-        let pvcs = ctx.kubectl(&["get", "pvc", "-n", &ns.name, "-o", "name"])?;
-        Ok((left.trim().is_empty() && pvcs.trim().is_empty()).then_some(()))
-    })
+    wait_for(
+        "every object of the group to be gone",
+        Duration::from_secs(120),
+        || async {
+            let left = ctx.kubectl(&[
+                "get",
+                kinds,
+                "-n",
+                &ns.name,
+                "-l",
+                "quorate.dev/group=db",
+                "-o",
+                "name",
+            ])?;
+            let pvcs = ctx.kubectl(&["get", "pvc", "-n", &ns.name, "-o", "name"])?;
+            Ok((left.trim().is_empty() && pvcs.trim().is_empty()).then_some(()))
+        },
+    )
     .await
 }

@@ -34,19 +34,29 @@ pub fn last_tests() -> Vec<crate::support::Test> {
 async fn node_is_ready(ctx: Ctx) -> Result<()> {
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     let list = nodes.list(&Default::default()).await?;
-    ensure!(list.items.len() == 1, "expected one node, found {}", list.items.len());
+    ensure!(
+        list.items.len() == 1,
+        "expected one node, found {}",
+        list.items.len()
+    );
     let ready = list.items[0]
         .status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
         .map(|c| c.status.clone());
-    ensure!(ready.as_deref() == Some("True"), "node not Ready: {ready:?}");
+    ensure!(
+        ready.as_deref() == Some("True"),
+        "node not Ready: {ready:?}"
+    );
     Ok(())
 }
 
 fn route_device(ip: &str) -> Result<String> {
-    let out = Command::new("ip").args(["route", "get", ip]).output().context("ip route get")?;
+    let out = Command::new("ip")
+        .args(["route", "get", ip])
+        .output()
+        .context("ip route get")?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.split_whitespace()
         .skip_while(|w| *w != "dev")
@@ -61,18 +71,40 @@ async fn service_cidr_and_pods_route_via_the_bridge(ctx: Ctx) -> Result<()> {
         // kind routes through its node container; the bridge rule is the local test bed's.
         return Ok(());
     }
-    let svc_ip = ctx.kubectl(&["get", "service", "kubernetes", "-n", "default", "-o", "jsonpath={.spec.clusterIP}"])?;
-    ensure!(route_device(&svc_ip)? == "cni0", "Service IP {svc_ip} does not route via cni0");
+    let svc_ip = ctx.kubectl(&[
+        "get",
+        "service",
+        "kubernetes",
+        "-n",
+        "default",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])?;
+    ensure!(
+        route_device(&svc_ip)? == "cni0",
+        "Service IP {svc_ip} does not route via cni0"
+    );
     // An unallocated Service IP too: a DNAT miss must stay on the bridge.
-    ensure!(route_device("10.96.254.254")? == "cni0", "the Service CIDR is not routed via cni0");
+    ensure!(
+        route_device("10.96.254.254")? == "cni0",
+        "the Service CIDR is not routed via cni0"
+    );
     let ns = ctx.namespace("smoke-route")?;
-    ctx.kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(&sleeper_pod("probe").to_string()))?;
+    ctx.kubectl_stdin(
+        &["apply", "-n", &ns.name, "-f", "-"],
+        Some(&sleeper_pod("probe").to_string()),
+    )?;
     let ip = wait_for("a pod IP", Duration::from_secs(60), || async {
-        let pod = Api::<Pod>::namespaced(ctx.client.clone(), &ns.name).get("probe").await?;
+        let pod = Api::<Pod>::namespaced(ctx.client.clone(), &ns.name)
+            .get("probe")
+            .await?;
         Ok(pod.status.and_then(|s| s.pod_ip))
     })
     .await?;
-    ensure!(route_device(&ip)? == "cni0", "pod IP {ip} does not route via cni0");
+    ensure!(
+        route_device(&ip)? == "cni0",
+        "pod IP {ip} does not route via cni0"
+    );
     Ok(())
 }
 
@@ -84,15 +116,19 @@ fn sleeper_pod(name: &str) -> serde_json::Value {
 
 async fn wait_pod_ready(ctx: &Ctx, ns: &str, name: &str) -> Result<Pod> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    wait_for(&format!("pod {ns}/{name} Ready"), Duration::from_secs(90), || async {
-        let pod = api.get(name).await?;
-        let ready = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-        Ok(ready.then_some(pod))
-    })
+    wait_for(
+        &format!("pod {ns}/{name} Ready"),
+        Duration::from_secs(90),
+        || async {
+            let pod = api.get(name).await?;
+            let ready = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            Ok(ready.then_some(pod))
+        },
+    )
     .await
 }
 
@@ -103,11 +139,15 @@ async fn run_to_completion(ctx: &Ctx, ns: &str, name: &str, script: &str) -> Res
             "command": ["sh", "-c", script], "securityContext": restricted_container()}]}});
     ctx.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], Some(&pod.to_string()))?;
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let phase = wait_for(&format!("pod {name} to finish"), Duration::from_secs(90), || async {
-        let p = api.get(name).await?;
-        let phase = p.status.and_then(|s| s.phase).unwrap_or_default();
-        Ok(matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase))
-    })
+    let phase = wait_for(
+        &format!("pod {name} to finish"),
+        Duration::from_secs(90),
+        || async {
+            let p = api.get(name).await?;
+            let phase = p.status.and_then(|s| s.phase).unwrap_or_default();
+            Ok(matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase))
+        },
+    )
     .await?;
     let log = ctx.kubectl(&["logs", "-n", ns, name])?;
     ensure!(phase == "Succeeded", "pod {name} {phase}: {log}");
@@ -122,19 +162,46 @@ async fn local_image_pod_is_reachable_through_a_cluster_ip(ctx: Ctx) -> Result<(
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "app"},
          "spec": {"selector": {"app": "smoke"}, "ports": [{"port": 80, "targetPort": 8080}]}},
     ]});
-    ctx.kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(&manifest.to_string()))?;
+    ctx.kubectl_stdin(
+        &["apply", "-n", &ns.name, "-f", "-"],
+        Some(&manifest.to_string()),
+    )?;
     wait_pod_ready(&ctx, &ns.name, "app").await?;
-    let ip = ctx.kubectl(&["get", "service", "app", "-n", &ns.name, "-o", "jsonpath={.spec.clusterIP}"])?;
+    let ip = ctx.kubectl(&[
+        "get",
+        "service",
+        "app",
+        "-n",
+        &ns.name,
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])?;
     // From the host (kube-proxy's OUTPUT rules) ...
-    let body = wait_for("the Service to answer from the host", Duration::from_secs(30), || async {
-        let (status, body) = ctx.http_get(&format!("http://{ip}/"), None).await?;
-        Ok((status == 200).then_some(body))
-    })
+    let body = wait_for(
+        "the Service to answer from the host",
+        Duration::from_secs(30),
+        || async {
+            let (status, body) = ctx.http_get(&format!("http://{ip}/"), None).await?;
+            Ok((status == 200).then_some(body))
+        },
+    )
     .await?;
-    ensure!(body.contains("\"member\""), "unexpected answer from the test workload: {body}");
+    ensure!(
+        body.contains("\"member\""),
+        "unexpected answer from the test workload: {body}"
+    );
     // ... and from another pod (PREROUTING, hairpin on the bridge).
-    let log = run_to_completion(&ctx, &ns.name, "client", &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {ip} 80")).await?;
-    ensure!(log.contains("200 OK") && log.contains("\"member\""), "pod-to-Service request failed: {log}");
+    let log = run_to_completion(
+        &ctx,
+        &ns.name,
+        "client",
+        &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {ip} 80"),
+    )
+    .await?;
+    ensure!(
+        log.contains("200 OK") && log.contains("\"member\""),
+        "pod-to-Service request failed: {log}"
+    );
     Ok(())
 }
 
@@ -147,7 +214,10 @@ async fn headless_pod_name_resolves_from_another_pod(ctx: Ctx) -> Result<()> {
          "spec": {"hostname": "member-0", "subdomain": "peers", "terminationGracePeriodSeconds": 0,
                   "containers": [{"name": "sh", "image": BUSYBOX, "imagePullPolicy": "IfNotPresent", "command": ["sleep", "3600"], "securityContext": restricted_container()}]}},
     ]});
-    ctx.kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(&manifest.to_string()))?;
+    ctx.kubectl_stdin(
+        &["apply", "-n", &ns.name, "-f", "-"],
+        Some(&manifest.to_string()),
+    )?;
     let pod = wait_pod_ready(&ctx, &ns.name, "member-0").await?;
     let ip = pod.status.and_then(|s| s.pod_ip).context("pod IP")?;
     let fqdn = format!("member-0.peers.{}.svc.cluster.local", ns.name);
@@ -159,9 +229,16 @@ async fn headless_pod_name_resolves_from_another_pod(ctx: Ctx) -> Result<()> {
 /// Pod DNS has no upstream: names outside the cluster never resolve.
 async fn pod_dns_does_not_resolve_outside_names(ctx: Ctx) -> Result<()> {
     let ns = ctx.namespace("smoke-nodns")?;
-    let log = run_to_completion(&ctx, &ns.name, "outside", "nslookup example.com 2>&1; true").await?;
-    ensure!(!log.contains("Address: ") || log.matches("Address:").count() == 1, "example.com resolved from a pod: {log}");
-    ensure!(log.contains("SERVFAIL") || log.contains("can't find"), "unexpected lookup result: {log}");
+    let log =
+        run_to_completion(&ctx, &ns.name, "outside", "nslookup example.com 2>&1; true").await?;
+    ensure!(
+        !log.contains("Address: ") || log.matches("Address:").count() == 1,
+        "example.com resolved from a pod: {log}"
+    );
+    ensure!(
+        log.contains("SERVFAIL") || log.contains("can't find"),
+        "unexpected lookup result: {log}"
+    );
     Ok(())
 }
 
@@ -169,45 +246,89 @@ async fn volume_data_survives_pod_recreation(ctx: Ctx) -> Result<()> {
     let ns = ctx.namespace("smoke-pvc")?;
     let claim = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "16Mi"}}}});
-    ctx.kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(&claim.to_string()))?;
-    let pod = |script: &str| json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "writer"},
+    ctx.kubectl_stdin(
+        &["apply", "-n", &ns.name, "-f", "-"],
+        Some(&claim.to_string()),
+    )?;
+    let pod = |script: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "writer"},
         "spec": {"restartPolicy": "Never", "containers": [{"name": "sh", "image": BUSYBOX, "imagePullPolicy": "IfNotPresent",
             "command": ["sh", "-c", script], "volumeMounts": [{"name": "data", "mountPath": "/data"}], "securityContext": restricted_container()}],
-            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]}});
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]}})
+    };
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns.name);
     let finish = || async {
-        wait_for("the writer pod to succeed", Duration::from_secs(90), || async {
-            let p = api.get("writer").await?;
-            match p.status.and_then(|s| s.phase).as_deref() {
-                Some("Succeeded") => Ok(Some(())),
-                Some("Failed") => bail!("writer failed: {}", ctx.kubectl(&["logs", "-n", &ns.name, "writer"]).unwrap_or_default()),
-                _ => Ok(None),
-            }
-        })
+        wait_for(
+            "the writer pod to succeed",
+            Duration::from_secs(90),
+            || async {
+                let p = api.get("writer").await?;
+                match p.status.and_then(|s| s.phase).as_deref() {
+                    Some("Succeeded") => Ok(Some(())),
+                    Some("Failed") => bail!(
+                        "writer failed: {}",
+                        ctx.kubectl(&["logs", "-n", &ns.name, "writer"])
+                            .unwrap_or_default()
+                    ),
+                    _ => Ok(None),
+                }
+            },
+        )
         .await
     };
-    ctx.kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(&pod("echo kept-across-pods > /data/marker").to_string()))?;
+    ctx.kubectl_stdin(
+        &["apply", "-n", &ns.name, "-f", "-"],
+        Some(&pod("echo kept-across-pods > /data/marker").to_string()),
+    )?;
     finish().await?;
-    let phase = ctx.kubectl(&["get", "pvc", "data", "-n", &ns.name, "-o", "jsonpath={.status.phase}"])?;
+    let phase = ctx.kubectl(&[
+        "get",
+        "pvc",
+        "data",
+        "-n",
+        &ns.name,
+        "-o",
+        "jsonpath={.status.phase}",
+    ])?;
     ensure!(phase == "Bound", "the claim is {phase}, not Bound");
     ctx.kubectl(&["delete", "pod", "writer", "-n", &ns.name, "--wait=true"])?;
-    ctx.kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(&pod("cat /data/marker").to_string()))?;
+    ctx.kubectl_stdin(
+        &["apply", "-n", &ns.name, "-f", "-"],
+        Some(&pod("cat /data/marker").to_string()),
+    )?;
     finish().await?;
     let log = ctx.kubectl(&["logs", "-n", &ns.name, "writer"])?;
-    ensure!(log.trim() == "kept-across-pods", "data did not survive the pod: {log:?}");
+    ensure!(
+        log.trim() == "kept-across-pods",
+        "data did not survive the pod: {log:?}"
+    );
     Ok(())
 }
 
 /// Installs (idempotently) the CRD with server-side apply, as a user would.
 pub fn apply_crd(ctx: &Ctx) -> Result<()> {
     let dir = ctx.root.join("crds");
-    ctx.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", &dir.to_string_lossy()])?;
+    ctx.kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        &dir.to_string_lossy(),
+    ])?;
     // `kubectl wait` fails at once, instead of waiting, while a fresh CRD has no conditions yet.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        match ctx.kubectl(&["wait", "--for=condition=Established", "crd/replicagroups.quorate.dev", "--timeout=60s"]) {
+        match ctx.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/replicagroups.quorate.dev",
+            "--timeout=60s",
+        ]) {
             Ok(_) => return Ok(()),
-            Err(e) if e.to_string().contains("accessor error") && std::time::Instant::now() < deadline => {
+            Err(e)
+                if e.to_string().contains("accessor error")
+                    && std::time::Instant::now() < deadline =>
+            {
                 std::thread::sleep(Duration::from_millis(200));
             }
             Err(e) => return Err(e),
@@ -217,16 +338,30 @@ pub fn apply_crd(ctx: &Ctx) -> Result<()> {
 
 async fn crd_applies_server_side_and_explains_its_fields(ctx: Ctx) -> Result<()> {
     apply_crd(&ctx)?;
-    let explain = wait_for("kubectl explain to know the CRD", Duration::from_secs(30), || async {
-        Ok(ctx.kubectl(&["explain", "replicagroup.spec"]).ok())
-    })
+    let explain = wait_for(
+        "kubectl explain to know the CRD",
+        Duration::from_secs(30),
+        || async { Ok(ctx.kubectl(&["explain", "replicagroup.spec"]).ok()) },
+    )
     .await?;
-    for text in ["How the members share work", "replicas", "witnesses", "failover", "traffic"] {
-        ensure!(explain.contains(text), "`kubectl explain replicagroup.spec` lacks {text:?}:\n{explain}");
+    for text in [
+        "How the members share work",
+        "replicas",
+        "witnesses",
+        "failover",
+        "traffic",
+    ] {
+        ensure!(
+            explain.contains(text),
+            "`kubectl explain replicagroup.spec` lacks {text:?}:\n{explain}"
+        );
     }
     let failover = ctx.kubectl(&["explain", "replicagroup.spec.failover.leaseMillis"])?;
     let flowing = failover.split_whitespace().collect::<Vec<_>>().join(" ");
-    ensure!(flowing.contains("200 to 60000 milliseconds"), "leaseMillis explain text missing its bounds:\n{failover}");
+    ensure!(
+        flowing.contains("200 to 60000 milliseconds"),
+        "leaseMillis explain text missing its bounds:\n{failover}"
+    );
     Ok(())
 }
 
@@ -242,32 +377,54 @@ async fn api_server_rejects_every_invalid_manifest(ctx: Ctx) -> Result<()> {
                 .with_context(|| format!("{}: creating the existing object", case.name))?;
             // An operator installed by an earlier run may write the new object meanwhile (its
             // status): a conflict is not the answer under test, so the replace is tried again.
-            let mut r = ctx.kubectl_fails(&["replace", "-n", &ns.name, "-f", "-"], Some(&doc(&case.object)));
+            let mut r = ctx.kubectl_fails(
+                &["replace", "-n", &ns.name, "-f", "-"],
+                Some(&doc(&case.object)),
+            );
             for _ in 0..5 {
                 if !r.as_ref().is_ok_and(|stderr| stderr.contains("(Conflict)")) {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                r = ctx.kubectl_fails(&["replace", "-n", &ns.name, "-f", "-"], Some(&doc(&case.object)));
+                r = ctx.kubectl_fails(
+                    &["replace", "-n", &ns.name, "-f", "-"],
+                    Some(&doc(&case.object)),
+                );
             }
-            ctx.kubectl(&["delete", "-n", &ns.name, "-f", "-", "--wait=false"]).ok();
-            let _ = ctx.kubectl_stdin(&["delete", "-n", &ns.name, "-f", "-", "--wait=true"], Some(&doc(old)));
+            ctx.kubectl(&["delete", "-n", &ns.name, "-f", "-", "--wait=false"])
+                .ok();
+            let _ = ctx.kubectl_stdin(
+                &["delete", "-n", &ns.name, "-f", "-", "--wait=true"],
+                Some(&doc(old)),
+            );
             r
         } else {
-            ctx.kubectl_fails(&["create", "-n", &ns.name, "-f", "-"], Some(&doc(&case.object)))
+            ctx.kubectl_fails(
+                &["create", "-n", &ns.name, "-f", "-"],
+                Some(&doc(&case.object)),
+            )
         };
         match stderr {
             Ok(stderr) => {
                 for expect in &case.expects {
                     if !stderr.contains(expect.as_str()) {
-                        failures.push(format!("{}: expected {expect:?} in: {}", case.name, stderr.trim()));
+                        failures.push(format!(
+                            "{}: expected {expect:?} in: {}",
+                            case.name,
+                            stderr.trim()
+                        ));
                     }
                 }
             }
             Err(e) => failures.push(format!("{}: {e:#}", case.name)),
         }
     }
-    ensure!(failures.is_empty(), "{} case(s) not rejected as expected:\n{}", failures.len(), failures.join("\n"));
+    ensure!(
+        failures.is_empty(),
+        "{} case(s) not rejected as expected:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     Ok(())
 }
 
@@ -276,15 +433,36 @@ async fn helm_install_and_uninstall_leave_nothing_behind(ctx: Ctx) -> Result<()>
     use crate::operator::{OPERATOR_NAMESPACE, RELEASE, ensure_operator};
     ensure_operator(&ctx).await?;
     let installed = labelled_objects(&ctx, RELEASE)?;
-    ensure!(installed.iter().any(|o| o.starts_with("deployment")), "no operator Deployment after install: {installed:?}");
-    ctx.helm(&["uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--wait", "--timeout", "120s"])?;
-    let left = wait_for("the release's objects to be gone", Duration::from_secs(60), || async {
-        let left = labelled_objects(&ctx, RELEASE)?;
-        Ok(left.is_empty().then_some(()))
-    })
+    ensure!(
+        installed.iter().any(|o| o.starts_with("deployment")),
+        "no operator Deployment after install: {installed:?}"
+    );
+    ctx.helm(&[
+        "uninstall",
+        RELEASE,
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        "--wait",
+        "--timeout",
+        "120s",
+    ])?;
+    let left = wait_for(
+        "the release's objects to be gone",
+        Duration::from_secs(60),
+        || async {
+            let left = labelled_objects(&ctx, RELEASE)?;
+            Ok(left.is_empty().then_some(()))
+        },
+    )
     .await;
-    ctx.kubectl(&["delete", "namespace", OPERATOR_NAMESPACE, "--wait=false"]).ok();
-    left.with_context(|| format!("left behind: {:?}", labelled_objects(&ctx, RELEASE).unwrap_or_default()))
+    ctx.kubectl(&["delete", "namespace", OPERATOR_NAMESPACE, "--wait=false"])
+        .ok();
+    left.with_context(|| {
+        format!(
+            "left behind: {:?}",
+            labelled_objects(&ctx, RELEASE).unwrap_or_default()
+        )
+    })
 }
 
 /// Every object (namespaced or not) labelled as part of a Helm release.
@@ -292,7 +470,10 @@ fn labelled_objects(ctx: &Ctx, release: &str) -> Result<Vec<String>> {
     let selector = format!("app.kubernetes.io/instance={release}");
     let kinds = "deployments,replicasets,pods,services,serviceaccounts,roles,rolebindings,poddisruptionbudgets,configmaps,secrets";
     let mut out = Vec::new();
-    for (kinds, scope) in [(kinds, "--all-namespaces"), ("clusterroles,clusterrolebindings", "")] {
+    for (kinds, scope) in [
+        (kinds, "--all-namespaces"),
+        ("clusterroles,clusterrolebindings", ""),
+    ] {
         let mut args = vec!["get", kinds, "-l", &selector, "-o", "name"];
         if !scope.is_empty() {
             args.push(scope);

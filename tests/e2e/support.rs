@@ -13,10 +13,10 @@ use hyper_util::rt::TokioExecutor;
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-
 /// One cluster test: its name (module path and function) and how to run it. The e2e harness and
 /// the cluster benchmarks (which reuse the suites' helpers) share these.
-pub type TestFuture = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
+pub type TestFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
 
 // The benchmarks compile the suites for their helpers and never run a list.
 #[allow(dead_code)]
@@ -56,7 +56,8 @@ impl Ctx {
     pub async fn from_env() -> Result<Self> {
         let kubeconfig = env_path("QUORATE_KUBECONFIG")?;
         let config = kube::Config::from_custom_kubeconfig(
-            Kubeconfig::read_from(&kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?,
+            Kubeconfig::read_from(&kubeconfig)
+                .with_context(|| format!("reading {}", kubeconfig.display()))?,
             &KubeConfigOptions::default(),
         )
         .await?;
@@ -68,7 +69,8 @@ impl Ctx {
             kubeconfig,
             kubectl: env_path("QUORATE_KUBECTL")?,
             helm: env_path("HELM")?,
-            image: std::env::var("QUORATE_IMAGE").map_err(|_| anyhow!("QUORATE_IMAGE is not set (make test sets it)"))?,
+            image: std::env::var("QUORATE_IMAGE")
+                .map_err(|_| anyhow!("QUORATE_IMAGE is not set (make test sets it)"))?,
             root: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
             http: HttpClient::builder(TokioExecutor::new()).build(connector),
         })
@@ -80,7 +82,13 @@ impl Ctx {
     }
 
     pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
-        let out = run(Command::new(&self.kubectl).arg("--kubeconfig").arg(&self.kubeconfig).args(args), stdin)?;
+        let out = run(
+            Command::new(&self.kubectl)
+                .arg("--kubeconfig")
+                .arg(&self.kubeconfig)
+                .args(args),
+            stdin,
+        )?;
         if out.0 {
             Ok(out.1)
         } else {
@@ -90,23 +98,45 @@ impl Ctx {
 
     /// Runs kubectl expecting failure; returns stderr.
     pub fn kubectl_fails(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
-        let (ok, stdout, stderr) = run(Command::new(&self.kubectl).arg("--kubeconfig").arg(&self.kubeconfig).args(args), stdin)?;
+        let (ok, stdout, stderr) = run(
+            Command::new(&self.kubectl)
+                .arg("--kubeconfig")
+                .arg(&self.kubeconfig)
+                .args(args),
+            stdin,
+        )?;
         if ok {
-            bail!("kubectl {} succeeded but should have failed: {stdout}", args.join(" "));
+            bail!(
+                "kubectl {} succeeded but should have failed: {stdout}",
+                args.join(" ")
+            );
         }
         Ok(stderr)
     }
 
     pub fn helm(&self, args: &[&str]) -> Result<String> {
-        let out = run(Command::new(&self.helm).arg("--kubeconfig").arg(&self.kubeconfig).args(args), None)?;
-        if out.0 { Ok(out.1) } else { bail!("helm {} failed: {}", args.join(" "), out.2.trim()) }
+        let out = run(
+            Command::new(&self.helm)
+                .arg("--kubeconfig")
+                .arg(&self.kubeconfig)
+                .args(args),
+            None,
+        )?;
+        if out.0 {
+            Ok(out.1)
+        } else {
+            bail!("helm {} failed: {}", args.join(" "), out.2.trim())
+        }
     }
 
     /// A fresh namespace, deleted when the guard drops (also when the test fails).
     pub fn namespace(&self, prefix: &str) -> Result<Namespace> {
         let name = format!("{prefix}-{:04x}", rand::random::<u16>());
         self.kubectl(&["create", "namespace", &name])?;
-        Ok(Namespace { name, ctx: self.clone() })
+        Ok(Namespace {
+            name,
+            ctx: self.clone(),
+        })
     }
 
     /// GET over plain HTTP; (status, body). Only ever aimed at the test bed's addresses.
@@ -121,7 +151,9 @@ impl Ctx {
             None => req = req.header("connection", "close"),
         }
         let req = req.body(Full::new(bytes::Bytes::new()))?;
-        let resp = tokio::time::timeout(Duration::from_secs(5), self.http.request(req)).await.context("HTTP timeout")??;
+        let resp = tokio::time::timeout(Duration::from_secs(5), self.http.request(req))
+            .await
+            .context("HTTP timeout")??;
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await?.to_bytes();
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
@@ -132,7 +164,9 @@ impl Ctx {
             .header("connection", "close")
             .header("content-type", "application/json")
             .body(Full::new(bytes::Bytes::from(body.to_owned())))?;
-        let resp = tokio::time::timeout(Duration::from_secs(5), self.http.request(req)).await.context("HTTP timeout")??;
+        let resp = tokio::time::timeout(Duration::from_secs(5), self.http.request(req))
+            .await
+            .context("HTTP timeout")??;
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await?.to_bytes();
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
@@ -142,7 +176,11 @@ impl Ctx {
 fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<(bool, String, String)> {
     use std::io::Write as _;
     let mut child = cmd
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -151,7 +189,11 @@ fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<(bool, String, String)>
         pipe.write_all(input.as_bytes())?;
     }
     let out = child.wait_with_output()?;
-    Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned()))
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
 pub struct Namespace {
@@ -166,7 +208,10 @@ impl Drop for Namespace {
             return;
         }
         let _ = run(
-            Command::new(&self.ctx.kubectl).arg("--kubeconfig").arg(&self.ctx.kubeconfig).args(["delete", "namespace", &self.name, "--wait=false"]),
+            Command::new(&self.ctx.kubectl)
+                .arg("--kubeconfig")
+                .arg(&self.ctx.kubeconfig)
+                .args(["delete", "namespace", &self.name, "--wait=false"]),
             None,
         );
     }
