@@ -26,9 +26,14 @@ go_wrapper() {
 # installed NAME VERSION BINARY [ARGS [PATTERN]]: true when the cached BINARY, run with ARGS
 # (words; default --version), prints PATTERN (default VERSION without its v).
 installed() {
-  local bin args; bin="$(tool_dir "$1" "$2")/bin/$3"
+  local bin args out; bin="$(tool_dir "$1" "$2")/bin/$3"
   read -ra args <<<"${4:---version}"
-  [[ -x "$bin" ]] && "$bin" "${args[@]}" 2>&1 | grep -qF -- "${5:-${2#v}}"
+  [[ -x "$bin" ]] || return 1
+  # Read the whole output before matching: with pipefail, `cmd | grep -q` fails at random when
+  # grep exits at the first match and the command then dies of SIGPIPE on its next line
+  # (kubectl's second line did, and a warm run rebuilt Kubernetes from scratch).
+  out="$("$bin" "${args[@]}" 2>&1)" || return 1
+  grep -qF -- "${5:-${2#v}}" <<<"$out"
 }
 
 begin() { log "building $1 $2 (cold build; cached afterwards)"; BUILD_START=$SECONDS; }
