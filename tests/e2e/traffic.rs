@@ -507,6 +507,20 @@ async fn static_split_holds_and_a_weight_change_applies(ctx: Ctx) -> Result<()> 
         json!({"policy": "Static", "weights": first}),
     )
     .await?;
+    // "Served through the Gateway" is one answer; the route may have been written with other
+    // weights while members became healthy, and Traefik applies a change after its throttled
+    // reload. Measure once the data plane itself shows the split (a matching window of 100).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    until_split(
+        &ctx,
+        &s.host,
+        &target_shares(&first),
+        SPLIT_TOLERANCE_PP,
+        100,
+        deadline,
+        3000,
+    )
+    .await?;
     let samples = requests(&ctx, &s.host, 1000).await;
     ensure!(
         failures(&samples).is_empty(),
