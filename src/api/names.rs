@@ -53,6 +53,7 @@ pub const TLS_DIR: &str = "/etc/quorate/tls";
 /// The Gateway API group (Gateway, HTTPRoute) and the HTTPRoute version the operator writes.
 pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
 pub const HTTPROUTE_API_VERSION: &str = "gateway.networking.k8s.io/v1";
+pub const HTTPROUTE_KIND: &str = "HTTPRoute";
 
 /// The names of one group's objects.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,13 +1,10 @@
 //! Apply: server-side apply of the planned objects in the plan's order of writes
 //! (`Plan::writes`), with one field manager, owned by the group (so deleting the group deletes
-//! them), skipping objects whose content did not change since the last successful apply; then
-//! the status. Every function takes only a client (and the cache), so that the order of writes
+//! them), skipping objects that are still as the last successful apply left them
+//! (operator/applied.rs); then the status. Every function takes only a client (and the cache), so that the order of writes
 //! and the error paths are tested against a scripted API server.
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -16,42 +13,13 @@ use kube::core::ApiResource;
 use kube::{Api, Client, Resource};
 use serde_json::{Value, json};
 
+use super::applied::{AppliedCache, ObjectKey};
 use super::observe::http_route_resource;
 use super::{Error, KubeContext};
-use crate::api::names::{FIELD_MANAGER, GroupNames, SWITCHOVER_ANNOTATION};
+use crate::api::names::{FIELD_MANAGER, GroupNames, HTTPROUTE_KIND, SWITCHOVER_ANNOTATION};
 use crate::api::{ReplicaGroup, ReplicaGroupStatus};
 use crate::plan::{Desired, Obsolete, merge_route};
-
-/// Content hashes of what was applied, so an unchanged object costs no API call. Entries expire,
-/// so that an object someone changed or deleted behind our back is re-applied within minutes
-/// (owned objects also trigger a reconcile when they change).
-#[derive(Default)]
-pub struct AppliedCache {
-    entries: Mutex<HashMap<String, (u64, Instant)>>,
-}
-
-const CACHE_TTL: Duration = Duration::from_secs(300);
-
-impl AppliedCache {
-    fn fresh(&self, key: &str, hash: u64) -> bool {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries
-            .get(key)
-            .is_some_and(|(h, at)| *h == hash && at.elapsed() < CACHE_TTL)
-    }
-    fn record(&self, key: String, hash: u64) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, (hash, Instant::now()));
-    }
-    fn forget(&self, key: &str) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
-    }
-}
+use k8s_openapi::Resource as _;
 
 fn content_hash(v: &Value) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -63,14 +31,17 @@ fn resource_of(desired: &Desired) -> (ApiResource, &'static str) {
     use k8s_openapi::api::core::v1::Service;
     use k8s_openapi::api::policy::v1::PodDisruptionBudget;
     match desired {
-        Desired::StatefulSet(_) => (ApiResource::erase::<StatefulSet>(&()), "StatefulSet"),
-        Desired::Service(_) => (ApiResource::erase::<Service>(&()), "Service"),
-        Desired::EndpointSlice(_) => (ApiResource::erase::<EndpointSlice>(&()), "EndpointSlice"),
+        Desired::StatefulSet(_) => (ApiResource::erase::<StatefulSet>(&()), StatefulSet::KIND),
+        Desired::Service(_) => (ApiResource::erase::<Service>(&()), Service::KIND),
+        Desired::EndpointSlice(_) => (
+            ApiResource::erase::<EndpointSlice>(&()),
+            EndpointSlice::KIND,
+        ),
         Desired::PodDisruptionBudget(_) => (
             ApiResource::erase::<PodDisruptionBudget>(&()),
-            "PodDisruptionBudget",
+            PodDisruptionBudget::KIND,
         ),
-        Desired::HttpRoute(_) => (http_route_resource(), "HTTPRoute"),
+        Desired::HttpRoute(_) => (http_route_resource(), HTTPROUTE_KIND),
     }
 }
 
@@ -81,6 +52,7 @@ async fn apply_one(
     group: &ReplicaGroup,
     names: &GroupNames,
     desired: &Desired,
+    route: Option<&DynamicObject>,
 ) -> Result<Option<DynamicObject>, Error> {
     let (resource, kind) = resource_of(desired);
     let mut body = serde_json::to_value(desired)
@@ -96,17 +68,22 @@ async fn apply_one(
     }
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &names.namespace, &resource);
     if let Desired::HttpRoute(_) = desired {
-        // Keep what others added to the route (see plan::merge_route).
-        let existing = api
-            .get_opt(&name)
-            .await
-            .context(|| format!("reading {kind} {name}"))?;
+        // Keep what others added to the route (see plan::merge_route): the route as its watch
+        // last saw it, or as the API has it when the watch does not hold it (a route someone
+        // else created carries no label of ours).
+        let existing = match route {
+            Some(r) => Some(r.clone()),
+            None => api
+                .get_opt(&name)
+                .await
+                .context(|| format!("reading {kind} {name}"))?,
+        };
         let existing = existing.map(|o| serde_json::to_value(&o).unwrap_or(Value::Null));
         body = merge_route(&body, existing.as_ref(), names);
     }
-    let key = format!("{}/{kind}/{name}", names.namespace);
+    let key = ObjectKey::new(kind, &names.namespace, &name);
     let hash = content_hash(&body);
-    if applied.fresh(&key, hash) {
+    if applied.applied(&key, hash) {
         return Ok(None);
     }
     let written = api
@@ -117,22 +94,24 @@ async fn apply_one(
         )
         .await
         .context(|| format!("applying {kind} {}/{name}", names.namespace))?;
-    applied.record(key, hash);
+    applied.record_applied(key, hash, written.metadata.resource_version.clone());
     Ok(Some(written))
 }
 
 /// Applies `writes` one after the other, in the given order (the plan's); stops at the first
 /// error. Returns the objects written, as the API server answered (unchanged ones are skipped).
+/// `route` is the group's HTTPRoute as its watch holds it, if it does.
 pub async fn apply_objects(
     client: &Client,
     applied: &AppliedCache,
     group: &ReplicaGroup,
     names: &GroupNames,
     writes: &[&Desired],
+    route: Option<&DynamicObject>,
 ) -> Result<Vec<DynamicObject>, Error> {
     let mut written = Vec::new();
     for d in writes {
-        written.extend(apply_one(client, applied, group, names, d).await?);
+        written.extend(apply_one(client, applied, group, names, d, route).await?);
     }
     Ok(written)
 }
@@ -145,8 +124,8 @@ pub async fn delete_objects(
 ) -> Result<(), Error> {
     for o in obsolete {
         let resource = match o.kind {
-            "StatefulSet" => ApiResource::erase::<StatefulSet>(&()),
-            "HTTPRoute" => http_route_resource(),
+            StatefulSet::KIND => ApiResource::erase::<StatefulSet>(&()),
+            HTTPROUTE_KIND => http_route_resource(),
             other => {
                 return Err(Error::InvalidObject {
                     name: o.name.clone(),
@@ -154,8 +133,8 @@ pub async fn delete_objects(
                 });
             }
         };
-        let key = format!("{}/{}/{}#deleted", names.namespace, o.kind, o.name);
-        if applied.fresh(&key, 0) {
+        let key = ObjectKey::new(o.kind, &names.namespace, &o.name);
+        if applied.deleted(&key) {
             continue;
         }
         let api: Api<DynamicObject> =
@@ -170,8 +149,7 @@ pub async fn delete_objects(
                 });
             }
         }
-        applied.forget(&format!("{}/{}/{}", names.namespace, o.kind, o.name));
-        applied.record(key, 0);
+        applied.record_deleted(key);
     }
     Ok(())
 }
@@ -315,7 +293,7 @@ mod tests {
         let names = GroupNames::new("g", "ns");
         let applied = AppliedCache::default();
         let plan = plan();
-        let written = apply_objects(&client, &applied, &group(), &names, &plan.writes())
+        let written = apply_objects(&client, &applied, &group(), &names, &plan.writes(), None)
             .await
             .expect("apply");
         let written: Vec<String> = written
@@ -339,7 +317,7 @@ mod tests {
             "the server's answers"
         );
         assert!(
-            apply_objects(&client, &applied, &group(), &names, &plan.writes())
+            apply_objects(&client, &applied, &group(), &names, &plan.writes(), None)
                 .await
                 .expect("apply")
                 .is_empty(),
@@ -358,13 +336,80 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_object_changed_behind_our_back_is_written_again_and_only_it() {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(serve(handle, None));
+        let client = Client::new(service, "default");
+        let names = GroupNames::new("g", "ns");
+        let applied = AppliedCache::default();
+        let plan = plan();
+        apply_objects(&client, &applied, &group(), &names, &plan.writes(), None)
+            .await
+            .expect("apply");
+        // The Service's watch shows a resourceVersion that is not our write's.
+        applied.seen(
+            &ObjectKey::new("Service", "ns", "g-rw"),
+            crate::operator::applied::Seen::Present {
+                resource_version: Some("99"),
+            },
+        );
+        let again = apply_objects(&client, &applied, &group(), &names, &plan.writes(), None)
+            .await
+            .expect("apply");
+        assert_eq!(again.len(), 1);
+        drop(client);
+        let seen = server.await.unwrap();
+        assert_eq!(
+            seen.last().map(String::as_str),
+            Some("PATCH /api/v1/namespaces/ns/services/g-rw"),
+            "{seen:?}"
+        );
+        assert_eq!(seen.len(), 5, "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn an_obsolete_object_is_deleted_once_until_it_comes_back() {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(serve(handle, None));
+        let client = Client::new(service, "default");
+        let names = GroupNames::new("g", "ns");
+        let applied = AppliedCache::default();
+        let obsolete = [Obsolete {
+            kind: "StatefulSet",
+            name: "g-witness".into(),
+        }];
+        for _ in 0..3 {
+            delete_objects(&client, &applied, &names, &obsolete)
+                .await
+                .expect("delete");
+        }
+        applied.seen(
+            &ObjectKey::new("StatefulSet", "ns", "g-witness"),
+            crate::operator::applied::Seen::Present {
+                resource_version: Some("5"),
+            },
+        );
+        delete_objects(&client, &applied, &names, &obsolete)
+            .await
+            .expect("delete");
+        drop(client);
+        assert_eq!(
+            server.await.unwrap(),
+            [
+                "DELETE /apis/apps/v1/namespaces/ns/statefulsets/g-witness",
+                "DELETE /apis/apps/v1/namespaces/ns/statefulsets/g-witness",
+            ]
+        );
+    }
+
+    #[tokio::test]
     async fn a_conflict_names_the_object_and_stops_the_writes() {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let server = tokio::spawn(serve(handle, Some("/services/g-rw")));
         let client = Client::new(service, "default");
         let names = GroupNames::new("g", "ns");
         let applied = AppliedCache::default();
-        let error = apply_objects(&client, &applied, &group(), &names, &plan().writes())
+        let error = apply_objects(&client, &applied, &group(), &names, &plan().writes(), None)
             .await
             .expect_err("a conflict");
         assert_eq!(error.reason(), "conflict");
@@ -384,7 +429,7 @@ mod tests {
         let server = tokio::spawn(serve(handle, None));
         let client = Client::new(service, "default");
         assert_eq!(
-            apply_objects(&client, &applied, &group(), &names, &plan().writes())
+            apply_objects(&client, &applied, &group(), &names, &plan().writes(), None)
                 .await
                 .expect("retry")
                 .len(),

@@ -3,6 +3,7 @@
 //! (server-side apply, one field manager) -> status. Only the elected leader (a Lease) runs
 //! the controller; a standby keeps its watches cold and takes over when the lease frees.
 
+mod applied;
 mod apply;
 mod hub;
 mod leader;
@@ -28,7 +29,6 @@ use kube::{Api, Client};
 use tracing::{info, warn};
 
 use crate::api::ReplicaGroup;
-use crate::api::names::{MANAGED_BY, MANAGED_BY_LABEL};
 use crate::plan::OperatorSettings;
 
 pub use hub::AgentHub;
@@ -111,10 +111,10 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub reporter: Reporter,
     pub recorder: kube::runtime::events::Recorder,
-    pub applied: apply::AppliedCache,
+    pub applied: Arc<applied::AppliedCache>,
     pub backoff: reconcile::Backoff,
     pub gateway_api: observe::GatewayApiProbe,
-    pub tls: tls::TlsCache,
+    pub tls: Arc<tls::TlsCache>,
     /// Pods, EndpointSlices, HTTPRoutes and Gateways as the watches last saw them.
     pub stores: Arc<stores::Stores>,
 }
@@ -223,17 +223,33 @@ async fn run_controller(
     };
     let (hub, agent_triggers) = AgentHub::new(metrics.clone());
     let groups: Api<kube::core::DeserializeGuard<ReplicaGroup>> = Api::all(client.clone());
-    let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    let applied = Arc::new(applied::AppliedCache::default());
+    let tls = Arc::new(tls::TlsCache::default());
+    // The owned kinds' watches also tell the cache of what was applied about changes.
     let controller = Controller::new(groups, watcher::Config::default().any_semantic())
         .with_config(ControllerConfig::default().concurrency(16))
-        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client.clone()), owned.clone())
-        .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned)
+        .owns_stream(stores::owned_changes::<StatefulSet>(
+            client.clone(),
+            applied.clone(),
+        ))
+        .owns_stream(stores::owned_changes::<Service>(
+            client.clone(),
+            applied.clone(),
+        ))
+        .owns_stream(stores::owned_changes::<PodDisruptionBudget>(
+            client.clone(),
+            applied.clone(),
+        ))
         // The group's own state stream: a new primary triggers a reconcile within milliseconds.
         .reconcile_on(agent_triggers);
     // Member pods, EndpointSlices, HTTPRoutes and Gateways: their watches fill the stores that
     // observe reads and trigger the groups they belong to.
-    let (stores, store_triggers) = stores::Stores::start(client.clone(), controller.store());
+    let (stores, store_triggers) = stores::Stores::start(
+        client.clone(),
+        controller.store(),
+        applied.clone(),
+        tls.clone(),
+    );
     let controller = controller.reconcile_on(store_triggers);
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -242,10 +258,10 @@ async fn run_controller(
         metrics,
         recorder: kube::runtime::events::Recorder::new(client.clone(), reporter.clone()),
         reporter,
-        applied: apply::AppliedCache::default(),
+        applied,
         backoff: reconcile::Backoff::default(),
         gateway_api: observe::GatewayApiProbe::default(),
-        tls: tls::TlsCache::default(),
+        tls,
         stores,
     });
     hub.forget_deleted_groups(controller.store());

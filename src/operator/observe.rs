@@ -48,7 +48,7 @@ pub fn http_route_resource() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk(
         "gateway.networking.k8s.io",
         "v1",
-        "HTTPRoute",
+        HTTPROUTE_KIND,
     ))
 }
 
@@ -141,16 +141,20 @@ pub(super) fn slices_observed(names: &GroupNames, slices: &[Arc<EndpointSlice>])
 }
 
 /// The group's HTTPRoute: from the store when its watch has listed and holds it, else read.
+/// `foreign` reads a route the store cannot hold: it holds only routes with our managed-by
+/// label, and one created by someone else (before our first apply labels it) is read from the
+/// API. Without `foreign`, a listed store that holds no route is the answer (no API call).
 async fn read_route(
     ctx: &Context,
     ns: &str,
     name: &str,
+    foreign: bool,
 ) -> Result<Option<Arc<DynamicObject>>, Error> {
-    if let Some(Some(route)) = ctx.stores.route(ns, name) {
-        return Ok(Some(route));
+    match ctx.stores.route(ns, name) {
+        Some(Some(route)) => return Ok(Some(route)),
+        Some(None) if !foreign => return Ok(None),
+        _ => {}
     }
-    // The store holds only routes with our managed-by label; one created by someone else
-    // (before our first apply labels it) is read from the API.
     let routes: Api<DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), ns, &http_route_resource());
     Ok(routes
@@ -232,7 +236,7 @@ pub async fn observe(
     let mut missing_gateways = Vec::new();
     if let Some(gateway) = &group.spec.traffic.gateway {
         if gateway_api {
-            route = read_route(ctx, ns, &names.members())
+            route = read_route(ctx, ns, &names.members(), true)
                 .await?
                 .map(|r| route_observed(&r.data, names));
             for parent in &gateway.parent_refs {
@@ -244,7 +248,7 @@ pub async fn observe(
         }
     } else if gateway_api {
         // Only to notice a route that should go away.
-        if let Ok(Some(r)) = read_route(ctx, ns, &names.members()).await
+        if let Ok(Some(r)) = read_route(ctx, ns, &names.members(), false).await
             && r.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
         {
             route = Some(route_observed(&r.data, names));

@@ -143,8 +143,19 @@ async fn reconcile_group(
     let plan = plan::plan(group, &observed, &ctx.settings);
 
     let objects = async {
-        let written =
-            apply::apply_objects(&ctx.client, &ctx.applied, group, names, &plan.writes()).await?;
+        let route = ctx
+            .stores
+            .route(&names.namespace, &names.members())
+            .flatten();
+        let written = apply::apply_objects(
+            &ctx.client,
+            &ctx.applied,
+            group,
+            names,
+            &plan.writes(),
+            route.as_deref(),
+        )
+        .await?;
         // The next reconcile sees these slices even before their watch events arrive.
         for slice in written
             .into_iter()

@@ -3,6 +3,10 @@
 //! instead of LISTs per reconcile. Each watch also triggers a reconcile of the group an object
 //! belongs to.
 //!
+//! The same watches, and metadata-only watches of the other kinds the operator writes
+//! (StatefulSets, Services, PodDisruptionBudgets, Secrets), tell the caches of what was written
+//! (operator/applied.rs, operator/tls.rs) when an object is no longer as the operator left it.
+//!
 //! The watches run in tasks of their own, not inside the controller: a controller busy with as
 //! many reconciles as its concurrency allows stops polling its inputs, and reconciles waiting
 //! for a store that only the controller's polling fills would never finish.
@@ -13,11 +17,11 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, Stream, StreamExt};
-use k8s_openapi::api::core::v1::Pod;
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::DynamicObject;
-use kube::core::DeserializeGuard;
+use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -26,9 +30,11 @@ use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use super::Error;
+use super::applied::AppliedCache;
 use super::observe::{gateway_resource, http_route_resource};
+use super::tls::TlsCache;
 use crate::api::ReplicaGroup;
-use crate::api::names::{GROUP_LABEL, GroupNames, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::api::names::{GROUP_LABEL, GroupNames, HTTPROUTE_KIND, MANAGED_BY, MANAGED_BY_LABEL};
 
 pub type GroupRef = ObjectRef<DeserializeGuard<ReplicaGroup>>;
 
@@ -54,11 +60,34 @@ pub struct Stores {
     client: Client,
     groups: Store<DeserializeGuard<ReplicaGroup>>,
     trigger: mpsc::UnboundedSender<GroupRef>,
+    applied: Arc<AppliedCache>,
 }
 
 struct GatewayStores {
     routes: Store<DynamicObject>,
     gateways: Store<DynamicObject>,
+}
+
+/// The objects the operator writes carry its managed-by label.
+fn owned() -> watcher::Config {
+    watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))
+}
+
+/// The changes of one kind of object the operator writes and the controller owns (the trigger
+/// stream of `Controller::owns_stream`): metadata only, as `Controller::owns` watches them, and
+/// shown to the cache of what was applied on the way.
+pub fn owned_changes<K>(
+    client: Client,
+    applied: Arc<AppliedCache>,
+) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + k8s_openapi::Resource,
+    K: Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    watcher(Api::<PartialObjectMeta<K>>::all(client), owned())
+        .default_backoff()
+        .inspect_ok(move |e| applied.watched(<K as k8s_openapi::Resource>::KIND, e))
+        .touched_objects()
 }
 
 /// The group an object carries in its group label.
@@ -88,14 +117,16 @@ fn groups_of_gateway(
         .collect()
 }
 
-/// Runs a watch into `writer` until the process ends, sending the groups `map` names for every
-/// object seen (added, changed, deleted, re-listed) to `trigger`.
+/// Runs a watch into `writer` until the process ends, showing every event to `seen` and sending
+/// the groups `map` names for every object seen (added, changed, deleted, re-listed) to
+/// `trigger`.
 fn spawn_reflector<K, I>(
     what: &'static str,
     api: Api<K>,
     config: watcher::Config,
     writer: Writer<K>,
     trigger: mpsc::UnboundedSender<GroupRef>,
+    seen: impl Fn(&watcher::Event<K>) + Send + 'static,
     map: impl Fn(&K) -> I + Send + 'static,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -106,6 +137,7 @@ fn spawn_reflector<K, I>(
         .default_backoff()
         // Nobody reads managedFields; they are most of a stored pod's size.
         .modify(|o: &mut K| o.meta_mut().managed_fields = None)
+        .inspect_ok(seen)
         .reflect(writer)
         .touched_objects();
     tokio::spawn(trigger_groups(what, stream, trigger, map));
@@ -118,11 +150,13 @@ fn spawn_dynamic_reflector(
     config: watcher::Config,
     writer: Writer<DynamicObject>,
     trigger: mpsc::UnboundedSender<GroupRef>,
+    seen: impl Fn(&watcher::Event<DynamicObject>) + Send + 'static,
     map: impl Fn(&DynamicObject) -> Vec<GroupRef> + Send + 'static,
 ) {
     let stream = watcher(api, config)
         .default_backoff()
         .modify(|o: &mut DynamicObject| o.metadata.managed_fields = None)
+        .inspect_ok(seen)
         .reflect(writer)
         .touched_objects();
     tokio::spawn(trigger_groups(what, stream, trigger, map));
@@ -153,11 +187,13 @@ async fn trigger_groups<K, I>(
 }
 
 impl Stores {
-    /// Starts the pod and EndpointSlice watches; the Gateway API ones start with
+    /// Starts the pod, EndpointSlice and Secret watches; the Gateway API ones start with
     /// `start_gateway_api`.
     pub fn start(
         client: Client,
         groups: Store<DeserializeGuard<ReplicaGroup>>,
+        applied: Arc<AppliedCache>,
+        tls: Arc<TlsCache>,
     ) -> (Arc<Stores>, impl Stream<Item = GroupRef> + Send + 'static) {
         let (trigger, triggers) = mpsc::unbounded_channel();
         let pods = Writer::<Pod>::default();
@@ -170,6 +206,7 @@ impl Stores {
             client: client.clone(),
             groups,
             trigger: trigger.clone(),
+            applied: applied.clone(),
         });
         // Member pods: a terminating primary, a new pod IP, a restarted member.
         spawn_reflector(
@@ -178,18 +215,41 @@ impl Stores {
             watcher::Config::default().labels(GROUP_LABEL),
             pods,
             trigger.clone(),
+            |_| {},
             group_of,
         );
         // The operator's EndpointSlices (the same selector as for its other objects).
-        let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
         spawn_reflector(
             "EndpointSlices",
-            Api::all(client),
-            owned,
+            Api::all(client.clone()),
+            owned(),
             slices,
-            trigger,
+            trigger.clone(),
+            move |e| applied.watched(<EndpointSlice as k8s_openapi::Resource>::KIND, e),
             group_of,
         );
+        // The groups' TLS Secrets: a Secret changed or deleted by someone else is read again
+        // (and written again when it must be) by its group's next reconcile, triggered here.
+        let secrets = watcher(Api::<PartialObjectMeta<Secret>>::all(client), owned())
+            .default_backoff()
+            .inspect_ok(move |e| match e {
+                watcher::Event::Init => tls.forget_all(),
+                watcher::Event::Apply(s)
+                | watcher::Event::InitApply(s)
+                | watcher::Event::Delete(s) => {
+                    if let (Some(group), Some(ns)) = (s.labels().get(GROUP_LABEL), s.namespace()) {
+                        tls.forget(&ns, group);
+                    }
+                }
+                watcher::Event::InitDone => {}
+            })
+            .touched_objects();
+        tokio::spawn(trigger_groups(
+            "Secrets",
+            secrets,
+            trigger,
+            |s: &PartialObjectMeta<Secret>| group_of(s),
+        ));
         (
             stores,
             tokio_stream::wrappers::UnboundedReceiverStream::new(triggers),
@@ -216,14 +276,15 @@ impl Stores {
         }
         info!("the Gateway API is installed: watching HTTPRoutes and Gateways");
         let route_api = Api::all_with(self.client.clone(), &http_route_resource());
-        let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
         // A Gateway controller's status update or another writer's change of the route.
+        let applied = self.applied.clone();
         spawn_dynamic_reflector(
             "HTTPRoutes",
             route_api,
-            owned,
+            owned(),
             routes,
             self.trigger.clone(),
+            move |e| applied.watched(HTTPROUTE_KIND, e),
             |r| group_of(r).into_iter().collect(),
         );
         // A Gateway created after the group, or deleted.
@@ -235,6 +296,7 @@ impl Stores {
             watcher::Config::default(),
             gateways,
             self.trigger.clone(),
+            |_| {},
             move |g| groups_of_gateway(&groups, &g.namespace().unwrap_or_default(), &g.name_any()),
         );
     }

@@ -97,52 +97,66 @@ async fn apply(api: &Api<Secret>, s: &Secret) -> Result<(), Error> {
     Ok(())
 }
 
-/// The groups' TLS material, re-read from the Secrets at most once a minute (a reconcile on the
-/// failover path should not spend two API calls on certificates that rarely change).
+/// The groups' TLS material as last read or written, so that a reconcile (on the failover path
+/// too) spends no API call on certificates that rarely change. An entry is used until the
+/// member certificate is due for renewal, or until the Secret watch shows one of the group's
+/// Secrets changed, deleted or re-listed (operator/stores.rs): then the Secrets are read again.
 #[derive(Default)]
 pub struct TlsCache {
-    entries: std::sync::Mutex<std::collections::HashMap<String, (GroupTls, std::time::Instant)>>,
+    entries: std::sync::Mutex<std::collections::HashMap<TlsKey, (GroupTls, jiff::civil::Date)>>,
 }
 
-const TLS_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// (namespace, group name, group uid).
+type TlsKey = (String, String, String);
 
 impl TlsCache {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<TlsKey, (GroupTls, jiff::civil::Date)>>
+    {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub async fn get(
         &self,
         client: &Client,
         group: &ReplicaGroup,
         names: &GroupNames,
     ) -> Result<GroupTls, Error> {
-        let key = format!(
-            "{}/{}/{}",
-            names.namespace,
-            names.name,
-            group.metadata.uid.as_deref().unwrap_or_default()
+        let key = (
+            names.namespace.clone(),
+            names.name.clone(),
+            group.metadata.uid.clone().unwrap_or_default(),
         );
-        if let Some((tls, at)) = self
-            .entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            && at.elapsed() < TLS_CACHE_TTL
+        if let Some((tls, renew_on)) = self.lock().get(&key)
+            && today() < *renew_on
         {
             return Ok(tls.clone());
         }
-        let tls = ensure(client, group, names).await?;
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, (tls.clone(), std::time::Instant::now()));
+        let (tls, renew_on) = ensure(client, group, names).await?;
+        self.lock().insert(key, (tls.clone(), renew_on));
         Ok(tls)
+    }
+
+    /// One of the group's Secrets is no longer as we read it.
+    pub fn forget(&self, namespace: &str, group: &str) {
+        self.lock()
+            .retain(|(ns, name, _), _| ns != namespace || name != group);
+    }
+
+    /// The Secret watch re-lists: any Secret may have changed unseen.
+    pub fn forget_all(&self) {
+        self.lock().clear();
     }
 }
 
-/// Makes sure both Secrets exist and are current; returns the operator's client configuration.
+/// Makes sure both Secrets exist and are current; returns the operator's client configuration
+/// and the day the member certificate is due for renewal.
 pub async fn ensure(
     client: &Client,
     group: &ReplicaGroup,
     names: &GroupNames,
-) -> Result<GroupTls, Error> {
+) -> Result<(GroupTls, jiff::civil::Date), Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), &names.namespace);
     let today = today();
 
@@ -205,14 +219,14 @@ pub async fn ensure(
     let current = agent_secret.as_ref().and_then(|s| {
         let annotations = s.metadata.annotations.as_ref()?;
         let not_after: jiff::civil::Date = annotations.get(NOT_AFTER_ANNOTATION)?.parse().ok()?;
-        let fresh = annotations.get(CA_HASH_ANNOTATION) == Some(&ca_hash)
-            && today
-                .checked_add(jiff::Span::new().days(RENEW_BEFORE_DAYS))
-                .is_ok_and(|d| d < not_after);
-        fresh.then(|| text(s, "tls.crt")).flatten()
+        let renew_on = renewal_day(not_after)?;
+        let fresh = annotations.get(CA_HASH_ANNOTATION) == Some(&ca_hash) && today < renew_on;
+        fresh
+            .then(|| Some((text(s, "tls.crt")?, renew_on)))
+            .flatten()
     });
-    let member_cert = match current {
-        Some(cert) => cert,
+    let (member_cert, renew_on) = match current {
+        Some(found) => found,
         None => {
             let validity =
                 Validity::days_from(today, MEMBER_DAYS).map_err(tls_error("validity"))?;
@@ -248,13 +262,25 @@ pub async fn ensure(
                 ),
             )
             .await?;
-            member.cert_pem
+            let renew_on = renewal_day(validity.not_after)
+                .ok_or_else(|| Error::Tls("the member certificate's renewal day".into()))?;
+            (member.cert_pem, renew_on)
         }
     };
     let client = TlsClientConfig::from_pem(&operator_cert, &operator_key, &ca.cert_pem)
         .map_err(|e| Error::Tls(format!("operator client configuration: {e}")))?;
-    Ok(GroupTls {
-        client,
-        hash: hash_of(&[&ca.cert_pem, &member_cert]),
-    })
+    Ok((
+        GroupTls {
+            client,
+            hash: hash_of(&[&ca.cert_pem, &member_cert]),
+        },
+        renew_on,
+    ))
+}
+
+/// The member certificate is re-issued `RENEW_BEFORE_DAYS` before it expires.
+fn renewal_day(not_after: jiff::civil::Date) -> Option<jiff::civil::Date> {
+    not_after
+        .checked_sub(jiff::Span::new().days(RENEW_BEFORE_DAYS))
+        .ok()
 }

@@ -21,7 +21,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use serde::Serialize;
 
-use crate::api::names::GroupNames;
+use crate::api::names::{GroupNames, HTTPROUTE_KIND};
 use crate::api::{MemberRole, ReplicaGroup, ReplicaGroupStatus};
 
 pub use crate::api::names::HTTPROUTE_API_VERSION;
@@ -229,13 +229,13 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
     let mut delete = Vec::new();
     if group.spec.effective_witnesses() == 0 && lifecycle.witness_replicas == 0 {
         delete.push(Obsolete {
-            kind: "StatefulSet",
+            kind: <StatefulSet as k8s_openapi::Resource>::KIND,
             name: names.witnesses(),
         });
     }
     if group.spec.traffic.gateway.is_none() && observed.route.is_some() {
         delete.push(Obsolete {
-            kind: "HTTPRoute",
+            kind: HTTPROUTE_KIND,
             name: names.members(),
         });
     }

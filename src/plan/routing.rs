@@ -551,7 +551,7 @@ pub(super) fn http_route(
     }
     Some(Desired::HttpRoute(json!({
         "apiVersion": HTTPROUTE_API_VERSION,
-        "kind": "HTTPRoute",
+        "kind": HTTPROUTE_KIND,
         "metadata": {"name": names.members(), "namespace": names.namespace, "labels": object_labels(names, COMPONENT_ROUTING)},
         "spec": spec,
     })))

@@ -1,0 +1,244 @@
+//! What the operator last wrote of each object, so that an unchanged object costs no API call —
+//! not on the next reconcile, and not minutes later: in the steady state the operator makes no
+//! writes at all (`make bench-scale` counts them from the API server's audit log).
+//!
+//! An entry lives until the object's watch shows that the object is no longer what we wrote:
+//! another `resourceVersion` than our write's answer (someone edited it, or a controller wrote
+//! its status), a deletion of an object we applied, a re-creation of one we deleted, or a
+//! re-list of the kind (the watch lost events, so anything may have changed unseen). The watches
+//! of every kind the operator writes report here (operator/stores.rs), and the same events
+//! trigger the owning group's reconcile, which then writes the object again.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use kube::ResourceExt;
+use kube::runtime::watcher;
+
+/// An object the operator writes: its kind (as in `Desired`), namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ObjectKey {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(kind: &'static str, namespace: &str, name: &str) -> Self {
+        Self {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Last {
+    /// Applied with this content; the server answered with this resourceVersion.
+    Applied {
+        hash: u64,
+        resource_version: Option<String>,
+    },
+    /// Deleted (or found absent) by us.
+    Deleted,
+}
+
+/// What a watch saw of one object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen<'a> {
+    /// Created or changed, now at this resourceVersion.
+    Present {
+        resource_version: Option<&'a str>,
+    },
+    Deleted,
+}
+
+#[derive(Default)]
+pub struct AppliedCache {
+    entries: Mutex<HashMap<ObjectKey, Last>>,
+}
+
+impl AppliedCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectKey, Last>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True when we applied exactly this content and nothing has changed it since.
+    pub fn applied(&self, key: &ObjectKey, hash: u64) -> bool {
+        matches!(self.lock().get(key), Some(Last::Applied { hash: h, .. }) if *h == hash)
+    }
+
+    pub fn record_applied(&self, key: ObjectKey, hash: u64, resource_version: Option<String>) {
+        self.lock().insert(
+            key,
+            Last::Applied {
+                hash,
+                resource_version,
+            },
+        );
+    }
+
+    /// True when we deleted the object and it has not come back since.
+    pub fn deleted(&self, key: &ObjectKey) -> bool {
+        self.lock().get(key) == Some(&Last::Deleted)
+    }
+
+    pub fn record_deleted(&self, key: ObjectKey) {
+        self.lock().insert(key, Last::Deleted);
+    }
+
+    /// A watch event for one object: forgets our entry when the object is no longer what we
+    /// left it as. Our own writes come back with the resourceVersion we recorded and keep it (one
+    /// that arrives before we recorded it costs one more, unchanging, apply).
+    pub fn seen(&self, key: &ObjectKey, seen: Seen<'_>) {
+        let mut entries = self.lock();
+        let stale = match (entries.get(key), seen) {
+            (None, _) => false,
+            (Some(Last::Applied { .. }), Seen::Deleted) => true,
+            (
+                Some(Last::Applied {
+                    resource_version: ours,
+                    ..
+                }),
+                Seen::Present { resource_version },
+            ) => ours.as_deref() != resource_version || resource_version.is_none(),
+            (Some(Last::Deleted), Seen::Present { .. }) => true,
+            (Some(Last::Deleted), Seen::Deleted) => false,
+        };
+        if stale {
+            entries.remove(key);
+        }
+    }
+
+    /// The watch of `kind` re-lists: events may have been missed, so every entry of the kind is
+    /// forgotten (each object is applied once more).
+    pub fn relisted(&self, kind: &str) {
+        self.lock().retain(|k, _| k.kind != kind);
+    }
+
+    /// Feeds one watch event of `kind`.
+    pub fn watched<K: ResourceExt>(&self, kind: &'static str, event: &watcher::Event<K>) {
+        let key = |o: &K| ObjectKey::new(kind, &o.namespace().unwrap_or_default(), &o.name_any());
+        match event {
+            watcher::Event::Init => self.relisted(kind),
+            watcher::Event::Apply(o) | watcher::Event::InitApply(o) => self.seen(
+                &key(o),
+                Seen::Present {
+                    resource_version: o.meta().resource_version.as_deref(),
+                },
+            ),
+            watcher::Event::Delete(o) => self.seen(&key(o), Seen::Deleted),
+            watcher::Event::InitDone => {}
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::Service;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn key(name: &str) -> ObjectKey {
+        ObjectKey::new("Service", "ns", name)
+    }
+
+    fn present(rv: &str) -> Seen<'_> {
+        Seen::Present {
+            resource_version: Some(rv),
+        }
+    }
+
+    #[test]
+    fn our_own_write_coming_back_keeps_the_entry() {
+        let c = AppliedCache::default();
+        c.record_applied(key("a"), 7, Some("10".into()));
+        c.seen(&key("a"), present("10"));
+        assert!(c.applied(&key("a"), 7));
+        assert!(!c.applied(&key("a"), 8), "other content is applied again");
+    }
+
+    #[test]
+    fn a_change_by_someone_else_or_a_deletion_forgets_it() {
+        let c = AppliedCache::default();
+        c.record_applied(key("a"), 7, Some("10".into()));
+        c.seen(&key("a"), present("11"));
+        assert!(!c.applied(&key("a"), 7), "edited behind our back");
+        c.record_applied(key("a"), 7, Some("12".into()));
+        c.seen(&key("a"), Seen::Deleted);
+        assert!(!c.applied(&key("a"), 7), "deleted behind our back");
+    }
+
+    #[test]
+    fn a_deleted_object_that_comes_back_is_deleted_again() {
+        let c = AppliedCache::default();
+        c.record_deleted(key("w"));
+        c.seen(&key("w"), Seen::Deleted);
+        assert!(c.deleted(&key("w")), "our own deletion");
+        c.seen(&key("w"), present("20"));
+        assert!(!c.deleted(&key("w")), "re-created");
+    }
+
+    #[test]
+    fn a_relist_forgets_that_kind_only() {
+        let c = AppliedCache::default();
+        c.record_applied(key("a"), 1, Some("1".into()));
+        c.record_applied(
+            ObjectKey::new("StatefulSet", "ns", "a"),
+            1,
+            Some("1".into()),
+        );
+        c.watched::<Service>("Service", &watcher::Event::Init);
+        assert!(!c.applied(&key("a"), 1));
+        assert!(c.applied(&ObjectKey::new("StatefulSet", "ns", "a"), 1));
+    }
+
+    #[test]
+    fn watch_events_are_keyed_by_kind_namespace_and_name() {
+        let c = AppliedCache::default();
+        c.record_applied(key("a"), 1, Some("5".into()));
+        let mut s = Service::default();
+        s.metadata.name = Some("a".into());
+        s.metadata.namespace = Some("ns".into());
+        s.metadata.resource_version = Some("5".into());
+        c.watched("Service", &watcher::Event::Apply(s.clone()));
+        assert!(c.applied(&key("a"), 1));
+        s.metadata.namespace = Some("other".into());
+        s.metadata.resource_version = Some("6".into());
+        c.watched("Service", &watcher::Event::Apply(s.clone()));
+        assert!(c.applied(&key("a"), 1), "another namespace's object");
+        c.watched("Service", &watcher::Event::Delete(s));
+        assert_eq!(c.len(), 1);
+    }
+
+    proptest! {
+        /// Whatever the watch shows, an entry survives only while the object is exactly as we
+        /// left it.
+        #[test]
+        fn an_entry_survives_only_events_that_match_our_write(
+            events in proptest::collection::vec((any::<bool>(), 0u8..4), 0..8)
+        ) {
+            let c = AppliedCache::default();
+            c.record_applied(key("a"), 1, Some("0".into()));
+            let mut matching = true;
+            for (deleted, rv) in events {
+                let rv = rv.to_string();
+                if deleted {
+                    c.seen(&key("a"), Seen::Deleted);
+                    matching = false;
+                } else {
+                    c.seen(&key("a"), present(&rv));
+                    matching &= rv == "0";
+                }
+                prop_assert_eq!(c.applied(&key("a"), 1), matching);
+            }
+        }
+    }
+}
