@@ -9,7 +9,7 @@ export CARGO_TARGET_DIR ?= $(QUORATE_CACHE)/target
 
 .DEFAULT_GOAL := help
 .PHONY: help demo test tools crds build images cluster-up cluster-down cluster-status \
-        bench-agent bench-failover bench-weights lint kind-up kind-e2e check-cargo
+        bench-agent bench-failover bench-weights bench-scale lint kind-up kind-e2e check-cargo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -28,7 +28,7 @@ tools: ## build the pinned test-bed components (cached)
 	hack/build-tools.sh
 
 crds: check-cargo ## regenerate the CRD YAML from the Rust types
-	cargo run --quiet --locked --bin crdgen > crds/replicagroups.quorate.dev.yaml
+	source hack/lib.sh && release_cargo run --quiet --release --bin crdgen > crds/replicagroups.quorate.dev.yaml
 	cp crds/replicagroups.quorate.dev.yaml charts/quorate/crds/replicagroups.quorate.dev.yaml
 
 build: check-cargo ## release binaries (static; the build make test, the images and the benchmarks share)
@@ -54,6 +54,9 @@ bench-failover: check-cargo ## failover through Kubernetes routing on the test b
 
 bench-weights: check-cargo ## weight convergence and split accuracy through a real Gateway
 	hack/bench.sh weights
+
+bench-scale: check-cargo ## the operator with 100 running and 1000 pod-less groups: memory, CPU, API requests, failover
+	hack/bench.sh scale
 
 lint: check-cargo ## rustfmt --check, clippy -D warnings (every target), shellcheck (hack/), helm lint --strict
 	hack/lint.sh

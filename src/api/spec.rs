@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::api::core::v1::{PodTemplateSpec, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -129,6 +129,10 @@ pub struct ReplicaGroupSpec {
     /// The persistent volume of each member's agent (Raft log, vote and snapshots).
     #[serde(default)]
     pub storage: StorageSpec,
+
+    /// The quorate-agent sidecar of every member (and witness) pod.
+    #[serde(default, skip_serializing_if = "AgentSpec::is_default")]
+    pub agent: AgentSpec,
 
     /// Freeze automatic failover: the current primary keeps its role for as long as its lease
     /// holds, no new primary is appointed, and routing keeps following member health.
@@ -498,6 +502,23 @@ pub struct ParentRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i32>,
+}
+
+/// The quorate-agent sidecar.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSpec {
+    /// Compute resources of the agent container, replacing the defaults as a whole (requests:
+    /// cpu 20m, memory 32Mi; limits: memory 128Mi). The agent renews the primary's lease, so
+    /// keep its CPU request above zero and its memory limit well above its ~12 MiB resident set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl AgentSpec {
+    fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
 }
 
 /// The persistent volume of each member's agent.

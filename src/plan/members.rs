@@ -223,17 +223,19 @@ fn agent_container(
         ]),
         readiness_probe: Some(probe("/readiness", 2, 3)),
         liveness_probe: Some(probe("/health", 10, 6)),
-        resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".into(), Quantity("20m".into())),
-                ("memory".into(), Quantity("32Mi".into())),
-            ])),
-            limits: Some(BTreeMap::from([(
-                "memory".into(),
-                Quantity("128Mi".into()),
-            )])),
-            ..Default::default()
-        }),
+        resources: Some(group.spec.agent.resources.clone().unwrap_or_else(|| {
+            ResourceRequirements {
+                requests: Some(BTreeMap::from([
+                    ("cpu".into(), Quantity("20m".into())),
+                    ("memory".into(), Quantity("32Mi".into())),
+                ])),
+                limits: Some(BTreeMap::from([(
+                    "memory".into(),
+                    Quantity("128Mi".into()),
+                )])),
+                ..Default::default()
+            }
+        })),
         security_context: Some(restricted_security_context(run_as_group)),
         volume_mounts: Some(vec![
             VolumeMount {

@@ -249,6 +249,31 @@ fn the_agent_is_injected_as_a_restricted_native_sidecar() {
 }
 
 #[test]
+fn the_agent_gets_the_declared_resources_or_the_defaults() {
+    let agent_resources = |g: &ReplicaGroup| {
+        let p = plan(g, &observed(pods(3), connected(view(3, 0, 1))), &settings());
+        let sts = statefulset(&p, "cache").expect("member StatefulSet");
+        let pod = sts.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+        let agent = &pod.and_then(|p| p.init_containers.as_ref()).expect("init")[0];
+        serde_json::to_value(&agent.resources).expect("json")
+    };
+    let mut g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
+    assert_eq!(
+        agent_resources(&g),
+        serde_json::json!({"requests": {"cpu": "20m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}})
+    );
+    g.spec.agent.resources = Some(
+        serde_json::from_value(serde_json::json!({"requests": {"cpu": "5m", "memory": "24Mi"}}))
+            .expect("resources"),
+    );
+    assert_eq!(
+        agent_resources(&g),
+        serde_json::json!({"requests": {"cpu": "5m", "memory": "24Mi"}}),
+        "replaced as a whole"
+    );
+}
+
+#[test]
 fn rw_routes_exactly_the_primary_while_its_lease_is_live() {
     let g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
     let p = plan(
