@@ -946,14 +946,20 @@ async fn group_works_without_the_gateway(ctx: &Ctx, ns: &str) -> Result<()> {
     )
     .await?;
     let ip = service_ip(ctx, ns, "web-r").await?;
-    let answer = who_answers(ctx, &ip).await?;
-    ensure!(
-        answer["member"]
-            .as_str()
-            .is_some_and(|m| MEMBERS.contains(&m)),
-        "web-r answered {answer}"
-    );
-    Ok(())
+    // The slice is written; kube-proxy programs the Service a moment later (until then a
+    // connection is refused), so the data plane is asked until it answers, as a client would
+    // (wait_for reports the last answer or error).
+    wait_for(
+        "web-r to answer from a member",
+        Duration::from_secs(30),
+        || async {
+            let answer = who_answers(ctx, &ip).await?;
+            let member = answer["member"].as_str().unwrap_or_default();
+            ensure!(MEMBERS.contains(&member), "web-r answered {answer}");
+            Ok(Some(()))
+        },
+    )
+    .await
 }
 
 async fn missing_gateway_is_reported_and_the_group_keeps_working(ctx: Ctx) -> Result<()> {
