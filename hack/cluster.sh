@@ -14,6 +14,7 @@ HACK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HACK/lib.sh"
 
 DIR="${QUORATE_CLUSTER_DIR:-/var/tmp/quorate-cluster}"
+AUDIT_LOG="$DIR/logs/audit.log"
 NODE=quorate-node
 BRIDGE=cni0
 NODE_IP=10.88.0.1
@@ -160,6 +161,9 @@ write_configs() {
   put "$DIR/kubelet/config.yaml" "$CONFIG/kubelet.yaml" NODE_IP PKI DIR DNS_IP
   put "$DIR/kube-proxy.yaml" "$CONFIG/kube-proxy.yaml" PKI POD_CIDR NODE NODE_IP
   put "$DIR/scheduler.yaml" "$CONFIG/scheduler.yaml" PKI
+  # The requests of workload service accounts (the operator's among them), one line each, as
+  # they arrive: `make bench-scale` counts the operator's own from this log.
+  put "$DIR/audit-policy.yaml" "$CONFIG/audit-policy.yaml"
   # No `forward`: names outside the cluster are never resolved upstream.
   put "$DIR/Corefile" "$CONFIG/Corefile" NODE_IP PKI
 }
@@ -209,6 +213,8 @@ start_control_plane() {
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
     --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction --allow-privileged=true \
+    --audit-policy-file "$DIR/audit-policy.yaml" --audit-log-path "$AUDIT_LOG" \
+    --audit-log-maxsize 200 --audit-log-maxbackup 1 --audit-log-format json \
     --profiling=false --v=1
   wait_for kube-apiserver 90 https_ok "https://$NODE_IP:6443/readyz"
 
@@ -484,5 +490,6 @@ case "${1:-}" in
   down) cmd_down ;;
   status) cmd_status ;;
   kubeconfig) echo "$KUBECONFIG_ADMIN" ;;
-  *) die "usage: hack/cluster.sh up|down|status|kubeconfig" ;;
+  audit-log) echo "$AUDIT_LOG" ;;
+  *) die "usage: hack/cluster.sh up|down|status|kubeconfig|audit-log" ;;
 esac

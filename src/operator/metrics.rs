@@ -32,6 +32,7 @@ pub struct Metrics {
     pub agent_state_changes: Counter,
     pub leader: Gauge,
     resident_memory: Gauge,
+    cpu_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     phases: Mutex<HashMap<String, Option<GroupPhase>>>,
 }
 
@@ -54,6 +55,7 @@ impl Metrics {
         let agent_state_changes = Counter::default();
         let leader = Gauge::default();
         let resident_memory = Gauge::default();
+        let cpu_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         registry.register(
             "reconciles",
             "Reconciles by result (ok, error)",
@@ -100,6 +102,11 @@ impl Metrics {
             "Resident memory of the operator process",
             resident_memory.clone(),
         );
+        registry.register(
+            "process_cpu_seconds",
+            "CPU time (user and system) the operator process has used",
+            cpu_seconds.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -112,6 +119,7 @@ impl Metrics {
             agent_state_changes,
             leader,
             resident_memory,
+            cpu_seconds,
             phases: Mutex::default(),
         }
     }
@@ -145,6 +153,7 @@ impl Metrics {
 
     pub fn encode(&self) -> String {
         self.resident_memory.set(resident_memory_bytes());
+        self.cpu_seconds.set(cpu_seconds());
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -210,4 +219,15 @@ fn resident_memory_bytes() -> i64 {
     // SAFETY: sysconf takes a constant and reads no memory of ours.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     pages * if page > 0 { page } else { 4096 }
+}
+
+/// User and system CPU time of this process, seconds (getrusage).
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes only the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
