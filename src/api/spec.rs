@@ -462,6 +462,14 @@ pub enum TrafficPolicy {
     LatencyAware,
 }
 
+impl TrafficPolicy {
+    /// The policies that follow the members' load or latency reports (noisy: their changes go
+    /// through hysteresis and dwell, and only their groups show the reports in the status).
+    pub fn load_driven(self) -> bool {
+        matches!(self, Self::LeastLoaded | Self::LatencyAware)
+    }
+}
+
 /// A Gateway API HTTPRoute for the group.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]

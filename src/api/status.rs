@@ -118,10 +118,12 @@ pub struct MemberStatus {
     /// The primary's lease: Live, Expired or Released (only on the primary).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<String>,
-    /// The load the member reports (arbitrary units, for LeastLoaded).
+    /// The load the member reports (arbitrary units); shown with a load-driven traffic policy
+    /// (LeastLoaded, LatencyAware), where it decides the weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load: Option<f64>,
-    /// The response time the member reports, in milliseconds (for LatencyAware).
+    /// The response time the member reports, in milliseconds, with a load-driven traffic
+    /// policy (LeastLoaded, LatencyAware).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_millis: Option<f64>,
 }

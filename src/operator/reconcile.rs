@@ -12,8 +12,8 @@ use tracing::{debug, info, warn};
 
 use super::hub::StreamConfig;
 use super::{Context, Error, apply, observe};
+use crate::api::ReplicaGroup;
 use crate::api::names::GroupNames;
-use crate::api::{ReplicaGroup, TrafficPolicy};
 use crate::plan::{self, AgentAction};
 
 /// Per-object retry delays: exponential from 200 ms to 30 s, reset by a successful reconcile
@@ -129,10 +129,7 @@ async fn reconcile_group(
             addresses: addresses.clone(),
             tls: Some(tls.client.clone()),
             lease: Duration::from_millis(spec.failover.lease_millis.max(200) as u64),
-            load_sensitive: matches!(
-                spec.traffic.policy,
-                TrafficPolicy::LeastLoaded | TrafficPolicy::LatencyAware
-            ),
+            load_sensitive: spec.traffic.policy.load_driven(),
             tls_hash: tls.hash.clone(),
         },
     );

@@ -256,8 +256,14 @@ pub(super) fn member_statuses(inputs: &StatusInputs) -> Vec<MemberStatus> {
                     }
                     .to_owned()
                 }),
-                load: in_view.and_then(|m| m.load),
-                latency_millis: in_view.and_then(|m| m.latency_ms),
+                // Reports change all the time: in the status (each change a write) only where
+                // they decide the weights.
+                load: in_view
+                    .filter(|_| group.spec.traffic.policy.load_driven())
+                    .and_then(|m| m.load),
+                latency_millis: in_view
+                    .filter(|_| group.spec.traffic.policy.load_driven())
+                    .and_then(|m| m.latency_ms),
             }
         })
         .collect()

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::api::{MAX_WEIGHT, TrafficSpec};
 
-use super::policy::{load_driven, target_weights};
+use super::policy::target_weights;
 use super::{Decision, MemberSignal, Published, WEIGHT_TOTAL, WeightReason};
 
 /// Weights below this count as this when measuring a relative change (1 % of the total), so a
@@ -52,7 +52,7 @@ pub fn decide(
     if !previous.keys().eq(target.keys()) {
         return publish(WeightReason::Membership);
     }
-    if !load_driven(spec.policy) {
+    if !spec.policy.load_driven() {
         return publish(WeightReason::Policy);
     }
 

@@ -62,14 +62,6 @@ pub fn target_weights(spec: &TrafficSpec, members: &[MemberSignal]) -> BTreeMap<
     out
 }
 
-/// Load-driven policies follow noisy reports, so their changes go through hysteresis and dwell.
-pub(super) fn load_driven(policy: TrafficPolicy) -> bool {
-    matches!(
-        policy,
-        TrafficPolicy::LeastLoaded | TrafficPolicy::LatencyAware
-    )
-}
-
 /// A usable report: NaN and negative values are unknown (a broken agent must not attract or
 /// repel traffic), huge ones saturate.
 pub(super) fn known(value: Option<f64>) -> Option<f64> {
