@@ -1171,7 +1171,7 @@ fn rbac_is_exactly_what_the_operator_uses() {
             "Role",
             "coordination.k8s.io",
             &["leases"],
-            &["get", "create", "update", "patch"],
+            &["get", "list", "watch", "create", "update", "patch"],
         ),
     ];
     let mut want = BTreeSet::new();

@@ -1,13 +1,15 @@
 //! Leader election: one Lease (kube-lease-manager) decides which operator replica runs the
-//! controller. A standby waits here, looking at the lease every second; the leader keeps the
-//! campaign until it loses the lease or shuts down, and then releases it.
+//! controller. A standby waits here, watching the lease; the leader keeps the campaign until it
+//! loses the lease or shuts down, and then releases it.
 
 use std::pin::Pin;
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
-use tracing::info;
+use tracing::{debug, info};
 
 type LeaseWatch = (
     tokio::sync::watch::Receiver<bool>,
@@ -18,8 +20,6 @@ type LeaseWatch = (
 /// renews within.
 const LEASE_SECONDS: u64 = 15;
 const GRACE_SECONDS: u64 = 5;
-/// How often a standby looks whether the holder released the lease.
-const RELEASE_POLL: Duration = Duration::from_secs(1);
 /// How long ending a campaign may take (the manager's task releases the lease meanwhile).
 const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -63,6 +63,13 @@ impl Candidate {
         let (mut leading, mut task) = self.campaign().await?;
         info!(lease = %self.lease, identity = %self.identity, "waiting for leadership");
         let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
+        // kube-lease-manager sleeps until the holder's lease would expire, even when the holder
+        // released it on shutdown; watching the lease lets a standby take over a rollout's
+        // released lease at once instead of up to 15 s later (and costs no request per second,
+        // as looking at it every second did).
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.lease));
+        let mut changes =
+            std::pin::pin!(watcher(leases, config).default_backoff().applied_objects());
         while !*leading.borrow_and_update() {
             tokio::select! {
                 changed = leading.changed() => {
@@ -70,17 +77,18 @@ impl Candidate {
                         anyhow::bail!("the leader election task ended");
                     }
                 }
-                // kube-lease-manager sleeps until the holder's lease would expire, even when the
-                // holder released it on shutdown; looking every second lets a standby take over
-                // a rollout's released lease at once instead of up to 15 s later.
-                _ = tokio::time::sleep(RELEASE_POLL) => {
-                    if matches!(leases.get_opt(&self.lease).await, Ok(Some(l)) if released(&l)) {
+                change = changes.next() => match change {
+                    Some(Ok(lease)) if released(&lease) => {
                         info!("the lease was released: trying for it now");
                         drop(leading);
                         let _ = tokio::time::timeout(STOP_TIMEOUT, task).await;
                         (leading, task) = self.campaign().await?;
                     }
-                }
+                    Some(Ok(_)) => {}
+                    // The watcher retries with backoff; the campaign goes on meanwhile.
+                    Some(Err(e)) => debug!(error = %e, "watching the lease"),
+                    None => anyhow::bail!("the lease watch ended"),
+                },
                 // A standby must stop on SIGTERM too: one that lingers through its grace period
                 // can win the lease its leader just released in the same rollout, lead for a few
                 // seconds, and be killed without releasing it.
