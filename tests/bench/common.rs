@@ -257,3 +257,21 @@ pub async fn podless_groups(ctx: &Ctx, ns: &str, range: std::ops::Range<usize>) 
     )
     .await
 }
+
+/// Restarts the operator (a rollout of its Deployment) and waits until a new replica leads:
+/// figures of a fresh process, not of one that served an earlier phase's groups.
+pub async fn restart_operator(ctx: &Ctx) -> Result<()> {
+    let deployment = format!("deployment/{}", operator::RELEASE);
+    let ns = operator::OPERATOR_NAMESPACE;
+    ctx.kubectl(&["rollout", "restart", &deployment, "-n", ns])?;
+    ctx.kubectl(&["rollout", "status", &deployment, "-n", ns, "--timeout=180s"])?;
+    wait_for(
+        "a restarted operator replica to lead",
+        Duration::from_secs(60),
+        || async {
+            let metrics = leader_metrics(ctx).await?;
+            Ok((metric(&metrics, "quorate_operator_leader")? == 1.0).then_some(()))
+        },
+    )
+    .await
+}
