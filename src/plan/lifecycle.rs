@@ -108,7 +108,17 @@ pub(super) fn decide(
                 members: probed,
             });
         }
-        out.requeue_ms = Some(MEMBERSHIP_POLL_MS);
+        // Probes are asked, not watched: poll while a started agent has not answered yet (or
+        // the bootstrap is under way). A pod that does not exist or whose agent has not started
+        // is waited for by the pod watch, which reconciles when it changes: a group whose pods
+        // cannot be created (a quota, nothing schedulable) costs no reconcile a second.
+        let unanswered = observed
+            .pods
+            .iter()
+            .any(|p| p.agent_running && !p.terminating && !observed.probes.contains_key(&p.name));
+        if unanswered || out.action.is_some() {
+            out.requeue_ms = Some(MEMBERSHIP_POLL_MS);
+        }
         return out;
     }
     out.bootstrapped = true;

@@ -426,6 +426,28 @@ fn bootstrap_waits_for_every_member_and_happens_once() {
 }
 
 #[test]
+fn before_bootstrap_only_a_started_agent_that_has_not_answered_is_polled() {
+    let g = group(GroupMode::PrimaryBackup, 3);
+    // No pods (a quota, nothing schedulable): the pod watch reconciles when one appears.
+    let none = observed(vec![], AgentsObserved::Connecting);
+    assert_eq!(
+        plan(&g, &none, &settings()).requeue_ms,
+        crate::plan::RESYNC_MS
+    );
+    // Pods whose agents have not started yet: the same.
+    let mut starting = pods(3);
+    starting.iter_mut().for_each(|p| p.agent_running = false);
+    let starting = observed(starting, AgentsObserved::Connecting);
+    assert_eq!(
+        plan(&g, &starting, &settings()).requeue_ms,
+        crate::plan::RESYNC_MS
+    );
+    // Started agents that have not answered a probe: asked again within a second.
+    let running = observed(pods(3), AgentsObserved::Connecting);
+    assert_eq!(plan(&g, &running, &settings()).requeue_ms, 1_000);
+}
+
+#[test]
 fn two_replicas_get_a_witness() {
     let g = group(GroupMode::PrimaryBackup, 2);
     let mut o = observed(pods(2), AgentsObserved::Connecting);

@@ -7,6 +7,7 @@
 //!   failover_graceful_ms p50=… p95=… max=… n=20
 //!   operator_rss_mib groups=… rss=…
 
+#[allow(dead_code)]
 mod common;
 #[path = "../common/manifests.rs"]
 #[allow(dead_code)]

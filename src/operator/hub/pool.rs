@@ -36,7 +36,7 @@ impl ClientPool {
     }
 
     /// The member pods' current IPs by agent address (`None`: the pod has no running IP now;
-    /// its name is dialed through DNS).
+    /// the state stream does not dial it, a probe dials its name through DNS).
     pub fn learn_pod_ips(&self, ips: impl IntoIterator<Item = (String, Option<IpAddr>)>) {
         let mut known = lock(&self.pod_ips);
         for (address, ip) in ips {

@@ -34,15 +34,23 @@ impl Stream {
             let heartbeat = follow::heartbeat(cfg.lease);
             let mut last_error = String::from("no agent address");
             'candidates: for address in follower.start_round(&cfg.addresses) {
-                let client =
-                    match connect(&address, self.pool.pod_ip(&address), cfg.tls.clone()).await {
-                        Ok(c) => c,
-                        Err(e) => {
-                            last_error = e.to_string();
-                            follower.dial_failed(&address, Instant::now());
-                            continue;
-                        }
-                    };
+                // Only members with a running pod: its IP comes from the pod store (the reconcile
+                // that started this stream learns them next). Without a pod there is nobody to
+                // dial, and looking the name up in DNS every round would be all the work a group
+                // whose pods cannot be created (a quota, nothing schedulable) costs.
+                let Some(ip) = self.pool.pod_ip(&address) else {
+                    last_error = format!("{address} has no running pod");
+                    follower.dial_failed(&address, Instant::now());
+                    continue;
+                };
+                let client = match connect(&address, Some(ip), cfg.tls.clone()).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        last_error = e.to_string();
+                        follower.dial_failed(&address, Instant::now());
+                        continue;
+                    }
+                };
                 let mut stream = Box::pin(client.watch_every(heartbeat));
                 loop {
                     let lease_left = self.lease_left();
