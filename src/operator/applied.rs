@@ -3,17 +3,42 @@
 //! writes at all (`make bench-scale` counts them from the API server's audit log).
 //!
 //! An entry lives until the object's watch shows that the object is no longer what we wrote:
-//! another `resourceVersion` than our write's answer (someone edited it, or a controller wrote
-//! its status), a deletion of an object we applied, a re-creation of one we deleted, or a
-//! re-list of the kind (the watch lost events, so anything may have changed unseen). The watches
+//! another version than our write's answer (`version_of`: someone edited it), a deletion of an
+//! object we applied, a re-creation of one we deleted, or a re-list of the kind (the watch lost
+//! events, so anything may have changed unseen). The watches
 //! of every kind the operator writes report here (operator/stores.rs), and the same events
 //! trigger the owning group's reconcile, which then writes the object again.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use k8s_openapi::Resource as _;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use kube::runtime::watcher;
+
+use crate::api::names::HTTPROUTE_KIND;
+
+/// What tells the object as we left it from a changed one, from its metadata. Kinds whose
+/// status another controller writes (StatefulSets, PodDisruptionBudgets, HTTPRoutes: status
+/// subresources) change their resourceVersion with every status update, which changes nothing
+/// we wrote: for them the generation (which moves with the spec only) with the labels and
+/// annotations. For the others the resourceVersion.
+pub fn version_of(kind: &str, meta: &ObjectMeta) -> Option<String> {
+    if [StatefulSet::KIND, PodDisruptionBudget::KIND, HTTPROUTE_KIND].contains(&kind) {
+        let generation = meta.generation?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&(&meta.labels, &meta.annotations), &mut h);
+        Some(format!(
+            "{generation}/{:016x}",
+            std::hash::Hasher::finish(&h)
+        ))
+    } else {
+        meta.resource_version.clone()
+    }
+}
 
 /// An object the operator writes: its kind (as in `Desired`), namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -35,11 +60,8 @@ impl ObjectKey {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Last {
-    /// Applied with this content; the server answered with this resourceVersion.
-    Applied {
-        hash: u64,
-        resource_version: Option<String>,
-    },
+    /// Applied with this content; the server's answer had this `version_of`.
+    Applied { hash: u64, version: Option<String> },
     /// Deleted (or found absent) by us.
     Deleted,
 }
@@ -47,9 +69,9 @@ enum Last {
 /// What a watch saw of one object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Seen<'a> {
-    /// Created or changed, now at this resourceVersion.
+    /// Created or changed, now at this `version_of`.
     Present {
-        resource_version: Option<&'a str>,
+        version: Option<&'a str>,
     },
     Deleted,
 }
@@ -69,14 +91,8 @@ impl AppliedCache {
         matches!(self.lock().get(key), Some(Last::Applied { hash: h, .. }) if *h == hash)
     }
 
-    pub fn record_applied(&self, key: ObjectKey, hash: u64, resource_version: Option<String>) {
-        self.lock().insert(
-            key,
-            Last::Applied {
-                hash,
-                resource_version,
-            },
-        );
+    pub fn record_applied(&self, key: ObjectKey, hash: u64, version: Option<String>) {
+        self.lock().insert(key, Last::Applied { hash, version });
     }
 
     /// True when we deleted the object and it has not come back since.
@@ -89,20 +105,16 @@ impl AppliedCache {
     }
 
     /// A watch event for one object: forgets our entry when the object is no longer what we
-    /// left it as. Our own writes come back with the resourceVersion we recorded and keep it (one
+    /// left it as. Our own writes come back with the version we recorded and keep it (one
     /// that arrives before we recorded it costs one more, unchanging, apply).
     pub fn seen(&self, key: &ObjectKey, seen: Seen<'_>) {
         let mut entries = self.lock();
         let stale = match (entries.get(key), seen) {
             (None, _) => false,
             (Some(Last::Applied { .. }), Seen::Deleted) => true,
-            (
-                Some(Last::Applied {
-                    resource_version: ours,
-                    ..
-                }),
-                Seen::Present { resource_version },
-            ) => ours.as_deref() != resource_version || resource_version.is_none(),
+            (Some(Last::Applied { version: ours, .. }), Seen::Present { version }) => {
+                ours.as_deref() != version || version.is_none()
+            }
             (Some(Last::Deleted), Seen::Present { .. }) => true,
             (Some(Last::Deleted), Seen::Deleted) => false,
         };
@@ -125,7 +137,7 @@ impl AppliedCache {
             watcher::Event::Apply(o) | watcher::Event::InitApply(o) => self.seen(
                 &key(o),
                 Seen::Present {
-                    resource_version: o.meta().resource_version.as_deref(),
+                    version: version_of(kind, o.meta()).as_deref(),
                 },
             ),
             watcher::Event::Delete(o) => self.seen(&key(o), Seen::Deleted),
@@ -151,9 +163,7 @@ mod tests {
     }
 
     fn present(rv: &str) -> Seen<'_> {
-        Seen::Present {
-            resource_version: Some(rv),
-        }
+        Seen::Present { version: Some(rv) }
     }
 
     #[test]
@@ -216,6 +226,34 @@ mod tests {
         assert!(c.applied(&key("a"), 1), "another namespace's object");
         c.watched("Service", &watcher::Event::Delete(s));
         assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn a_status_update_is_not_a_change_of_what_we_wrote() {
+        use k8s_openapi::api::apps::v1::StatefulSet;
+        let c = AppliedCache::default();
+        let mut sts = StatefulSet::default();
+        sts.metadata.name = Some("g".into());
+        sts.metadata.namespace = Some("ns".into());
+        sts.metadata.generation = Some(3);
+        sts.metadata.resource_version = Some("100".into());
+        let key = ObjectKey::new(StatefulSet::KIND, "ns", "g");
+        c.record_applied(key.clone(), 1, version_of(StatefulSet::KIND, &sts.metadata));
+        // The StatefulSet controller writes the status: a new resourceVersion, same generation.
+        sts.metadata.resource_version = Some("101".into());
+        c.watched(StatefulSet::KIND, &watcher::Event::Apply(sts.clone()));
+        assert!(c.applied(&key, 1));
+        // Someone edits a label: applied again.
+        sts.metadata.labels = Some([("team".to_owned(), "x".to_owned())].into());
+        c.watched(StatefulSet::KIND, &watcher::Event::Apply(sts));
+        assert!(!c.applied(&key, 1));
+        // A Service has no status subresource: any new resourceVersion is a change.
+        let mut svc = Service::default();
+        svc.metadata.resource_version = Some("7".into());
+        svc.metadata.generation = Some(1);
+        let v7 = version_of(Service::KIND, &svc.metadata);
+        svc.metadata.resource_version = Some("8".into());
+        assert_ne!(v7, version_of(Service::KIND, &svc.metadata));
     }
 
     proptest! {

@@ -13,7 +13,7 @@ use kube::core::ApiResource;
 use kube::{Api, Client, Resource};
 use serde_json::{Value, json};
 
-use super::applied::{AppliedCache, ObjectKey};
+use super::applied::{AppliedCache, ObjectKey, version_of};
 use super::observe::http_route_resource;
 use super::{Error, KubeContext};
 use crate::api::names::{FIELD_MANAGER, GroupNames, HTTPROUTE_KIND, SWITCHOVER_ANNOTATION};
@@ -94,7 +94,7 @@ async fn apply_one(
         )
         .await
         .context(|| format!("applying {kind} {}/{name}", names.namespace))?;
-    applied.record_applied(key, hash, written.metadata.resource_version.clone());
+    applied.record_applied(key, hash, version_of(kind, &written.metadata));
     Ok(Some(written))
 }
 
@@ -350,7 +350,7 @@ mod tests {
         applied.seen(
             &ObjectKey::new("Service", "ns", "g-rw"),
             crate::operator::applied::Seen::Present {
-                resource_version: Some("99"),
+                version: Some("99"),
             },
         );
         let again = apply_objects(&client, &applied, &group(), &names, &plan.writes(), None)
@@ -385,9 +385,7 @@ mod tests {
         }
         applied.seen(
             &ObjectKey::new("StatefulSet", "ns", "g-witness"),
-            crate::operator::applied::Seen::Present {
-                resource_version: Some("5"),
-            },
+            crate::operator::applied::Seen::Present { version: Some("5") },
         );
         delete_objects(&client, &applied, &names, &obsolete)
             .await

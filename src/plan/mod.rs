@@ -188,8 +188,11 @@ pub struct Plan {
     pub requeue_ms: u64,
 }
 
-/// How often a group is looked at when nothing happens (a safety net: watches can miss things).
-pub const RESYNC_MS: u64 = 60_000;
+/// How often a group is looked at when nothing happens: a safety net, since every input that
+/// matters triggers a reconcile (the watches, the agents' state streams, and the plan's own
+/// deadlines: lease expiry, dwell times, polls). At 1000 idle groups a 60 s resync was most of
+/// the operator's idle reconciles (bench-scale).
+pub const RESYNC_MS: u64 = 300_000;
 
 /// The reconcile decision.
 pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettings) -> Plan {
