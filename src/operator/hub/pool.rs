@@ -27,6 +27,9 @@ pub struct ClientPool {
     clients: Mutex<HashMap<String, CachedClient>>,
     /// Agent address (DNS name) → the pod IP the API server reports for it.
     pod_ips: Mutex<HashMap<String, IpAddr>>,
+    /// Woken when a pod IP is learned, changed or forgotten: the state stream of a group
+    /// without running pods waits for this instead of polling.
+    pub ips_changed: tokio::sync::Notify,
 }
 
 impl ClientPool {
@@ -38,12 +41,18 @@ impl ClientPool {
     /// The member pods' current IPs by agent address (`None`: the pod has no running IP now;
     /// the state stream does not dial it, a probe dials its name through DNS).
     pub fn learn_pod_ips(&self, ips: impl IntoIterator<Item = (String, Option<IpAddr>)>) {
+        let mut changed = false;
         let mut known = lock(&self.pod_ips);
         for (address, ip) in ips {
-            match ip {
+            let before = match ip {
                 Some(ip) => known.insert(address, ip),
                 None => known.remove(&address),
             };
+            changed |= before != ip;
+        }
+        drop(known);
+        if changed {
+            self.ips_changed.notify_waiters();
         }
     }
 

@@ -16,6 +16,9 @@ use super::{GroupRef, Shared, StreamConfig, lock, now_ms};
 use crate::agent::client::LeaseState;
 use crate::operator::metrics::Metrics;
 
+/// How long a stream with no member pod to dial waits before it looks again anyway.
+const NO_PODS_RECHECK: Duration = Duration::from_secs(30);
+
 pub(super) struct Stream {
     pub target: GroupRef,
     pub config: watch::Receiver<StreamConfig>,
@@ -33,6 +36,11 @@ impl Stream {
             let cfg = self.config.borrow_and_update().clone();
             let heartbeat = follow::heartbeat(cfg.lease);
             let mut last_error = String::from("no agent address");
+            // Registered before the IPs are looked at, so that one learned meanwhile wakes it.
+            let ips_changed = self.pool.ips_changed.notified();
+            let mut ips_changed = std::pin::pin!(ips_changed);
+            ips_changed.as_mut().enable();
+            let mut dialed = false;
             'candidates: for address in follower.start_round(&cfg.addresses) {
                 // Only members with a running pod: its IP comes from the pod store (the reconcile
                 // that started this stream learns them next). Without a pod there is nobody to
@@ -43,6 +51,7 @@ impl Stream {
                     follower.dial_failed(&address, Instant::now());
                     continue;
                 };
+                dialed = true;
                 let client = match connect(&address, Some(ip), cfg.tls.clone()).await {
                     Ok(c) => c,
                     Err(e) => {
@@ -95,7 +104,18 @@ impl Stream {
             if !follower.answered() {
                 self.mark_unreachable(&last_error);
             }
-            if let Some(wait) = follower.end_round() {
+            let wait = follower.end_round();
+            if !dialed {
+                // No member has a running pod: nothing to dial until the pod store says one
+                // has (or the configuration changes); a long timeout as a safety net only.
+                tokio::select! {
+                    _ = ips_changed => {}
+                    changed = self.config.changed() => {
+                        if changed.is_err() { return; }
+                    }
+                    _ = tokio::time::sleep(NO_PODS_RECHECK) => {}
+                }
+            } else if let Some(wait) = wait {
                 tokio::time::sleep(wait).await;
             }
         }
