@@ -107,10 +107,14 @@ impl AppliedCache {
     /// A watch event for one object: forgets our entry when the object is no longer what we
     /// left it as. Our own writes come back with the version we recorded and keep it (one
     /// that arrives before we recorded it costs one more, unchanging, apply).
-    pub fn seen(&self, key: &ObjectKey, seen: Seen<'_>) {
+    ///
+    /// Returns whether the event is worth a reconcile of the object's group: not when the object
+    /// is exactly as we left it (our own write coming back, a status update).
+    pub fn seen(&self, key: &ObjectKey, seen: Seen<'_>) -> bool {
         let mut entries = self.lock();
         let stale = match (entries.get(key), seen) {
-            (None, _) => false,
+            // Not written by this process (yet): its group's reconcile decides.
+            (None, _) => return true,
             (Some(Last::Applied { .. }), Seen::Deleted) => true,
             (Some(Last::Applied { version: ours, .. }), Seen::Present { version }) => {
                 ours.as_deref() != version || version.is_none()
@@ -121,6 +125,7 @@ impl AppliedCache {
         if stale {
             entries.remove(key);
         }
+        stale
     }
 
     /// The watch of `kind` re-lists: events may have been missed, so every entry of the kind is
@@ -129,11 +134,14 @@ impl AppliedCache {
         self.lock().retain(|k, _| k.kind != kind);
     }
 
-    /// Feeds one watch event of `kind`.
-    pub fn watched<K: ResourceExt>(&self, kind: &'static str, event: &watcher::Event<K>) {
+    /// Feeds one watch event of `kind`; returns whether it is worth a reconcile (`seen`).
+    pub fn watched<K: ResourceExt>(&self, kind: &'static str, event: &watcher::Event<K>) -> bool {
         let key = |o: &K| ObjectKey::new(kind, &o.namespace().unwrap_or_default(), &o.name_any());
         match event {
-            watcher::Event::Init => self.relisted(kind),
+            watcher::Event::Init => {
+                self.relisted(kind);
+                true
+            }
             watcher::Event::Apply(o) | watcher::Event::InitApply(o) => self.seen(
                 &key(o),
                 Seen::Present {
@@ -141,7 +149,7 @@ impl AppliedCache {
                 },
             ),
             watcher::Event::Delete(o) => self.seen(&key(o), Seen::Deleted),
-            watcher::Event::InitDone => {}
+            watcher::Event::InitDone => true,
         }
     }
 
@@ -173,6 +181,18 @@ mod tests {
         c.seen(&key("a"), present("10"));
         assert!(c.applied(&key("a"), 7));
         assert!(!c.applied(&key("a"), 8), "other content is applied again");
+    }
+
+    #[test]
+    fn only_events_that_differ_from_what_we_left_are_worth_a_reconcile() {
+        let c = AppliedCache::default();
+        assert!(c.seen(&key("new"), present("1")), "not ours yet");
+        c.record_applied(key("a"), 7, Some("10".into()));
+        assert!(!c.seen(&key("a"), present("10")), "our write coming back");
+        assert!(c.seen(&key("a"), present("11")), "someone else's change");
+        c.record_deleted(key("w"));
+        assert!(!c.seen(&key("w"), Seen::Deleted));
+        assert!(c.seen(&key("w"), present("3")), "re-created");
     }
 
     #[test]

@@ -74,8 +74,8 @@ fn owned() -> watcher::Config {
 }
 
 /// The changes of one kind of object the operator writes and the controller owns (the trigger
-/// stream of `Controller::owns_stream`): metadata only, as `Controller::owns` watches them, and
-/// shown to the cache of what was applied on the way.
+/// stream of `Controller::owns_stream`): metadata only, as `Controller::owns` watches them,
+/// shown to the cache of what was applied on the way, and only those that differ from it.
 pub fn owned_changes<K>(
     client: Client,
     applied: Arc<AppliedCache>,
@@ -86,7 +86,11 @@ where
 {
     watcher(Api::<PartialObjectMeta<K>>::all(client), owned())
         .default_backoff()
-        .inspect_ok(move |e| applied.watched(<K as k8s_openapi::Resource>::KIND, e))
+        // Only what differs from what was applied triggers a reconcile: a status update (the
+        // StatefulSet controller's) or our own write coming back has nothing to repair.
+        .try_filter(move |e| {
+            futures::future::ready(applied.watched(<K as k8s_openapi::Resource>::KIND, e))
+        })
         .touched_objects()
 }
 
@@ -225,7 +229,9 @@ impl Stores {
             owned(),
             slices,
             trigger.clone(),
-            move |e| applied.watched(<EndpointSlice as k8s_openapi::Resource>::KIND, e),
+            move |e| {
+                applied.watched(<EndpointSlice as k8s_openapi::Resource>::KIND, e);
+            },
             group_of,
         );
         // The groups' TLS Secrets: a Secret changed or deleted by someone else is read again
@@ -284,7 +290,10 @@ impl Stores {
             owned(),
             routes,
             self.trigger.clone(),
-            move |e| applied.watched(HTTPROUTE_KIND, e),
+            // Every route event triggers: the Gateway's status is what RoutingConverged reads.
+            move |e| {
+                applied.watched(HTTPROUTE_KIND, e);
+            },
             |r| group_of(r).into_iter().collect(),
         );
         // A Gateway created after the group, or deleted.
