@@ -228,6 +228,13 @@ mod tests {
         seen
     }
 
+    /// A client talking to `serve`, and the task that returns the requests it saw.
+    fn scripted(fail: Option<&'static str>) -> (Client, tokio::task::JoinHandle<Vec<String>>) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(serve(handle, fail));
+        (Client::new(service, "default"), server)
+    }
+
     fn meta(name: &str) -> ObjectMeta {
         ObjectMeta {
             name: Some(name.into()),
@@ -287,9 +294,7 @@ mod tests {
 
     #[tokio::test]
     async fn objects_are_written_in_the_plans_order_and_unchanged_ones_not_again() {
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let server = tokio::spawn(serve(handle, None));
-        let client = Client::new(service, "default");
+        let (client, server) = scripted(None);
         let names = GroupNames::new("g", "ns");
         let applied = AppliedCache::default();
         let plan = plan();
@@ -337,9 +342,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_object_changed_behind_our_back_is_written_again_and_only_it() {
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let server = tokio::spawn(serve(handle, None));
-        let client = Client::new(service, "default");
+        let (client, server) = scripted(None);
         let names = GroupNames::new("g", "ns");
         let applied = AppliedCache::default();
         let plan = plan();
@@ -369,9 +372,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_obsolete_object_is_deleted_once_until_it_comes_back() {
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let server = tokio::spawn(serve(handle, None));
-        let client = Client::new(service, "default");
+        let (client, server) = scripted(None);
         let names = GroupNames::new("g", "ns");
         let applied = AppliedCache::default();
         let obsolete = [Obsolete {
@@ -402,9 +403,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_conflict_names_the_object_and_stops_the_writes() {
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let server = tokio::spawn(serve(handle, Some("/services/g-rw")));
-        let client = Client::new(service, "default");
+        let (client, server) = scripted(Some("/services/g-rw"));
         let names = GroupNames::new("g", "ns");
         let applied = AppliedCache::default();
         let error = apply_objects(&client, &applied, &group(), &names, &plan().writes(), None)
@@ -423,9 +422,7 @@ mod tests {
             "no write after the failed one: {seen:?}"
         );
         // The failed object is not recorded as applied: the retry writes it again.
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let server = tokio::spawn(serve(handle, None));
-        let client = Client::new(service, "default");
+        let (client, server) = scripted(None);
         assert_eq!(
             apply_objects(&client, &applied, &group(), &names, &plan().writes(), None)
                 .await
