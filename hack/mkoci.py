@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """mkoci.py - a single-layer OCI image archive from local files; no Docker, no registry.
 
-usage: mkoci.py OUT.tar IMAGE_REF [--entrypoint JSON] [--user UID:GID] ENTRY [ENTRY ...]
-  ENTRY is SRC:DEST (a file, mode 0755) or @DEST=TARGET (a symlink).
+usage: mkoci.py OUT.tar IMAGE_REF [--entrypoint JSON] [--cmd JSON] [--user UID:GID] [--workdir DIR]
+                ENTRY [ENTRY ...]
+  ENTRY is SRC:DEST (a file, mode 0755), @DEST=TARGET (a symlink) or DIR/:DEST (a whole tree:
+  DIR's contents under DEST, with their modes, symlinks and hard links; put it first).
   e.g. mkoci.py pause.tar registry.k8s.io/pause:3.10.2 --entrypoint '["/pause"]' ./pause:/pause
-The archive is deterministic (fixed mtimes and owners) and carries io.containerd.image.name,
+       mkoci.py redis.tar quorate.test/redis:7 --cmd '["redis-server"]' rootfs/:/
+The archive is deterministic (fixed mtimes, owners root) and carries io.containerd.image.name,
 so `ctr -n k8s.io images import OUT.tar` names the image IMAGE_REF.
 """
-import argparse, gzip, hashlib, io, json, tarfile
+import argparse, gzip, hashlib, io, json, os, tarfile
 
 
 def digest(data):
@@ -29,8 +32,35 @@ def layer(entries):
                     ti.type, ti.mode = tarfile.DIRTYPE, 0o755
                     tar.addfile(ti)
 
+        def tree(src, dest):
+            # Sorted, depth first: the same tree gives the same bytes. Owners and mtimes are
+            # normalized; gettarinfo keeps the mode, symlink targets and hard links.
+            for e in sorted(os.scandir(src), key=lambda e: e.name):
+                name = f"{dest}/{e.name}" if dest else e.name
+                ti = tar.gettarinfo(e.path, name)
+                if ti.type not in (tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE):
+                    raise SystemExit(f"mkoci.py: {e.path}: not a file, directory or symlink")
+                ti.uid = ti.gid = ti.mtime = 0
+                ti.uname = ti.gname = ""
+                if ti.type == tarfile.DIRTYPE:
+                    if name not in seen:
+                        seen.add(name)
+                        tar.addfile(ti)
+                    tree(e.path, name)
+                elif ti.type == tarfile.REGTYPE:
+                    with open(e.path, "rb") as f:
+                        tar.addfile(ti, f)
+                else:
+                    tar.addfile(ti)
+
         for entry in entries:
-            if entry.startswith("@"):
+            if not entry.startswith("@") and entry.split(":", 1)[0].endswith("/"):
+                src, dest = entry.split(":", 1)
+                dest = dest.strip("/")
+                if dest:
+                    parents(dest + "/")
+                tree(src, dest)
+            elif entry.startswith("@"):
                 dest, target = entry[1:].split("=", 1)
                 dest = dest.lstrip("/")
                 parents(dest)
@@ -54,7 +84,9 @@ def main():
     ap.add_argument("out")
     ap.add_argument("ref")
     ap.add_argument("--entrypoint", default=None)
+    ap.add_argument("--cmd", default=None)
     ap.add_argument("--user", default="")
+    ap.add_argument("--workdir", default="/")
     ap.add_argument("entries", nargs="+")
     args = ap.parse_args()
 
@@ -62,12 +94,14 @@ def main():
     layer_gz = gzip.compress(layer_tar, mtime=0)
     config = {
         "created": "1970-01-01T00:00:00Z", "architecture": "amd64", "os": "linux",
-        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "WorkingDir": "/"},
+        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "WorkingDir": args.workdir},
         "rootfs": {"type": "layers", "diff_ids": [digest(layer_tar)]},
         "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "hack/mkoci.py"}],
     }
     if args.entrypoint:
         config["config"]["Entrypoint"] = json.loads(args.entrypoint)
+    if args.cmd:
+        config["config"]["Cmd"] = json.loads(args.cmd)
     if args.user:
         config["config"]["User"] = args.user
     cfg = json.dumps(config, separators=(",", ":")).encode()
