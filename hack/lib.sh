@@ -96,3 +96,34 @@ render() {
   if [[ "$_text" =~ \$\{[A-Za-z_][A-Za-z0-9_]*\} ]]; then die "render: ${BASH_REMATCH[0]} in $_tmpl has no value"; fi
   printf '%s' "$_text"
 }
+
+# Workload images built from pinned Debian packages (hack/debian-image.sh; table
+# hack/debian-images.txt, exact packages hack/debian-images.lock).
+# debian_images: the table's image names.
+debian_images() { awk '!/^#/ && NF { print $1 }' "$HACK/debian-images.txt"; }
+# debian_image_field NAME KEY: the value of KEY=... on NAME's line (empty when absent).
+debian_image_field() {
+  local line f
+  line="$(awk -v n="$1" '$1 == n' "$HACK/debian-images.txt")"
+  [[ -n "$line" ]] || die "no image $1 in hack/debian-images.txt"
+  for f in $line; do [[ "$f" == "$2="* ]] && printf '%s' "${f#*=}"; done
+  return 0
+}
+# workload_image NAME: the image reference, quorate.test/NAME:<pinned version without its epoch>
+# (e.g. quorate.test/redis:7.0.15-1-deb12u10). A local name: it is no official image.
+workload_image() {
+  local pin version
+  pin="$(debian_image_field "$1" pin)"
+  [[ -n "$pin" && -n "${!pin:-}" ]] || die "image $1: its pin '$pin' is not set in hack/versions.env"
+  version="${!pin#*:}"
+  printf 'quorate.test/%s:%s' "$1" "${version//[^A-Za-z0-9_.-]/-}"
+}
+# workload_archive NAME: its cached OCI archive, keyed by its table line, its pin, its locked
+# packages and the two scripts that build it.
+workload_archive() {
+  local pin key
+  pin="$(debian_image_field "$1" pin)"
+  key="$({ awk -v n="$1" '$1 == n' "$HACK/debian-images.txt" "$HACK/debian-images.lock" 2>/dev/null
+    printf '%s\n' "${!pin:-}"; cat "$HACK/debian-image.sh" "$HACK/mkoci.py"; } | sha256sum | cut -c1-12)"
+  printf '%s/images/%s-%s.tar' "$QUORATE_CACHE" "$1" "$key"
+}
