@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Builds the project's binaries as static executables, packs them into one OCI image archive
-# (no Docker: hack/mkoci.py) and imports it into the test bed's containerd when it runs.
+# (no Docker: hack/mkoci.py), builds the workload images of hack/debian-images.txt from pinned
+# Debian packages (hack/debian-image.sh, cached) and imports them all into the test bed's
+# containerd when it runs (an image containerd already has at the same digest is skipped).
 #   hack/images.sh            build, pack, import if the cluster runs
-# The image is $QUORATE_IMAGE (default ghcr.io/quorate-dev/quorate:<crate version>); pods use
-# it with imagePullPolicy IfNotPresent. For kind: `kind load image-archive <archive>`.
+# The image is $QUORATE_IMAGE (default ghcr.io/quorate-dev/quorate:<crate version>); the workload
+# images are `workload_image NAME` (hack/lib.sh; QUORATE_WORKLOAD_IMAGES="redis ..." picks them,
+# default all). Pods use them with imagePullPolicy IfNotPresent. For kind: hack/kind.sh up.
 set -euo pipefail
 HACK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=hack/lib.sh
@@ -28,11 +31,24 @@ for b in $BINARIES; do entries+=("$out/$b:/$b"); done
 python3 "$HACK/mkoci.py" "$archive" "$image" --entrypoint '["/quorate-operator"]' --user 65532:65532 "${entries[@]}" >/dev/null
 log "packed $image into $archive ($(du -h "$archive" | cut -f1))"
 
+workloads="${QUORATE_WORKLOAD_IMAGES:-$(debian_images | xargs)}"
+for name in $workloads; do "$HACK/debian-image.sh" "$name"; done
+
 sock="${QUORATE_CLUSTER_DIR:-/var/tmp/quorate-cluster}/containerd/containerd.sock"
+# import_archive ARCHIVE REF: into the test bed's containerd, unless it has REF at the archive's digest.
+import_archive() {
+  local ctr=("$(bin_dir containerd)/ctr" --address "$sock" -n k8s.io) digest
+  digest="$(tar -xOf "$1" index.json | jq -r '.manifests[0].digest')"
+  if "${ctr[@]}" images ls 2>/dev/null | awk -v r="$2" '$1 == r { print $3 }' | grep -qx "$digest"; then
+    log "$2: already in the test bed"
+    return 0
+  fi
+  "${ctr[@]}" images import "$1" >/dev/null 2>&1 || die "importing $1 into the test bed's containerd failed"
+  log "imported $2 into the test bed"
+}
 if [[ -S "$sock" ]]; then
-  "$(bin_dir containerd)/ctr" --address "$sock" -n k8s.io images import "$archive" >/dev/null 2>&1 \
-    || die "importing $archive into the test bed's containerd failed"
-  log "imported $image into the test bed"
+  import_archive "$archive" "$image"
+  for name in $workloads; do import_archive "$(workload_archive "$name")" "$(workload_image "$name")"; done
 else
-  log "the test bed is not running: archive only (make cluster-up, then make images, imports it)"
+  log "the test bed is not running: archives only (make cluster-up, then make images, imports them)"
 fi

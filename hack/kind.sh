@@ -21,6 +21,8 @@ up() {
   export KUBECONFIG="$KUBECONFIG_KIND"
   "$HACK/images.sh"
   kind load image-archive "$QUORATE_CACHE/images/quorate.tar" --name "$CLUSTER"
+  # The workload images built from Debian packages (hack/debian-image.sh, run by images.sh).
+  for name in $(debian_images); do kind load image-archive "$(workload_archive "$name")" --name "$CLUSTER"; done
   # The smoke suite's helper image.
   docker pull -q busybox:1.36 >/dev/null && docker tag busybox:1.36 docker.io/library/busybox:1.35-testbed
   kind load docker-image docker.io/library/busybox:1.35-testbed --name "$CLUSTER"
