@@ -12,7 +12,7 @@ HACK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=hack/lib.sh
 source "$HACK/lib.sh"
 
-BINARIES="${QUORATE_BINARIES:-quorate-operator quorate-agent quorate-testapp kubectl-quorate}"
+BINARIES="${QUORATE_BINARIES:-quorate-operator quorate-agent quorate-run quorate-testapp kubectl-quorate}"
 archive="$QUORATE_CACHE/images/quorate.tar"
 image="$(quorate_image)"
 mkdir -p "$QUORATE_CACHE/images"

@@ -5,5 +5,6 @@ pub mod cli;
 pub mod operator;
 pub mod pki;
 pub mod plan;
+pub mod supervisor;
 pub mod testapp;
 pub mod traffic;

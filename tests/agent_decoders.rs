@@ -69,6 +69,10 @@ proptest! {
             released_epoch: released,
             release_reason: reason,
             leaving: false,
+            workload_position: Some(released),
+            position_token: released,
+            workload_message: String::new(),
+            hooks: vec![proto::HookOutcome { hook: "promote".into(), epoch: released, ..Default::default() }],
         };
         let bytes = r.encode_to_vec();
         prop_assert_eq!(proto::MemberReport::decode(bytes.as_slice()).ok(), Some(r));

@@ -233,6 +233,7 @@ fn new_core(id: NodeId, i: usize, healthy: bool, now: Now) -> AgentCore {
             witness: false,
             priority: 50,
             initial_config: config(),
+            supervised: false,
         },
         health(healthy),
         now,

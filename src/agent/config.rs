@@ -24,6 +24,7 @@ pub struct AgentSettings {
     pub max_failovers_per_hour: u32,
     pub priority: u32,
     pub health: Option<HealthConfig>,
+    pub supervised: bool,
     pub publisher: PublisherConfig,
     pub tls_server: Option<TlsServerConfig>,
     pub tls_client: Option<TlsClientConfig>,
@@ -82,9 +83,10 @@ pub struct AgentArgs {
     /// Health check: HTTP GET 127.0.0.1:PORT[/PATH] (2xx/3xx = healthy; X-Quorate-Load = load).
     #[arg(long, env = "QUORATE_HEALTH_HTTP", group = "health_check", value_parser = parse_http_probe)]
     pub health_http: Option<Probe>,
-    /// Health check: run CMD with /bin/sh -c in the agent's container (exit 0 = healthy).
-    #[arg(long, env = "QUORATE_HEALTH_EXEC", group = "health_check")]
-    pub health_exec: Option<String>,
+    /// The workload runs under the supervisor quorate-run (the group declares hooks): it counts
+    /// as healthy only while the supervisor reports so on POST /workload (loopback only).
+    #[arg(long, env = "QUORATE_SUPERVISED")]
+    pub supervised: bool,
     /// Address of the workload for tcp/http checks (tests run several workloads on one machine).
     #[arg(
         long,
@@ -208,10 +210,6 @@ impl AgentArgs {
             Probe::Tcp { port }
         } else if let Some(p) = &self.health_http {
             p.clone()
-        } else if let Some(cmd) = &self.health_exec {
-            Probe::Exec {
-                command: cmd.clone(),
-            }
         } else {
             return None;
         };
@@ -247,6 +245,7 @@ impl AgentArgs {
             .unwrap_or(self.priority);
         Ok(AgentSettings {
             health: self.health_config(),
+            supervised: self.supervised,
             publisher: PublisherConfig {
                 member: self.member.clone(),
                 role_file: Some(self.role_file.clone()),
@@ -324,11 +323,11 @@ mod tests {
         );
         let e = parse(&["--priority", "101"]).err().unwrap_or_default();
         assert!(e.contains("--priority"), "{e}");
-        let e = parse(&["--health-tcp", "1", "--health-exec", "true"])
+        let e = parse(&["--health-tcp", "1", "--health-http", "2/"])
             .err()
             .unwrap_or_default();
         assert!(
-            e.contains("--health-tcp") || e.contains("--health-exec"),
+            e.contains("--health-tcp") || e.contains("--health-http"),
             "{e}"
         );
         let e = parse(&["--tls-cert", "/a"]).err().unwrap_or_default();

@@ -47,15 +47,27 @@ pub struct MemberReport {
     pub release_reason: Option<ReleaseReason>,
     /// Shutting down: never appoint it.
     pub leaving: bool,
+    /// The workload's replication position (`hooks.position`), when the group declares one.
+    pub workload_position: Option<u64>,
+    /// The coordinator's position round that position was measured in (see
+    /// [`ReportDecision::position_wanted`]).
+    pub position_token: u64,
+    /// Why the workload is not healthy or not a candidate, in words (empty when it is).
+    pub workload_message: String,
+    /// The supervisor's latest hook outcomes.
+    pub hooks: Vec<crate::supervisor::protocol::HookOutcome>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ReportDecision {
     /// False: this node is not the coordinator.
     pub accepted: bool,
     pub grant: Option<Grant>,
     /// The member is the primary and a switchover asks it to give the lease back.
     pub demote: bool,
+    /// The coordinator is choosing a new primary by workload position and wants positions
+    /// measured from now on: the member reports one with this token (0: none wanted).
+    pub position_wanted: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -95,6 +107,9 @@ pub struct MemberView {
     pub applied_index: u64,
     pub matched_index: Option<u64>,
     pub priority: u32,
+    pub workload_position: Option<u64>,
+    pub workload_message: String,
+    pub hooks: Vec<crate::supervisor::protocol::HookOutcome>,
 }
 
 /// Who may become primary.
@@ -109,6 +124,10 @@ pub struct CandidateInfo {
     pub leaving: bool,
     /// Raft log position (max of reported applied and replicated-to index).
     pub position: u64,
+    /// The workload's replication position, when the group declares a position hook.
+    pub workload_position: Option<u64>,
+    /// That workload position was measured in the current position round.
+    pub position_fresh: bool,
     pub priority: u32,
     pub is_coordinator: bool,
 }
@@ -117,8 +136,11 @@ pub struct CandidateInfo {
 /// by reports taken at slightly different moments.
 pub const POSITION_TOLERANCE: u64 = 16;
 
-/// Candidate choice: healthy voters that are not witnesses and not leaving; highest replication
-/// position; then priority (0 = only if nobody else); then, to keep the primary and the Raft leader
+/// Candidate choice: healthy voters that are not witnesses and not leaving; when workload
+/// positions are reported, only members with one, and of those only the highest (a replication
+/// stream is ordered, so the member furthest along holds every write any other member holds: with
+/// synchronous acknowledgement, every acknowledged one); then the highest Raft log position; then
+/// priority (0 = only if nobody else); then, to keep the primary and the Raft leader
 /// apart (a crash of both costs an election on top of the lease), members other than the
 /// coordinator; then lowest ordinal; then lowest id.
 pub fn choose_candidate(candidates: &[CandidateInfo], exclude: Option<NodeId>) -> Option<NodeId> {
@@ -126,6 +148,13 @@ pub fn choose_candidate(candidates: &[CandidateInfo], exclude: Option<NodeId>) -
         .iter()
         .filter(|c| c.healthy && c.voter && !c.witness && !c.leaving && Some(c.id) != exclude)
         .collect();
+    let eligible = match eligible.iter().filter_map(|c| c.workload_position).max() {
+        Some(best) => eligible
+            .into_iter()
+            .filter(|c| c.workload_position == Some(best))
+            .collect(),
+        None => eligible,
+    };
     let any_positive = eligible.iter().any(|c| c.priority > 0);
     let pool: Vec<&CandidateInfo> = eligible
         .into_iter()
@@ -194,6 +223,60 @@ struct Leadership {
     quorum_ack_at: Option<u64>,
     lease: PrimaryLease,
     proposal_since: Option<u64>,
+    /// The position round of the current vacancy: positions reported with a token at least
+    /// this, measured after the round began, are final for the choice.
+    position_round: Option<PositionRound>,
+    rounds: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PositionRound {
+    token: u64,
+    /// The epoch whose vacancy it is for.
+    epoch: u64,
+    started_at: u64,
+}
+
+/// Whether workload positions decide, and if so whether the choice may be made now: every
+/// healthy candidate has reported a position of the current round, or the round's wait is over
+/// (then only those that did remain candidates). Starts the round when none runs for `epoch`.
+fn positions_ready(
+    l: &mut Leadership,
+    epoch: u64,
+    wait: u64,
+    now: u64,
+    candidates: &mut [CandidateInfo],
+) -> bool {
+    if !candidates.iter().any(|c| c.workload_position.is_some()) {
+        return true;
+    }
+    let Some(round) = l.position_round.filter(|r| r.epoch == epoch) else {
+        l.rounds += 1;
+        // Tokens grow across coordinators too: the term leads.
+        l.position_round = Some(PositionRound {
+            token: (l.term << 24) | (l.rounds & 0xff_ffff),
+            epoch,
+            started_at: now,
+        });
+        return false;
+    };
+    let waiting = candidates
+        .iter()
+        .any(|c| c.healthy && c.voter && !c.witness && !c.leaving && !c.position_fresh);
+    if waiting && now < round.started_at + wait {
+        return false;
+    }
+    for c in candidates.iter_mut().filter(|c| !c.position_fresh) {
+        c.healthy = false;
+    }
+    true
+}
+
+/// How long the coordinator waits for every candidate's fresh workload position before it
+/// chooses among those that answered: long enough for a report answer to carry the request, the
+/// supervisor to run the position hook and the next report to come back.
+pub fn position_wait_millis(lease_millis: u64) -> u64 {
+    2 * report_interval_millis(lease_millis) + 250
 }
 
 /// Settings of this coordinator (from the agent's flags).
@@ -266,6 +349,8 @@ impl Coordinator {
                     quorum_ack_at: None,
                     lease: PrimaryLease::new(self.state.epoch, now),
                     proposal_since: None,
+                    position_round: None,
+                    rounds: 0,
                 });
             }
         }
@@ -334,16 +419,15 @@ impl Coordinator {
             .is_some_and(|s| s.epoch == epoch);
         let mode = self.state.config.map(|c| c.mode);
         let Some(l) = &mut self.leadership else {
-            return ReportDecision {
-                accepted: false,
-                grant: None,
-                demote: false,
-            };
+            return ReportDecision::default();
         };
         let mut decision = ReportDecision {
             accepted: true,
-            grant: None,
-            demote: false,
+            position_wanted: l
+                .position_round
+                .filter(|r| r.epoch == epoch)
+                .map_or(0, |r| r.token),
+            ..ReportDecision::default()
         };
         if mode != Some(Mode::PrimaryBackup) || !is_primary || !l.caught_up {
             return decision;
@@ -377,6 +461,12 @@ impl Coordinator {
 
     fn candidates(&self, now: u64) -> Vec<CandidateInfo> {
         let stale = report_stale_after_millis(self.lease_millis());
+        let round = self
+            .leadership
+            .as_ref()
+            .and_then(|l| l.position_round)
+            .filter(|r| r.epoch == self.state.epoch)
+            .map(|r| r.token);
         self.roster
             .members
             .iter()
@@ -394,6 +484,9 @@ impl Coordinator {
                     position: report
                         .map_or(0, |r| r.applied_index)
                         .max(self.matched.get(id).copied().unwrap_or(0)),
+                    workload_position: report.and_then(|r| r.workload_position),
+                    position_fresh: round
+                        .is_some_and(|t| report.is_some_and(|r| r.position_token >= t)),
                     priority: report.map_or(0, |r| r.priority),
                     is_coordinator: *id == self.settings.id,
                 }
@@ -437,7 +530,8 @@ impl Coordinator {
 
     /// Periodic decisions at `now` (monotonic) / `now_unix` (wall clock, for records only).
     pub fn tick(&mut self, now: u64, now_unix: i64) -> Vec<Action> {
-        let candidates = self.candidates(now);
+        let mut candidates = self.candidates(now);
+        let position_wait = position_wait_millis(self.lease_millis());
         let settled = self.candidates_settled(now);
         let state = &self.state;
         let roster = &self.roster;
@@ -472,6 +566,9 @@ impl Coordinator {
         let Some(primary) = state.primary.clone() else {
             // No primary was ever appointed, so no lease exists anywhere.
             if state.paused || !settled {
+                return Vec::new();
+            }
+            if !positions_ready(l, state.epoch, position_wait, now, &mut candidates) {
                 return Vec::new();
             }
             let Some(member) = choose_candidate(&candidates, None) else {
@@ -546,6 +643,9 @@ impl Coordinator {
             l.proposal_since = Some(now);
             return vec![Action::Propose(GroupCommand::TripFlapGuard)];
         }
+        if !positions_ready(l, state.epoch, position_wait, now, &mut candidates) {
+            return Vec::new();
+        }
         let requested = switchover
             .and_then(|s| s.target)
             .filter(|t| *t != primary.id)
@@ -553,6 +653,20 @@ impl Coordinator {
                 candidates
                     .iter()
                     .any(|c| c.id == *t && c.healthy && c.voter && !c.witness && !c.leaving)
+            })
+            // A requested target behind another member's workload would lose the writes it
+            // lacks: then the member furthest along is appointed instead.
+            .filter(|t| {
+                let best = candidates
+                    .iter()
+                    .filter(|c| c.healthy && c.voter && !c.witness && !c.leaving)
+                    .filter_map(|c| c.workload_position)
+                    .max();
+                let mine = candidates
+                    .iter()
+                    .find(|c| c.id == *t)
+                    .and_then(|c| c.workload_position);
+                best.is_none() || mine == best
             });
         let member = requested
             .or_else(|| choose_candidate(&candidates, Some(primary.id)))
@@ -597,6 +711,9 @@ impl Coordinator {
             return None;
         }
         let mut points = vec![l.since + 2 * report_interval_millis(lease)];
+        if let Some(r) = l.position_round.filter(|r| r.epoch == self.state.epoch) {
+            points.push(r.started_at + position_wait_millis(lease));
+        }
         if self.state.primary.is_some() {
             let end = l
                 .lease
@@ -674,6 +791,11 @@ impl Coordinator {
                     applied_index: report.map_or(0, |r| r.applied_index),
                     matched_index: self.matched.get(id).copied(),
                     priority: report.map_or(0, |r| r.priority),
+                    workload_position: report.and_then(|r| r.workload_position),
+                    workload_message: report
+                        .map(|r| r.workload_message.clone())
+                        .unwrap_or_default(),
+                    hooks: report.map(|r| r.hooks.clone()).unwrap_or_default(),
                 }
             })
             .collect();
@@ -874,6 +996,135 @@ mod tests {
         assert_eq!(c.on_report(now + 1, 2, healthy()).grant, None);
     }
 
+    fn at_position(position: u64, token: u64) -> MemberReport {
+        MemberReport {
+            workload_position: Some(position),
+            position_token: token,
+            ..healthy()
+        }
+    }
+
+    #[test]
+    fn the_highest_workload_position_wins_over_priority_and_ordinal() {
+        let base = CandidateInfo {
+            id: 0,
+            name: String::new(),
+            witness: false,
+            voter: true,
+            healthy: true,
+            leaving: false,
+            position: 100,
+            workload_position: Some(10),
+            position_fresh: true,
+            priority: 50,
+            is_coordinator: false,
+        };
+        let c = |id: NodeId, name: &str, wp: Option<u64>, priority: u32| CandidateInfo {
+            id,
+            name: name.into(),
+            workload_position: wp,
+            priority,
+            ..base.clone()
+        };
+        let all = vec![c(5, "a-0", Some(10), 90), c(6, "a-1", Some(12), 10)];
+        assert_eq!(choose_candidate(&all, None), Some(6));
+        // Without a position where others have one: not a candidate.
+        let all = vec![c(5, "a-0", None, 90), c(6, "a-1", Some(0), 10)];
+        assert_eq!(choose_candidate(&all, None), Some(6));
+        // Equal positions: the existing rules decide.
+        let all = vec![c(5, "a-2", Some(7), 90), c(6, "a-1", Some(7), 50)];
+        assert_eq!(choose_candidate(&all, None), Some(5));
+    }
+
+    #[test]
+    fn a_vacancy_waits_for_fresh_workload_positions_and_appoints_the_furthest() {
+        let (mut c, mut state, roster) = leading(0);
+        for id in [1, 2, 3] {
+            c.on_report(0, id, at_position(0, 0));
+        }
+        // The first appointment already asks for a position round.
+        assert_eq!(appointed(&c.tick(1, 0)), None);
+        let token = c.on_report(2, 2, at_position(0, 0)).position_wanted;
+        assert!(token > 0);
+        for id in [1, 2, 3] {
+            c.on_report(3, id, at_position(0, token));
+        }
+        let a = c.tick(4, 0);
+        assert_eq!(appointed(&a), Some((2, 1)));
+        apply(&mut c, &mut state, &roster, &a);
+        let mut now = 0;
+        while now < 3000 {
+            now += 100;
+            c.on_quorum_ack(1, now);
+            for id in [1, 2, 3] {
+                c.on_report(now, id, at_position(now, token));
+            }
+            assert_eq!(c.tick(now, 0), vec![]);
+        }
+        // Primary 2 is gone. Member 1 (the coordinator) got the last writes, member 3 did not:
+        // stale positions would tie at the old round's, fresh ones must decide.
+        let mut asked = 0;
+        loop {
+            now += 10;
+            c.on_quorum_ack(1, now);
+            let wanted = c
+                .on_report(now, 3, at_position(2900, asked))
+                .position_wanted;
+            c.on_report(now, 1, at_position(3000, asked));
+            if wanted > token && asked == 0 {
+                assert!(
+                    now >= 3000 + LEASE + MARGIN,
+                    "asked at {now}, before the lease was over"
+                );
+                asked = wanted;
+            }
+            if let Some((member, epoch)) = appointed(&c.tick(now, now as i64)) {
+                assert!(asked > 0, "appointed without fresh positions");
+                assert_eq!(
+                    (member, epoch),
+                    (1, 2),
+                    "the furthest member holds every write"
+                );
+                break;
+            }
+            assert!(now < 10_000, "never replaced");
+        }
+    }
+
+    #[test]
+    fn a_candidate_that_never_reports_a_fresh_position_is_left_out_after_the_wait() {
+        let (mut c, mut state, roster) = leading(0);
+        let token = {
+            for id in [1, 2, 3] {
+                c.on_report(0, id, at_position(0, 0));
+            }
+            c.tick(1, 0);
+            c.on_report(2, 2, at_position(0, 0)).position_wanted
+        };
+        // Member 3 answers with a stale token only (its supervisor does not run the hook).
+        c.on_report(3, 1, at_position(5, token));
+        c.on_report(3, 2, at_position(5, token));
+        c.on_report(3, 3, at_position(9, 0));
+        let mut now = 3;
+        let appointed_at = loop {
+            now += 10;
+            c.on_report(now, 3, at_position(9, 0));
+            c.on_report(now, 1, at_position(5, token));
+            c.on_report(now, 2, at_position(5, token));
+            let a = c.tick(now, 0);
+            if let Some((member, _)) = appointed(&a) {
+                assert_ne!(member, 3);
+                apply(&mut c, &mut state, &roster, &a);
+                break now;
+            }
+            assert!(now < 5000);
+        };
+        assert!(
+            appointed_at >= position_wait_millis(LEASE),
+            "waited {appointed_at} ms"
+        );
+    }
+
     #[test]
     fn new_coordinator_waits_a_full_lease_but_keeps_renewing_the_primary() {
         let mut c = Coordinator::new(CoordinatorSettings {
@@ -1040,6 +1291,8 @@ mod tests {
             healthy: true,
             leaving: false,
             position: 100,
+            workload_position: None,
+            position_fresh: false,
             priority: 50,
             is_coordinator: false,
         };

@@ -18,7 +18,8 @@ use super::lease::{LeaseHolder, LeaseTransition};
 use super::proto;
 use super::raft::{AppliedState, RaftStatus};
 use super::timing;
-use crate::api::MemberRole;
+use crate::api::{HookKind, MemberRole};
+use crate::supervisor::protocol::{Applied, WorkloadReport};
 
 /// What the core knows about this member from its flags.
 #[derive(Clone, Debug)]
@@ -32,6 +33,18 @@ pub struct CoreSettings {
     pub priority: u32,
     /// Proposed when the group has no configuration yet; its lease applies until one is committed.
     pub initial_config: GroupConfig,
+    /// The workload runs under the supervisor (`spec.hooks`): it is healthy only while the
+    /// supervisor reports so, and its reports carry the workload's position and hook outcomes.
+    pub supervised: bool,
+}
+
+/// A supervisor that has not reported for this long counts as an unhealthy workload (it
+/// reports every 200 ms).
+pub const SUPERVISOR_STALE_MILLIS: u64 = 1000;
+
+/// How long a member whose promote hook failed stays out of the candidates.
+pub fn promote_failure_cooldown_millis(lease_millis: u64) -> u64 {
+    (10 * lease_millis).max(10_000)
 }
 
 /// The two clocks of one instant: leases run on the monotonic one, records carry wall time.
@@ -63,6 +76,8 @@ pub enum Input {
     /// The locally applied group state changed.
     Applied(AppliedState),
     Health(HealthStatus),
+    /// The supervisor's report (`POST /workload` on the loopback HTTP port).
+    Workload(WorkloadReport),
     /// The deadline from [`AgentCore::next_deadline`] passed (or the runtime just woke up).
     Tick,
     /// The answer to [`Effect::SendReport`] (`None`: failed or not answered in time).
@@ -199,6 +214,14 @@ pub struct AgentCore {
     raft: RaftStatus,
     applied: AppliedState,
     health: HealthStatus,
+    /// The supervisor's last report and when it came.
+    workload: Option<(u64, WorkloadReport)>,
+    /// The position round the coordinator last asked for.
+    position_wanted: u64,
+    /// A promote hook failed for this epoch: the member is no candidate until the instant.
+    promote_failed: Option<(u64, u64)>,
+    /// The workload's health as last judged (to notice changes that only time makes).
+    workload_healthy_seen: bool,
     leaving: bool,
     release_reason: Option<ReleaseReason>,
     relayed: Option<Relayed>,
@@ -229,6 +252,7 @@ impl AgentCore {
     /// A core at start-up: nothing applied, no leader known, the workload not yet checked
     /// (`health`: the checker's initial status).
     pub fn new(settings: CoreSettings, health: HealthStatus, now: Now) -> Self {
+        let healthy_at_start = health.healthy && !settings.supervised;
         let coordinator = Coordinator::new(CoordinatorSettings {
             id: settings.id,
             initial_config: settings.initial_config,
@@ -240,6 +264,10 @@ impl AgentCore {
             raft: RaftStatus::default(),
             applied: AppliedState::default(),
             health,
+            workload: None,
+            position_wanted: 0,
+            promote_failed: None,
+            workload_healthy_seen: healthy_at_start,
             leaving: false,
             release_reason: None,
             relayed: None,
@@ -269,7 +297,8 @@ impl AgentCore {
             Input::Raft(status) => self.on_raft(status, t),
             Input::Applied(applied) => self.on_applied(applied, t, &mut out),
             Input::Health(health) => self.on_health(health, t, &mut out),
-            Input::Tick => {}
+            Input::Workload(report) => self.on_workload(report, t, &mut out),
+            Input::Tick => self.on_workload_health_change(t, &mut out),
             Input::ReportAnswered { sent_at, answer } => {
                 self.report_in_flight = None;
                 self.on_report_answer(sent_at, answer, t, &mut out);
@@ -313,11 +342,7 @@ impl AgentCore {
                 let decision = if self.applied.roster.members.contains_key(&from) {
                     self.coordinator.on_report(t, from, report)
                 } else {
-                    ReportDecision {
-                        accepted: false,
-                        grant: None,
-                        demote: false,
-                    }
+                    ReportDecision::default()
                 };
                 self.revision += 1;
                 out.push(Effect::Reply {
@@ -345,6 +370,19 @@ impl AgentCore {
         };
         if let Some(until) = self.holder.lease_until() {
             next = next.min(until);
+        }
+        if self.settings.supervised {
+            // A supervisor report ages out, a promote failure's exclusion ends.
+            if let Some((at, _)) = &self.workload
+                && at + SUPERVISOR_STALE_MILLIS >= self.now
+            {
+                next = next.min(at + SUPERVISOR_STALE_MILLIS + 1);
+            }
+            if let Some((_, until)) = self.promote_failed
+                && until > self.now
+            {
+                next = next.min(until);
+            }
         }
         if self.raft.is_leader && !self.confirm_in_flight {
             next = next.min(self.next_confirm_at);
@@ -488,9 +526,16 @@ impl AgentCore {
     }
 
     fn on_health(&mut self, health: HealthStatus, t: u64, out: &mut Vec<Effect>) {
-        let was = self.health.healthy;
-        let healthy = health.healthy;
         self.health = health;
+        self.on_workload_health_change(t, out);
+    }
+
+    /// The workload's health may have changed (a check, a supervisor report, or time: a
+    /// supervisor report ages out).
+    fn on_workload_health_change(&mut self, t: u64, out: &mut Vec<Effect>) {
+        let was = self.workload_healthy_seen;
+        let healthy = self.workload_healthy_at(t);
+        self.workload_healthy_seen = healthy;
         if was && !healthy && self.holder.is_live(t) {
             // An unhealthy primary hands off at once instead of waiting for its lease to end.
             self.release(ReleaseReason::WorkloadUnhealthy, None, t, out);
@@ -499,6 +544,43 @@ impl AgentCore {
             self.report_now = true;
             self.revision += 1;
         }
+    }
+
+    fn on_workload(&mut self, report: WorkloadReport, t: u64, out: &mut Vec<Effect>) {
+        let old_token = self.workload.as_ref().map_or(0, |(_, r)| r.position_token);
+        let old_hooks = self.workload.as_ref().map(|(_, r)| r.hooks.clone());
+        // A promote that failed for the epoch this member holds: give the epoch back, stay out
+        // of the candidates for a while, and let the coordinator appoint the next one.
+        if let Some(epoch) = self.holder.live_epoch(t)
+            && report
+                .hooks
+                .iter()
+                .any(|h| h.hook == HookKind::Promote && !h.ok && h.epoch == epoch)
+            && self.promote_failed.is_none_or(|(e, _)| e != epoch)
+        {
+            self.promote_failed = Some((
+                epoch,
+                t + promote_failure_cooldown_millis(self.lease_millis()),
+            ));
+            self.workload = Some((t, report));
+            self.workload_healthy_seen = false;
+            self.release(ReleaseReason::WorkloadUnhealthy, None, t, out);
+            self.report_now = true;
+            self.revision += 1;
+            return;
+        }
+        let fresh_position = report.position_token > old_token
+            && report.position_token >= self.position_wanted
+            && self.position_wanted > 0;
+        if old_hooks.as_ref() != Some(&report.hooks) {
+            self.report_now = true;
+            self.revision += 1;
+        }
+        self.workload = Some((t, report));
+        if fresh_position {
+            self.report_now = true;
+        }
+        self.on_workload_health_change(t, out);
     }
 
     fn on_report_answer(
@@ -515,6 +597,10 @@ impl AgentCore {
                 self.revision += 1;
             }
             if decision.accepted {
+                if decision.position_wanted != self.position_wanted {
+                    self.position_wanted = decision.position_wanted;
+                    self.revision += 1;
+                }
                 if let Some(grant) = decision.grant {
                     granted = true;
                     for tr in [self.holder.tick(t), self.holder.on_grant(sent_at, grant, t)]
@@ -673,9 +759,10 @@ impl AgentCore {
                 && self.applied.state.epoch > self.holder.released_epoch())
     }
 
-    fn build_report(&self) -> MemberReport {
+    fn build_report(&self, t: u64) -> MemberReport {
+        let workload = self.fresh_workload(t);
         MemberReport {
-            workload_healthy: self.settings.witness || self.health.healthy,
+            workload_healthy: self.settings.witness || self.workload_healthy_at(t),
             load: self.health.load,
             latency_ms: self.health.latency_ms,
             applied_index: self.raft.applied_index,
@@ -683,12 +770,101 @@ impl AgentCore {
             released_epoch: self.holder.released_epoch(),
             release_reason: self.release_reason,
             leaving: self.leaving,
+            workload_position: workload.and_then(|r| r.position),
+            position_token: workload.map_or(0, |r| r.position_token),
+            workload_message: self.workload_message(t),
+            hooks: self
+                .workload
+                .as_ref()
+                .map(|(_, r)| r.hooks.clone())
+                .unwrap_or_default(),
         }
+    }
+
+    /// The supervisor's report if it is recent enough to count.
+    fn fresh_workload(&self, t: u64) -> Option<&WorkloadReport> {
+        self.workload
+            .as_ref()
+            .filter(|(at, _)| t.saturating_sub(*at) <= SUPERVISOR_STALE_MILLIS)
+            .map(|(_, r)| r)
+    }
+
+    /// The workload counts as healthy at `t`: its check passes and, when supervised, a recent
+    /// supervisor report says so, it has a position when one is declared (a report with a
+    /// position error has none) and no promote failed recently.
+    pub fn workload_healthy_at(&self, t: u64) -> bool {
+        if !self.health.healthy {
+            return false;
+        }
+        if !self.settings.supervised {
+            return true;
+        }
+        let Some(r) = self.fresh_workload(t) else {
+            return false;
+        };
+        r.healthy
+            && r.position_error.is_empty()
+            && !matches!(r.applied, Applied::Fenced { .. })
+            && self.promote_failed.is_none_or(|(_, until)| t >= until)
+    }
+
+    /// Why the workload is not healthy or not a candidate, in words (empty when it is).
+    pub fn workload_message(&self, t: u64) -> String {
+        if !self.health.healthy {
+            return "the workload's health check fails".to_owned();
+        }
+        if !self.settings.supervised {
+            return String::new();
+        }
+        if let Some((epoch, until)) = self.promote_failed
+            && t < until
+        {
+            return format!(
+                "the promote hook failed for epoch {epoch}; not a candidate for {} s",
+                (until - t).div_ceil(1000)
+            );
+        }
+        match self.fresh_workload(t) {
+            None => format!(
+                "no report from the supervisor for {} ms: start the workload under /run/quorate/bin/quorate-run",
+                SUPERVISOR_STALE_MILLIS
+            ),
+            Some(r) if !r.position_error.is_empty() => r.position_error.clone(),
+            Some(r) if !r.healthy => r.health_message.clone(),
+            Some(_) => String::new(),
+        }
+    }
+
+    /// The position round the coordinator asked for last (the supervisor reads it).
+    pub fn position_wanted(&self) -> u64 {
+        self.position_wanted
+    }
+
+    /// End of this member's lease on the monotonic clock, while it holds one.
+    pub fn lease_until(&self, now: u64) -> Option<u64> {
+        self.holder.live_epoch(now)?;
+        self.holder.lease_until()
+    }
+
+    /// The primary this member follows: the committed one, unless that is this member without
+    /// a live lease (it gave the role back and waits for the next appointment).
+    pub fn primary_to_follow(&self, now: u64) -> Option<(String, String)> {
+        let primary = self.applied.state.primary.as_ref()?;
+        if primary.id == self.settings.id && self.holder.live_epoch(now).is_none() {
+            return None;
+        }
+        let entry = self.applied.roster.members.get(&primary.id)?;
+        let host = entry
+            .node
+            .address
+            .rsplit_once(':')
+            .map_or(entry.node.address.as_str(), |(h, _)| h);
+        Some((primary.name.clone(), host.to_owned()))
     }
 
     fn send_report(&mut self, t: u64, out: &mut Vec<Effect>) {
         self.report_now = false;
-        let report = self.build_report();
+        let report = self.build_report(t);
         match self.raft.leader {
             Some(leader) if leader == self.settings.id => {
                 let decision = self.coordinator.on_report(t, leader, report);
@@ -891,6 +1067,7 @@ mod tests {
                 witness: false,
                 priority: 50,
                 initial_config: config(),
+                supervised: false,
             },
             HealthStatus::unchecked_healthy(),
             at(0),
@@ -920,6 +1097,7 @@ mod tests {
                     remaining_millis,
                 }),
                 demote: false,
+                position_wanted: 0,
             },
             view: None,
         })

@@ -14,6 +14,7 @@ use super::metrics::Metrics;
 use super::raft::{Peers, RaftNode};
 use super::snapshot::{self, RaftFacts};
 use super::{clock, proto};
+use crate::supervisor::protocol::WorkloadReport;
 
 /// A request for the core task that needs an answer.
 pub(crate) enum Request {
@@ -29,6 +30,8 @@ pub(crate) enum Request {
     Shutdown {
         done: oneshot::Sender<()>,
     },
+    /// The supervisor's report (no answer).
+    Workload(WorkloadReport),
 }
 
 /// The core task stopped (the agent is shutting down).
@@ -82,6 +85,14 @@ impl AgentHandle {
     /// Gives back the lease of `epoch`; returns once the workload was told.
     pub async fn demote(&self, epoch: u64) -> Result<(), Stopped> {
         self.ask(|answer| Request::Demote { epoch, answer }).await
+    }
+
+    /// Hands the supervisor's report to the core.
+    pub async fn workload(&self, report: WorkloadReport) -> Result<(), Stopped> {
+        self.requests
+            .send(Request::Workload(report))
+            .await
+            .map_err(|_| Stopped)
     }
 
     pub async fn shutdown(&self) -> Result<(), Stopped> {

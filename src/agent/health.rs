@@ -1,5 +1,6 @@
-//! Workload health checks (tcpSocket, httpGet against 127.0.0.1, exec in the agent's container)
-//! and the load / response-time samples the weight policies use.
+//! Workload health checks (tcpSocket, httpGet against 127.0.0.1) and the load / response-time
+//! samples the weight policies use. An exec check runs in the workload's container, through the
+//! supervisor (`supervisor`), not here: the agent's image has no shell and no workload tools.
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,6 @@ use tokio::sync::watch;
 pub enum Probe {
     Tcp { port: u16 },
     Http { port: u16, path: String },
-    Exec { command: String },
 }
 
 impl std::str::FromStr for Probe {
@@ -179,23 +179,6 @@ async fn run_probe(probe: &Probe, host: std::net::IpAddr) -> Result<Option<f64>,
                 Err(format!("GET {uri}: HTTP {status}"))
             }
         }
-        Probe::Exec { command } => {
-            let status = tokio::process::Command::new("/bin/sh")
-                .arg("-c")
-                .arg(command)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .status()
-                .await
-                .map_err(|e| format!("exec {command:?}: {e}"))?;
-            if status.success() {
-                Ok(None)
-            } else {
-                Err(format!("exec {command:?}: {status}"))
-            }
-        }
     }
 }
 
@@ -314,33 +297,5 @@ mod tests {
         drop(listener);
         let closed = probe(&Probe::Tcp { port }, LOCAL, Duration::from_secs(1)).await;
         assert!(!closed.ok);
-        let t = probe(
-            &Probe::Exec {
-                command: "true".into(),
-            },
-            LOCAL,
-            Duration::from_secs(2),
-        )
-        .await;
-        assert!(t.ok, "{:?}", t.error);
-        let f = probe(
-            &Probe::Exec {
-                command: "exit 3".into(),
-            },
-            LOCAL,
-            Duration::from_secs(2),
-        )
-        .await;
-        assert!(!f.ok);
-        let slow = probe(
-            &Probe::Exec {
-                command: "sleep 5".into(),
-            },
-            LOCAL,
-            Duration::from_millis(100),
-        )
-        .await;
-        assert!(!slow.ok);
-        assert!(slow.duration < Duration::from_secs(2));
     }
 }

@@ -1,14 +1,17 @@
 //! Patroni-style HTTP endpoints for probes and load balancers, and `/metrics`.
 
+use std::net::SocketAddr;
+
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use super::clock::monotonic_millis;
 use super::handle::AgentHandle;
 use crate::api::MemberRole;
+use crate::supervisor::protocol::{AgentRole, MAX_REPORT_BYTES, WorkloadReport};
 
 pub(crate) fn spawn_http(handle: AgentHandle, listener: tokio::net::TcpListener) {
     let mut stopping = handle.stopping.clone();
@@ -20,14 +23,19 @@ pub(crate) fn spawn_http(handle: AgentHandle, listener: tokio::net::TcpListener)
         .route("/readiness", get(readiness))
         .route("/role", get(role))
         .route("/metrics", get(metrics))
+        .route("/workload", post(workload))
+        .layer(DefaultBodyLimit::max(MAX_REPORT_BYTES))
         .with_state(handle);
     tokio::spawn(async move {
         let shutdown = async move {
             let _ = stopping.wait_for(|s| *s).await;
         };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
+        if let Err(e) = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
         {
             tracing::error!(error = %e, "HTTP server stopped");
         }
@@ -43,21 +51,60 @@ fn answer(ok: bool, body: String) -> Response {
     (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// The role as the supervisor and probes read it (`supervisor::protocol::AgentRole`).
 fn role_body(h: &AgentHandle) -> (MemberRole, u64, String) {
     let now = monotonic_millis();
     let core = h.core();
     let (role, epoch) = core.role_at(now);
-    let remaining = core.lease_remaining(now);
-    let body = serde_json::json!({
-        "member": h.settings.member,
-        "nodeId": h.id,
-        "role": role.as_str(),
-        "epoch": epoch,
-        "leaseRemainingMillis": remaining,
-        "monoMillis": now,
-    })
-    .to_string();
+    let primary = core.primary_to_follow(now);
+    let answer = AgentRole {
+        member: h.settings.member.clone(),
+        role,
+        epoch,
+        lease_until_mono_millis: core.lease_until(now),
+        primary: primary.as_ref().map(|(name, _)| name.clone()),
+        primary_host: primary.map(|(_, host)| host),
+        position_wanted: core.position_wanted(),
+        mono_millis: now,
+    };
+    let body = serde_json::to_string(&answer).unwrap_or_default();
     (role, epoch, body)
+}
+
+/// The supervisor's report; accepted only over the pod's loopback (it runs in the same pod).
+async fn workload(
+    State(h): State<AgentHandle>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: axum::body::Bytes,
+) -> Response {
+    if !peer.ip().is_loopback() {
+        return (
+            StatusCode::FORBIDDEN,
+            "POST /workload is accepted only from the pod's loopback address\n",
+        )
+            .into_response();
+    }
+    if !h.settings.supervised {
+        return (
+            StatusCode::CONFLICT,
+            "this agent does not follow a supervisor (the group declares no spec.hooks)\n",
+        )
+            .into_response();
+    }
+    let report: WorkloadReport = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("not a supervisor report: {e}\n"),
+            )
+                .into_response();
+        }
+    };
+    match h.workload(report).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
 }
 
 /// 200 only on the primary with a live lease (checked against the clock at request time).

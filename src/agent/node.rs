@@ -98,6 +98,7 @@ impl Agent {
                     lease_millis: settings.lease_millis,
                     max_failovers_per_hour: settings.max_failovers_per_hour,
                 },
+                supervised: settings.supervised && !settings.witness,
             },
             health.borrow().clone(),
             now(),
@@ -314,6 +315,7 @@ impl Runtime {
                 self.shutdown_waiter = Some(done);
                 Input::Shutdown
             }
+            Request::Workload(report) => Input::Workload(report),
         }
     }
 

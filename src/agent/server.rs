@@ -721,6 +721,7 @@ impl proto::peer_server::Peer for PeerApi {
             grant: decision.grant.map(proto::LeaseGrant::from),
             demote: decision.demote,
             view,
+            position_wanted: decision.position_wanted,
         }))
     }
 

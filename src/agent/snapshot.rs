@@ -49,6 +49,9 @@ pub fn group_state(core: &AgentCore, raft: RaftFacts, now: u64) -> proto::GroupS
                     applied_index: m.applied_index,
                     matched_index: m.matched_index,
                     priority: m.priority,
+                    workload_position: m.workload_position,
+                    workload_message: m.workload_message.clone(),
+                    hooks: m.hooks.iter().map(proto::HookOutcome::from).collect(),
                     ..Default::default()
                 },
             );
@@ -222,6 +225,7 @@ mod tests {
                 witness: false,
                 priority: 50,
                 initial_config: config(),
+                supervised: false,
             },
             HealthStatus::unchecked_healthy(),
             now,
@@ -354,6 +358,7 @@ mod tests {
                         accepted: true,
                         grant: None,
                         demote: false,
+                        position_wanted: 0,
                     },
                     view: Some(view.clone()),
                 }),
@@ -379,6 +384,7 @@ mod tests {
                         accepted: true,
                         grant: None,
                         demote: false,
+                        position_wanted: 0,
                     },
                     view: Some(view),
                 }),

@@ -8,7 +8,8 @@ use super::group::{
 };
 use super::lease::Grant;
 use super::proto;
-use crate::api::MemberRole;
+use crate::api::{HookKind, MemberRole};
+use crate::supervisor::protocol::{HookOutcome, OUTPUT_TAIL_BYTES};
 
 impl From<MemberRole> for proto::Role {
     fn from(role: MemberRole) -> Self {
@@ -123,7 +124,64 @@ pub fn member_report(from: NodeId, r: &MemberReport) -> proto::MemberReport {
         released_epoch: r.released_epoch,
         release_reason: proto::ReleaseReason::from(r.release_reason) as i32,
         leaving: r.leaving,
+        workload_position: r.workload_position,
+        position_token: r.position_token,
+        workload_message: r.workload_message.clone(),
+        hooks: r.hooks.iter().map(proto::HookOutcome::from).collect(),
     }
+}
+
+impl From<&HookOutcome> for proto::HookOutcome {
+    fn from(o: &HookOutcome) -> Self {
+        proto::HookOutcome {
+            hook: o.hook.as_str().to_owned(),
+            epoch: o.epoch,
+            ok: o.ok,
+            exit_code: o.exit_code,
+            duration_millis: o.duration_millis,
+            message: o.message.clone(),
+            output: o.output.clone(),
+        }
+    }
+}
+
+/// A hook kind as carried in a message field; `None` for one this version does not know.
+pub fn hook_kind(name: &str) -> Option<HookKind> {
+    [
+        HookKind::Promote,
+        HookKind::Demote,
+        HookKind::Join,
+        HookKind::Position,
+        HookKind::Health,
+    ]
+    .into_iter()
+    .find(|k| k.as_str() == name)
+}
+
+/// Received hook outcomes, bounded (a report carries at most one per hook kind).
+pub fn hook_outcomes(list: &[proto::HookOutcome]) -> Vec<HookOutcome> {
+    list.iter()
+        .take(8)
+        .filter_map(|o| {
+            Some(HookOutcome {
+                hook: hook_kind(&o.hook)?,
+                epoch: o.epoch,
+                ok: o.ok,
+                exit_code: o.exit_code,
+                duration_millis: o.duration_millis,
+                message: truncate(&o.message, 512),
+                output: truncate(&o.output, OUTPUT_TAIL_BYTES),
+            })
+        })
+        .collect()
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 impl From<&proto::MemberReport> for MemberReport {
@@ -139,6 +197,10 @@ impl From<&proto::MemberReport> for MemberReport {
             released_epoch: r.released_epoch,
             release_reason: release_reason(r.release_reason),
             leaving: r.leaving,
+            workload_position: r.workload_position,
+            position_token: r.position_token,
+            workload_message: truncate(&r.workload_message, 512),
+            hooks: hook_outcomes(&r.hooks),
         }
     }
 }
@@ -167,6 +229,7 @@ impl From<&proto::ReportReply> for ReportDecision {
             accepted: reply.accepted,
             grant: reply.grant.map(Grant::from),
             demote: reply.demote,
+            position_wanted: reply.position_wanted,
         }
     }
 }
@@ -267,6 +330,18 @@ mod tests {
             released_epoch: 4,
             release_reason: Some(ReleaseReason::WorkloadUnhealthy),
             leaving: true,
+            workload_position: Some(12),
+            position_token: 3,
+            workload_message: "the position hook printed \"x\"".into(),
+            hooks: vec![crate::supervisor::protocol::HookOutcome {
+                hook: HookKind::Promote,
+                epoch: 4,
+                ok: false,
+                exit_code: Some(2),
+                duration_millis: 5,
+                message: "exited with code 2".into(),
+                output: "ERR".into(),
+            }],
         };
         let wire = member_report(3, &sent);
         assert_eq!(wire.from_id, 3);

@@ -55,7 +55,43 @@ pub fn crd() -> CustomResourceDefinition {
     // keep only paragraph breaks.
     let mut value = serde_json::to_value(&crd).unwrap_or_default();
     unwrap_descriptions(&mut value);
+    bound_template_lists(&mut value);
     serde_json::from_value(value).unwrap_or(crd)
+}
+
+/// Upper bounds on the pod template's lists the reserved-name rules walk. Kubernetes' own pod
+/// schema leaves them unbounded, and the API server refuses CEL rules whose estimated cost has
+/// no bound; no real pod comes near these.
+pub const MAX_TEMPLATE_CONTAINERS: i64 = 32;
+pub const MAX_TEMPLATE_VOLUMES: i64 = 128;
+pub const MAX_CONTAINER_MOUNTS: i64 = 128;
+
+fn bound_template_lists(crd: &mut serde_json::Value) {
+    let Some(versions) = crd
+        .pointer_mut("/spec/versions")
+        .and_then(|v| v.as_array_mut())
+    else {
+        return;
+    };
+    for version in versions {
+        let Some(pod) = version.pointer_mut(
+            "/schema/openAPIV3Schema/properties/spec/properties/template/properties/spec/properties",
+        ) else {
+            continue;
+        };
+        for (list, max) in [
+            ("containers", MAX_TEMPLATE_CONTAINERS),
+            ("initContainers", MAX_TEMPLATE_CONTAINERS),
+            ("volumes", MAX_TEMPLATE_VOLUMES),
+        ] {
+            if let Some(schema) = pod.get_mut(list) {
+                schema["maxItems"] = max.into();
+                if let Some(mounts) = schema.pointer_mut("/items/properties/volumeMounts") {
+                    mounts["maxItems"] = MAX_CONTAINER_MOUNTS.into();
+                }
+            }
+        }
+    }
 }
 
 fn unwrap_descriptions(v: &mut serde_json::Value) {

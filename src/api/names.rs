@@ -33,6 +33,8 @@ pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 pub const FIELD_MANAGER: &str = "quorate-operator";
 
 pub const AGENT_CONTAINER: &str = "quorate-agent";
+/// The init container that copies the supervisor into member pods of groups with hooks.
+pub const INSTALL_CONTAINER: &str = "quorate-install";
 pub const AGENT_GRPC_PORT: i32 = 7470;
 pub const AGENT_HTTP_PORT: i32 = 7471;
 /// Port names of the agent container (the gRPC one also on the peers Service).
@@ -45,7 +47,14 @@ pub const RESERVED_PREFIX: &str = "quorate-";
 pub const RUN_VOLUME: &str = "quorate-run";
 pub const DATA_VOLUME: &str = "quorate-data";
 pub const TLS_VOLUME: &str = "quorate-tls";
+/// The supervisor's volume (groups with hooks), mounted at [`BIN_DIR`].
+pub const BIN_VOLUME: &str = "quorate-bin";
 pub const RUN_DIR: &str = "/run/quorate";
+pub const BIN_DIR: &str = "/run/quorate/bin";
+/// Where the workload finds the supervisor: `command: [/run/quorate/bin/quorate-run, --, ...]`.
+pub const SUPERVISOR_PATH: &str = "/run/quorate/bin/quorate-run";
+/// The supervisor in the Quorate image.
+pub const SUPERVISOR_IN_IMAGE: &str = "/quorate-run";
 pub const ROLE_FILE: &str = "/run/quorate/role";
 pub const DATA_DIR: &str = "/var/lib/quorate";
 pub const TLS_DIR: &str = "/etc/quorate/tls";

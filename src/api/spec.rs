@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{PodTemplateSpec, ResourceRequirements};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PodTemplateSpec, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,11 @@ pub const MAX_WEIGHT: i32 = 1_000_000;
 pub const MIN_LEASE_MILLIS: i32 = 200;
 pub const MAX_LEASE_MILLIS: i32 = 60_000;
 pub const MAX_PORTS: usize = 16;
+/// Longest argv of a hook or exec check.
+pub const MAX_HOOK_ARGS: usize = 64;
+/// Bounds of a hook's timeout: from a quick position query to a long initial copy of the data.
+pub const MIN_HOOK_TIMEOUT_MILLIS: i32 = 100;
+pub const MAX_HOOK_TIMEOUT_MILLIS: i32 = 3_600_000;
 
 /// A replicated group of pods: one primary and its backups (`PrimaryBackup`), or N members that
 /// share traffic by weight (`ActiveActive`). The group elects its primary itself, through Raft in
@@ -59,6 +64,9 @@ pub const MAX_PORTS: usize = 16;
     validation = Rule::new("!(self.mode == 'PrimaryBackup' && self.replicas == 2 && has(self.witnesses) && self.witnesses == 0)")
         .message("spec.witnesses: a PrimaryBackup group of 2 replicas needs 1 witness to keep a Raft majority when a member fails; leave witnesses unset (the operator adds one) or set it to 1 or 2")
         .field_path(".witnesses"),
+    validation = Rule::new("!has(self.health) || !has(self.health.exec) || has(self.hooks)")
+        .message("spec.health.exec runs in the workload container through the supervisor: set spec.hooks (an empty {} will do) and start the workload under /run/quorate/bin/quorate-run")
+        .field_path(".health.exec"),
     validation = Rule::new("!has(self.traffic) || !has(self.traffic.gateway) || (has(self.ports) && size(self.ports) > 0)")
         .message("spec.ports: traffic.gateway routes to a member port, so spec.ports must name at least one port")
         .field_path(".ports"),
@@ -91,10 +99,42 @@ pub struct ReplicaGroupSpec {
     pub witnesses: Option<i32>,
 
     /// The pod template of the workload. The operator adds the quorate-agent sidecar, the shared
-    /// role volume and the agent's data volume; the container names `quorate-agent` and volume
-    /// names starting with `quorate-` are reserved.
-    #[x_kube(validation = Rule::new("has(self.spec) && size(self.spec.containers) > 0").message("spec.template.spec.containers must hold at least one container"))]
+    /// role volume, the supervisor's volume (`/run/quorate/bin/quorate-run`, see `hooks`) and the
+    /// agent's data volume; the container name `quorate-agent` and volume names starting with
+    /// `quorate-` are reserved.
+    #[x_kube(
+        validation = Rule::new("has(self.spec) && size(self.spec.containers) > 0").message("spec.template.spec.containers must hold at least one container"),
+        validation = Rule::new("!has(self.spec) || self.spec.containers.all(c, c.name != 'quorate-agent') && (!has(self.spec.initContainers) || self.spec.initContainers.all(c, c.name != 'quorate-agent' && c.name != 'quorate-install'))").message("spec.template.spec.containers[].name: the names quorate-agent and quorate-install are reserved for the containers the operator injects").field_path(".spec.containers"),
+        validation = Rule::new("!has(self.spec) || !has(self.spec.volumes) || self.spec.volumes.all(v, !v.name.startsWith('quorate-'))").message("spec.template.spec.volumes[].name: names starting with quorate- are reserved for the operator's volumes").field_path(".spec.volumes"),
+        validation = Rule::new("!has(self.spec) || self.spec.containers.all(c, !has(c.volumeMounts) || c.volumeMounts.all(m, !m.name.startsWith('quorate-'))) && (!has(self.spec.initContainers) || self.spec.initContainers.all(c, !has(c.volumeMounts) || c.volumeMounts.all(m, !m.name.startsWith('quorate-'))))").message("spec.template.spec.containers[].volumeMounts[].name: a workload container must not mount the operator's quorate-* volumes (the operator mounts the role and supervisor volumes itself; the agent's TLS and data volumes are the agent's only)").field_path(".spec.containers"),
+    )]
     pub template: PodTemplateSpec,
+
+    /// Persistent volume claims of each member's workload, as in a StatefulSet: every member gets
+    /// its own claim per template (named `TEMPLATE-NAME-<member>`), which the user's containers
+    /// mount by the template's name. A claim stays with its member across pod restarts and
+    /// reschedules and is deleted with the member when the group scales down or is deleted (see
+    /// docs/workloads.md: a member that comes back starts empty, joins with a new Raft id and is
+    /// seeded by its `join` hook). Names starting with `quorate-` are reserved; at most 8.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[x_kube(
+        validation = Rule::new("self.all(c, has(c.metadata) && has(c.metadata.name) && !c.metadata.name.startsWith('quorate-'))").message("spec.volumeClaimTemplates[].metadata.name: every template needs a name, and names starting with quorate- are reserved for the agent's own volume"),
+        validation = Rule::new("self.all(c, self.exists_one(d, d.metadata.name == c.metadata.name))").message("spec.volumeClaimTemplates[].metadata.name: template names must be unique"),
+        validation = Rule::new("self == oldSelf").message("spec.volumeClaimTemplates is fixed when the group is created (a StatefulSet's claim templates cannot change); delete and re-create the group to change it"),
+    )]
+    pub volume_claim_templates: Vec<PersistentVolumeClaim>,
+
+    /// Commands the supervisor `quorate-run` runs inside the workload container, with the
+    /// container's own tools, when the member's role changes (`promote`, `demote`), before the
+    /// workload starts (`join`) and periodically (`position`; a health check `health.exec` runs
+    /// there too). Run the workload under the supervisor:
+    /// `command: [/run/quorate/bin/quorate-run, --, redis-server, ...]`. The supervisor also
+    /// fences the workload when the primary's lease ends without a renewal, even when the agent
+    /// is frozen or dead. Unset: the workload learns its role only from the role file and the
+    /// optional callback (`roleChange`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<HooksSpec>,
 
     /// Ports the workload serves. Each becomes a port of the NAME-rw, NAME-ro, NAME-r and
     /// per-member Services. Names and numbers must be unique; at most 16.
@@ -203,8 +243,8 @@ pub struct HealthCheck {
     /// Healthy when this HTTP GET answers 2xx or 3xx.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_get: Option<HttpGetCheck>,
-    /// Healthy when this command exits 0. It runs inside the agent's container, which shares
-    /// the pod's network but not the workload's file system.
+    /// Healthy when this command exits 0. The supervisor `quorate-run` runs it inside the
+    /// workload container (needs `spec.hooks` and the workload started under the supervisor).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<ExecCheck>,
     /// Milliseconds between checks, 100 to 60000 (default 1000).
@@ -266,9 +306,119 @@ fn default_path() -> String {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecCheck {
-    /// The command and its arguments (no shell unless you call one).
+    /// The command and its arguments, 1 to 64 (no shell unless you call one).
     #[schemars(length(min = 1, max = 64))]
     pub command: Vec<String>,
+}
+
+/// The supervisor's hooks; see `spec.hooks`. Every hook gets the environment of its container
+/// plus QUORATE_ROLE (primary, backup, fenced), QUORATE_EPOCH, QUORATE_MEMBER,
+/// QUORATE_PRIMARY (the primary's member name, empty when none is known) and
+/// QUORATE_PRIMARY_HOST (its stable DNS name), and runs with its argv as written (no shell
+/// unless you call one).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HooksSpec {
+    /// Run when this member becomes the primary (epoch in QUORATE_EPOCH), e.g. Redis
+    /// `REPLICAOF NO ONE`. A failure (non-zero exit, timeout) gives the epoch back at once and
+    /// the group appoints the next candidate. Default timeout 10 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote: Option<Hook>,
+    /// Run when this member stops being the primary, when it is a backup and the primary
+    /// changes (follow QUORATE_PRIMARY_HOST), and to fence it (QUORATE_ROLE=fenced: the lease
+    /// ended without renewal; stop accepting writes). A failed demote fences by stopping the
+    /// workload process (the container restarts). Default timeout 10 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demote: Option<Hook>,
+    /// Run before the workload process starts, every time the container starts: seed an empty
+    /// data directory from the primary (QUORATE_PRIMARY_HOST; the hook decides whether the data
+    /// is empty). The workload starts only once it succeeded. Default timeout 10 min.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<Hook>,
+    /// Prints the workload's replication position as one non-negative integer (Redis
+    /// `master_repl_offset`, PostgreSQL's LSN as a number). Declared, it makes the group promote
+    /// the healthy member with the highest position; a member whose position cannot be read
+    /// is not a candidate. Default timeout 2 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<Hook>,
+    /// How the supervisor fences a primary whose lease ended without renewal: `Demote` (run the
+    /// demote hook with QUORATE_ROLE=fenced; stop the process if it fails) or `Kill` (stop the
+    /// workload process at once; the container restarts). Default Demote.
+    #[serde(default)]
+    pub fence: FenceMode,
+}
+
+/// One hook: a command and its timeout.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Hook {
+    /// The command and its arguments, 1 to 64 (no shell unless you call one).
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("size(self) >= 1 && size(self) <= 64").message("spec.hooks.*.command needs 1 to 64 arguments"))]
+    pub command: Vec<String>,
+    /// Milliseconds the hook may run before it is killed and counted as failed, 100 to 3600000
+    /// (defaults: promote and demote 10000, join 600000, position 2000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 100, max = 3600000))]
+    #[x_kube(validation = Rule::new("self >= 100 && self <= 3600000").message("spec.hooks.*.timeoutMillis must be between 100 and 3600000"))]
+    pub timeout_millis: Option<i32>,
+}
+
+/// How a primary past its lease is fenced.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum FenceMode {
+    /// Run the demote hook (QUORATE_ROLE=fenced); if it fails, stop the process.
+    #[default]
+    Demote,
+    /// Stop the workload process at once.
+    Kill,
+}
+
+/// Which hook: the supervisor's vocabulary, the status' and the Events'.
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum HookKind {
+    Promote,
+    Demote,
+    Join,
+    Position,
+    Health,
+}
+
+impl HookKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookKind::Promote => "promote",
+            HookKind::Demote => "demote",
+            HookKind::Join => "join",
+            HookKind::Position => "position",
+            HookKind::Health => "health",
+        }
+    }
+
+    /// The timeout when the spec gives none.
+    pub fn default_timeout_millis(self) -> i32 {
+        match self {
+            HookKind::Promote | HookKind::Demote => 10_000,
+            HookKind::Join => 600_000,
+            HookKind::Position => 2_000,
+            HookKind::Health => 500,
+        }
+    }
 }
 
 /// How the workload is told about a role change. The role file `/run/quorate/role` (JSON:
@@ -556,6 +706,11 @@ impl Default for StorageSpec {
 }
 
 impl ReplicaGroupSpec {
+    /// The workload runs under the supervisor: hooks are declared.
+    pub fn supervised(&self) -> bool {
+        self.hooks.is_some()
+    }
+
     /// The effective number of witnesses: unset means 1 for a PrimaryBackup group of 2.
     pub fn effective_witnesses(&self) -> i32 {
         match (self.mode, self.witnesses) {

@@ -20,6 +20,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::{Desired, Observed, OperatorSettings};
 use crate::api::names::*;
 use crate::api::{GroupMode, ReplicaGroup, ReplicaGroupSpec};
+use crate::supervisor::config::{AGENT_URL_ENV, HOOKS_ENV, MEMBER_ENV, SupervisorConfig};
 
 /// The agent runs as this user unless the pod says otherwise (distroless "nonroot").
 const AGENT_UID: i64 = 65532;
@@ -33,15 +34,30 @@ pub(super) fn template_problem(spec: &ReplicaGroupSpec) -> Option<String> {
         .iter()
         .chain(pod.init_containers.iter().flatten())
     {
-        if c.name == AGENT_CONTAINER {
+        if c.name == AGENT_CONTAINER || c.name == INSTALL_CONTAINER {
             problems.push(format!(
-                "the container name {AGENT_CONTAINER:?} is reserved for the injected agent"
+                "the container name {:?} is reserved for the containers the operator injects",
+                c.name
             ));
+        }
+        for m in c.volume_mounts.iter().flatten() {
+            if m.name.starts_with(RESERVED_PREFIX) {
+                problems.push(format!(
+                    "container {:?} mounts {:?}: the quorate-* volumes are mounted by the operator only",
+                    c.name, m.name
+                ));
+            }
         }
     }
     for v in pod.volumes.iter().flatten() {
         if v.name.starts_with(RESERVED_PREFIX) {
             problems.push(format!("the volume name {:?} is reserved (names starting with {RESERVED_PREFIX:?} belong to the operator)", v.name));
+        }
+    }
+    for claim in &spec.volume_claim_templates {
+        let name = claim.metadata.name.as_deref().unwrap_or_default();
+        if name.is_empty() || name.starts_with(RESERVED_PREFIX) {
+            problems.push(format!("volumeClaimTemplates: the name {name:?} is empty or reserved (names starting with {RESERVED_PREFIX:?} belong to the operator)"));
         }
     }
     if pod.automount_service_account_token == Some(true) {
@@ -86,6 +102,21 @@ fn restricted_security_context(run_as_group: i64) -> SecurityContext {
         }),
         seccomp_profile: Some(SeccompProfile {
             type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The pod's own name (the member name) from the downward API.
+fn pod_name_env(name: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.name".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -149,15 +180,19 @@ fn agent_args(group: &ReplicaGroup, names: &GroupNames, witness: bool) -> Vec<St
             args.push(format!("--health-tcp={}", t.port));
         } else if let Some(g) = &h.http_get {
             args.push(format!("--health-http={}{}", g.port, g.path));
-        } else if let Some(e) = &h.exec {
-            args.push(format!("--health-exec={}", e.command.join(" ")));
         }
-        args.push(format!("--health-period-millis={}", h.period_millis));
-        args.push(format!("--health-timeout-millis={}", h.timeout_millis));
-        args.push(format!(
-            "--health-failure-threshold={}",
-            h.failure_threshold
-        ));
+        // An exec check runs in the workload container, through the supervisor.
+        if h.tcp_socket.is_some() || h.http_get.is_some() {
+            args.push(format!("--health-period-millis={}", h.period_millis));
+            args.push(format!("--health-timeout-millis={}", h.timeout_millis));
+            args.push(format!(
+                "--health-failure-threshold={}",
+                h.failure_threshold
+            ));
+        }
+    }
+    if spec.supervised() {
+        args.push("--supervised".to_owned());
     }
     if let Some(rc) = &spec.role_change {
         if let Some(post) = &rc.http_post {
@@ -198,17 +233,7 @@ fn agent_container(
         args: Some(agent_args(group, names, witness)),
         // A native sidecar: starts before the workload, stops after it, restarts on its own.
         restart_policy: Some("Always".into()),
-        env: Some(vec![EnvVar {
-            name: "QUORATE_MEMBER".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }]),
+        env: Some(vec![pod_name_env(MEMBER_ENV)]),
         ports: Some(vec![
             ContainerPort {
                 name: Some(AGENT_GRPC_PORT_NAME.into()),
@@ -281,6 +306,44 @@ fn shared_volumes(names: &GroupNames) -> Vec<Volume> {
     ]
 }
 
+/// The init container that copies the supervisor from the Quorate image into the pod.
+fn install_container(settings: &OperatorSettings, run_as_group: i64) -> Container {
+    Container {
+        name: INSTALL_CONTAINER.into(),
+        image: Some(settings.agent_image.clone()),
+        image_pull_policy: Some(settings.agent_image_pull_policy.clone()),
+        command: Some(vec![
+            SUPERVISOR_IN_IMAGE.into(),
+            "install".into(),
+            SUPERVISOR_PATH.into(),
+        ]),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("10m".into())),
+                ("memory".into(), Quantity("16Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([("memory".into(), Quantity("64Mi".into()))])),
+            ..Default::default()
+        }),
+        security_context: Some(restricted_security_context(run_as_group)),
+        // The run volume too, writable: the mount point of the supervisor's volume is created
+        // in it here, so that the workload can mount both while the run volume is read-only.
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: RUN_VOLUME.into(),
+                mount_path: RUN_DIR.into(),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: BIN_VOLUME.into(),
+                mount_path: BIN_DIR.into(),
+                ..Default::default()
+            },
+        ]),
+        ..Default::default()
+    }
+}
+
 fn data_claim(group: &ReplicaGroup) -> PersistentVolumeClaim {
     PersistentVolumeClaim {
         metadata: ObjectMeta {
@@ -333,7 +396,16 @@ fn stateful_set(
                     when_scaled: Some("Delete".into()),
                 },
             ),
-            volume_claim_templates: Some(vec![data_claim(group)]),
+            volume_claim_templates: Some(
+                std::iter::once(data_claim(group))
+                    .chain(
+                        (component == COMPONENT_MEMBER)
+                            .then(|| group.spec.volume_claim_templates.iter().cloned())
+                            .into_iter()
+                            .flatten(),
+                    )
+                    .collect(),
+            ),
             template,
             ..Default::default()
         }),
@@ -399,29 +471,54 @@ fn member_set(
         .get_or_insert_with(PodSecurityContext::default);
     // The agent writes its volume: give it the pod's fsGroup as its group.
     let fs_group = *security.fs_group.get_or_insert(AGENT_UID);
+    let supervisor =
+        SupervisorConfig::for_spec(&group.spec).and_then(|c| serde_json::to_string(&c).ok());
     for c in pod.containers.iter_mut() {
-        c.volume_mounts
-            .get_or_insert_with(Vec::new)
-            .push(VolumeMount {
-                name: RUN_VOLUME.into(),
-                mount_path: RUN_DIR.into(),
+        let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
+        mounts.push(VolumeMount {
+            name: RUN_VOLUME.into(),
+            mount_path: RUN_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        if supervisor.is_some() {
+            mounts.push(VolumeMount {
+                name: BIN_VOLUME.into(),
+                mount_path: BIN_DIR.into(),
                 read_only: Some(true),
                 ..Default::default()
             });
+        }
         let env_list = c.env.get_or_insert_with(Vec::new);
         env_list.push(env("QUORATE_ROLE_FILE", ROLE_FILE));
         env_list.push(env(
-            "QUORATE_AGENT_URL",
+            AGENT_URL_ENV,
             format!("http://127.0.0.1:{AGENT_HTTP_PORT}"),
         ));
+        env_list.push(pod_name_env(MEMBER_ENV));
+        if let Some(json) = &supervisor {
+            env_list.push(env(HOOKS_ENV, json.clone()));
+        }
     }
     // The sidecar goes first so it runs before any user init container that may wait for a role.
     let mut init = vec![agent_container(group, names, settings, false, fs_group)];
+    if supervisor.is_some() {
+        init.push(install_container(settings, fs_group));
+    }
     init.extend(pod.init_containers.take().unwrap_or_default());
     pod.init_containers = Some(init);
-    pod.volumes
-        .get_or_insert_with(Vec::new)
-        .extend(shared_volumes(names));
+    let volumes = pod.volumes.get_or_insert_with(Vec::new);
+    volumes.extend(shared_volumes(names));
+    if supervisor.is_some() {
+        volumes.push(Volume {
+            name: BIN_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: None,
+                size_limit: Some(Quantity("64Mi".into())),
+            }),
+            ..Default::default()
+        });
+    }
     stateful_set(
         group,
         names,
