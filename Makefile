@@ -9,7 +9,7 @@ export CARGO_TARGET_DIR ?= $(QUORATE_CACHE)/target
 
 .DEFAULT_GOAL := help
 .PHONY: help demo test tools crds build images cluster-up cluster-down cluster-status \
-        bench-agent bench-failover bench-weights bench-scale lint kind-up kind-e2e check-cargo
+        bench-agent bench-failover bench-weights bench-scale bench-workloads lint kind-up kind-e2e check-cargo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ bench-weights: check-cargo ## weight convergence and split accuracy through a re
 
 bench-scale: check-cargo ## the operator with 100 running and 1000 pod-less groups: memory, CPU, API requests, failover
 	hack/bench.sh scale
+
+bench-workloads: check-cargo ## Redis (examples/redis.yaml) failover, switchover and fencing with a writer running, on the test bed
+	hack/bench.sh workloads
 
 lint: check-cargo ## rustfmt --check, clippy -D warnings (every target), shellcheck (hack/), helm lint --strict
 	hack/lint.sh

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# `make bench-agent|bench-failover|bench-weights|bench-scale`: a benchmark (all but the first on
+# `make bench-agent|bench-failover|bench-weights|bench-scale|bench-workloads`: a benchmark (all but the first on
 # the test bed).
-#   hack/bench.sh agent|failover|weights|scale
+#   hack/bench.sh agent|failover|weights|scale|workloads
 # For the test-bed ones: brings the test bed up when it is not running (and down again afterwards unless
 # KEEP_CLUSTER=1), builds and imports the images, then runs `cargo bench --bench <name>`, which
 # prints its figures.
@@ -11,7 +11,7 @@ HACK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HACK/lib.sh"
 cd "$ROOT"
 name="${1:-}"
-[[ "$name" =~ ^(agent|failover|weights|scale)$ ]] || die "usage: hack/bench.sh agent|failover|weights|scale"
+[[ "$name" =~ ^(agent|failover|weights|scale|workloads)$ ]] || die "usage: hack/bench.sh agent|failover|weights|scale|workloads"
 if [[ "$name" == agent ]]; then
   # Agent processes on loopback: no cluster.
   release_cargo bench --bench agent
@@ -31,5 +31,6 @@ QUORATE_KUBECONFIG="$("$HACK/cluster.sh" kubeconfig)"
 QUORATE_KUBECTL="$(bin_dir kubernetes)/kubectl" HELM="$(bin_dir helm)/helm" QUORATE_IMAGE="$(quorate_image)" QUORATE_IMAGE_ID="$(quorate_image_id)"
 # The API server's audit log: bench-scale counts the operator's requests in it.
 QUORATE_AUDIT_LOG="$("$HACK/cluster.sh" audit-log)"
-export QUORATE_KUBECONFIG QUORATE_KUBECTL HELM QUORATE_IMAGE QUORATE_IMAGE_ID QUORATE_AUDIT_LOG
+QUORATE_REDIS_IMAGE="$(workload_image redis)"
+export QUORATE_KUBECONFIG QUORATE_KUBECTL HELM QUORATE_IMAGE QUORATE_IMAGE_ID QUORATE_AUDIT_LOG QUORATE_REDIS_IMAGE
 release_cargo bench --bench "$name"

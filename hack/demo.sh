@@ -23,7 +23,7 @@ log "installing the operator (charts/quorate)"
 helm upgrade --install quorate charts/quorate --namespace quorate-system --create-namespace \
   --set image.repository="${image%:*}" --set image.tag="${image##*:}" --wait --timeout 180s >/dev/null
 
-log "applying examples/primary-backup.yaml with the test workload in place of Redis"
+log "applying a PrimaryBackup group of the test workload"
 kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 python3 - "$image" <<'PY' | kubectl apply --server-side -n demo -f - >/dev/null
 import json, sys

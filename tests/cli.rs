@@ -477,14 +477,14 @@ fn binary_validate_exit_codes_and_lines() {
     let ok = run(&[
         "validate",
         "-f",
-        "examples/primary-backup.yaml",
+        "examples/redis.yaml",
         "-f",
         "examples/active-active.yaml",
     ]);
     assert_eq!(ok.status.code(), Some(0), "{}{}", stdout(&ok), stderr(&ok));
     assert_eq!(
         stdout(&ok),
-        "examples/primary-backup.yaml: valid (ReplicaGroup cache)\nexamples/active-active.yaml: valid (ReplicaGroup web)\n"
+        "examples/redis.yaml: valid (ReplicaGroup cache)\nexamples/active-active.yaml: valid (ReplicaGroup web)\n"
     );
 
     let bad = run(&["validate", "-f", "tests/invalid/01-replicas-above-15.yaml"]);
@@ -505,7 +505,7 @@ fn binary_validate_exit_codes_and_lines() {
     // One invalid input among valid ones still fails the whole run.
     let mixed = run(&["validate", "-f", "examples", "-f", "tests/invalid"]);
     assert_eq!(mixed.status.code(), Some(1));
-    assert!(stdout(&mixed).contains("examples/primary-backup.yaml: valid"));
+    assert!(stdout(&mixed).contains("examples/redis.yaml: valid"));
     assert_eq!(
         stdout(&mixed)
             .lines()

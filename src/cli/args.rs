@@ -23,7 +23,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     kubectl quorate status -A\n  \
     kubectl quorate switchover cache --to cache-2\n  \
     kubectl quorate pause cache\n  \
-    kubectl quorate validate -f examples/primary-backup.yaml")]
+    kubectl quorate validate -f examples/redis.yaml")]
 pub struct Cli {
     #[command(flatten)]
     pub cluster: ClusterArgs,

@@ -10,6 +10,7 @@ mod operator;
 mod smoke;
 mod support;
 mod traffic;
+mod workloads;
 
 use std::time::Instant;
 
@@ -30,6 +31,7 @@ fn main() -> std::process::ExitCode {
         ("smoke", smoke::tests()),
         ("operator", operator::tests()),
         ("traffic", traffic::tests()),
+        ("workloads", workloads::tests()),
         ("uninstall", smoke::last_tests()),
     ];
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -17,7 +17,6 @@ use crate::tests;
 
 pub fn tests() -> Vec<crate::support::Test> {
     tests![
-        example_group_becomes_ready_and_routes_writes_to_the_primary,
         crashed_primary_is_replaced_and_comes_back_as_a_backup,
         graceful_deletion_hands_over_at_once,
         scale_up_and_down_keeps_one_primary,
@@ -233,84 +232,6 @@ async fn create_group(ctx: &Ctx, ns: &str, group: &Value) -> Result<()> {
     Ok(())
 }
 
-/// The example manifest with the test workload in place of Redis (the test bed pulls no images).
-fn example_with_test_workload(ctx: &Ctx) -> Result<Value> {
-    let text = std::fs::read_to_string(ctx.root.join("examples/primary-backup.yaml"))?;
-    let mut doc: Value = serde_saphyr::from_str(&text)?;
-    let test = test_group(ctx, "cache", "PrimaryBackup", 3);
-    doc["spec"]["template"] = test["spec"]["template"].clone();
-    doc["spec"]["ports"] = test["spec"]["ports"].clone();
-    doc["spec"]["health"] = test["spec"]["health"].clone();
-    doc["spec"]["roleChange"] = test["spec"]["roleChange"].clone();
-    doc["spec"]["storage"] = test["spec"]["storage"].clone();
-    Ok(doc)
-}
-
-async fn example_group_becomes_ready_and_routes_writes_to_the_primary(ctx: Ctx) -> Result<()> {
-    ensure_operator(&ctx).await?;
-    let ns = ctx.namespace("op-example")?;
-    create_group(&ctx, &ns.name, &example_with_test_workload(&ctx)?).await?;
-    let g = wait_ready(&ctx, &ns.name, "cache", Duration::from_secs(180)).await?;
-    let status = g.status.context("status")?;
-    ensure!(
-        status
-            .members
-            .iter()
-            .filter(|m| m.healthy && m.voter)
-            .count()
-            == 3,
-        "members: {:?}",
-        status.members
-    );
-    let (primary, epoch) =
-        wait_routed_primary(&ctx, &ns.name, "cache", 0, Duration::from_secs(30)).await?;
-    // A write through -rw reaches the primary and carries its epoch.
-    let rw = service_ip(&ctx, &ns.name, "cache-rw").await?;
-    let (code, body) = ctx
-        .http_post(
-            &format!("http://{rw}:8080/write"),
-            &json!({"epoch": epoch, "value": "hello"}).to_string(),
-        )
-        .await?;
-    ensure!(code == 200, "write through cache-rw: HTTP {code}: {body}");
-    ensure!(
-        body.contains(&primary),
-        "the write was not served by the primary {primary}: {body}"
-    );
-    // Member pods hold no Kubernetes credentials.
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns.name);
-    for pod in pods
-        .list(&ListParams::default().labels("quorate.dev/group=cache"))
-        .await?
-        .items
-    {
-        let spec = pod.spec.context("pod spec")?;
-        ensure!(
-            spec.automount_service_account_token == Some(false),
-            "{:?} mounts a token",
-            pod.metadata.name
-        );
-        let mounts = spec
-            .containers
-            .iter()
-            .chain(spec.init_containers.iter().flatten())
-            .flat_map(|c| c.volume_mounts.iter().flatten());
-        for m in mounts {
-            ensure!(
-                !m.mount_path.contains("serviceaccount"),
-                "{:?} mounts {}",
-                pod.metadata.name,
-                m.mount_path
-            );
-        }
-    }
-    // The ro Service holds the two backups.
-    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns.name);
-    let ro = slices.get("cache-ro").await?;
-    ensure!(ro.endpoints.len() == 2, "cache-ro: {:?}", ro.endpoints);
-    Ok(())
-}
-
 async fn crashed_primary_is_replaced_and_comes_back_as_a_backup(ctx: Ctx) -> Result<()> {
     ensure_operator(&ctx).await?;
     let ns = ctx.namespace("op-crash")?;
@@ -466,7 +387,7 @@ async fn scale_up_and_down_keeps_one_primary(ctx: Ctx) -> Result<()> {
     Ok(())
 }
 
-fn plugin(ctx: &Ctx, args: &[&str]) -> Result<String> {
+pub fn plugin(ctx: &Ctx, args: &[&str]) -> Result<String> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-quorate"))
         .arg("--kubeconfig")
         .arg(&ctx.kubeconfig)

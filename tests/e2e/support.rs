@@ -42,6 +42,8 @@ pub struct Ctx {
     pub helm: PathBuf,
     /// The project's image (operator, agent, test workload), already imported on the node.
     pub image: String,
+    /// The test bed's Redis image (hack/debian-image.sh), in place of the public one.
+    pub redis_image: Option<String>,
     pub root: PathBuf,
     pub http: HttpClient<HttpConnector, Full<bytes::Bytes>>,
 }
@@ -71,6 +73,7 @@ impl Ctx {
             helm: env_path("HELM")?,
             image: std::env::var("QUORATE_IMAGE")
                 .map_err(|_| anyhow!("QUORATE_IMAGE is not set (make test sets it)"))?,
+            redis_image: std::env::var("QUORATE_REDIS_IMAGE").ok(),
             root: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
             http: HttpClient::builder(TokioExecutor::new()).build(connector),
         })
