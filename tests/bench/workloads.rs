@@ -5,6 +5,7 @@
 //!   redis_switchover_ms p50=… n=…            `kubectl quorate switchover` → first acked write
 //!   fenced_after_agent_freeze_ms p50=… max=… n=…   SIGSTOP the primary's agent → Redis refuses writes
 
+#[allow(dead_code)]
 mod common;
 #[path = "../common/manifests.rs"]
 #[allow(dead_code)]

@@ -43,6 +43,7 @@ pub struct Ctx {
     /// The project's image (operator, agent, test workload), already imported on the node.
     pub image: String,
     /// The test bed's Redis image (hack/debian-image.sh), in place of the public one.
+    #[allow(dead_code)] // the benchmarks that include this file without the Redis suite
     pub redis_image: Option<String>,
     pub root: PathBuf,
     pub http: HttpClient<HttpConnector, Full<bytes::Bytes>>,
@@ -162,6 +163,7 @@ impl Ctx {
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 
+    #[allow(dead_code)] // used by some suites, not by every benchmark that includes this file
     pub async fn http_post(&self, url: &str, body: &str) -> Result<(u16, String)> {
         let req = hyper::Request::post(url)
             .header("connection", "close")
