@@ -64,6 +64,11 @@ pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
 pub const HTTPROUTE_API_VERSION: &str = "gateway.networking.k8s.io/v1";
 pub const HTTPROUTE_KIND: &str = "HTTPRoute";
 
+/// The member's role on member and witness pods (`primary`, `backup`, `active`, `witness`), for
+/// NetworkPolicies, monitoring and humans. Never used for routing: `primary` follows the `-rw`
+/// EndpointSlice, written first.
+pub const ROLE_LABEL: &str = "quorate.dev/role";
+
 /// The names of one group's objects.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupNames {
