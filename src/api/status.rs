@@ -3,6 +3,8 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde::{Deserialize, Serialize};
 
+use super::HookKind;
+
 /// Observed state of a ReplicaGroup, written by the operator from the group's own state stream.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -126,6 +128,49 @@ pub struct MemberStatus {
     /// policy (LeastLoaded, LatencyAware).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_millis: Option<f64>,
+    /// The workload's replication position, as the position hook printed it (only with
+    /// `spec.hooks.position`). Shown only while the member is unhealthy or not a candidate (see
+    /// `message`): it moves with every write to the workload, and the status is not rewritten
+    /// for each one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<i64>,
+    /// Why the member's workload is unhealthy or not a candidate for primary, in words (a failed
+    /// health check, a position hook that printed no number, a failed promote hook, a workload
+    /// not started under the supervisor). Absent while all is well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The latest run of each hook that has run on this member (`spec.hooks`, and the health
+    /// check the supervisor runs), in the order promote, demote, join, position, health.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookStatus>,
+}
+
+/// The latest run of one hook on one member.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HookStatus {
+    /// Which hook: promote, demote, join, position or health.
+    pub hook: HookKind,
+    /// The epoch the hook ran for (0 when none).
+    #[serde(default)]
+    pub epoch: i64,
+    /// Whether it succeeded (exit code 0 within its timeout).
+    #[serde(default)]
+    pub ok: bool,
+    /// Its exit code; absent when it was killed (timeout, signal) or could not start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// How long it ran, in milliseconds; only for promote, demote and join, which run once per
+    /// epoch or container start (health and position run all the time, with a new duration
+    /// every run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_millis: Option<i64>,
+    /// Why it failed, in words (exit code, timeout, could not start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The last lines it printed (at most 256 bytes), only when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
 }
 
 /// How the last failover went, with the times of each step.

@@ -1,12 +1,13 @@
 //! Apply: server-side apply of the planned objects in the plan's order of writes
 //! (`Plan::writes`), with one field manager, owned by the group (so deleting the group deletes
 //! them), skipping objects that are still as the last successful apply left them
-//! (operator/applied.rs); then the status. Every function takes only a client (and the cache), so that the order of writes
+//! (operator/applied.rs); then the pods' role labels (`Plan::role_labels`); then the status. Every function takes only a client (and the cache), so that the order of writes
 //! and the error paths are tested against a scripted API server.
 
 use std::hash::{Hash, Hasher};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::core::ApiResource;
@@ -16,9 +17,11 @@ use serde_json::{Value, json};
 use super::applied::{AppliedCache, ObjectKey, version_of};
 use super::observe::http_route_resource;
 use super::{Error, KubeContext};
-use crate::api::names::{FIELD_MANAGER, GroupNames, HTTPROUTE_KIND, SWITCHOVER_ANNOTATION};
+use crate::api::names::{
+    FIELD_MANAGER, GroupNames, HTTPROUTE_KIND, ROLE_LABEL, SWITCHOVER_ANNOTATION,
+};
 use crate::api::{ReplicaGroup, ReplicaGroupStatus};
-use crate::plan::{Desired, Obsolete, merge_route};
+use crate::plan::{Desired, Obsolete, RoleLabel, merge_route};
 use k8s_openapi::Resource as _;
 
 fn content_hash(v: &Value) -> u64 {
@@ -154,6 +157,49 @@ pub async fn delete_objects(
     Ok(())
 }
 
+/// Sets or removes the `quorate.dev/role` label of the planned pods, one merge patch of that
+/// label each, under the operator's field manager. A merge patch rather than server-side
+/// apply: the pods belong to their StatefulSet, and an apply to a pod that was deleted
+/// meanwhile would try to create one; the merge patch gets a 404, skipped here (the
+/// replacement's watch event brings the next reconcile). A label this process wrote and the
+/// pod's watch has not shown changed since is not written again (operator/applied.rs).
+pub async fn label_pods(
+    client: &Client,
+    applied: &AppliedCache,
+    names: &GroupNames,
+    labels: &[RoleLabel],
+) -> Result<(), Error> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &names.namespace);
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..Default::default()
+    };
+    for label in labels {
+        let patch = json!({"metadata": {"labels": {ROLE_LABEL: label.role}}});
+        let key = ObjectKey::new(Pod::KIND, &names.namespace, &label.pod);
+        let hash = content_hash(&patch);
+        if applied.applied(&key, hash) {
+            continue;
+        }
+        match api.patch(&label.pod, &params, &Patch::Merge(&patch)).await {
+            Ok(pod) => applied.record_applied(key, hash, version_of(Pod::KIND, &pod.metadata)),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => {
+                return Err(Error::Kube {
+                    context: format!(
+                        "setting the {ROLE_LABEL} label of pod {}/{} to {}",
+                        names.namespace,
+                        label.pod,
+                        label.role.unwrap_or("(none)")
+                    ),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Server-side apply of the status subresource: fields we no longer set are removed.
 pub async fn apply_status(
     client: &Client,
@@ -270,6 +316,7 @@ mod tests {
             action: None,
             status: Default::default(),
             events: vec![],
+            role_labels: vec![],
             clear_switchover_request: false,
             requeue_ms: 1000,
         }
@@ -432,6 +479,87 @@ mod tests {
         );
         drop(client);
         assert_eq!(server.await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn role_labels_are_merge_patches_of_that_label_only_and_not_repeated() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some((request, send)) = handle.next_request().await {
+                let path = request.uri().path().to_owned();
+                let line = format!(
+                    "{} {path}?{} {}",
+                    request.method(),
+                    request.uri().query().unwrap_or_default(),
+                    request
+                        .headers()
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                );
+                let body = request.into_body().collect_bytes().await.expect("body");
+                seen.push((line, String::from_utf8_lossy(&body).into_owned()));
+                let response = if path.ends_with("/g-2") {
+                    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "reason": "NotFound", "code": 404, "message": "pods \"g-2\" not found"});
+                    Response::builder()
+                        .status(StatusCode::NOT_FOUND)
+                        .body(Body::from(serde_json::to_vec(&status).unwrap()))
+                } else {
+                    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+                        "metadata": {"name": path.rsplit('/').next(), "resourceVersion": "41"}});
+                    Response::builder().body(Body::from(serde_json::to_vec(&pod).unwrap()))
+                };
+                send.send_response(response.expect("response"));
+            }
+            seen
+        });
+        let client = Client::new(service, "default");
+        let names = GroupNames::new("g", "ns");
+        let applied = AppliedCache::default();
+        let labels = [
+            RoleLabel {
+                pod: "g-0".into(),
+                role: Some("primary"),
+            },
+            RoleLabel {
+                pod: "g-1".into(),
+                role: None,
+            },
+            // Deleted meanwhile: not an error.
+            RoleLabel {
+                pod: "g-2".into(),
+                role: Some("backup"),
+            },
+        ];
+        label_pods(&client, &applied, &names, &labels)
+            .await
+            .expect("labels");
+        // The watch has not delivered our writes yet: they are not written again.
+        label_pods(&client, &applied, &names, &labels[..2])
+            .await
+            .expect("labels");
+        drop(client);
+        let seen = server.await.unwrap();
+        let merge = format!("?&fieldManager={FIELD_MANAGER} application/merge-patch+json");
+        assert_eq!(
+            seen,
+            [
+                (
+                    format!("PATCH /api/v1/namespaces/ns/pods/g-0{merge}"),
+                    r#"{"metadata":{"labels":{"quorate.dev/role":"primary"}}}"#.to_owned()
+                ),
+                (
+                    format!("PATCH /api/v1/namespaces/ns/pods/g-1{merge}"),
+                    r#"{"metadata":{"labels":{"quorate.dev/role":null}}}"#.to_owned()
+                ),
+                (
+                    format!("PATCH /api/v1/namespaces/ns/pods/g-2{merge}"),
+                    r#"{"metadata":{"labels":{"quorate.dev/role":"backup"}}}"#.to_owned()
+                ),
+            ]
+        );
     }
 
     #[tokio::test]

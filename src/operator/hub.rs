@@ -381,6 +381,9 @@ pub fn view_of(state: &GroupState) -> GroupView {
                 healthy: m.healthy,
                 load: m.load,
                 latency_ms: m.latency_ms,
+                position: m.workload_position,
+                message: m.workload_message.clone(),
+                hooks: crate::agent::wire::hook_outcomes(&m.hooks),
             })
             .collect(),
         failovers: state
@@ -402,5 +405,53 @@ pub fn view_of(state: &GroupState) -> GroupView {
                 appointed_at_ms: f.appointed_at_unix_millis,
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::client::MemberStatus;
+    use crate::agent::proto::HookOutcome;
+    use crate::api::HookKind;
+
+    #[test]
+    fn the_view_carries_each_members_workload_report() {
+        let state = GroupState {
+            members: vec![MemberStatus {
+                id: 1,
+                name: "g-0".into(),
+                workload_position: Some(42),
+                workload_message: "the workload's health check fails".into(),
+                hooks: vec![
+                    HookOutcome {
+                        hook: "promote".into(),
+                        epoch: 4,
+                        ok: false,
+                        exit_code: Some(1),
+                        duration_millis: 30,
+                        message: "exited with code 1".into(),
+                        output: "boom".into(),
+                    },
+                    // A hook this operator does not know is dropped.
+                    HookOutcome {
+                        hook: "teleport".into(),
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let view = view_of(&state);
+        let m = &view.members[0];
+        assert_eq!(m.position, Some(42));
+        assert_eq!(m.message, "the workload's health check fails");
+        let hooks: Vec<_> = m
+            .hooks
+            .iter()
+            .map(|h| (h.hook, h.epoch, h.ok, h.output.as_str()))
+            .collect();
+        assert_eq!(hooks, [(HookKind::Promote, 4, false, "boom")]);
     }
 }

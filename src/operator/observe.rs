@@ -84,6 +84,7 @@ fn member_pod(names: &GroupNames, pod: &Pod) -> Option<MemberPod> {
         ip: status.and_then(|s| s.pod_ip.clone()).filter(|_| running),
         agent_running,
         terminating: pod.metadata.deletion_timestamp.is_some(),
+        role_label: pod.labels().get(ROLE_LABEL).cloned(),
     })
 }
 
@@ -400,6 +401,21 @@ mod tests {
                 ("g-witness-0", true, 0, Some("10.0.0.9"), true, false),
             ]
         );
+    }
+
+    #[test]
+    fn a_member_pod_carries_its_role_label() {
+        let mut labelled = (*pod("g-1", "Running", "10.0.0.2", true)).clone();
+        labelled.metadata.labels = Some([(ROLE_LABEL.to_owned(), "primary".to_owned())].into());
+        let observed = member_pods(
+            &names(),
+            &[Arc::new(labelled), pod("g-0", "Running", "10.0.0.1", true)],
+        );
+        let labels: Vec<_> = observed
+            .iter()
+            .map(|p| (p.name.as_str(), p.role_label.as_deref()))
+            .collect();
+        assert_eq!(labels, [("g-0", None), ("g-1", Some("primary"))]);
     }
 
     fn slice(

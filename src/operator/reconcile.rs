@@ -1,4 +1,5 @@
-//! One reconcile: observe -> plan -> apply -> agent action -> status -> events.
+//! One reconcile: observe -> plan -> apply (objects, then role labels) -> agent action -> status
+//! -> events.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -162,7 +163,11 @@ async fn reconcile_group(
                 ctx.stores.wrote_slice(slice);
             }
         }
-        apply::delete_objects(&ctx.client, &ctx.applied, names, &plan.delete).await
+        apply::delete_objects(&ctx.client, &ctx.applied, names, &plan.delete).await?;
+        // After the routing and the objects: nothing routes by a role label, and one that
+        // cannot be written (its error is returned once the status is written) holds up
+        // neither the objects nor the status.
+        Ok::<_, Error>(apply::label_pods(&ctx.client, &ctx.applied, names, &plan.role_labels).await)
     };
     let action = async {
         match &plan.action {
@@ -196,7 +201,7 @@ async fn reconcile_group(
             };
             (objects_result, action_result)
         };
-    objects_result?;
+    let labels_result = objects_result?;
     debug!(group = %names.name, namespace = %names.namespace, observed_ms, applied_ms = started.elapsed().as_millis() as u64, "reconciled objects");
 
     let mut events = plan.events.clone();
@@ -240,6 +245,7 @@ async fn reconcile_group(
         plan.status.phase,
     );
     publish(ctx, group, &events).await;
+    labels_result?;
     Ok(Action::requeue(Duration::from_millis(plan.requeue_ms)))
 }
 

@@ -212,14 +212,18 @@ impl Stores {
             trigger: trigger.clone(),
             applied: applied.clone(),
         });
-        // Member pods: a terminating primary, a new pod IP, a restarted member.
+        // Member pods: a terminating primary, a new pod IP, a restarted member. The cache of
+        // what was applied learns of them too: the operator writes their role label.
+        let pods_applied = applied.clone();
         spawn_reflector(
             "pods",
             Api::all(client.clone()),
             watcher::Config::default().labels(GROUP_LABEL),
             pods,
             trigger.clone(),
-            |_| {},
+            move |e| {
+                pods_applied.watched(<Pod as k8s_openapi::Resource>::KIND, e);
+            },
             group_of,
         );
         // The operator's EndpointSlices (the same selector as for its other objects).

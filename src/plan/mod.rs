@@ -2,9 +2,9 @@
 //!
 //! `Observed` is everything the operator read (pods, the group's state streamed by its agents,
 //! the current routing objects, the clock); `Plan` is everything it should do: objects to apply
-//! with server-side apply, objects to delete, at most one agent action, the new status, the
-//! events to record and when to look again. No client, no clock, no randomness here, so every
-//! decision is unit-, property- and snapshot-tested.
+//! with server-side apply, objects to delete, the pods' role labels to change, at most one agent
+//! action, the new status, the events to record and when to look again. No client, no clock, no
+//! randomness here, so every decision is unit-, property- and snapshot-tested.
 
 mod lifecycle;
 mod members;
@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::api::names::{GroupNames, HTTPROUTE_KIND};
 use crate::api::{MemberRole, ReplicaGroup, ReplicaGroupStatus};
+use crate::supervisor::protocol::HookOutcome;
 
 pub use crate::api::names::HTTPROUTE_API_VERSION;
 pub use lifecycle::AgentAction;
@@ -47,6 +48,8 @@ pub struct MemberPod {
     pub agent_running: bool,
     /// The pod has a deletionTimestamp (graceful deletion in progress).
     pub terminating: bool,
+    /// Its `quorate.dev/role` label as it is now.
+    pub role_label: Option<String>,
 }
 
 /// A member's own answer to `Status` (asked for members not in the group view yet).
@@ -74,6 +77,12 @@ pub struct MemberView {
     pub healthy: bool,
     pub load: Option<f64>,
     pub latency_ms: Option<f64>,
+    /// The workload's replication position (groups with `hooks.position`).
+    pub position: Option<u64>,
+    /// Why the workload is unhealthy or not a candidate, in words; empty when all is well.
+    pub message: String,
+    /// The latest outcome of each hook the member's supervisor ran.
+    pub hooks: Vec<HookOutcome>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -167,6 +176,13 @@ pub struct Obsolete {
     pub name: String,
 }
 
+/// A pod whose `quorate.dev/role` label must change: set to `role`, or removed (`None`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RoleLabel {
+    pub pod: String,
+    pub role: Option<&'static str>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PlannedEvent {
     pub warning: bool,
@@ -182,6 +198,9 @@ pub struct Plan {
     pub action: Option<AgentAction>,
     pub status: ReplicaGroupStatus,
     pub events: Vec<PlannedEvent>,
+    /// Role labels to change on member and witness pods, written after the objects (see
+    /// `Plan::writes`). Nothing routes by them.
+    pub role_labels: Vec<RoleLabel>,
     /// Remove the `quorate.dev/switchover-to` annotation (its request was handed to the group).
     pub clear_switchover_request: bool,
     /// Look again after this long at the latest (lease expiry, dwell time, safety net).
@@ -252,6 +271,7 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
         traffic: &traffic,
         template_problem: template_problem.as_deref(),
     });
+    let role_labels = routing::role_labels(group, observed, &traffic);
     let requeue_ms = [Some(RESYNC_MS), traffic.requeue_ms, lifecycle.requeue_ms]
         .into_iter()
         .flatten()
@@ -263,6 +283,7 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
         action: lifecycle.action,
         status,
         events,
+        role_labels,
         clear_switchover_request: lifecycle.clear_switchover_request,
         requeue_ms,
     }

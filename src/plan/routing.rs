@@ -15,7 +15,7 @@ use serde_json::json;
 use super::members::{meta, object_labels};
 use super::{AgentsObserved, Desired, GroupView, LeaseView, Observed};
 use crate::api::names::*;
-use crate::api::{GroupMode, PortProtocol, ReplicaGroup, ReplicaGroupStatus};
+use crate::api::{GroupMode, MemberRole, PortProtocol, ReplicaGroup, ReplicaGroupStatus};
 use crate::traffic::{self, MemberSignal, Published};
 
 /// Name of the HTTPRoute rule Quorate owns; other rules of the route are left alone.
@@ -613,10 +613,90 @@ pub fn merge_route(
     merged
 }
 
+/// The `quorate.dev/role` label's value for a role the group reports; none for Unknown, and
+/// none for Primary: only the member `-rw` routes to is labelled primary (`role_labels`).
+fn role_label_value(role: MemberRole) -> Option<&'static str> {
+    match role {
+        MemberRole::Backup => Some(ROLE_BACKUP),
+        MemberRole::Active => Some(ROLE_ACTIVE),
+        MemberRole::Witness => Some(ROLE_WITNESS),
+        MemberRole::Primary | MemberRole::Unknown => None,
+    }
+}
+
+const ROLE_PRIMARY: &str = "primary";
+const ROLE_BACKUP: &str = "backup";
+const ROLE_ACTIVE: &str = "active";
+const ROLE_WITNESS: &str = "witness";
+
+/// The pods whose `quorate.dev/role` label must change, and to what.
+///
+/// The label is for NetworkPolicies, monitoring and humans; nothing routes by it (routing is
+/// the EndpointSlices, written before it). It therefore follows routing: `primary` only on the
+/// member the `-rw` slice routes to after this reconcile (at the epoch it carries), never on a
+/// member the group calls primary before `-rw` follows it, and on nobody while `-rw` routes to
+/// nobody. The other members carry the role the group reports (`backup`, `active`), witness
+/// pods `witness`; a member whose role is unknown loses the label. Without the group's state
+/// (the stream is being set up, the agents are unreachable) only the primary label moves, with
+/// the routing, so that labels do not flap on every operator restart. Pods being deleted are
+/// left alone.
+pub(super) fn role_labels(
+    group: &ReplicaGroup,
+    observed: &Observed,
+    traffic: &TrafficPlan,
+) -> Vec<super::RoleLabel> {
+    let view = match &observed.agents {
+        AgentsObserved::Connected { view, .. } => Some(view),
+        _ => None,
+    };
+    let rw_member: Option<String> = match (&group.spec.mode, &traffic.rw) {
+        (GroupMode::PrimaryBackup, SliceDecision::Route(m)) => m.first().map(|(n, _)| n.clone()),
+        // The slice stays as it is: whoever it routes to now.
+        (GroupMode::PrimaryBackup, SliceDecision::Keep) => observed
+            .pods
+            .iter()
+            .find(|p| {
+                !p.witness
+                    && p.ip
+                        .as_ref()
+                        .is_some_and(|ip| observed.routed_addresses.contains(ip))
+            })
+            .map(|p| p.name.clone()),
+        (GroupMode::ActiveActive, _) => None,
+    };
+    observed
+        .pods
+        .iter()
+        .filter(|p| !p.terminating)
+        .filter_map(|p| {
+            let want = if rw_member.as_deref() == Some(p.name.as_str()) {
+                Some(ROLE_PRIMARY)
+            } else if p.witness {
+                Some(ROLE_WITNESS)
+            } else if let Some(v) = view {
+                v.members
+                    .iter()
+                    .find(|m| m.name == p.name)
+                    .and_then(|m| role_label_value(m.role))
+            } else if p.role_label.as_deref() == Some(ROLE_PRIMARY) {
+                None
+            } else {
+                return None;
+            };
+            (p.role_label.as_deref() != want).then(|| super::RoleLabel {
+                pod: p.name.clone(),
+                role: want,
+            })
+        })
+        .collect()
+}
+
 /// The order of writes, decided here rather than at apply time because it is what a failover
 /// waits for: the `-rw` EndpointSlice (the switch itself, one object and so one write) goes
 /// first, then the other slices, the Services, the HTTPRoute, the PodDisruptionBudget, and the
-/// members' StatefulSets last. The status is written after all of them (by the IO shell).
+/// members' StatefulSets last. The pods' role labels (`Plan::role_labels`) follow them: no
+/// routing depends on a label, and a label that cannot be written must not hold up the objects
+/// the group needs. The status is written after all of them (by the IO shell).
 fn write_rank(d: &Desired) -> u8 {
     match d {
         Desired::EndpointSlice(s)

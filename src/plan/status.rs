@@ -1,6 +1,8 @@
 //! The status the operator reports (phase, members, conditions, last failover) and the events
 //! that explain what changed.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::lifecycle::Lifecycle;
@@ -8,9 +10,10 @@ use super::routing::{SliceDecision, TrafficPlan};
 use super::{AgentsObserved, GroupView, LeaseView, Observed, PlannedEvent};
 use crate::api::names::{COMPONENT_LABEL, COMPONENT_MEMBER, GROUP_LABEL, GroupNames};
 use crate::api::{
-    FailoverRecord, GroupMode, GroupPhase, MemberRole, MemberStatus, ReplicaGroup,
-    ReplicaGroupStatus,
+    FailoverRecord, GroupMode, GroupPhase, HookKind, HookStatus, MemberRole, MemberStatus,
+    ReplicaGroup, ReplicaGroupStatus,
 };
+use crate::supervisor::protocol::HookOutcome;
 
 pub const READY: &str = "Ready";
 pub const AVAILABLE: &str = "Available";
@@ -22,6 +25,10 @@ pub const DEGRADED: &str = "Degraded";
 const CONNECTING: &str = "Connecting";
 /// The Degraded reason that gets no event (members are unhealthy for a while in every rollout).
 const MEMBERS_UNHEALTHY: &str = "MembersUnhealthy";
+/// The most of a failed hook's output the status keeps (the supervisor sends up to 1 KiB).
+const HOOK_OUTPUT_STATUS_BYTES: usize = 256;
+/// The most of a failed hook's output an Event's note quotes.
+const HOOK_OUTPUT_EVENT_CHARS: usize = 200;
 
 fn time(ms: i64) -> Time {
     Time(jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH))
@@ -210,6 +217,11 @@ pub(super) fn member_statuses(inputs: &StatusInputs) -> Vec<MemberStatus> {
     } = *inputs;
     let view = inputs.view();
     let primary_live = inputs.primary_live();
+    let position_hook = group
+        .spec
+        .hooks
+        .as_ref()
+        .is_some_and(|h| h.position.is_some());
     let mut member_names: Vec<String> = (0..lifecycle.member_replicas.max(0) as u32)
         .map(|i| names.member(i))
         .chain((0..lifecycle.witness_replicas.max(0) as u32).map(|i| names.witness(i)))
@@ -231,6 +243,9 @@ pub(super) fn member_statuses(inputs: &StatusInputs) -> Vec<MemberStatus> {
             let in_view = view.and_then(|v| v.members.iter().find(|m| &m.name == name));
             let is_primary = view.is_some_and(|v| v.primary.as_deref() == Some(name.as_str()));
             let witness = names.ordinal_of(name).is_some_and(|(w, _)| w);
+            // A member whose pod is being deleted or is gone is not healthy, whatever its
+            // agent last said: the group is not whole again until the pod is back.
+            let healthy = in_view.is_some_and(|m| m.healthy) && pod_serving(name);
             MemberStatus {
                 name: name.clone(),
                 id: in_view.map(|m| m.id as i64),
@@ -242,9 +257,7 @@ pub(super) fn member_statuses(inputs: &StatusInputs) -> Vec<MemberStatus> {
                     },
                     |m| m.role,
                 ),
-                // A member whose pod is being deleted or is gone is not healthy, whatever its
-                // agent last said: the group is not whole again until the pod is back.
-                healthy: in_view.is_some_and(|m| m.healthy) && pod_serving(name),
+                healthy,
                 voter: in_view.is_some_and(|m| m.voter),
                 weight: traffic.weights.get(name).copied().unwrap_or(0),
                 lease: (is_primary && group.spec.mode == GroupMode::PrimaryBackup).then(|| {
@@ -264,9 +277,114 @@ pub(super) fn member_statuses(inputs: &StatusInputs) -> Vec<MemberStatus> {
                 latency_millis: in_view
                     .filter(|_| group.spec.traffic.policy.load_driven())
                     .and_then(|m| m.latency_ms),
+                // The position moves with every write to the workload: in the status (each
+                // change a write) only while it explains something, i.e. while the member is
+                // unhealthy or not a candidate, next to the message that says why.
+                position: in_view
+                    .filter(|m| position_hook && (!healthy || !m.message.is_empty()))
+                    .and_then(|m| m.position)
+                    .map(|p| i64::try_from(p).unwrap_or(i64::MAX)),
+                message: in_view.map(|m| m.message.clone()).filter(|m| !m.is_empty()),
+                hooks: in_view.map_or_else(Vec::new, |m| hook_statuses(&m.hooks)),
             }
         })
         .collect()
+}
+
+/// The latest outcome of each hook kind (the supervisor lists them newest first), in the order
+/// of `HookKind`.
+fn latest_outcomes(outcomes: &[HookOutcome]) -> impl Iterator<Item = &HookOutcome> {
+    let mut latest: BTreeMap<HookKind, &HookOutcome> = BTreeMap::new();
+    for o in outcomes {
+        latest.entry(o.hook).or_insert(o);
+    }
+    latest.into_values()
+}
+
+/// The hooks' outcomes as the status shows them. Nothing in them may change while the hooks
+/// keep giving the same result, or every report would be a status write: the duration only for
+/// the hooks that run once per epoch or container start (promote, demote, join; health and
+/// position run every period, each run with a new duration), the output only of failures,
+/// and in a fixed order.
+fn hook_statuses(outcomes: &[HookOutcome]) -> Vec<HookStatus> {
+    latest_outcomes(outcomes)
+        .map(|o| HookStatus {
+            hook: o.hook,
+            epoch: i64::try_from(o.epoch).unwrap_or(i64::MAX),
+            ok: o.ok,
+            exit_code: o.exit_code,
+            duration_millis: matches!(
+                o.hook,
+                HookKind::Promote | HookKind::Demote | HookKind::Join
+            )
+            .then(|| i64::try_from(o.duration_millis).unwrap_or(i64::MAX)),
+            message: (!o.message.is_empty()).then(|| o.message.clone()),
+            output: (!o.ok && !o.output.is_empty())
+                .then(|| tail_bytes(&o.output, HOOK_OUTPUT_STATUS_BYTES).to_owned()),
+        })
+        .collect()
+}
+
+/// The last `max` bytes of `text` at most, starting at a character boundary.
+fn tail_bytes(text: &str, max: usize) -> &str {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+/// A failed hook's output for an Event's note: its last characters, on one line.
+fn output_for_note(output: &str) -> String {
+    let one_line = output
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ");
+    let skip = one_line
+        .chars()
+        .count()
+        .saturating_sub(HOOK_OUTPUT_EVENT_CHARS);
+    one_line.chars().skip(skip).collect()
+}
+
+/// `HookFailed` events: a member's hook failure that the previous status did not show (the
+/// same member, hook and epoch, failed). A promote, demote or join failure is news, and so is a
+/// health or position hook that starts failing, once: while it goes on failing, the status
+/// shows it.
+fn hook_failures(view: &GroupView, previous: &ReplicaGroupStatus) -> Vec<PlannedEvent> {
+    let mut events = Vec::new();
+    for m in &view.members {
+        let before = previous.members.iter().find(|p| p.name == m.name);
+        for o in latest_outcomes(&m.hooks).filter(|o| !o.ok) {
+            let epoch = i64::try_from(o.epoch).unwrap_or(i64::MAX);
+            let shown = before.is_some_and(|b| {
+                b.hooks
+                    .iter()
+                    .any(|h| h.hook == o.hook && h.epoch == epoch && !h.ok)
+            });
+            if shown {
+                continue;
+            }
+            let mut note = format!("{}: {} hook failed", m.name, o.hook.as_str());
+            if o.epoch > 0 {
+                note.push_str(&format!(" for epoch {}", o.epoch));
+            }
+            for part in [o.message.clone(), output_for_note(&o.output)] {
+                if !part.is_empty() {
+                    note.push_str(": ");
+                    note.push_str(&part);
+                }
+            }
+            events.push(PlannedEvent {
+                warning: true,
+                reason: "HookFailed".into(),
+                note,
+            });
+        }
+    }
+    events
 }
 
 /// The last change of primary, with the time routing followed it.
@@ -546,7 +664,8 @@ fn ready(c: &mut Conditions) {
 }
 
 /// Events on transitions only (the recorder would aggregate repeats, but a status change is
-/// the news): a new primary, a new problem, a rejected request, changed routing or weights.
+/// the news): a new primary, a new problem, a failed hook, a rejected request, changed routing
+/// or weights.
 pub(super) fn events(inputs: &StatusInputs, conditions: &[Condition]) -> Vec<PlannedEvent> {
     let StatusInputs {
         group,
@@ -604,6 +723,9 @@ pub(super) fn events(inputs: &StatusInputs, conditions: &[Condition]) -> Vec<Pla
             reason,
             note: message,
         });
+    }
+    if let Some(v) = view {
+        events.extend(hook_failures(v, previous));
     }
     if let Some((reason, message)) = &lifecycle.rejected_request {
         events.push(PlannedEvent {

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::*;
 use crate::api::{FailoverSpec, GroupMode, GroupPhase, MemberRole, ReplicaGroupSpec};
+use crate::supervisor::protocol::HookOutcome;
 
 const NOW: i64 = 1_800_000_000_000;
 
@@ -48,6 +49,7 @@ fn pods(n: u32) -> Vec<MemberPod> {
             ip: Some(format!("10.88.1.{}", i + 10)),
             agent_running: true,
             terminating: false,
+            role_label: None,
         })
         .collect()
 }
@@ -62,6 +64,9 @@ fn member(i: u32, role: MemberRole) -> MemberView {
         healthy: true,
         load: None,
         latency_ms: None,
+        position: None,
+        message: String::new(),
+        hooks: vec![],
     }
 }
 
@@ -1389,4 +1394,395 @@ fn writes_go_routing_switch_first_and_members_last() {
         "the switch is one write"
     );
     assert_eq!(plan.writes().len(), plan.apply.len());
+}
+
+fn outcome(hook: crate::api::HookKind, epoch: u64, ok: bool) -> HookOutcome {
+    HookOutcome {
+        hook,
+        epoch,
+        ok,
+        exit_code: if ok { Some(0) } else { Some(1) },
+        duration_millis: 40,
+        message: if ok {
+            String::new()
+        } else {
+            "exited with code 1".into()
+        },
+        output: String::new(),
+    }
+}
+
+fn with_hooks(mut g: ReplicaGroup) -> ReplicaGroup {
+    g.spec.hooks = Some(
+        serde_json::from_value(json!({
+            "promote": {"command": ["/hooks/promote"]},
+            "position": {"command": ["/hooks/position"]},
+        }))
+        .expect("hooks"),
+    );
+    g
+}
+
+fn member_status<'a>(p: &'a Plan, name: &str) -> &'a crate::api::MemberStatus {
+    p.status
+        .members
+        .iter()
+        .find(|m| m.name == name)
+        .expect("member in the status")
+}
+
+fn hook_failed(p: &Plan) -> Vec<&str> {
+    p.events
+        .iter()
+        .filter(|e| e.reason == "HookFailed")
+        .map(|e| e.note.as_str())
+        .collect()
+}
+
+#[test]
+fn member_statuses_show_the_workload_message_position_and_hooks() {
+    use crate::api::HookKind::*;
+    let g = with_hooks(bootstrapped(group(GroupMode::PrimaryBackup, 3)));
+    let mut v = view(3, 1, 4);
+    for m in &mut v.members {
+        m.position = Some(1000 + m.id);
+        m.hooks = vec![outcome(Health, 4, true), outcome(Position, 4, true)];
+    }
+    v.members[1].hooks.push(outcome(Promote, 4, true));
+    let c2 = &mut v.members[2];
+    c2.healthy = false;
+    c2.message = "the position hook must print one non-negative integer; it printed \"abc\"".into();
+    let mut failed = outcome(Position, 4, false);
+    // Newest first: only the latest run of a hook is shown.
+    failed.output = format!("{}\nposition: é{}", "x".repeat(300), "z".repeat(255));
+    c2.hooks = vec![failed, outcome(Position, 3, true), outcome(Health, 4, true)];
+    let p = plan(&g, &observed(pods(3), connected(v)), &settings());
+
+    let healthy = member_status(&p, "cache-0");
+    assert_eq!((healthy.position, healthy.message.as_deref()), (None, None));
+    let primary = member_status(&p, "cache-1");
+    let shown: Vec<_> = primary
+        .hooks
+        .iter()
+        .map(|h| (h.hook, h.ok, h.duration_millis))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (Promote, true, Some(40)),
+            (Position, true, None),
+            (Health, true, None)
+        ],
+        "in a fixed order; a duration only for the hooks that run once per epoch"
+    );
+    let c2 = member_status(&p, "cache-2");
+    assert_eq!(
+        c2.position,
+        Some(1102),
+        "shown next to why it is not a candidate"
+    );
+    assert!(c2.message.as_deref().is_some_and(|m| m.contains("\"abc\"")));
+    assert_eq!(c2.hooks.len(), 2, "{:?}", c2.hooks);
+    let position = &c2.hooks[0];
+    assert_eq!(
+        (
+            position.hook,
+            position.epoch,
+            position.ok,
+            position.exit_code
+        ),
+        (Position, 4, false, Some(1))
+    );
+    assert_eq!(position.message.as_deref(), Some("exited with code 1"));
+    let output = position.output.as_deref().expect("the failure's output");
+    // The last 256 bytes would start inside `é`: cut after it.
+    assert_eq!(output, "z".repeat(255));
+    assert!(c2.hooks[1].output.is_none(), "no output of a success");
+
+    // Without a position hook, no position.
+    let mut g = g;
+    g.spec.hooks.as_mut().expect("hooks").position = None;
+    let mut v = view(3, 1, 4);
+    v.members[2].healthy = false;
+    v.members[2].position = Some(7);
+    let p = plan(&g, &observed(pods(3), connected(v)), &settings());
+    assert_eq!(member_status(&p, "cache-2").position, None);
+}
+
+#[test]
+fn hooks_that_keep_succeeding_do_not_change_the_status() {
+    use crate::api::HookKind::*;
+    let g = with_hooks(bootstrapped(group(GroupMode::PrimaryBackup, 3)));
+    let o = |run: u64| {
+        let mut v = view(3, 1, 4);
+        for m in &mut v.members {
+            // Positions move with every write, health and position runs take their time.
+            m.position = Some(5000 + 17 * run + m.id);
+            let mut health = outcome(Health, 4, true);
+            health.duration_millis = 3 + run;
+            let mut position = outcome(Position, 4, true);
+            position.duration_millis = 9 + 2 * run;
+            m.hooks = vec![position, health, outcome(Join, 0, true)];
+        }
+        routed(observed(pods(3), connected(v)))
+    };
+    let first = plan(&g, &o(1), &settings());
+    let mut g = g;
+    g.status = Some(first.status.clone());
+    let second = plan(&g, &o(2), &settings());
+    assert_eq!(second.status, first.status);
+    assert_eq!(hook_failed(&second), Vec::<&str>::new());
+}
+
+fn routed(mut o: Observed) -> Observed {
+    o.routed_epoch = Some(4);
+    o.routed_addresses = vec!["10.88.1.11".into()];
+    o.ro_addresses = vec!["10.88.1.10".into(), "10.88.1.12".into()];
+    o.r_addresses = vec![
+        "10.88.1.10".into(),
+        "10.88.1.11".into(),
+        "10.88.1.12".into(),
+    ];
+    o
+}
+
+#[test]
+fn a_hook_failure_is_news_once() {
+    use crate::api::HookKind::*;
+    let g = with_hooks(bootstrapped(group(GroupMode::PrimaryBackup, 3)));
+    let failing = |epoch: u64, output: &str| {
+        let mut v = view(3, 1, epoch);
+        let mut promote = outcome(Promote, epoch, false);
+        promote.output = output.into();
+        v.members[0].hooks = vec![promote, outcome(Health, epoch, true)];
+        v.members[0].message =
+            format!("the promote hook failed for epoch {epoch}; not a candidate for 9 s");
+        let mut health = outcome(Health, epoch, false);
+        health.exit_code = None;
+        health.message = "timed out after 500 ms and was killed".into();
+        v.members[2].hooks = vec![health];
+        v.members[2].healthy = false;
+        v.members[2].message = "the workload's health check fails".into();
+        routed(observed(pods(3), connected(v)))
+    };
+    let output = format!(
+        "{}\nERR unknown command 'REPLICAOF'\n\nredis-cli: exiting\n",
+        "connecting ".repeat(30)
+    );
+    let p = plan(&g, &failing(4, &output), &settings());
+    let notes = hook_failed(&p);
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(
+        notes[0].starts_with("cache-0: promote hook failed for epoch 4: exited with code 1: "),
+        "{}",
+        notes[0]
+    );
+    assert!(
+        notes[0].ends_with("connecting | ERR unknown command 'REPLICAOF' | redis-cli: exiting"),
+        "the output's last lines, on one line: {}",
+        notes[0]
+    );
+    let quoted = notes[0]
+        .strip_prefix("cache-0: promote hook failed for epoch 4: exited with code 1: ")
+        .unwrap_or_default();
+    assert_eq!(quoted.chars().count(), 200);
+    assert_eq!(
+        notes[1],
+        "cache-2: health hook failed for epoch 4: timed out after 500 ms and was killed"
+    );
+    assert!(
+        p.events
+            .iter()
+            .filter(|e| e.reason == "HookFailed")
+            .all(|e| e.warning)
+    );
+    insta::assert_yaml_snapshot!(
+        "hook_failure",
+        (
+            &p.status.members,
+            p.events
+                .iter()
+                .filter(|e| e.reason == "HookFailed")
+                .collect::<Vec<_>>()
+        )
+    );
+
+    // Shown in the status, the same failures are not news again.
+    let mut g = g;
+    g.status = Some(p.status.clone());
+    let again = plan(&g, &failing(4, "another run"), &settings());
+    assert_eq!(hook_failed(&again), Vec::<&str>::new());
+
+    // The health hook recovered, then fails again: news once more.
+    let mut recovered = failing(4, "");
+    if let AgentsObserved::Connected { view, .. } = &mut recovered.agents {
+        view.members[2].hooks = vec![outcome(Health, 4, true)];
+    }
+    let p = plan(&g, &recovered, &settings());
+    g.status = Some(p.status.clone());
+    let p = plan(&g, &failing(4, ""), &settings());
+    assert_eq!(
+        hook_failed(&p),
+        ["cache-2: health hook failed for epoch 4: timed out after 500 ms and was killed"]
+    );
+
+    // A promote failure for another epoch is another failure.
+    g.status = Some(p.status.clone());
+    let mut next = failing(4, "");
+    if let AgentsObserved::Connected { view, .. } = &mut next.agents {
+        view.members[0].hooks = vec![outcome(Promote, 5, false)];
+    }
+    assert_eq!(
+        hook_failed(&plan(&g, &next, &settings())),
+        ["cache-0: promote hook failed for epoch 5: exited with code 1"]
+    );
+}
+
+fn labels(p: &Plan) -> Vec<(&str, Option<&str>)> {
+    p.role_labels
+        .iter()
+        .map(|l| (l.pod.as_str(), l.role))
+        .collect()
+}
+
+fn labelled(mut pods: Vec<MemberPod>, roles: &[&str]) -> Vec<MemberPod> {
+    for (p, r) in pods.iter_mut().zip(roles) {
+        p.role_label = (!r.is_empty()).then(|| (*r).to_owned());
+    }
+    pods
+}
+
+#[test]
+fn role_labels_are_written_only_where_they_differ() {
+    let g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
+    let p = plan(
+        &g,
+        &routed(observed(pods(3), connected(view(3, 1, 4)))),
+        &settings(),
+    );
+    assert_eq!(
+        labels(&p),
+        [
+            ("cache-0", Some("backup")),
+            ("cache-1", Some("primary")),
+            ("cache-2", Some("backup"))
+        ]
+    );
+    let right = labelled(pods(3), &["backup", "primary", "backup"]);
+    let p = plan(
+        &g,
+        &routed(observed(right, connected(view(3, 1, 4)))),
+        &settings(),
+    );
+    assert_eq!(labels(&p), [], "nothing to write");
+
+    // A member whose role is unknown loses its label; a terminating pod is left alone.
+    let mut v = view(3, 1, 4);
+    v.members[2].role = MemberRole::Unknown;
+    let mut pods = labelled(pods(3), &["primary", "primary", "backup"]);
+    pods[0].terminating = true;
+    let p = plan(&g, &routed(observed(pods, connected(v))), &settings());
+    assert_eq!(labels(&p), [("cache-2", None)]);
+}
+
+#[test]
+fn the_primary_label_follows_the_routed_primary() {
+    let g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
+    let before = labelled(pods(3), &["backup", "primary", "backup"]);
+
+    // A failover to cache-2 at epoch 5: -rw routes to it in this reconcile.
+    let p = plan(
+        &g,
+        &routed(observed(before.clone(), connected(view(3, 2, 5)))),
+        &settings(),
+    );
+    assert_eq!(slice_ips(&p, "cache-rw"), Some(vec!["10.88.1.12".into()]));
+    assert_eq!(
+        labels(&p),
+        [("cache-1", Some("backup")), ("cache-2", Some("primary"))]
+    );
+
+    // The group names a primary whose lease is not live: -rw routes to nobody, nobody is primary.
+    let mut v = view(3, 2, 5);
+    v.lease = LeaseView::Expired;
+    let p = plan(
+        &g,
+        &routed(observed(before.clone(), connected(v))),
+        &settings(),
+    );
+    assert_eq!(slice_ips(&p, "cache-rw"), Some(vec![]));
+    assert_eq!(labels(&p), [("cache-1", Some("backup")), ("cache-2", None)]);
+
+    // A view older than what is routed leaves -rw, and so the primary label, where they are.
+    let p = plan(
+        &g,
+        &routed(observed(before.clone(), connected(view(3, 2, 3)))),
+        &settings(),
+    );
+    assert!(
+        slice(&p, "cache-rw").is_none()
+            || slice_ips(&p, "cache-rw") == Some(vec!["10.88.1.11".into()])
+    );
+    assert_eq!(labels(&p), [("cache-2", None)]);
+
+    // No state from the group (an operator restart): nothing moves but what routing moves.
+    let p = plan(
+        &g,
+        &routed(observed(before.clone(), AgentsObserved::Connecting)),
+        &settings(),
+    );
+    assert_eq!(labels(&p), []);
+    let mut o = routed(observed(before, AgentsObserved::Connecting));
+    o.routed_addresses = vec![];
+    let p = plan(&g, &o, &settings());
+    assert_eq!(labels(&p), [("cache-1", None)], "-rw routes to nobody");
+}
+
+#[test]
+fn witness_and_active_members_are_labelled_with_their_role() {
+    let g = bootstrapped(group(GroupMode::PrimaryBackup, 2));
+    let mut with_witness = pods(2);
+    with_witness.push(MemberPod {
+        name: "cache-witness-0".into(),
+        witness: true,
+        ordinal: 0,
+        ip: Some("10.88.1.30".into()),
+        agent_running: true,
+        terminating: false,
+        role_label: None,
+    });
+    let mut v = view(2, 0, 4);
+    v.members.push(MemberView {
+        id: 300,
+        name: "cache-witness-0".into(),
+        witness: true,
+        role: MemberRole::Witness,
+        ..member(0, MemberRole::Witness)
+    });
+    let mut o = observed(with_witness, connected(v));
+    o.routed_epoch = Some(4);
+    o.routed_addresses = vec!["10.88.1.10".into()];
+    let p = plan(&g, &o, &settings());
+    assert_eq!(
+        labels(&p),
+        [
+            ("cache-0", Some("primary")),
+            ("cache-1", Some("backup")),
+            ("cache-witness-0", Some("witness"))
+        ]
+    );
+
+    let g = bootstrapped(group(GroupMode::ActiveActive, 2));
+    let mut v = view(2, 0, 0);
+    v.primary = None;
+    v.lease = LeaseView::None;
+    for m in &mut v.members {
+        m.role = MemberRole::Active;
+    }
+    let p = plan(
+        &g,
+        &observed(labelled(pods(2), &["", "active"]), connected(v)),
+        &settings(),
+    );
+    assert_eq!(labels(&p), [("cache-0", Some("active"))]);
 }

@@ -1,7 +1,10 @@
 //! What makes a new group state worth a reconcile: the fields the plan decides on, compared as
 //! typed values. Heartbeats that only refresh the lease's remaining time are not a change; load
 //! and latency are, for load-sensitive groups only, to two significant digits (the traffic
-//! policy's hysteresis judges what matters).
+//! policy's hysteresis judges what matters). So are a member's workload message and the results
+//! of its hooks (the status shows them; a failure is an Event), but not the figures in them: the
+//! workload position, the hooks' durations and the numbers in a message (a countdown) change
+//! with every report.
 
 use crate::agent::client::GroupState;
 
@@ -30,6 +33,10 @@ struct RelevantMember {
     healthy: bool,
     /// (load, latency) rounded; `None` unless the group is load-sensitive.
     signals: Option<(Option<Rounded>, Option<Rounded>)>,
+    /// The workload message without its digits.
+    message: String,
+    /// (hook, epoch, ok) of each hook outcome, sorted.
+    hooks: Vec<(String, u64, bool)>,
 }
 
 /// A number to two significant digits: mantissa 10..=99 (0 for zero) and a decimal exponent.
@@ -81,6 +88,20 @@ impl Relevant {
                     healthy: m.healthy,
                     signals: load_sensitive
                         .then(|| (m.load.map(rounded), m.latency_ms.map(rounded))),
+                    message: m
+                        .workload_message
+                        .chars()
+                        .filter(|c| !c.is_ascii_digit())
+                        .collect(),
+                    hooks: {
+                        let mut hooks: Vec<(String, u64, bool)> = m
+                            .hooks
+                            .iter()
+                            .map(|h| (h.hook.clone(), h.epoch, h.ok))
+                            .collect();
+                        hooks.sort();
+                        hooks
+                    },
                 })
                 .collect(),
         }
@@ -110,6 +131,7 @@ impl ChangeDetector {
 mod tests {
     use super::*;
     use crate::agent::client::{MemberRef, MemberStatus};
+    use crate::agent::proto::HookOutcome;
 
     fn state() -> GroupState {
         GroupState {
@@ -133,6 +155,13 @@ mod tests {
                 healthy: true,
                 load: Some(0.42),
                 latency_ms: Some(12.0),
+                hooks: vec![HookOutcome {
+                    hook: "health".into(),
+                    epoch: 3,
+                    ok: true,
+                    duration_millis: 12,
+                    ..Default::default()
+                }],
                 ..Default::default()
             }],
             ..Default::default()
@@ -173,12 +202,40 @@ mod tests {
             ("member role", |s| s.members[0].role += 1),
             ("member voter", |s| s.members[0].voter = false),
             ("member added", |s| s.members.push(Default::default())),
+            ("workload message", |s| {
+                s.members[0].workload_message = "the workload's health check fails".into()
+            }),
+            ("hook failed", |s| {
+                s.members[0].hooks[0].ok = false;
+                s.members[0].hooks[0].message = "exited with code 1".into();
+            }),
+            ("hook for a new epoch", |s| s.members[0].hooks[0].epoch += 1),
+            ("another hook ran", |s| {
+                s.members[0].hooks.push(HookOutcome {
+                    hook: "demote".into(),
+                    ok: true,
+                    ..Default::default()
+                })
+            }),
         ];
         for (what, edit) in edits {
             let mut after = state();
             edit(&mut after);
             assert!(changes(&state(), &after, false), "{what}");
         }
+    }
+
+    #[test]
+    fn the_figures_of_a_report_are_not_a_change() {
+        let mut before = state();
+        before.members[0].workload_message =
+            "the promote hook failed for epoch 4; not a candidate for 9 s".into();
+        let mut after = before.clone();
+        after.members[0].workload_message =
+            "the promote hook failed for epoch 4; not a candidate for 8 s".into();
+        after.members[0].workload_position = Some(123_456);
+        after.members[0].hooks[0].duration_millis += 7;
+        assert!(!changes(&before, &after, false));
     }
 
     #[test]
