@@ -1121,7 +1121,13 @@ fn rbac_is_exactly_what_the_operator_uses() {
         (
             "ClusterRole",
             "",
-            &["pods", "persistentvolumeclaims"],
+            &["pods"],
+            &["get", "list", "watch", "patch", "delete"],
+        ),
+        (
+            "ClusterRole",
+            "",
+            &["persistentvolumeclaims"],
             &["get", "list", "watch", "delete"],
         ),
         (
