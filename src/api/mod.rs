@@ -65,6 +65,7 @@ pub fn crd() -> CustomResourceDefinition {
 pub const MAX_TEMPLATE_CONTAINERS: i64 = 32;
 pub const MAX_TEMPLATE_VOLUMES: i64 = 128;
 pub const MAX_CONTAINER_MOUNTS: i64 = 128;
+pub const MAX_CLAIM_TEMPLATE_NAME: i64 = 63;
 
 fn bound_template_lists(crd: &mut serde_json::Value) {
     let Some(versions) = crd
@@ -74,6 +75,12 @@ fn bound_template_lists(crd: &mut serde_json::Value) {
         return;
     };
     for version in versions {
+        // A claim template's name becomes part of every member's claim name: a DNS label.
+        if let Some(name) = version.pointer_mut(
+            "/schema/openAPIV3Schema/properties/spec/properties/volumeClaimTemplates/items/properties/metadata/properties/name",
+        ) {
+            name["maxLength"] = MAX_CLAIM_TEMPLATE_NAME.into();
+        }
         let Some(pod) = version.pointer_mut(
             "/schema/openAPIV3Schema/properties/spec/properties/template/properties/spec/properties",
         ) else {
