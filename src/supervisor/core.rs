@@ -103,6 +103,8 @@ pub struct SupervisorCore {
     last_outcome_order: Vec<HookKind>,
     report_dirty: bool,
     runs: u64,
+    /// The report last handed to the runtime.
+    last_report: Option<WorkloadReport>,
     health_run: Option<u64>,
     position_run: Option<u64>,
 }
@@ -135,6 +137,7 @@ impl SupervisorCore {
             last_outcome_order: Vec::new(),
             report_dirty: true,
             runs: 0,
+            last_report: None,
             health_run: None,
             position_run: None,
         }
@@ -333,8 +336,13 @@ impl SupervisorCore {
         std::mem::take(&mut self.report_dirty)
     }
 
-    fn record(&mut self, outcome: HookOutcome) {
+    fn record(&mut self, mut outcome: HookOutcome) {
         let hook = outcome.hook;
+        // Health and position run all the time: a successful run is news only as "ok", not
+        // by its duration (every report would differ, and each one wakes the agent).
+        if outcome.ok && !hook_is_event(hook) {
+            outcome.duration_millis = 0;
+        }
         let changed = self
             .outcomes
             .get(&hook)
@@ -416,8 +424,12 @@ impl SupervisorCore {
                 }
             }
         }
-        if self.take_report_dirty() {
-            out.push(Action::Report(self.report()));
+        // Whatever changed the report (a position, a token, health, a hook's outcome) is sent
+        // at once; the runtime repeats the last one every report interval.
+        let report = self.report();
+        if self.take_report_dirty() || self.last_report.as_ref() != Some(&report) {
+            self.last_report = Some(report.clone());
+            out.push(Action::Report(report));
         }
         out
     }
@@ -837,11 +849,16 @@ mod tests {
         let a = s.on_agent(wanted, 150);
         let second = run_of(&a, HookKind::Position);
         assert!(second > first, "{a:?}");
-        s.on_hook_done(
+        let a = s.on_hook_done(
             second,
             outcome(HookKind::Position, 2, true),
             b"garbage",
             160,
+        );
+        assert!(
+            a.iter()
+                .any(|x| matches!(x, Action::Report(r) if r.position_token == 7)),
+            "the new token is sent at once: {a:?}"
         );
         let r = s.report();
         assert_eq!((r.position, r.position_token), (None, 7));

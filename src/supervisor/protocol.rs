@@ -42,6 +42,7 @@ pub struct HookOutcome {
     /// The exit code; absent when the hook was killed (timeout) or could not start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// 0 for a successful health or position run (they run all the time).
     pub duration_millis: u64,
     /// Why it failed, in words (timeout, not found, exit code), and the last lines it printed.
     #[serde(default, skip_serializing_if = "String::is_empty")]
