@@ -64,6 +64,9 @@ pub const MAX_HOOK_TIMEOUT_MILLIS: i32 = 3_600_000;
     validation = Rule::new("!(self.mode == 'PrimaryBackup' && self.replicas == 2 && has(self.witnesses) && self.witnesses == 0)")
         .message("spec.witnesses: a PrimaryBackup group of 2 replicas needs 1 witness to keep a Raft majority when a member fails; leave witnesses unset (the operator adds one) or set it to 1 or 2")
         .field_path(".witnesses"),
+    validation = Rule::new("has(self.volumeClaimTemplates) == has(oldSelf.volumeClaimTemplates)")
+        .message("spec.volumeClaimTemplates is fixed when the group is created (a StatefulSet's claim templates cannot change); delete and re-create the group to change it")
+        .field_path(".volumeClaimTemplates"),
     validation = Rule::new("!has(self.health) || !has(self.health.exec) || has(self.hooks)")
         .message("spec.health.exec runs in the workload container through the supervisor: set spec.hooks (an empty {} will do) and start the workload under /run/quorate/bin/quorate-run")
         .field_path(".health.exec"),
