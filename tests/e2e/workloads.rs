@@ -189,7 +189,36 @@ pub async fn create_redis(ctx: &Ctx, ns: &str, group: &Value) -> Result<(String,
         Some(&group.to_string()),
     )?;
     wait_ready(ctx, ns, GROUP, Duration::from_secs(240)).await?;
-    wait_routed_primary(ctx, ns, GROUP, 0, Duration::from_secs(60)).await
+    let routed = wait_routed_primary(ctx, ns, GROUP, 0, Duration::from_secs(60)).await?;
+    wait_acked_write(ctx, ns, "ready").await?;
+    Ok(routed)
+}
+
+/// Waits until a write through `NAME-rw` is acknowledged by a backup (`WAIT 1`): the replicas
+/// have finished their first synchronisation.
+pub async fn wait_acked_write(ctx: &Ctx, ns: &str, key: &str) -> Result<()> {
+    let rw = format!(
+        "{}:{REDIS_PORT}",
+        service_ip(ctx, ns, &format!("{GROUP}-rw")).await?
+    );
+    wait_for(
+        "a write acknowledged by a backup",
+        Duration::from_secs(60),
+        || async {
+            let Ok(mut r) = Redis::connect(&rw).await else {
+                return Ok(None);
+            };
+            let set = r.cmd(&["SET", key, "1"]).await.ok();
+            if set != Some(Reply::Status("OK".into())) {
+                return Ok(None);
+            }
+            Ok(
+                matches!(r.cmd(&["WAIT", "1", "500"]).await, Ok(Reply::Int(n)) if n >= 1)
+                    .then_some(()),
+            )
+        },
+    )
+    .await
 }
 
 /// One acknowledged write: its number and when `WAIT 1` confirmed it.
@@ -333,8 +362,9 @@ pub async fn failover_round(
         ])?;
     }
     let (new, _) = wait_routed_primary(ctx, ns, GROUP, epoch, Duration::from_secs(60)).await?;
-    // Let writes flow on the new primary for a moment.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Until writes are acknowledged on the new primary (bounded), then a little more.
+    wait_acked_write(ctx, ns, "after").await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let acked = writer.stop().await?;
     let first_after = acked
         .iter()
