@@ -226,6 +226,23 @@ pub async fn wait_acked_write(ctx: &Ctx, ns: &str, key: &str) -> Result<()> {
 pub struct Acked {
     pub n: u64,
     pub at: Instant,
+    /// Which Redis server acknowledged it (its `run_id`, asked on every new connection).
+    pub server: u64,
+}
+
+/// A Redis server's `run_id`, hashed to a number.
+pub async fn run_id(r: &mut Redis) -> Result<u64> {
+    let Reply::Bulk(Some(text)) = r.cmd(&["INFO", "server"]).await? else {
+        bail!("INFO server answered something else");
+    };
+    let id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .context("INFO server without run_id")?
+        .trim();
+    Ok(id.bytes().fold(1469598103934665603u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(1099511628211)
+    }))
 }
 
 /// Writes `w:<n>` = `<n>` through `NAME-rw` in a loop, acknowledging each with `WAIT 1`;
@@ -243,16 +260,22 @@ impl Writer {
             let deadline = Instant::now() + limit;
             let mut acked = Vec::new();
             let mut n = 0u64;
-            let mut conn: Option<Redis> = None;
+            let mut conn: Option<(Redis, u64)> = None;
             while !flag.load(Ordering::SeqCst) && Instant::now() < deadline {
                 if conn.is_none() {
-                    conn = Redis::connect(&addr).await.ok();
+                    conn = match Redis::connect(&addr).await {
+                        Ok(mut c) => run_id(&mut c).await.ok().map(|id| (c, id)),
+                        Err(_) => None,
+                    };
                     if conn.is_none() {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
                     }
                 }
-                let Some(c) = conn.as_mut() else { continue };
+                let Some((c, server)) = conn.as_mut() else {
+                    continue;
+                };
+                let server = *server;
                 n += 1;
                 let key = format!("w:{n}");
                 let value = n.to_string();
@@ -266,6 +289,7 @@ impl Writer {
                     acked.push(Acked {
                         n,
                         at: Instant::now(),
+                        server,
                     });
                 } else {
                     conn = None;
@@ -305,7 +329,8 @@ pub async fn missing(addr: &str, acked: &[Acked]) -> Result<Vec<u64>> {
 
 /// The result of one failover round.
 pub struct Round {
-    /// From the kill (or the switchover request) to the first write acknowledged after it.
+    /// From the kill (or the switchover request) to the first write the new primary
+    /// acknowledged.
     pub millis: u128,
     /// Acknowledged before the kill and missing afterwards.
     pub lost: usize,
@@ -328,6 +353,10 @@ pub async fn failover_round(
         service_ip(ctx, ns, &format!("{GROUP}-rw")).await?
     );
     let old = old.to_owned();
+    let old_ip = pod_ip(ctx, ns, &old)
+        .await?
+        .context("the primary's pod IP")?;
+    let old_server = run_id(&mut Redis::connect(&format!("{old_ip}:{REDIS_PORT}")).await?).await?;
     let writer = Writer::start(rw.clone(), Duration::from_secs(90));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let fault_at = Instant::now();
@@ -368,8 +397,8 @@ pub async fn failover_round(
     let acked = writer.stop().await?;
     let first_after = acked
         .iter()
-        .find(|a| a.at > fault_at)
-        .context("no write was acknowledged after the fault")?;
+        .find(|a| a.at > fault_at && a.server != old_server)
+        .context("no write was acknowledged by the new primary")?;
     let before: Vec<Acked> = acked.iter().copied().filter(|a| a.at <= fault_at).collect();
     ensure!(
         before.len() >= 5,
