@@ -699,8 +699,14 @@ impl Drop for Frozen {
 }
 
 /// Freezes the primary's agent (SIGSTOP; Redis keeps running) and measures how long Redis on
-/// that pod still accepts writes; then resumes the agent and waits for the group to be Ready.
-pub async fn freeze_round(ctx: &Ctx, ns: &str, primary: &str) -> Result<u128> {
+/// that pod still accepts writes; keeps it frozen until another member is the routed primary,
+/// then resumes it and waits for the group to be Ready. Returns (ms, new primary, its epoch).
+pub async fn freeze_round(
+    ctx: &Ctx,
+    ns: &str,
+    primary: &str,
+    epoch: u64,
+) -> Result<(u128, String, u64)> {
     let ip = pod_ip(ctx, ns, primary).await?.context("primary pod IP")?;
     let addr = format!("{ip}:{REDIS_PORT}");
     let mut r = Redis::connect(&addr).await?;
@@ -733,16 +739,20 @@ pub async fn freeze_round(ctx: &Ctx, ns: &str, primary: &str) -> Result<u128> {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
+    // A frozen agent resumed within its lease and the margin would be renewed, rightly: keep it
+    // frozen until the group has moved on.
+    let (new, new_epoch) =
+        wait_routed_primary(ctx, ns, GROUP, epoch, Duration::from_secs(60)).await?;
     drop(frozen);
     wait_ready(ctx, ns, GROUP, Duration::from_secs(180)).await?;
-    Ok(fenced.as_millis())
+    Ok((fenced.as_millis(), new, new_epoch))
 }
 
 async fn a_frozen_agent_leaves_no_writable_primary_past_its_lease(ctx: Ctx) -> Result<()> {
     ensure_operator(&ctx).await?;
     let ns = ctx.namespace("wl-freeze")?;
     let (primary, epoch) = create_redis(&ctx, &ns.name, &redis_example(&ctx)?).await?;
-    let ms = freeze_round(&ctx, &ns.name, &primary).await?;
+    let (ms, new, _) = freeze_round(&ctx, &ns.name, &primary, epoch).await?;
     let lease = 1000;
     ensure!(
         ms <= lease + 200,
