@@ -85,15 +85,8 @@ fn main() -> Result<()> {
 
         let mut fenced = Vec::new();
         for _ in 0..FREEZES {
-            fenced.push(workloads::freeze_round(&ctx, &ns.name, &primary).await?);
-            let (p, e) = workloads::wait_routed_primary(
-                &ctx,
-                &ns.name,
-                workloads::GROUP,
-                epoch,
-                Duration::from_secs(60),
-            )
-            .await?;
+            let (ms, p, e) = workloads::freeze_round(&ctx, &ns.name, &primary, epoch).await?;
+            fenced.push(ms);
             (primary, epoch) = (p, e);
         }
         let s = common::Summary::of(fenced);
