@@ -105,9 +105,14 @@ pub struct SupervisorCore {
     runs: u64,
     /// The report last handed to the runtime.
     last_report: Option<WorkloadReport>,
+    /// A failed follow-the-primary demote waits until then.
+    role_retry_at: Option<u64>,
     health_run: Option<u64>,
     position_run: Option<u64>,
 }
+
+/// How soon a failed demote of a workload that was not primary is tried again.
+pub const ROLE_RETRY_MILLIS: u64 = 1000;
 
 /// How often the supervisor reports even when nothing changed (the agent counts a silent
 /// supervisor as an unhealthy workload after a few of these).
@@ -138,6 +143,7 @@ impl SupervisorCore {
             report_dirty: true,
             runs: 0,
             last_report: None,
+            role_retry_at: None,
             health_run: None,
             position_run: None,
         }
@@ -254,10 +260,16 @@ impl SupervisorCore {
                     if !matches!(self.applied, Applied::Primary { .. }) {
                         self.lease_until = None;
                     }
-                } else {
+                } else if matches!(
+                    self.applied,
+                    Applied::Primary { .. } | Applied::Fenced { .. }
+                ) {
                     // A workload that could not be demoted is stopped: it must not stay primary.
                     self.record(outcome);
                     return self.kill(now, "the demote hook failed".into());
+                } else {
+                    // Not primary since it started (it may still be starting up): try again soon.
+                    self.role_retry_at = Some(now + ROLE_RETRY_MILLIS);
                 }
             }
             // A run that was cancelled or superseded: only its outcome is news.
@@ -295,6 +307,9 @@ impl SupervisorCore {
             retry_at: Some(r), ..
         } = self.phase
         {
+            at = at.min(r.max(now));
+        }
+        if let Some(r) = self.role_retry_at {
             at = at.min(r.max(now));
         }
         at
@@ -500,9 +515,10 @@ impl SupervisorCore {
     }
 
     fn role_lane(&mut self, now: u64, out: &mut Vec<Action>) {
-        if self.role_hook.is_some() {
+        if self.role_hook.is_some() || self.role_retry_at.is_some_and(|r| now < r) {
             return;
         }
+        self.role_retry_at = None;
         let Some(agent) = self.agent.clone() else {
             return;
         };
@@ -808,15 +824,43 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_demote_stops_the_workload() {
+    fn a_failed_demote_stops_a_former_primary_and_is_retried_on_a_backup() {
         let mut s = started(FenceMode::Demote);
         let a = s.on_agent(agent(MemberRole::Backup, 2, None, Some("cache-1")), 100);
         let demote = run_of(&a, HookKind::Demote);
-        assert_eq!(
-            runs(&a).iter().find(|r| r.0 == demote).map(|r| r.2),
-            Some("backup")
-        );
+        // Never primary since it started (still starting up, say): tried again a second later.
         let a = s.on_hook_done(demote, outcome(HookKind::Demote, 2, false), b"", 150);
+        assert!(
+            !a.iter().any(|x| matches!(x, Action::KillWorkload { .. })),
+            "{a:?}"
+        );
+        assert!(
+            runs(&s.on_tick(1000))
+                .iter()
+                .all(|r| r.1 != HookKind::Demote)
+        );
+        let a = s.on_tick(1150);
+        let retry = run_of(&a, HookKind::Demote);
+        assert!(retry > demote, "{a:?}");
+        s.on_hook_done(retry, outcome(HookKind::Demote, 2, true), b"", 1160);
+        // A primary whose demote fails is stopped.
+        let a = s.on_agent(
+            agent(MemberRole::Primary, 3, Some(5000), Some("cache-0")),
+            2000,
+        );
+        s.on_hook_done(
+            run_of(&a, HookKind::Promote),
+            outcome(HookKind::Promote, 3, true),
+            b"",
+            2010,
+        );
+        let a = s.on_agent(agent(MemberRole::Backup, 4, None, Some("cache-1")), 3000);
+        let a = s.on_hook_done(
+            run_of(&a, HookKind::Demote),
+            outcome(HookKind::Demote, 4, false),
+            b"",
+            3010,
+        );
         assert!(
             a.iter().any(|x| matches!(x, Action::KillWorkload { .. })),
             "{a:?}"
