@@ -588,8 +588,20 @@ async fn invalid_template_is_reported_without_a_crash_loop(ctx: Ctx) -> Result<(
     // Restarts for other reasons (a lost leader lease under load, a test killing the leader)
     // are not this test's business: only what happens while the invalid group exists counts.
     let restarts_before = operator_restarts(&ctx)?;
+    // A reserved container name is refused by the API server itself, naming the field.
+    let mut reserved = test_group(&ctx, "bad", "PrimaryBackup", 3);
+    reserved["spec"]["template"]["spec"]["containers"][0]["name"] = json!("quorate-agent");
+    let refused = ctx.kubectl_fails(
+        &["apply", "--server-side", "-n", &ns.name, "-f", "-"],
+        Some(&reserved.to_string()),
+    )?;
+    ensure!(
+        refused.contains("spec.template.spec.containers") && refused.contains("reserved"),
+        "{refused}"
+    );
+    // What only the operator checks is reported in the status and an Event.
     let mut group = test_group(&ctx, "bad", "PrimaryBackup", 3);
-    group["spec"]["template"]["spec"]["containers"][0]["name"] = json!("quorate-agent");
+    group["spec"]["template"]["spec"]["automountServiceAccountToken"] = json!(true);
     create_group(&ctx, &ns.name, &group).await?;
     let g = wait_for(
         "a Degraded condition naming the template",
@@ -606,7 +618,11 @@ async fn invalid_template_is_reported_without_a_crash_loop(ctx: Ctx) -> Result<(
         },
     )
     .await?;
-    ensure!(g.1.message.contains("reserved"), "message: {}", g.1.message);
+    ensure!(
+        g.1.message.contains("automountServiceAccountToken"),
+        "message: {}",
+        g.1.message
+    );
     let events = ctx.kubectl(&[
         "get",
         "events",
@@ -618,7 +634,7 @@ async fn invalid_template_is_reported_without_a_crash_loop(ctx: Ctx) -> Result<(
         "jsonpath={.items[*].message}",
     ])?;
     ensure!(
-        events.contains("reserved"),
+        events.contains("automountServiceAccountToken"),
         "no InvalidTemplate event: {events}"
     );
     let sts = ctx.kubectl(&["get", "statefulsets", "-n", &ns.name, "-o", "name"])?;
