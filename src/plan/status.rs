@@ -291,8 +291,8 @@ pub(super) fn member_statuses(inputs: &StatusInputs) -> Vec<MemberStatus> {
         .collect()
 }
 
-/// The latest outcome of each hook kind (the supervisor lists them newest first), in the order
-/// of `HookKind`.
+/// The first outcome of each hook kind, in the order of `HookKind` (the supervisor sends one
+/// per kind; an agent of another version may list more).
 fn latest_outcomes(outcomes: &[HookOutcome]) -> impl Iterator<Item = &HookOutcome> {
     let mut latest: BTreeMap<HookKind, &HookOutcome> = BTreeMap::new();
     for o in outcomes {

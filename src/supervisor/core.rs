@@ -100,8 +100,6 @@ pub struct SupervisorCore {
     position_token: u64,
     position_error: String,
     outcomes: BTreeMap<HookKind, HookOutcome>,
-    last_outcome_order: Vec<HookKind>,
-    report_dirty: bool,
     runs: u64,
     /// The report last handed to the runtime.
     last_report: Option<WorkloadReport>,
@@ -139,8 +137,6 @@ impl SupervisorCore {
             position_token: 0,
             position_error: String::new(),
             outcomes: BTreeMap::new(),
-            last_outcome_order: Vec::new(),
-            report_dirty: true,
             runs: 0,
             last_report: None,
             role_retry_at: None,
@@ -166,9 +162,6 @@ impl SupervisorCore {
         {
             // A renewal of the lease the workload is primary under.
             self.lease_until = Some(self.lease_until.map_or(until, |u| u.max(until)));
-        }
-        if self.agent.as_ref().map(|a| (a.role, a.epoch)) != Some((role.role, role.epoch)) {
-            self.report_dirty = true;
         }
         self.agent = Some(role);
         self.agent_seen_at = Some(now);
@@ -338,17 +331,9 @@ impl SupervisorCore {
             position_token: self.position_token,
             position_error: self.position_error.clone(),
             applied: self.applied.clone(),
-            hooks: self
-                .last_outcome_order
-                .iter()
-                .filter_map(|k| self.outcomes.get(k).cloned())
-                .collect(),
+            // One per hook kind, in a fixed order: a report changes only when an outcome does.
+            hooks: self.outcomes.values().cloned().collect(),
         }
-    }
-
-    /// Whether the report changed since it was last taken.
-    pub fn take_report_dirty(&mut self) -> bool {
-        std::mem::take(&mut self.report_dirty)
     }
 
     fn record(&mut self, mut outcome: HookOutcome) {
@@ -358,16 +343,7 @@ impl SupervisorCore {
         if outcome.ok && !hook_is_event(hook) {
             outcome.duration_millis = 0;
         }
-        let changed = self
-            .outcomes
-            .get(&hook)
-            .is_none_or(|o| o.ok != outcome.ok || o.epoch != outcome.epoch || hook_is_event(hook));
-        if changed {
-            self.report_dirty = true;
-        }
         self.outcomes.insert(hook, outcome);
-        self.last_outcome_order.retain(|k| *k != hook);
-        self.last_outcome_order.insert(0, hook);
     }
 
     /// The workload is primary (or being made primary) under `epoch`.
@@ -378,7 +354,6 @@ impl SupervisorCore {
 
     fn kill(&mut self, _now: u64, reason: String) -> Vec<Action> {
         self.phase = Phase::Stopping;
-        self.report_dirty = true;
         let mut out = Vec::new();
         if let Some(h) = self.role_hook.take() {
             out.push(Action::Cancel { run: h.run });
@@ -442,7 +417,7 @@ impl SupervisorCore {
         // Whatever changed the report (a position, a token, health, a hook's outcome) is sent
         // at once; the runtime repeats the last one every report interval.
         let report = self.report();
-        if self.take_report_dirty() || self.last_report.as_ref() != Some(&report) {
+        if self.last_report.as_ref() != Some(&report) {
             self.last_report = Some(report.clone());
             out.push(Action::Report(report));
         }
@@ -468,7 +443,6 @@ impl SupervisorCore {
                 }),
             ) => {
                 self.applied = Applied::Fenced { epoch: *epoch };
-                self.report_dirty = true;
                 return;
             }
             (
@@ -500,7 +474,6 @@ impl SupervisorCore {
         }
         // From now on the workload is no longer primary for anyone, demote hook done or not.
         self.applied = Applied::Fenced { epoch };
-        self.report_dirty = true;
         let run = self.next_run();
         self.role_hook = Some(RoleHook {
             run,
@@ -546,7 +519,6 @@ impl SupervisorCore {
                     });
                 } else {
                     self.applied = target;
-                    self.report_dirty = true;
                 }
             }
             MemberRole::Backup => {
@@ -580,7 +552,6 @@ impl SupervisorCore {
                 } else {
                     self.applied = target;
                     self.lease_until = None;
-                    self.report_dirty = true;
                 }
             }
             _ => {}

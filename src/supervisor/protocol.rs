@@ -89,7 +89,7 @@ pub struct WorkloadReport {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub position_error: String,
     pub applied: Applied,
-    /// The hooks' latest outcomes, one per hook that ran, newest first.
+    /// The hooks' latest outcomes, one per hook that ran, in the order of `HookKind`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<HookOutcome>,
 }
