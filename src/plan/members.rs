@@ -108,6 +108,16 @@ fn restricted_security_context(run_as_group: i64) -> SecurityContext {
     }
 }
 
+/// A mount of one of the operator's volumes (read-only: `read_only: true`, else unset).
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..Default::default()
+    }
+}
+
 /// The pod's own name (the member name) from the downward API.
 fn pod_name_env(name: &str) -> EnvVar {
     EnvVar {
@@ -263,22 +273,9 @@ fn agent_container(
         })),
         security_context: Some(restricted_security_context(run_as_group)),
         volume_mounts: Some(vec![
-            VolumeMount {
-                name: RUN_VOLUME.into(),
-                mount_path: RUN_DIR.into(),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: DATA_VOLUME.into(),
-                mount_path: DATA_DIR.into(),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: TLS_VOLUME.into(),
-                mount_path: TLS_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            },
+            mount(RUN_VOLUME, RUN_DIR, false),
+            mount(DATA_VOLUME, DATA_DIR, false),
+            mount(TLS_VOLUME, TLS_DIR, true),
         ]),
         ..Default::default()
     }
@@ -329,16 +326,8 @@ fn install_container(settings: &OperatorSettings, run_as_group: i64) -> Containe
         // The run volume too, writable: the mount point of the supervisor's volume is created
         // in it here, so that the workload can mount both while the run volume is read-only.
         volume_mounts: Some(vec![
-            VolumeMount {
-                name: RUN_VOLUME.into(),
-                mount_path: RUN_DIR.into(),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: BIN_VOLUME.into(),
-                mount_path: BIN_DIR.into(),
-                ..Default::default()
-            },
+            mount(RUN_VOLUME, RUN_DIR, false),
+            mount(BIN_VOLUME, BIN_DIR, false),
         ]),
         ..Default::default()
     }
@@ -475,19 +464,9 @@ fn member_set(
         SupervisorConfig::for_spec(&group.spec).and_then(|c| serde_json::to_string(&c).ok());
     for c in pod.containers.iter_mut() {
         let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
-        mounts.push(VolumeMount {
-            name: RUN_VOLUME.into(),
-            mount_path: RUN_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        });
+        mounts.push(mount(RUN_VOLUME, RUN_DIR, true));
         if supervisor.is_some() {
-            mounts.push(VolumeMount {
-                name: BIN_VOLUME.into(),
-                mount_path: BIN_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            });
+            mounts.push(mount(BIN_VOLUME, BIN_DIR, true));
         }
         let env_list = c.env.get_or_insert_with(Vec::new);
         env_list.push(env("QUORATE_ROLE_FILE", ROLE_FILE));
