@@ -72,6 +72,14 @@ impl Proc {
         }
     }
 
+    /// The exit code once the process has ended by itself (None while it runs, or when it was
+    /// ended by a signal).
+    pub fn try_exit_code(&mut self) -> Option<i32> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        status.code()
+    }
+
     /// Waits for the process to exit by itself.
     pub fn wait_exit(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
