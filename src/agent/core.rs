@@ -19,7 +19,7 @@ use super::proto;
 use super::raft::{AppliedState, RaftStatus};
 use super::timing;
 use crate::api::{HookKind, MemberRole};
-use crate::supervisor::protocol::{Applied, WorkloadReport};
+use crate::supervisor::protocol::{AgentRole, Applied, WorkloadReport};
 
 /// What the core knows about this member from its flags.
 #[derive(Clone, Debug)]
@@ -170,7 +170,20 @@ pub enum Reply {
     Demoted,
 }
 
-/// Waits on a role publication.
+/// A release a supervised workload has not confirmed yet: until it does, the coordinator is
+/// told only of `prior` (it then waits for the lease to run out, which the supervisor fences
+/// on its own), and demotion answers wait.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct UnconfirmedRelease {
+    epoch: u64,
+    /// The revision of the state that holds the release: a report that saw it or a later one
+    /// tells the truth about the workload after the release.
+    revision: u64,
+    /// The released epoch the coordinator may know of meanwhile.
+    prior: u64,
+}
+
+/// Waits on a role publication (and, when supervised, on the workload's confirmation).
 #[derive(Clone, Debug, PartialEq)]
 enum AfterPublish {
     /// Tell the coordinator about the release at once.
@@ -222,6 +235,9 @@ pub struct AgentCore {
     promote_failed: Option<(u64, u64)>,
     /// The workload's health as last judged (to notice changes that only time makes).
     workload_healthy_seen: bool,
+    /// This process's start on the monotonic clock (`AgentRole::incarnation`).
+    incarnation: u64,
+    release_unconfirmed: Option<UnconfirmedRelease>,
     leaving: bool,
     release_reason: Option<ReleaseReason>,
     relayed: Option<Relayed>,
@@ -268,6 +284,8 @@ impl AgentCore {
             position_wanted: 0,
             promote_failed: None,
             workload_healthy_seen: healthy_at_start,
+            incarnation: now.mono.max(1),
+            release_unconfirmed: None,
             leaving: false,
             release_reason: None,
             relayed: None,
@@ -576,10 +594,18 @@ impl AgentCore {
             self.report_now = true;
             self.revision += 1;
         }
+        if let Some(r) = self.release_unconfirmed
+            && report.shows_released(r.epoch, self.incarnation, r.revision)
+        {
+            self.release_unconfirmed = None;
+            self.report_now = true;
+            self.revision += 1;
+        }
         self.workload = Some((t, report));
         if fresh_position {
             self.report_now = true;
         }
+        self.flush_after_publish(out);
         self.on_workload_health_change(t, out);
     }
 
@@ -667,6 +693,16 @@ impl AgentCore {
 
     fn on_published(&mut self, seq: u64, out: &mut Vec<Effect>) {
         self.published_seq = self.published_seq.max(seq);
+        self.flush_after_publish(out);
+    }
+
+    /// Runs what waited for the role publications done so far, once a supervised workload
+    /// confirmed the release they carry (answering a demotion earlier would let the next
+    /// primary start while this workload still accepts writes).
+    fn flush_after_publish(&mut self, out: &mut Vec<Effect>) {
+        if self.release_unconfirmed.is_some() {
+            return;
+        }
         let done = self.published_seq;
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.after_publish)
             .into_iter()
@@ -723,11 +759,19 @@ impl AgentCore {
         let committed_mine = (self.applied.state.primary_id() == Some(self.settings.id))
             .then_some(self.applied.state.epoch);
         let epoch = self.holder.held_epoch().max(committed_mine)?;
+        let prior = self.holder.released_epoch();
         if let Some(tr) = self.holder.release(epoch, t) {
             out.push(Effect::Transition(tr));
         }
         self.release_reason = Some(reason);
         self.revision += 1;
+        if self.settings.supervised {
+            self.release_unconfirmed = Some(UnconfirmedRelease {
+                epoch,
+                revision: self.revision,
+                prior: self.release_unconfirmed.map_or(prior, |r| r.prior),
+            });
+        }
         let (role, role_epoch) = self.role_at(t);
         let seq = self.publish(role, role_epoch, out);
         self.after_publish.push((seq, AfterPublish::Report));
@@ -767,7 +811,7 @@ impl AgentCore {
             latency_ms: self.health.latency_ms,
             applied_index: self.raft.applied_index,
             priority: self.settings.priority,
-            released_epoch: self.holder.released_epoch(),
+            released_epoch: self.reported_released_epoch(),
             release_reason: self.release_reason,
             leaving: self.leaving,
             workload_position: workload.and_then(|r| r.position),
@@ -778,6 +822,15 @@ impl AgentCore {
                 .as_ref()
                 .map(|(_, r)| r.hooks.clone())
                 .unwrap_or_default(),
+        }
+    }
+
+    /// The released epoch the coordinator may rely on: a supervised workload's release counts
+    /// once the supervisor confirmed it.
+    fn reported_released_epoch(&self) -> u64 {
+        match self.release_unconfirmed {
+            Some(r) => r.prior,
+            None => self.holder.released_epoch(),
         }
     }
 
@@ -838,6 +891,24 @@ impl AgentCore {
     /// The position round the coordinator asked for last (the supervisor reads it).
     pub fn position_wanted(&self) -> u64 {
         self.position_wanted
+    }
+
+    /// The `/role` answer at `now`, as the supervisor reads it.
+    pub fn agent_role(&self, now: u64) -> AgentRole {
+        let (role, epoch) = self.role_at(now);
+        let primary = self.primary_to_follow(now);
+        AgentRole {
+            member: self.settings.member.clone(),
+            role,
+            epoch,
+            lease_until_mono_millis: self.lease_until(now),
+            primary: primary.as_ref().map(|(name, _)| name.clone()),
+            primary_host: primary.map(|(_, host)| host),
+            position_wanted: self.position_wanted,
+            mono_millis: now,
+            incarnation: self.incarnation,
+            revision: self.revision,
+        }
     }
 
     /// End of this member's lease on the monotonic clock, while it holds one.
@@ -1059,6 +1130,10 @@ mod tests {
     }
 
     fn core(id: NodeId) -> AgentCore {
+        core_with(id, false)
+    }
+
+    fn core_with(id: NodeId, supervised: bool) -> AgentCore {
         AgentCore::new(
             CoreSettings {
                 id,
@@ -1067,11 +1142,54 @@ mod tests {
                 witness: false,
                 priority: 50,
                 initial_config: config(),
-                supervised: false,
+                supervised,
             },
             HealthStatus::unchecked_healthy(),
             at(0),
         )
+    }
+
+    /// A supervisor's report that saw `seen` (an answer of `c`'s) and says the workload is
+    /// (being made) primary under `primary_epoch`.
+    fn workload(seen: &AgentRole, primary_epoch: Option<u64>) -> WorkloadReport {
+        WorkloadReport {
+            healthy: true,
+            health_message: String::new(),
+            position: None,
+            position_token: 0,
+            position_error: String::new(),
+            applied: match primary_epoch {
+                Some(epoch) => Applied::Primary { epoch },
+                None => Applied::Backup {
+                    epoch: 1,
+                    primary: String::new(),
+                },
+            },
+            hooks: Vec::new(),
+            primary_epoch,
+            role_seen_incarnation: seen.incarnation,
+            role_seen_revision: seen.revision,
+            exited: false,
+        }
+    }
+
+    fn reported_release(effects: &[Effect]) -> Option<u64> {
+        effects.iter().find_map(|e| match e {
+            Effect::SendReport { report, .. } => Some(report.released_epoch),
+            _ => None,
+        })
+    }
+
+    fn demoted(effects: &[Effect]) -> bool {
+        effects.iter().any(|e| {
+            matches!(
+                e,
+                Effect::Reply {
+                    reply: Reply::Demoted,
+                    ..
+                }
+            )
+        })
     }
 
     fn sent_report(effects: &[Effect]) -> Option<u64> {
@@ -1105,7 +1223,10 @@ mod tests {
 
     /// Member 2, appointed at epoch 1 by coordinator 1, holding a lease until 1000 + `t`.
     fn primary_with_lease(t: u64) -> AgentCore {
-        let mut c = core(2);
+        primary_with_lease_from(core(2), t)
+    }
+
+    fn primary_with_lease_from(mut c: AgentCore, t: u64) -> AgentCore {
         c.handle(Input::Applied(applied(Some(2), 1)), at(t));
         let fx = c.handle(Input::Raft(raft(2, 1)), at(t));
         let sent = sent_report(&fx).expect("a member reports to a new coordinator at once");
@@ -1195,6 +1316,86 @@ mod tests {
         })));
         assert_eq!(published(&fx).map(|p| p.1), Some(MemberRole::Backup));
         assert_eq!(c.role_at(1000), (MemberRole::Backup, 1));
+    }
+
+    #[test]
+    fn a_supervised_release_counts_only_once_the_supervisor_saw_it_and_the_workload_let_go() {
+        let mut c = core_with(2, true);
+        let seen = c.agent_role(1);
+        c.handle(Input::Workload(workload(&seen, None)), at(1));
+        let mut c = primary_with_lease_from(c, 1);
+        let seen = c.agent_role(20);
+        assert_eq!(seen.role, MemberRole::Primary);
+        c.handle(Input::Workload(workload(&seen, Some(1))), at(20));
+        let fx = c.handle(
+            Input::DemoteRequested {
+                epoch: 1,
+                reply: ReplyTo(7),
+            },
+            at(100),
+        );
+        let (seq, _) = published(&fx).expect("the demotion is published");
+        let fx = c.handle(Input::Published { seq }, at(101));
+        assert!(!demoted(&fx), "the workload has not let go yet: {fx:?}");
+        // A report from before the release says nothing about after it, even if it shows no
+        // primary (an older answer may still promote the workload).
+        let fx = c.handle(Input::Workload(workload(&seen, None)), at(110));
+        assert!(!demoted(&fx), "{fx:?}");
+        // The supervisor saw the release but the demote hook still runs.
+        let after = c.agent_role(120);
+        assert_eq!(after.role, MemberRole::Backup);
+        let fx = c.handle(Input::Workload(workload(&after, Some(1))), at(120));
+        assert!(!demoted(&fx), "{fx:?}");
+        // Meanwhile the coordinator hears of no release: it waits for the lease to run out.
+        let t = c.next_deadline();
+        let fx = c.handle(Input::Tick, at(t));
+        let sent = sent_report(&fx).expect("a report is due");
+        assert_eq!(reported_release(&fx), Some(0), "{fx:?}");
+        c.handle(
+            Input::ReportAnswered {
+                sent_at: sent,
+                answer: None,
+            },
+            at(t + 1),
+        );
+        let fx = c.handle(Input::Workload(workload(&after, None)), at(t + 2));
+        assert!(demoted(&fx), "answered once the workload let go: {fx:?}");
+        assert_eq!(
+            reported_release(&fx),
+            Some(1),
+            "and the coordinator told at once: {fx:?}"
+        );
+    }
+
+    #[test]
+    fn a_silent_supervisor_never_confirms_a_release() {
+        let mut c = core_with(2, true);
+        let seen = c.agent_role(1);
+        c.handle(Input::Workload(workload(&seen, None)), at(1));
+        let mut c = primary_with_lease_from(c, 1);
+        let seen = c.agent_role(20);
+        c.handle(Input::Workload(workload(&seen, Some(1))), at(20));
+        // No report after this one: it goes stale, the member releases as unhealthy, and the
+        // coordinator must wait for the lease (the supervisor fences on its own clock).
+        let mut t = 20;
+        let mut released = Vec::new();
+        while t < 1500 {
+            t = c.next_deadline();
+            let fx = c.handle(Input::Tick, at(t));
+            if let Some(sent) = sent_report(&fx) {
+                released.extend(reported_release(&fx));
+                c.handle(
+                    Input::ReportAnswered {
+                        sent_at: sent,
+                        answer: None,
+                    },
+                    at(t + 1),
+                );
+            }
+        }
+        assert_eq!(c.role_at(t).0, MemberRole::Backup);
+        assert!(!released.is_empty());
+        assert!(released.iter().all(|e| *e == 0), "{released:?}");
     }
 
     #[test]

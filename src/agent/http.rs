@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use super::clock::monotonic_millis;
 use super::handle::AgentHandle;
 use crate::api::MemberRole;
-use crate::supervisor::protocol::{AgentRole, MAX_REPORT_BYTES, WorkloadReport};
+use crate::supervisor::protocol::{MAX_REPORT_BYTES, WorkloadReport};
 
 pub(crate) fn spawn_http(handle: AgentHandle, listener: tokio::net::TcpListener) {
     let mut stopping = handle.stopping.clone();
@@ -53,22 +53,9 @@ fn answer(ok: bool, body: String) -> Response {
 
 /// The role as the supervisor and probes read it (`supervisor::protocol::AgentRole`).
 fn role_body(h: &AgentHandle) -> (MemberRole, u64, String) {
-    let now = monotonic_millis();
-    let core = h.core();
-    let (role, epoch) = core.role_at(now);
-    let primary = core.primary_to_follow(now);
-    let answer = AgentRole {
-        member: h.settings.member.clone(),
-        role,
-        epoch,
-        lease_until_mono_millis: core.lease_until(now),
-        primary: primary.as_ref().map(|(name, _)| name.clone()),
-        primary_host: primary.map(|(_, host)| host),
-        position_wanted: core.position_wanted(),
-        mono_millis: now,
-    };
+    let answer = h.core().agent_role(monotonic_millis());
     let body = serde_json::to_string(&answer).unwrap_or_default();
-    (role, epoch, body)
+    (answer.role, answer.epoch, body)
 }
 
 /// The supervisor's report; accepted only over the pod's loopback (it runs in the same pod).

@@ -107,6 +107,14 @@ pub struct SupervisorCore {
     role_retry_at: Option<u64>,
     health_run: Option<u64>,
     position_run: Option<u64>,
+    /// The agent incarnation and state revision of the last answer acted on (reported: see
+    /// `WorkloadReport`).
+    role_seen: (u64, u64),
+    /// The agent's role or epoch changed since the last report: the next one goes out at once,
+    /// so that a release is confirmed without waiting for the report interval.
+    role_changed: bool,
+    /// The workload process has ended.
+    exited: bool,
 }
 
 /// How soon a failed demote of a workload that was not primary is tried again.
@@ -142,6 +150,9 @@ impl SupervisorCore {
             role_retry_at: None,
             health_run: None,
             position_run: None,
+            role_seen: (0, 0),
+            role_changed: false,
+            exited: false,
         }
     }
 
@@ -154,6 +165,11 @@ impl SupervisorCore {
         &self.applied
     }
 
+    /// The agent incarnation and state revision of the last answer acted on.
+    pub fn role_seen(&self) -> (u64, u64) {
+        self.role_seen
+    }
+
     /// The agent answered `/role`.
     pub fn on_agent(&mut self, role: AgentRole, now: u64) -> Vec<Action> {
         if role.role == MemberRole::Primary
@@ -163,6 +179,14 @@ impl SupervisorCore {
             // A renewal of the lease the workload is primary under.
             self.lease_until = Some(self.lease_until.map_or(until, |u| u.max(until)));
         }
+        if self
+            .agent
+            .as_ref()
+            .is_none_or(|a| (a.role, a.epoch) != (role.role, role.epoch))
+        {
+            self.role_changed = true;
+        }
+        self.role_seen = (role.incarnation, role.revision);
         self.agent = Some(role);
         self.agent_seen_at = Some(now);
         if self.phase == Phase::WaitingForAgent {
@@ -272,9 +296,10 @@ impl SupervisorCore {
         self.decide(now)
     }
 
-    /// The workload process ended on its own.
+    /// The workload process ended (on its own or killed).
     pub fn on_workload_exited(&mut self) {
         self.phase = Phase::Stopping;
+        self.exited = true;
     }
 
     /// The timer fired.
@@ -333,6 +358,20 @@ impl SupervisorCore {
             applied: self.applied.clone(),
             // One per hook kind, in a fixed order: a report changes only when an outcome does.
             hooks: self.outcomes.values().cloned().collect(),
+            primary_epoch: match (&self.applied, &self.role_hook) {
+                (
+                    _,
+                    Some(RoleHook {
+                        target: Applied::Primary { epoch },
+                        ..
+                    }),
+                )
+                | (Applied::Primary { epoch }, _) => Some(*epoch),
+                _ => None,
+            },
+            role_seen_incarnation: self.role_seen.0,
+            role_seen_revision: self.role_seen.1,
+            exited: self.exited,
         }
     }
 
@@ -414,10 +453,19 @@ impl SupervisorCore {
                 }
             }
         }
-        // Whatever changed the report (a position, a token, health, a hook's outcome) is sent
-        // at once; the runtime repeats the last one every report interval.
+        // Whatever changed the report (a position, a token, health, a hook's outcome, the
+        // agent's role) is sent at once; the runtime repeats the latest one (with the latest
+        // answer seen, which alone is no news) every report interval.
         let report = self.report();
-        if self.last_report.as_ref() != Some(&report) {
+        let news = self.role_changed
+            || self.last_report.as_ref().is_none_or(|last| {
+                let mut last = last.clone();
+                last.role_seen_incarnation = report.role_seen_incarnation;
+                last.role_seen_revision = report.role_seen_revision;
+                last != report
+            });
+        if news {
+            self.role_changed = false;
             self.last_report = Some(report.clone());
             out.push(Action::Report(report));
         }
@@ -631,6 +679,8 @@ mod tests {
             primary_host: primary.map(|p| format!("{p}.cache-peers")),
             position_wanted: 0,
             mono_millis: 0,
+            incarnation: 1,
+            revision: 0,
         }
     }
 
@@ -720,6 +770,95 @@ mod tests {
         );
         assert_eq!(s.applied(), &Applied::Fenced { epoch: 2 });
         assert!(!s.report().healthy, "a fenced workload is no candidate");
+    }
+
+    fn reports(actions: &[Action]) -> Vec<&WorkloadReport> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Report(r) => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_demotion_shows_as_released_only_once_the_demote_hook_is_done() {
+        let mut s = started(FenceMode::Demote);
+        let mut primary = agent(MemberRole::Primary, 2, Some(1000), Some("cache-0"));
+        primary.revision = 5;
+        let a = s.on_agent(primary, 100);
+        // While the promote runs the workload may already accept writes.
+        assert_eq!(s.report().primary_epoch, Some(2));
+        s.on_hook_done(
+            run_of(&a, HookKind::Promote),
+            outcome(HookKind::Promote, 2, true),
+            b"",
+            120,
+        );
+        // A later answer with the same role is no news: nothing is sent for it alone.
+        let mut renewed = agent(MemberRole::Primary, 2, Some(1300), Some("cache-0"));
+        renewed.revision = 8;
+        assert!(reports(&s.on_agent(renewed, 300)).is_empty());
+        assert_eq!(s.report().role_seen_revision, 8);
+        // The agent released in its state 9: the answer that shows it is news at once, but the
+        // workload stays primary until the demote hook is done.
+        let mut backup = agent(MemberRole::Backup, 2, None, Some("cache-1"));
+        backup.revision = 9;
+        let a = s.on_agent(backup, 401);
+        let sent = reports(&a);
+        assert_eq!(sent.len(), 1, "{a:?}");
+        assert!(!sent[0].shows_released(2, 1, 9), "{:?}", sent[0]);
+        let a = s.on_hook_done(
+            run_of(&a, HookKind::Demote),
+            outcome(HookKind::Demote, 2, true),
+            b"",
+            420,
+        );
+        let sent = reports(&a);
+        assert!(sent.len() == 1 && sent[0].shows_released(2, 1, 9), "{a:?}");
+    }
+
+    #[test]
+    fn a_promote_that_began_before_a_release_keeps_the_epoch_held_until_it_is_undone() {
+        let mut s = started(FenceMode::Demote);
+        let a = s.on_agent(
+            agent(MemberRole::Primary, 2, Some(1000), Some("cache-0")),
+            100,
+        );
+        let promote = run_of(&a, HookKind::Promote);
+        // The agent released while the promote ran: seen, but the workload may be primary.
+        let mut backup = agent(MemberRole::Backup, 2, None, Some("cache-1"));
+        backup.revision = 4;
+        s.on_agent(backup, 150);
+        assert!(!s.report().shows_released(2, 1, 4));
+        let a = s.on_hook_done(promote, outcome(HookKind::Promote, 2, true), b"", 160);
+        let demote = run_of(&a, HookKind::Demote);
+        assert!(
+            demote > 0,
+            "the promoted workload is demoted at once: {a:?}"
+        );
+        assert!(!s.report().shows_released(2, 1, 4));
+        s.on_hook_done(demote, outcome(HookKind::Demote, 2, true), b"", 170);
+        assert!(s.report().shows_released(2, 1, 4));
+    }
+
+    #[test]
+    fn an_exited_workload_shows_as_released() {
+        let mut s = started(FenceMode::Demote);
+        let a = s.on_agent(
+            agent(MemberRole::Primary, 2, Some(1000), Some("cache-0")),
+            100,
+        );
+        s.on_hook_done(
+            run_of(&a, HookKind::Promote),
+            outcome(HookKind::Promote, 2, true),
+            b"",
+            120,
+        );
+        assert!(!s.report().shows_released(2, 1, 0));
+        s.on_workload_exited();
+        assert!(s.report().shows_released(2, 99, 99));
     }
 
     #[test]

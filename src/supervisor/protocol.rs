@@ -29,6 +29,13 @@ pub struct AgentRole {
     /// The agent's clock when it answered (for logs).
     #[serde(default)]
     pub mono_millis: u64,
+    /// Which agent process answered (its start on the monotonic clock) and the revision of
+    /// the state it answered from: the supervisor echoes them in its reports, so that the agent
+    /// knows which of its decisions (a release) the supervisor had seen.
+    #[serde(default)]
+    pub incarnation: u64,
+    #[serde(default)]
+    pub revision: u64,
 }
 
 /// The last run of a hook.
@@ -92,6 +99,31 @@ pub struct WorkloadReport {
     /// The hooks' latest outcomes, one per hook that ran, in the order of `HookKind`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<HookOutcome>,
+    /// The epoch the workload is primary under or being promoted for: it may accept writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_epoch: Option<u64>,
+    /// `AgentRole::incarnation` and `revision` of the last `/role` answer the supervisor acted
+    /// on. A report that saw the state after a release shows whether the workload still is
+    /// primary after it (an answer from before can no longer make it primary).
+    #[serde(default)]
+    pub role_seen_incarnation: u64,
+    #[serde(default)]
+    pub role_seen_revision: u64,
+    /// The workload process has ended and this supervisor starts nothing any more (it exits).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exited: bool,
+}
+
+impl WorkloadReport {
+    /// The workload is certainly not primary for `epoch` or an earlier one: the process is
+    /// gone, or the supervisor saw the agent's state of `revision` (of agent `incarnation`) or
+    /// a later one and the workload is not (being made) primary under such an epoch.
+    pub fn shows_released(&self, epoch: u64, incarnation: u64, revision: u64) -> bool {
+        self.exited
+            || (self.role_seen_incarnation == incarnation
+                && self.role_seen_revision >= revision
+                && self.primary_epoch.is_none_or(|e| e > epoch))
+    }
 }
 
 /// Largest report the agent accepts.
@@ -165,6 +197,36 @@ mod tests {
     }
 
     #[test]
+    fn a_release_shows_only_in_a_report_that_saw_it() {
+        let report = |primary_epoch, incarnation, revision, exited| WorkloadReport {
+            healthy: true,
+            health_message: String::new(),
+            position: None,
+            position_token: 0,
+            position_error: String::new(),
+            applied: Applied::None,
+            hooks: Vec::new(),
+            primary_epoch,
+            role_seen_incarnation: incarnation,
+            role_seen_revision: revision,
+            exited,
+        };
+        // The release was decided in state 10 of agent incarnation 7.
+        assert!(report(None, 7, 10, false).shows_released(3, 7, 10));
+        assert!(report(None, 7, 12, false).shows_released(3, 7, 10));
+        // An answer from before the release may still make the workload primary.
+        assert!(!report(None, 7, 9, false).shows_released(3, 7, 10));
+        // Another agent process's revisions say nothing about this one's.
+        assert!(!report(None, 6, 99, false).shows_released(3, 7, 10));
+        // Primary (or being promoted) under that epoch or an earlier one: not released.
+        assert!(!report(Some(3), 7, 11, false).shows_released(3, 7, 10));
+        assert!(!report(Some(2), 7, 11, false).shows_released(3, 7, 10));
+        // Primary under a later epoch, or the process gone: not primary for this one.
+        assert!(report(Some(4), 7, 11, false).shows_released(3, 7, 10));
+        assert!(report(Some(3), 0, 0, true).shows_released(3, 7, 10));
+    }
+
+    #[test]
     fn reports_round_trip() {
         let r = WorkloadReport {
             healthy: true,
@@ -185,6 +247,10 @@ mod tests {
                 message: String::new(),
                 output: "OK".into(),
             }],
+            primary_epoch: None,
+            role_seen_incarnation: 5,
+            role_seen_revision: 90,
+            exited: false,
         };
         let text = serde_json::to_string(&r).expect("encode");
         assert_eq!(serde_json::from_str::<WorkloadReport>(&text).ok(), Some(r));

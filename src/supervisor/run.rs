@@ -107,7 +107,8 @@ pub async fn run(
         Client::builder(TokioExecutor::new()).build_http();
     spawn_agent_poll(client.clone(), agent_url.clone(), events_tx.clone());
     let (report_tx, report_rx) = watch::channel::<Option<WorkloadReport>>(None);
-    spawn_reporter(client, agent_url, report_rx);
+    let workload_uri: Option<hyper::Uri> = format!("{agent_url}/workload").parse().ok();
+    spawn_reporter(client.clone(), workload_uri.clone(), report_rx);
 
     let config = Arc::new(config);
     let mut core = SupervisorCore::new(config.declared());
@@ -129,7 +130,19 @@ pub async fn run(
                 let Some(event) = event else { return Ok(1) };
                 let now = monotonic_millis();
                 match event {
-                    Event::Agent(role) => core.on_agent(role, now),
+                    Event::Agent(role) => {
+                        let actions = core.on_agent(role, now);
+                        // The repeated report carries the latest answer seen (no news by itself).
+                        let (incarnation, revision) = core.role_seen();
+                        report_tx.send_if_modified(|r| {
+                            if let Some(r) = r.as_mut() {
+                                r.role_seen_incarnation = incarnation;
+                                r.role_seen_revision = revision;
+                            }
+                            false
+                        });
+                        actions
+                    }
                     Event::HookDone { run, outcome, stdout } => {
                         hook_groups.remove(&run);
                         log_outcome(&outcome);
@@ -146,6 +159,12 @@ pub async fn run(
                                 match &killed_for {
                                     Some(reason) => eprintln!("quorate-run: the workload was stopped ({reason}); exiting {code} so that the container restarts"),
                                     None => eprintln!("quorate-run: the workload exited with {code}"),
+                                }
+                                // Tell the agent before going: a primary's release is confirmed
+                                // by it (the process is gone), so a hand-off need not wait for
+                                // the lease to run out.
+                                if let Some(uri) = &workload_uri {
+                                    post_report(&client, uri, &core.report()).await;
                                 }
                                 return Ok(if killed_for.is_some() && code == 0 { 1 } else { code });
                             }
@@ -541,25 +560,35 @@ async fn get_role(
     serde_json::from_slice(&body).map_err(|e| format!("unexpected answer: {e}"))
 }
 
+/// Posts one report to the agent (an agent that does not answer in time misses it).
+async fn post_report(
+    client: &Client<HttpConnector, Full<bytes::Bytes>>,
+    uri: &hyper::Uri,
+    report: &WorkloadReport,
+) {
+    if let Ok(body) = serde_json::to_vec(report)
+        && let Ok(request) = hyper::Request::post(uri.clone())
+            .header("content-type", "application/json")
+            .body(Full::new(bytes::Bytes::from(body)))
+    {
+        let _ = tokio::time::timeout(AGENT_TIMEOUT, client.request(request)).await;
+    }
+}
+
 /// Sends the latest report whenever it changes, and again every report interval.
 fn spawn_reporter(
     client: Client<HttpConnector, Full<bytes::Bytes>>,
-    agent_url: String,
+    uri: Option<hyper::Uri>,
     mut reports: watch::Receiver<Option<WorkloadReport>>,
 ) {
     tokio::spawn(async move {
-        let Ok(uri) = format!("{agent_url}/workload").parse::<hyper::Uri>() else {
+        let Some(uri) = uri else {
             return;
         };
         loop {
             let latest = reports.borrow_and_update().clone();
-            if let Some(report) = latest
-                && let Ok(body) = serde_json::to_vec(&report)
-                && let Ok(request) = hyper::Request::post(uri.clone())
-                    .header("content-type", "application/json")
-                    .body(Full::new(bytes::Bytes::from(body)))
-            {
-                let _ = tokio::time::timeout(AGENT_TIMEOUT, client.request(request)).await;
+            if let Some(report) = latest {
+                post_report(&client, &uri, &report).await;
             }
             let interval = Duration::from_millis(super::core::REPORT_INTERVAL_MILLIS);
             if let Ok(Err(_)) = tokio::time::timeout(interval, reports.changed()).await {
