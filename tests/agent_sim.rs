@@ -16,6 +16,14 @@
 //! judged on its own drifting clock), invariant 2 (epochs never regress, one member per epoch)
 //! and invariant 3 (committed entries are never lost or changed). After the faults heal, the
 //! group must have a live primary again (the protocol is not vacuously safe).
+//!
+//! A third of the seeds run *supervised* members: next to every agent the real supervisor core
+//! (`quorate::supervisor::core::SupervisorCore`, what `quorate-run` runs) polls the agent's
+//! `/role` answer every 50 ms, runs simulated hooks (join, promote, demote, position) that take
+//! time and may fail, and reports back over a simulated loopback. Its workload's writes are what
+//! a user sees, so on those seeds invariant 1 is also checked from the workload's side: at most
+//! one workload may accept writes (is primary or being promoted) at any real instant. Extra
+//! faults there: promote hooks that fail, and the workload container crashing.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -31,12 +39,21 @@ use quorate::agent::health::HealthStatus;
 use quorate::agent::lease::LeaseTransition;
 use quorate::agent::raft::{AppliedState, RaftStatus};
 use quorate::agent::timing::{MAX_CLOCK_RATE_ERROR, report_interval_millis};
+use quorate::api::{FenceMode, HookKind};
+use quorate::supervisor::core::{Action, Declared, SupervisorCore};
+use quorate::supervisor::protocol::{HookOutcome, WorkloadReport};
 
 const LEASE: u64 = 1000;
 const HEARTBEAT: u64 = 100;
 const SIM_MILLIS: u64 = 14_000;
 const FAULTS_UNTIL: u64 = 8_000;
 const HEAL_AT: u64 = 9_000;
+/// A failed promote keeps a member out for 10 s: the last such fault comes early enough for the
+/// group to have candidates again before the end.
+const PROMOTE_FAULTS_UNTIL: u64 = 2_500;
+/// The supervisor's poll of `/role` (`supervisor::run::POLL_MILLIS`) and the loopback delay.
+const POLL_US: u64 = 50_000;
+const LOOPBACK_US: u64 = 500;
 
 /// SplitMix64: small, deterministic, good enough for fault schedules.
 struct Rng(u64);
@@ -123,6 +140,32 @@ enum Event {
     Resume(usize),
     Unpartition(usize),
     Recover(usize),
+    /// The supervisor reads its agent's `/role`: node, supervisor incarnation.
+    SupPoll(usize, u64),
+    /// The supervisor's timer: node, supervisor incarnation, generation.
+    SupTimer(usize, u64, u64),
+    /// A hook run ended (or its process group was killed): node, supervisor incarnation, run.
+    HookDone(usize, u64, u64),
+    /// A supervisor report reaches the agent over the pod's loopback.
+    SupReport(usize, Box<WorkloadReport>),
+    /// The supervisor repeats its latest report: node, supervisor incarnation.
+    SupRepeat(usize, u64),
+    /// The workload container starts again.
+    SupRestart(usize),
+    PromoteHeals(usize),
+}
+
+/// The supervisor next to a node's agent and the workload it runs.
+struct Sup {
+    core: SupervisorCore,
+    incarnation: u64,
+    generation: u64,
+    /// Hook runs in flight: run → (hook, epoch, started on the node's clock).
+    runs: BTreeMap<u64, (HookKind, u64, u64)>,
+    cancelled: BTreeSet<u64>,
+    workload_up: bool,
+    /// The report the runtime repeats.
+    last_report: Option<WorkloadReport>,
 }
 
 /// An answer a node's runtime waits for; exactly one of the answer and the time-out arrives.
@@ -184,6 +227,10 @@ struct Node {
     proposals: Vec<(usize, u64)>,
     last_status: Option<RaftStatus>,
     last_applied: Option<AppliedState>,
+    // The workload container (supervised seeds only; None while it is down).
+    sup: Option<Sup>,
+    sup_incarnation: u64,
+    promote_fails: bool,
 }
 
 struct Sim {
@@ -200,6 +247,11 @@ struct Sim {
     /// Invariant 3: the committed log as far as any leader committed it.
     committed: Vec<(u64, Option<GroupCommand>)>,
     stats: Stats,
+    supervised: bool,
+    fence: FenceMode,
+    /// A control: supervisors that claim their workload is never primary (the agent then
+    /// confirms releases too early). Only the checker's own test sets it.
+    lying_supervisors: bool,
 }
 
 #[derive(Default, Debug)]
@@ -207,6 +259,9 @@ struct Stats {
     promotions: u64,
     appointments: u64,
     graceful_stops: u64,
+    workload_promotions: u64,
+    failed_promotes: u64,
+    workload_crashes: u64,
 }
 
 fn config() -> GroupConfig {
@@ -224,7 +279,7 @@ fn health(healthy: bool) -> HealthStatus {
     }
 }
 
-fn new_core(id: NodeId, i: usize, healthy: bool, now: Now) -> AgentCore {
+fn new_core(id: NodeId, i: usize, healthy: bool, now: Now, supervised: bool) -> AgentCore {
     AgentCore::new(
         CoreSettings {
             id,
@@ -233,15 +288,33 @@ fn new_core(id: NodeId, i: usize, healthy: bool, now: Now) -> AgentCore {
             witness: false,
             priority: 50,
             initial_config: config(),
-            supervised: false,
+            supervised,
         },
         health(healthy),
         now,
     )
 }
 
+fn declared(fence: FenceMode) -> Declared {
+    Declared {
+        join: true,
+        promote: true,
+        demote: true,
+        position: true,
+        health: false,
+        fence,
+        health_period_millis: 1000,
+        health_failure_threshold: 3,
+        position_period_millis: 1000,
+    }
+}
+
 impl Sim {
     fn new(seed: u64, n: usize) -> Self {
+        Self::with(seed, n, false)
+    }
+
+    fn with(seed: u64, n: usize, supervised: bool) -> Self {
         let mut rng = Rng(seed);
         let mut roster = Roster::default();
         let mut nodes = Vec::new();
@@ -284,7 +357,7 @@ impl Sim {
                 election_deadline: 0,
                 next_heartbeat: 0,
                 elections_allowed: true,
-                core: new_core(id, i, true, start),
+                core: new_core(id, i, true, start, supervised),
                 healthy: true,
                 timer_generation: 0,
                 pending: BTreeSet::new(),
@@ -293,6 +366,9 @@ impl Sim {
                 proposals: Vec::new(),
                 last_status: None,
                 last_applied: None,
+                sup: None,
+                sup_incarnation: 0,
+                promote_fails: false,
             });
         }
         let mut sim = Sim {
@@ -307,12 +383,22 @@ impl Sim {
             epochs: BTreeMap::new(),
             committed: Vec::new(),
             stats: Stats::default(),
+            supervised,
+            fence: if seed.is_multiple_of(2) {
+                FenceMode::Demote
+            } else {
+                FenceMode::Kill
+            },
+            lying_supervisors: false,
         };
         for i in 0..n {
             let jitter = sim.rng.range(0, 20_000);
             sim.schedule(jitter, Event::Tick(i, 0));
             let now = sim.local(i);
             sim.nodes[i].election_deadline = now + sim.rng.range(300, 600);
+            if supervised {
+                sim.sup_start(i);
+            }
         }
         let first = sim.rng.range(500_000, 1_000_000);
         sim.schedule(first, Event::Fault);
@@ -465,6 +551,10 @@ impl Sim {
                     }
                     self.nodes[i].paused_until = None;
                     self.set_health(i, true)?;
+                    self.nodes[i].promote_fails = false;
+                    if self.supervised && self.nodes[i].sup.is_none() {
+                        self.sup_start(i);
+                    }
                 }
             }
             Event::Restart(i) => {
@@ -481,6 +571,210 @@ impl Sim {
                 self.blocked.retain(|(a, b)| *a != i && *b != i);
             }
             Event::Recover(i) => self.set_health(i, true)?,
+            Event::SupPoll(i, inc) => {
+                if self.sup_alive(i, inc) {
+                    // A stopped or dead agent does not answer: the poll times out.
+                    if self.nodes[i].up && self.nodes[i].paused_until.is_none() {
+                        let now = self.local(i);
+                        let role = self.nodes[i].core.agent_role(now);
+                        let actions = match self.nodes[i].sup.as_mut() {
+                            Some(sup) => {
+                                let actions = sup.core.on_agent(role, now);
+                                // The repeated report carries the latest answer seen.
+                                let (a, r) = sup.core.role_seen();
+                                if let Some(last) = sup.last_report.as_mut() {
+                                    last.role_seen_incarnation = a;
+                                    last.role_seen_revision = r;
+                                }
+                                actions
+                            }
+                            None => Vec::new(),
+                        };
+                        self.sup_perform(i, actions)?;
+                    }
+                    self.schedule(POLL_US, Event::SupPoll(i, inc));
+                }
+            }
+            Event::SupTimer(i, inc, generation) => {
+                if self.sup_alive(i, inc)
+                    && self.nodes[i].sup.as_ref().map(|s| s.generation) == Some(generation)
+                {
+                    let now = self.local(i);
+                    let actions = match self.nodes[i].sup.as_mut() {
+                        Some(sup) => sup.core.on_tick(now),
+                        None => Vec::new(),
+                    };
+                    self.sup_perform(i, actions)?;
+                }
+            }
+            Event::HookDone(i, inc, run) => {
+                if self.sup_alive(i, inc) {
+                    self.hook_done(i, run)?;
+                }
+            }
+            Event::SupReport(i, report) => {
+                if self.nodes[i].up && self.nodes[i].paused_until.is_none() {
+                    self.feed(i, Input::Workload(*report))?;
+                }
+            }
+            Event::SupRepeat(i, inc) => {
+                if self.sup_alive(i, inc) {
+                    let last = self.nodes[i]
+                        .sup
+                        .as_ref()
+                        .and_then(|s| s.last_report.clone());
+                    if let Some(r) = last {
+                        self.schedule(LOOPBACK_US, Event::SupReport(i, Box::new(r)));
+                    }
+                    let every = quorate::supervisor::core::REPORT_INTERVAL_MILLIS * 1000;
+                    self.schedule(every, Event::SupRepeat(i, inc));
+                }
+            }
+            Event::SupRestart(i) => {
+                if self.nodes[i].sup.is_none() {
+                    self.sup_start(i);
+                }
+            }
+            Event::PromoteHeals(i) => self.nodes[i].promote_fails = false,
+        }
+        Ok(())
+    }
+
+    // --- the supervisor and its workload (supervised seeds) -----------------------------------
+
+    fn sup_alive(&self, i: usize, incarnation: u64) -> bool {
+        self.nodes[i].sup.is_some() && self.nodes[i].sup_incarnation == incarnation
+    }
+
+    /// The workload container starts: a new supervisor, nothing applied yet.
+    fn sup_start(&mut self, i: usize) {
+        self.nodes[i].sup_incarnation += 1;
+        let incarnation = self.nodes[i].sup_incarnation;
+        self.nodes[i].sup = Some(Sup {
+            core: SupervisorCore::new(declared(self.fence)),
+            incarnation,
+            generation: 0,
+            runs: BTreeMap::new(),
+            cancelled: BTreeSet::new(),
+            workload_up: false,
+            last_report: None,
+        });
+        let jitter = self.rng.range(1, POLL_US);
+        self.schedule(jitter, Event::SupPoll(i, incarnation));
+        let jitter = self.rng.range(1, 200_000);
+        self.schedule(jitter, Event::SupRepeat(i, incarnation));
+    }
+
+    fn hook_done(&mut self, i: usize, run: u64) -> Result<(), String> {
+        let now = self.local(i);
+        let promote_fails = self.nodes[i].promote_fails;
+        let Some(sup) = self.nodes[i].sup.as_mut() else {
+            return Ok(());
+        };
+        // A cancelled run ends twice (killed, and its own end): only the first counts.
+        let Some((hook, epoch, started)) = sup.runs.remove(&run) else {
+            return Ok(());
+        };
+        let killed = sup.cancelled.remove(&run);
+        let ok = !(killed || (hook == HookKind::Promote && promote_fails));
+        match (hook, ok) {
+            (HookKind::Promote, true) => self.stats.workload_promotions += 1,
+            (HookKind::Promote, false) if !killed => self.stats.failed_promotes += 1,
+            _ => {}
+        }
+        let outcome = HookOutcome {
+            hook,
+            epoch,
+            ok,
+            exit_code: (!killed).then_some(if ok { 0 } else { 1 }),
+            duration_millis: now.saturating_sub(started),
+            message: match (killed, ok) {
+                (true, _) => "timed out after 1000 ms and was killed".into(),
+                (false, false) => "exited with code 1".into(),
+                (false, true) => String::new(),
+            },
+            output: String::new(),
+        };
+        // The simulated workload's replication position: a monotone function of time is
+        // enough here (the coordinator's position rounds run; their choice is unit-tested).
+        let stdout = (self.now_us / 1000).to_string();
+        let actions = sup.core.on_hook_done(run, outcome, stdout.as_bytes(), now);
+        self.sup_perform(i, actions)
+    }
+
+    /// Carries out the supervisor's actions the way `supervisor::run` does, re-arms its timer,
+    /// and checks invariant 1 from the workloads' side.
+    fn sup_perform(&mut self, i: usize, actions: Vec<Action>) -> Result<(), String> {
+        let now = self.local(i);
+        for action in actions {
+            let Some(sup) = self.nodes[i].sup.as_mut() else {
+                break;
+            };
+            let incarnation = sup.incarnation;
+            match action {
+                Action::Run { run, hook, env } => {
+                    sup.runs.insert(run, (hook, env.epoch, now));
+                    let ms = match hook {
+                        HookKind::Join => self.rng.range(1, 20),
+                        // Redis' hooks take a few ms, PostgreSQL's up to seconds.
+                        HookKind::Promote | HookKind::Demote => self.rng.range(1, 300),
+                        HookKind::Position | HookKind::Health => self.rng.range(1, 5),
+                    };
+                    self.schedule(ms * 1000, Event::HookDone(i, incarnation, run));
+                }
+                Action::Cancel { run } => {
+                    sup.cancelled.insert(run);
+                    self.schedule(1000, Event::HookDone(i, incarnation, run));
+                }
+                Action::StartWorkload => sup.workload_up = true,
+                Action::KillWorkload { .. } => {
+                    // The workload is gone at once; the supervisor says so and exits, and the
+                    // container restarts.
+                    sup.workload_up = false;
+                    sup.core.on_workload_exited();
+                    let last = sup.core.report();
+                    self.nodes[i].sup = None;
+                    self.stats.workload_crashes += 1;
+                    self.schedule(LOOPBACK_US, Event::SupReport(i, Box::new(last)));
+                    let after = self.rng.range(200_000, 1_000_000);
+                    self.schedule(after, Event::SupRestart(i));
+                }
+                Action::Report(mut report) => {
+                    if self.lying_supervisors {
+                        report.primary_epoch = None;
+                    }
+                    sup.last_report = Some(report.clone());
+                    self.schedule(LOOPBACK_US, Event::SupReport(i, Box::new(report)));
+                }
+            }
+        }
+        if let Some(sup) = self.nodes[i].sup.as_mut() {
+            sup.generation += 1;
+            let e = Event::SupTimer(i, sup.incarnation, sup.generation);
+            let deadline = sup.core.next_deadline(now);
+            let after = self.until_local(i, deadline);
+            self.schedule(after.max(1), e);
+        }
+        self.check_workloads()
+    }
+
+    /// Invariant 1 from the workloads' side: at most one accepts writes (is primary, or is
+    /// being promoted and may already be) at any real instant.
+    fn check_workloads(&self) -> Result<(), String> {
+        let writable: Vec<(usize, u64)> = (0..self.nodes.len())
+            .filter_map(|i| {
+                let sup = self.nodes[i].sup.as_ref()?;
+                if !sup.workload_up {
+                    return None;
+                }
+                sup.core.report().primary_epoch.map(|e| (i, e))
+            })
+            .collect();
+        if writable.len() > 1 {
+            return Err(format!(
+                "two workloads accept writes at {} us: (node, epoch) {writable:?}",
+                self.now_us
+            ));
         }
         Ok(())
     }
@@ -508,7 +802,8 @@ impl Sim {
         }
         .unwrap_or_else(|| self.rng.range(0, n as u64) as usize);
         let duration = self.rng.range(100_000, 3_000_000);
-        match self.rng.range(0, 7) {
+        let kinds = if self.supervised { 9 } else { 7 };
+        match self.rng.range(0, kinds) {
             0 => {
                 // kill -9: volatile state is gone, durable Raft state stays.
                 self.kill(victim);
@@ -548,6 +843,19 @@ impl Sim {
                     self.feed(victim, Input::Shutdown)?;
                 }
             }
+            7 if self.now_us < PROMOTE_FAULTS_UNTIL * 1000 => {
+                // The workload cannot be promoted for a while (its promote hook fails).
+                self.nodes[victim].promote_fails = true;
+                self.schedule(duration, Event::PromoteHeals(victim));
+            }
+            8 => {
+                // The workload container crashes (the agent keeps running) and restarts.
+                if self.nodes[victim].sup.take().is_some() {
+                    self.stats.workload_crashes += 1;
+                    self.schedule(duration, Event::SupRestart(victim));
+                }
+            }
+            7 => {}
             _ => {
                 // A planned switchover through whoever leads.
                 if let Some(l) = (0..n).find(|i| self.nodes[*i].up && self.is_leader(*i)) {
@@ -600,6 +908,7 @@ impl Sim {
                 mono: now,
                 unix: (self.now_us / 1000) as i64,
             },
+            self.supervised,
         );
         n.pending.clear();
         n.asked.clear();
@@ -1236,6 +1545,20 @@ impl Sim {
                 self.nodes[*i].up && self.nodes[*i].core.live_epoch(self.local(*i)).is_some()
             })
             .collect();
+        if self.supervised && live.len() == 1 {
+            // And its workload was made primary under that epoch.
+            let i = live[0];
+            let epoch = self.nodes[i].core.live_epoch(self.local(i));
+            let primary = self.nodes[i]
+                .sup
+                .as_ref()
+                .and_then(|s| s.core.report().primary_epoch);
+            if primary != epoch {
+                return Err(format!(
+                    "after healing, node {i} holds epoch {epoch:?} but its workload is primary for {primary:?}"
+                ));
+            }
+        }
         if live.len() != 1 {
             return Err(format!(
                 "after healing, {} live primaries (epochs {:?}, leaders {:?})",
@@ -1252,9 +1575,14 @@ impl Sim {
 
 fn run_seed(seed: u64) -> Result<Stats, String> {
     let n = if seed.is_multiple_of(4) { 5 } else { 3 };
-    let mut sim = Sim::new(seed, n);
-    sim.run()
-        .map_err(|e| format!("seed {seed} ({n} nodes): {e}"))?;
+    let supervised = seed % 3 == 2;
+    let mut sim = Sim::with(seed, n, supervised);
+    sim.run().map_err(|e| {
+        format!(
+            "seed {seed} ({n} nodes{}): {e}",
+            if supervised { ", supervised" } else { "" }
+        )
+    })?;
     Ok(sim.stats)
 }
 
@@ -1268,6 +1596,9 @@ fn simulated_groups_keep_the_invariants_over_1000_seeds() {
                 totals.promotions += stats.promotions;
                 totals.appointments += stats.appointments;
                 totals.graceful_stops += stats.graceful_stops;
+                totals.workload_promotions += stats.workload_promotions;
+                totals.failed_promotes += stats.failed_promotes;
+                totals.workload_crashes += stats.workload_crashes;
             }
             Ok(Err(e)) => failures.push(e),
             Err(p) => failures.push(format!(
@@ -1290,6 +1621,31 @@ fn simulated_groups_keep_the_invariants_over_1000_seeds() {
     assert!(totals.appointments > 3000, "{totals:?}");
     assert!(totals.promotions > 3000, "{totals:?}");
     assert!(totals.graceful_stops > 300, "{totals:?}");
+    // The supervised third promoted workloads through hooks, saw promotes fail and workload
+    // containers crash.
+    assert!(totals.workload_promotions > 600, "{totals:?}");
+    assert!(totals.failed_promotes > 10, "{totals:?}");
+    assert!(totals.workload_crashes > 50, "{totals:?}");
+}
+
+#[test]
+fn the_checker_catches_supervisors_that_confirm_a_release_too_early() {
+    // Supervisors that never admit their workload is primary make the agent hand the role on
+    // while the old workload still accepts writes: the workload-side check must see it.
+    let mut broken = 0;
+    for seed in 0..200u64 {
+        let mut sim = Sim::with(seed, 3, true);
+        sim.lying_supervisors = true;
+        if let Err(e) = sim.run()
+            && e.contains("two workloads accept writes")
+        {
+            broken += 1;
+        }
+    }
+    assert!(
+        broken > 0,
+        "the workload-side checker never fired with supervisors that confirm too early"
+    );
 }
 
 #[test]
