@@ -349,12 +349,23 @@ impl SupervisorCore {
             }
             Phase::Running => self.health_message.clone(),
         };
+        // A declared position not read yet is no position: the member must not be a candidate
+        // before its first position, or the coordinator would choose without it (as if the
+        // group had no position hook).
+        let position_error = if self.declared.position
+            && self.position.is_none()
+            && self.position_error.is_empty()
+        {
+            "the position hook has not printed a position yet".to_owned()
+        } else {
+            self.position_error.clone()
+        };
         WorkloadReport {
             healthy,
             health_message,
             position: self.position,
             position_token: self.position_token,
-            position_error: self.position_error.clone(),
+            position_error,
             applied: self.applied.clone(),
             // One per hook kind, in a fixed order: a report changes only when an outcome does.
             hooks: self.outcomes.values().cloned().collect(),
@@ -991,6 +1002,34 @@ mod tests {
         assert!(runs(&a).iter().all(|r| r.1 != HookKind::Demote), "{a:?}");
         let a = s.on_agent(agent(MemberRole::Backup, 3, None, Some("cache-2")), 300);
         assert!(runs(&a).iter().any(|r| r.1 == HookKind::Demote), "{a:?}");
+    }
+
+    #[test]
+    fn a_declared_position_not_read_yet_is_reported_as_missing() {
+        let mut s = SupervisorCore::new(declared(FenceMode::Demote));
+        let a = s.on_agent(agent(MemberRole::Backup, 1, None, None), 0);
+        let a = s.on_hook_done(
+            run_of(&a, HookKind::Join),
+            outcome(HookKind::Join, 1, true),
+            b"",
+            10,
+        );
+        // Running, the position hook started but not done: the agent must not count a
+        // position-less member as a candidate (a position-less group would choose without it).
+        let r = s.report();
+        assert_eq!(r.position, None);
+        assert!(
+            r.position_error.contains("not printed a position yet"),
+            "{r:?}"
+        );
+        s.on_hook_done(
+            run_of(&a, HookKind::Position),
+            outcome(HookKind::Position, 1, true),
+            b"7\n",
+            12,
+        );
+        let r = s.report();
+        assert_eq!((r.position, r.position_error.as_str()), (Some(7), ""));
     }
 
     #[test]
