@@ -31,6 +31,6 @@ QUORATE_KUBECONFIG="$("$HACK/cluster.sh" kubeconfig)"
 QUORATE_KUBECTL="$(bin_dir kubernetes)/kubectl" HELM="$(bin_dir helm)/helm" QUORATE_IMAGE="$(quorate_image)" QUORATE_IMAGE_ID="$(quorate_image_id)"
 # The API server's audit log: bench-scale counts the operator's requests in it.
 QUORATE_AUDIT_LOG="$("$HACK/cluster.sh" audit-log)"
-QUORATE_REDIS_IMAGE="$(workload_image redis)"
-export QUORATE_KUBECONFIG QUORATE_KUBECTL HELM QUORATE_IMAGE QUORATE_IMAGE_ID QUORATE_AUDIT_LOG QUORATE_REDIS_IMAGE
+export_workload_images
+export QUORATE_KUBECONFIG QUORATE_KUBECTL HELM QUORATE_IMAGE QUORATE_IMAGE_ID QUORATE_AUDIT_LOG
 release_cargo bench --bench "$name"

@@ -244,6 +244,10 @@ IFS=, read -ra dirs <<<"$(debian_image_field "$name" dirs)"
 for d in "${dirs[@]}"; do install -d -m "${d#*:}" "$root/${d%%:*}"; done
 
 cmd="$(debian_image_field "$name" cmd)"
+# path=/d:/e: directories put before the standard PATH (the programs of postgresql-15 live in
+# /usr/lib/postgresql/15/bin, which the official postgres image has on its PATH too).
+extra_path="$(debian_image_field "$name" path)"
+PATH_ENV="${extra_path:+$extra_path:}$PATH_ENV"
 # The image must run its programs: every executable ELF file finds its libraries with the image's
 # own loader, the shell and its tools work, the command is on PATH (chroot: root only).
 if ((EUID == 0)); then
@@ -267,7 +271,7 @@ else
   log "$name: not root, so not checked with chroot"
 fi
 
-python3 "$HACK/mkoci.py" "$work/image.tar" "$ref" ${cmd:+--cmd "[\"$cmd\"]"} --workdir "${workdir:-/}" "$root/:/" >/dev/null
+python3 "$HACK/mkoci.py" "$work/image.tar" "$ref" ${cmd:+--cmd "[\"$cmd\"]"} --workdir "${workdir:-/}" --path "$PATH_ENV" "$root/:/" >/dev/null
 mv "$work/image.tar" "$archive"
 for old in "$QUORATE_CACHE/images/$name"-????????????.tar; do [[ "$old" == "$archive" ]] || rm -f "$old"; done
 log "$name: built $ref into $archive ($(du -h "$archive" | cut -f1), ${#locked[@]} packages, $((SECONDS - t0)) s)"

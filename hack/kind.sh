@@ -43,8 +43,8 @@ e2e() {
   QUORATE_KUBECONFIG="$KUBECONFIG_KIND" QUORATE_KUBECTL="$(command -v kubectl)" HELM="$(command -v helm)"
   QUORATE_IMAGE="$(quorate_image)" E2E_ENV=kind QUORATE_IMAGE_ID="$(quorate_image_id)"
   E2E_GATEWAY_ADDR="$(KUBECONFIG="$KUBECONFIG_KIND" kubectl get svc traefik -n traefik -o jsonpath='{.spec.clusterIP}'):80"
-  QUORATE_REDIS_IMAGE="$(workload_image redis)"
-  export QUORATE_KUBECONFIG QUORATE_KUBECTL HELM QUORATE_IMAGE E2E_ENV QUORATE_IMAGE_ID E2E_GATEWAY_ADDR QUORATE_REDIS_IMAGE
+  export_workload_images
+  export QUORATE_KUBECONFIG QUORATE_KUBECTL HELM QUORATE_IMAGE E2E_ENV QUORATE_IMAGE_ID E2E_GATEWAY_ADDR
   # The build the images came from (hack/images.sh), as on the test bed (hack/test.sh).
   release_cargo test --release --test e2e -- --test-threads=2
 }

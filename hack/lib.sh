@@ -118,6 +118,16 @@ workload_image() {
   version="${!pin#*:}"
   printf 'quorate.test/%s:%s' "$1" "${version//[^A-Za-z0-9_.-]/-}"
 }
+# export_workload_images: QUORATE_<NAME>_IMAGE=`workload_image NAME` for every image of the table
+# (the suites and benchmarks put them in place of the public images the examples name).
+export_workload_images() {
+  local n var
+  for n in $(debian_images); do
+    var="QUORATE_${n^^}_IMAGE"
+    printf -v "$var" '%s' "$(workload_image "$n")"
+    export "${var?}"
+  done
+}
 # workload_archive NAME: its cached OCI archive, keyed by its table line, its pin, its locked
 # packages and the two scripts that build it.
 workload_archive() {

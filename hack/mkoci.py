@@ -87,6 +87,7 @@ def main():
     ap.add_argument("--cmd", default=None)
     ap.add_argument("--user", default="")
     ap.add_argument("--workdir", default="/")
+    ap.add_argument("--path", default="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     ap.add_argument("entries", nargs="+")
     args = ap.parse_args()
 
@@ -95,7 +96,7 @@ def main():
     layer_gz = gzip.compress(layer_tar, compresslevel=6, mtime=0)
     config = {
         "created": "1970-01-01T00:00:00Z", "architecture": "amd64", "os": "linux",
-        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "WorkingDir": args.workdir},
+        "config": {"Env": ["PATH=" + args.path], "WorkingDir": args.workdir},
         "rootfs": {"type": "layers", "diff_ids": [digest(layer_tar)]},
         "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "hack/mkoci.py"}],
     }

@@ -97,6 +97,6 @@ phase images
 phase "cluster suites"
 QUORATE_KUBECONFIG="$("$HACK/cluster.sh" kubeconfig)"
 QUORATE_KUBECTL="$(bin_dir kubernetes)/kubectl" QUORATE_IMAGE="$(quorate_image)" QUORATE_IMAGE_ID="$(quorate_image_id)"
-QUORATE_REDIS_IMAGE="$(workload_image redis)"
-export QUORATE_KUBECONFIG QUORATE_KUBECTL QUORATE_IMAGE QUORATE_IMAGE_ID QUORATE_REDIS_IMAGE
+export_workload_images
+export QUORATE_KUBECONFIG QUORATE_KUBECTL QUORATE_IMAGE QUORATE_IMAGE_ID
 release_cargo test --release --test e2e -- --test-threads="${E2E_THREADS:-2}"
