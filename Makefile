@@ -58,7 +58,7 @@ bench-weights: check-cargo ## weight convergence and split accuracy through a re
 bench-scale: check-cargo ## the operator with 100 running and 1000 pod-less groups: memory, CPU, API requests, failover
 	hack/bench.sh scale
 
-bench-workloads: check-cargo ## Redis (examples/redis.yaml) failover, switchover and fencing with a writer running, on the test bed
+bench-workloads: check-cargo ## Redis and PostgreSQL (examples/) failover, switchover, fencing and rejoin with a writer running, on the test bed
 	hack/bench.sh workloads
 
 lint: check-cargo ## rustfmt --check, clippy -D warnings (every target), shellcheck (hack/), helm lint --strict

@@ -7,6 +7,7 @@
 #[path = "../common/manifests.rs"]
 mod manifests;
 mod operator;
+mod postgres;
 mod smoke;
 mod support;
 mod traffic;
@@ -31,7 +32,10 @@ fn main() -> std::process::ExitCode {
         ("smoke", smoke::tests()),
         ("operator", operator::tests()),
         ("traffic", traffic::tests()),
-        ("workloads", workloads::tests()),
+        (
+            "workloads",
+            [workloads::tests(), postgres::tests()].concat(),
+        ),
         ("uninstall", smoke::last_tests()),
     ];
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -179,8 +179,31 @@ pub async fn who_answers(ctx: &Ctx, ip: &str) -> Result<Value> {
     Ok(serde_json::from_str(&body)?)
 }
 
-/// Waits until the group has a primary routed by `-rw` with an epoch above `after`, and a request
-/// through the `-rw` Service is answered by it. Returns (primary, epoch).
+/// One look at the control plane: the group's primary above epoch `after`, and `NAME-rw`'s
+/// EndpointSlice routing that pod alone, at that epoch. Every suite adds its own check that the
+/// workload behind `NAME-rw` answers as the primary.
+pub async fn routed_primary(
+    ctx: &Ctx,
+    ns: &str,
+    group: &str,
+    after: u64,
+) -> Result<Option<(String, u64)>> {
+    let status = groups(ctx, ns).get(group).await?.status;
+    let Some((primary, epoch)) = status.and_then(|s| Some((s.primary?, s.epoch? as u64))) else {
+        return Ok(None);
+    };
+    if epoch <= after {
+        return Ok(None);
+    }
+    let (addresses, slice_epoch) = rw_slice(ctx, ns, group).await?;
+    let ip = pod_ip(ctx, ns, &primary).await?;
+    let routed =
+        addresses.len() == 1 && Some(&addresses[0]) == ip.as_ref() && slice_epoch == Some(epoch);
+    Ok(routed.then_some((primary, epoch)))
+}
+
+/// Waits until the group has a primary above epoch `after`, routed by `-rw`, and the test app
+/// through `-rw` answers as that primary. Returns (primary, epoch).
 pub async fn wait_routed_primary(
     ctx: &Ctx,
     ns: &str,
@@ -188,32 +211,14 @@ pub async fn wait_routed_primary(
     after: u64,
     timeout: Duration,
 ) -> Result<(String, u64)> {
-    let api = groups(ctx, ns);
     let rw = service_ip(ctx, ns, &format!("{group}-rw")).await?;
     wait_for(
         &format!("{group}: a primary routed above epoch {after}"),
         timeout,
         || async {
-            let g = api.get(group).await?;
-            let Some(status) = g.status else {
+            let Some((primary, epoch)) = routed_primary(ctx, ns, group, after).await? else {
                 return Ok(None);
             };
-            let (Some(primary), Some(epoch)) =
-                (status.primary.clone(), status.epoch.map(|e| e as u64))
-            else {
-                return Ok(None);
-            };
-            if epoch <= after {
-                return Ok(None);
-            }
-            let (addresses, slice_epoch) = rw_slice(ctx, ns, group).await?;
-            let ip = pod_ip(ctx, ns, &primary).await?;
-            if addresses.len() != 1
-                || Some(&addresses[0]) != ip.as_ref()
-                || slice_epoch != Some(epoch)
-            {
-                return Ok(None);
-            }
             let answer = who_answers(ctx, &rw).await?;
             Ok(
                 (answer["member"] == primary.as_str() && answer["role"] == "Primary")

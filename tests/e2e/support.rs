@@ -42,9 +42,6 @@ pub struct Ctx {
     pub helm: PathBuf,
     /// The project's image (operator, agent, test workload), already imported on the node.
     pub image: String,
-    /// The test bed's Redis image (hack/debian-image.sh), in place of the public one.
-    #[allow(dead_code)] // the benchmarks that include this file without the Redis suite
-    pub redis_image: Option<String>,
     pub root: PathBuf,
     pub http: HttpClient<HttpConnector, Full<bytes::Bytes>>,
 }
@@ -74,10 +71,18 @@ impl Ctx {
             helm: env_path("HELM")?,
             image: std::env::var("QUORATE_IMAGE")
                 .map_err(|_| anyhow!("QUORATE_IMAGE is not set (make test sets it)"))?,
-            redis_image: std::env::var("QUORATE_REDIS_IMAGE").ok(),
             root: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
             http: HttpClient::builder(TokioExecutor::new()).build(connector),
         })
+    }
+
+    /// The test bed's image of workload `name` (a line of hack/debian-images.txt), used in
+    /// place of the public image an example names: `QUORATE_<NAME>_IMAGE`, which the scripts
+    /// that run the suites set for every workload image.
+    #[allow(dead_code)] // the benchmarks that include this file without the workload suites
+    pub fn workload_image(&self, name: &str) -> Result<String> {
+        let var = format!("QUORATE_{}_IMAGE", name.to_uppercase());
+        std::env::var(&var).map_err(|_| anyhow!("{var} is not set (make test sets it)"))
     }
 
     /// Runs kubectl; Ok(stdout) on success, an error with stderr otherwise.

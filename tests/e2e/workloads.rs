@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::operator::{ensure_operator, groups, pod_ip, rw_slice, service_ip, wait_ready};
+use crate::operator::{ensure_operator, groups, pod_ip, routed_primary, service_ip, wait_ready};
 use crate::support::{Ctx, wait_for};
 
 pub fn tests() -> Vec<crate::support::Test> {
@@ -130,11 +130,8 @@ pub async fn replication_info(addr: &str) -> Result<std::collections::BTreeMap<S
 pub fn redis_example(ctx: &Ctx) -> Result<Value> {
     let text = std::fs::read_to_string(ctx.root.join("examples/redis.yaml"))?;
     let mut doc: Value = serde_saphyr::from_str(&text)?;
-    let image = ctx
-        .redis_image
-        .clone()
-        .context("QUORATE_REDIS_IMAGE is not set (make test sets it)")?;
-    doc["spec"]["template"]["spec"]["containers"][0]["image"] = Value::String(image);
+    doc["spec"]["template"]["spec"]["containers"][0]["image"] =
+        Value::String(ctx.workload_image("redis")?);
     Ok(doc)
 }
 
@@ -147,7 +144,6 @@ pub async fn wait_routed_primary(
     after: u64,
     timeout: Duration,
 ) -> Result<(String, u64)> {
-    let api = groups(ctx, ns);
     let rw = format!(
         "{}:{REDIS_PORT}",
         service_ip(ctx, ns, &format!("{group}-rw")).await?
@@ -156,27 +152,14 @@ pub async fn wait_routed_primary(
         &format!("{group}: a Redis primary routed above epoch {after}"),
         timeout,
         || async {
-            let status = api.get(group).await?.status;
-            let Some((primary, epoch)) = status.and_then(|s| Some((s.primary?, s.epoch? as u64)))
-            else {
+            let Some(routed) = routed_primary(ctx, ns, group, after).await? else {
                 return Ok(None);
             };
-            if epoch <= after {
-                return Ok(None);
-            }
-            let (addresses, slice_epoch) = rw_slice(ctx, ns, group).await?;
-            let ip = pod_ip(ctx, ns, &primary).await?;
-            if addresses.len() != 1
-                || Some(&addresses[0]) != ip.as_ref()
-                || slice_epoch != Some(epoch)
-            {
-                return Ok(None);
-            }
             let master = replication_info(&rw)
                 .await
                 .ok()
                 .is_some_and(|i| i.get("role").map(String::as_str) == Some("master"));
-            Ok(master.then_some((primary, epoch)))
+            Ok(master.then_some(routed))
         },
     )
     .await
@@ -647,8 +630,8 @@ async fn example_group_becomes_ready_and_routes_writes_to_the_primary(ctx: Ctx) 
 
 /// The host PID of `member`'s agent in namespace `ns` (the test bed's containers are processes
 /// of this machine): found by its command line, which names the member's stable address.
-pub fn agent_pid(member: &str, ns: &str) -> Result<i32> {
-    let needle = format!("--advertise={member}.{GROUP}-peers.{ns}.svc");
+pub fn agent_pid(group: &str, member: &str, ns: &str) -> Result<i32> {
+    let needle = format!("--advertise={member}.{group}-peers.{ns}.svc");
     for entry in std::fs::read_dir("/proc")? {
         let Ok(entry) = entry else { continue };
         let Some(pid) = entry
@@ -714,7 +697,7 @@ pub async fn freeze_round(
         r.cmd(&["SET", "fence:probe", "before"]).await? == Reply::Status("OK".into()),
         "{primary} does not take writes before the freeze"
     );
-    let pid = agent_pid(primary, ns)?;
+    let pid = agent_pid(GROUP, primary, ns)?;
     let frozen = Frozen::freeze(pid);
     let start = Instant::now();
     let fenced = loop {

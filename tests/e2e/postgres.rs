@@ -1,0 +1,679 @@
+//! PostgreSQL: `examples/postgres.yaml` as a user applies it (only the image reference is the
+//! test bed's PostgreSQL, built from Debian's packages), failing over with a writer committing
+//! through `db-rw`. Invariants are checked from the database's side: every commit PostgreSQL
+//! acknowledged (synchronous replication, `ANY 1`) before a failover is on the new primary, and
+//! no commit of the old primary is acknowledged once the new one acknowledged one.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::Api;
+use serde_json::{Value, json};
+use tokio_postgres::{Client, NoTls};
+
+use crate::operator::{ensure_operator, pod_ip, routed_primary, service_ip, wait_ready};
+use crate::support::{Ctx, wait_for};
+use crate::workloads::{Frozen, agent_pid};
+
+pub fn tests() -> Vec<crate::support::Test> {
+    crate::tests![
+        postgres_group_streams_to_two_synchronous_standbys,
+        postgres_fails_over_without_losing_an_acknowledged_commit,
+        postgres_switchover_with_commits_running_loses_nothing,
+        a_postgres_standby_whose_claim_is_deleted_is_copied_again,
+        a_frozen_agent_leaves_no_postgres_primary_taking_commits_past_its_lease,
+    ]
+}
+
+pub const GROUP: &str = "db";
+const PORT: u16 = 5432;
+
+/// `examples/postgres.yaml` (a Secret, a ConfigMap, the group) with the test bed's PostgreSQL
+/// image in the group (the only change), and the superuser's password from its Secret.
+pub fn postgres_example(ctx: &Ctx) -> Result<(Vec<Value>, String)> {
+    let text = std::fs::read_to_string(ctx.root.join("examples/postgres.yaml"))?;
+    let mut docs: Vec<Value> =
+        serde_saphyr::from_multiple(&text).context("examples/postgres.yaml")?;
+    let mut password = None;
+    for doc in &mut docs {
+        match doc["kind"].as_str() {
+            Some("ReplicaGroup") => {
+                doc["spec"]["template"]["spec"]["containers"][0]["image"] =
+                    Value::String(ctx.workload_image("postgres")?);
+            }
+            Some("Secret") => {
+                password = doc["stringData"]["postgres-password"]
+                    .as_str()
+                    .map(str::to_owned);
+            }
+            _ => {}
+        }
+    }
+    let password = password.context("examples/postgres.yaml: no Secret with postgres-password")?;
+    Ok((docs, password))
+}
+
+/// A session as the superuser on `host` (a pod or Service IP).
+pub async fn connect(host: &str, password: &str) -> Result<Client> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(host)
+        .port(PORT)
+        .user("postgres")
+        .password(password)
+        .dbname("postgres")
+        .connect_timeout(Duration::from_millis(700));
+    let (client, connection) = tokio::time::timeout(Duration::from_secs(2), config.connect(NoTls))
+        .await
+        .map_err(|_| anyhow!("connecting to {host}:{PORT}: no answer in 2 s"))??;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// One query, bounded: a session on a server that went away must not hang a test.
+async fn query_one(client: &Client, sql: &str) -> Result<tokio_postgres::Row> {
+    tokio::time::timeout(Duration::from_secs(3), client.query_one(sql, &[]))
+        .await
+        .map_err(|_| anyhow!("{sql}: no answer in 3 s"))?
+        .with_context(|| sql.to_owned())
+}
+
+/// The group as written in `ns`, Ready, with a primary routed and writable through `db-rw`,
+/// and a commit acknowledged by a standby (the writer's table created by it). Returns
+/// (primary, epoch).
+pub async fn create_postgres(
+    ctx: &Ctx,
+    ns: &str,
+    docs: &[Value],
+    password: &str,
+) -> Result<(String, u64)> {
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": docs});
+    ctx.kubectl_stdin(
+        &["apply", "--server-side", "-n", ns, "-f", "-"],
+        Some(&list.to_string()),
+    )?;
+    wait_ready(ctx, ns, GROUP, Duration::from_secs(300)).await?;
+    let (primary, epoch) =
+        wait_routed_primary(ctx, ns, password, 0, Duration::from_secs(60)).await?;
+    let rw = service_ip(ctx, ns, &format!("{GROUP}-rw")).await?;
+    wait_for(
+        "a commit through db-rw, acknowledged by a standby",
+        Duration::from_secs(120),
+        || async {
+            let Ok(c) = connect(&rw, password).await else {
+                return Ok(None);
+            };
+            let created = tokio::time::timeout(
+                Duration::from_secs(3),
+                c.batch_execute(
+                    "CREATE TABLE IF NOT EXISTS acked (n bigint PRIMARY KEY, server text NOT NULL)",
+                ),
+            )
+            .await;
+            Ok(matches!(created, Ok(Ok(()))).then_some(()))
+        },
+    )
+    .await?;
+    Ok((primary, epoch))
+}
+
+/// `create_postgres` of the example as written (with the test bed's image).
+async fn create_example(ctx: &Ctx, ns: &str) -> Result<(String, u64, String)> {
+    let (docs, password) = postgres_example(ctx)?;
+    let (primary, epoch) = create_postgres(ctx, ns, &docs, &password).await?;
+    Ok((primary, epoch, password))
+}
+
+/// Waits until the group has a primary above epoch `after`, routed by `db-rw`, and PostgreSQL
+/// through `db-rw` is out of recovery. Returns (primary, epoch).
+pub async fn wait_routed_primary(
+    ctx: &Ctx,
+    ns: &str,
+    password: &str,
+    after: u64,
+    timeout: Duration,
+) -> Result<(String, u64)> {
+    let rw = service_ip(ctx, ns, &format!("{GROUP}-rw")).await?;
+    wait_for(
+        &format!("{GROUP}: a PostgreSQL primary routed above epoch {after}"),
+        timeout,
+        || async {
+            let Some(routed) = routed_primary(ctx, ns, GROUP, after).await? else {
+                return Ok(None);
+            };
+            let Ok(c) = connect(&rw, password).await else {
+                return Ok(None);
+            };
+            let primary = query_one(&c, "select not pg_is_in_recovery()")
+                .await
+                .is_ok_and(|r| r.get::<_, bool>(0));
+            Ok(primary.then_some(routed))
+        },
+    )
+    .await
+}
+
+/// The standbys streaming from the server at `host`: (application_name = member, sync_state).
+async fn streaming_standbys(host: &str, password: &str) -> Result<Vec<(String, String)>> {
+    let c = connect(host, password).await?;
+    let rows = tokio::time::timeout(
+        Duration::from_secs(3),
+        c.query(
+            "select application_name, sync_state from pg_stat_replication where state = 'streaming' order by 1",
+            &[],
+        ),
+    )
+    .await
+    .map_err(|_| anyhow!("pg_stat_replication: no answer in 3 s"))??;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Waits until `primary` has `standbys` streaming from it.
+pub async fn wait_streaming(
+    ctx: &Ctx,
+    ns: &str,
+    password: &str,
+    primary: &str,
+    standbys: &[String],
+    timeout: Duration,
+) -> Result<Vec<(String, String)>> {
+    wait_for(
+        &format!("{} streaming from {primary}", standbys.join(", ")),
+        timeout,
+        || async {
+            let ip = pod_ip(ctx, ns, primary).await?.context("primary pod IP")?;
+            let rows = streaming_standbys(&ip, password).await?;
+            let all = standbys
+                .iter()
+                .all(|s| rows.iter().any(|(name, _)| name == s));
+            Ok(all.then_some(rows))
+        },
+    )
+    .await
+}
+
+fn members() -> Vec<String> {
+    (0..3).map(|i| format!("{GROUP}-{i}")).collect()
+}
+
+/// One acknowledged commit: its number, when it returned, and which server took it.
+#[derive(Clone, Debug)]
+pub struct Acked {
+    pub n: i64,
+    pub at: Instant,
+    /// The pod IP of the server (`inet_server_addr()`, asked on every new session).
+    pub server: String,
+}
+
+/// Commits `INSERT INTO acked` through `db-rw` in a loop; reconnects on every error, as a
+/// client would. Bounded: stops after `limit` at the latest.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<Acked>>,
+}
+
+impl Writer {
+    pub fn start(addr: String, password: String, limit: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let deadline = Instant::now() + limit;
+            let mut acked = Vec::new();
+            let mut n = 0i64;
+            let mut session: Option<(Client, String)> = None;
+            while !flag.load(Ordering::SeqCst) && Instant::now() < deadline {
+                if session.is_none() {
+                    session = match connect(&addr, &password).await {
+                        Ok(c) => query_one(&c, "select host(inet_server_addr())")
+                            .await
+                            .ok()
+                            .map(|r| (c, r.get::<_, String>(0))),
+                        Err(_) => None,
+                    };
+                    if session.is_none() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                }
+                let Some((c, server)) = session.as_ref() else {
+                    continue;
+                };
+                n += 1;
+                let insert = c.execute(
+                    "INSERT INTO acked (n, server) VALUES ($1, $2)",
+                    &[&n, server],
+                );
+                match tokio::time::timeout(Duration::from_secs(2), insert).await {
+                    Ok(Ok(1)) => acked.push(Acked {
+                        n,
+                        at: Instant::now(),
+                        server: server.clone(),
+                    }),
+                    _ => {
+                        session = None;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            acked
+        });
+        Self { stop, task }
+    }
+
+    pub async fn stop(self) -> Result<Vec<Acked>> {
+        self.stop.store(true, Ordering::SeqCst);
+        Ok(self.task.await?)
+    }
+}
+
+/// The acknowledged commits missing on the server at `host`.
+async fn missing(host: &str, password: &str, acked: &[Acked]) -> Result<Vec<i64>> {
+    let c = connect(host, password).await?;
+    let wanted: Vec<i64> = acked.iter().map(|a| a.n).collect();
+    let rows = tokio::time::timeout(
+        Duration::from_secs(10),
+        c.query("select n from acked where n = any($1)", &[&wanted]),
+    )
+    .await
+    .map_err(|_| anyhow!("reading the acknowledged commits: no answer in 10 s"))??;
+    let present: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+    Ok(wanted
+        .into_iter()
+        .filter(|n| !present.contains(n))
+        .collect())
+}
+
+/// The result of one failover round.
+pub struct Round {
+    /// From the kill (or the switchover request) to the first commit the new primary
+    /// acknowledged.
+    pub millis: u128,
+    /// Acknowledged and missing on the new primary afterwards.
+    pub lost: usize,
+    pub acked: usize,
+    pub old: String,
+    pub new: String,
+    /// When the fault was made.
+    pub fault_at: Instant,
+}
+
+/// Kills the primary's pod with grace 0 (or asks for a switchover) while the writer runs;
+/// measures until the first commit acknowledged by another server, then checks every
+/// acknowledged commit, and that the old primary acknowledged none after the new one began.
+pub async fn failover_round(
+    ctx: &Ctx,
+    ns: &str,
+    password: &str,
+    old: &str,
+    epoch: u64,
+    switchover: bool,
+) -> Result<Round> {
+    let rw = service_ip(ctx, ns, &format!("{GROUP}-rw")).await?;
+    let old = old.to_owned();
+    let old_ip = pod_ip(ctx, ns, &old)
+        .await?
+        .context("the primary's pod IP")?;
+    let writer = Writer::start(rw.clone(), password.to_owned(), Duration::from_secs(120));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let fault_at = Instant::now();
+    if switchover {
+        let target = members()
+            .into_iter()
+            .find(|m| *m != old)
+            .context("a target")?;
+        crate::operator::plugin(
+            ctx,
+            &[
+                "-n",
+                ns,
+                "switchover",
+                GROUP,
+                "--to",
+                &target,
+                "--timeout",
+                "60s",
+            ],
+        )?;
+    } else {
+        ctx.kubectl(&[
+            "delete",
+            "pod",
+            &old,
+            "-n",
+            ns,
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
+        ])?;
+    }
+    let (new, _) = wait_routed_primary(ctx, ns, password, epoch, Duration::from_secs(90)).await?;
+    // Until a commit through db-rw is acknowledged again (bounded), then a little more.
+    let probe = std::sync::atomic::AtomicI64::new(-1000);
+    let acked_again = wait_for(
+        "a commit acknowledged after the fault",
+        Duration::from_secs(60),
+        || async {
+            let Ok(c) = connect(&rw, password).await else {
+                return Ok(None);
+            };
+            let n = probe.fetch_sub(1, Ordering::SeqCst);
+            let insert = c.execute("INSERT INTO acked (n, server) VALUES ($1, 'probe')", &[&n]);
+            Ok(matches!(
+                tokio::time::timeout(Duration::from_secs(3), insert).await,
+                Ok(Ok(1))
+            )
+            .then_some(()))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acked = writer.stop().await?;
+    acked_again?;
+    let first_after = acked
+        .iter()
+        .find(|a| a.at > fault_at && a.server != old_ip)
+        .with_context(|| format!("no commit was acknowledged by the new primary {new}"))?;
+    let before = acked.iter().filter(|a| a.at <= fault_at).count();
+    ensure!(
+        before >= 5,
+        "only {before} commits acknowledged before the fault"
+    );
+    if let Some(late) = acked
+        .iter()
+        .find(|a| a.server == old_ip && a.at > first_after.at)
+    {
+        bail!(
+            "commit {} acknowledged by the old primary {old} after the new primary {new} acknowledged commit {}",
+            late.n,
+            first_after.n
+        );
+    }
+    let lost = missing(&rw, password, &acked).await?;
+    Ok(Round {
+        millis: first_after.at.duration_since(fault_at).as_millis(),
+        lost: lost.len(),
+        acked: acked.len(),
+        old,
+        new,
+        fault_at,
+    })
+}
+
+async fn postgres_group_streams_to_two_synchronous_standbys(ctx: Ctx) -> Result<()> {
+    ensure_operator(&ctx).await?;
+    let ns = ctx.namespace("pg-ready")?;
+    let (primary, _, password) = create_example(&ctx, &ns.name).await?;
+    let standbys: Vec<String> = members().into_iter().filter(|m| *m != primary).collect();
+    let rows = wait_streaming(
+        &ctx,
+        &ns.name,
+        &password,
+        &primary,
+        &standbys,
+        Duration::from_secs(60),
+    )
+    .await?;
+    ensure!(
+        rows.iter().all(|(_, sync)| sync == "quorum"),
+        "the standbys of {primary} are not synchronous (ANY 1): {rows:?}"
+    );
+    // A standby answers reads and refuses writes.
+    let ip = pod_ip(&ctx, &ns.name, &standbys[0])
+        .await?
+        .context("standby pod IP")?;
+    let c = connect(&ip, &password).await?;
+    ensure!(
+        query_one(&c, "select pg_is_in_recovery()")
+            .await?
+            .get::<_, bool>(0),
+        "{} is not in recovery",
+        standbys[0]
+    );
+    let refused = c
+        .execute("INSERT INTO acked (n, server) VALUES (-1, 'standby')", &[])
+        .await
+        .err()
+        .map(|e| format!("{e:?}"))
+        .unwrap_or_default();
+    ensure!(
+        refused.contains("read-only"),
+        "a write on the standby {} was not refused as read-only: {refused}",
+        standbys[0]
+    );
+    println!("    {primary} streams to {rows:?}");
+    Ok(())
+}
+
+async fn postgres_fails_over_without_losing_an_acknowledged_commit(ctx: Ctx) -> Result<()> {
+    ensure_operator(&ctx).await?;
+    let ns = ctx.namespace("pg-failover")?;
+    let (primary, epoch, password) = create_example(&ctx, &ns.name).await?;
+    let round = failover_round(&ctx, &ns.name, &password, &primary, epoch, false).await?;
+    ensure!(
+        round.lost == 0,
+        "{} of {} acknowledged commits lost in the failover {} -> {}",
+        round.lost,
+        round.acked,
+        round.old,
+        round.new
+    );
+    // The old primary comes back as a streaming standby of the new one (rewound if needed).
+    wait_streaming(
+        &ctx,
+        &ns.name,
+        &password,
+        &round.new,
+        std::slice::from_ref(&round.old),
+        Duration::from_secs(120),
+    )
+    .await?;
+    println!(
+        "    postgres failover {} -> {}: {} ms to the first acknowledged commit, {} acknowledged, 0 lost; {} streams again after {} ms",
+        round.old,
+        round.new,
+        round.millis,
+        round.acked,
+        round.old,
+        round.fault_at.elapsed().as_millis()
+    );
+    Ok(())
+}
+
+async fn postgres_switchover_with_commits_running_loses_nothing(ctx: Ctx) -> Result<()> {
+    ensure_operator(&ctx).await?;
+    let ns = ctx.namespace("pg-switch")?;
+    let (primary, epoch, password) = create_example(&ctx, &ns.name).await?;
+    let round = failover_round(&ctx, &ns.name, &password, &primary, epoch, true).await?;
+    ensure!(
+        round.lost == 0,
+        "{} acknowledged commits lost in the switchover",
+        round.lost
+    );
+    // The old primary takes no writes: it is a standby of the new one.
+    let ip = pod_ip(&ctx, &ns.name, &round.old)
+        .await?
+        .context("old primary pod IP")?;
+    wait_streaming(
+        &ctx,
+        &ns.name,
+        &password,
+        &round.new,
+        std::slice::from_ref(&round.old),
+        Duration::from_secs(60),
+    )
+    .await?;
+    let c = connect(&ip, &password).await?;
+    let refused = c
+        .execute("INSERT INTO acked (n, server) VALUES (-2, 'old')", &[])
+        .await
+        .err()
+        .map(|e| format!("{e:?}"))
+        .unwrap_or_default();
+    ensure!(
+        refused.contains("read-only"),
+        "the old primary {} took a write after the switchover: {refused}",
+        round.old
+    );
+    println!(
+        "    postgres switchover {} -> {}: {} ms to the first acknowledged commit, {} acknowledged, 0 lost",
+        round.old, round.new, round.millis, round.acked
+    );
+    Ok(())
+}
+
+async fn a_postgres_standby_whose_claim_is_deleted_is_copied_again(ctx: Ctx) -> Result<()> {
+    ensure_operator(&ctx).await?;
+    let ns = ctx.namespace("pg-reseed")?;
+    let (primary, _, password) = create_example(&ctx, &ns.name).await?;
+    let rw = service_ip(&ctx, &ns.name, &format!("{GROUP}-rw")).await?;
+    let c = connect(&rw, &password).await?;
+    c.execute("INSERT INTO acked (n, server) VALUES (0, 'seeded')", &[])
+        .await?;
+    let standby = members()
+        .into_iter()
+        .find(|m| *m != primary)
+        .context("a standby")?;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns.name);
+    let claim = format!("data-{standby}");
+    let old_uid = claims.get(&claim).await?.metadata.uid;
+    ctx.kubectl(&["delete", "pvc", &claim, "-n", &ns.name, "--wait=false"])?;
+    ctx.kubectl(&[
+        "delete",
+        "pod",
+        &standby,
+        "-n",
+        &ns.name,
+        "--grace-period=0",
+        "--force",
+        "--wait=false",
+    ])?;
+    wait_for(
+        "a new claim for the standby",
+        Duration::from_secs(120),
+        || async {
+            Ok(claims
+                .get_opt(&claim)
+                .await?
+                .filter(|c| c.metadata.uid != old_uid)
+                .map(|_| ()))
+        },
+    )
+    .await?;
+    wait_ready(&ctx, &ns.name, GROUP, Duration::from_secs(240)).await?;
+    let (primary, _) =
+        wait_routed_primary(&ctx, &ns.name, &password, 0, Duration::from_secs(60)).await?;
+    wait_streaming(
+        &ctx,
+        &ns.name,
+        &password,
+        &primary,
+        std::slice::from_ref(&standby),
+        Duration::from_secs(120),
+    )
+    .await?;
+    let s = standby.clone();
+    wait_for(
+        "the copied standby to hold the data",
+        Duration::from_secs(60),
+        || async {
+            let Some(ip) = pod_ip(&ctx, &ns.name, &s).await? else {
+                return Ok(None);
+            };
+            let Ok(c) = connect(&ip, &password).await else {
+                return Ok(None);
+            };
+            Ok(
+                query_one(&c, "select count(*) from acked where server = 'seeded'")
+                    .await
+                    .ok()
+                    .filter(|r| r.get::<_, i64>(0) == 1)
+                    .map(|_| ()),
+            )
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Freezes the primary's agent (SIGSTOP; PostgreSQL keeps running) and measures how long
+/// PostgreSQL on that pod still commits; keeps it frozen until another member is the routed
+/// primary, then resumes it. Returns (ms, new primary).
+pub async fn freeze_round(
+    ctx: &Ctx,
+    ns: &str,
+    password: &str,
+    primary: &str,
+    epoch: u64,
+) -> Result<(u128, String)> {
+    let ip = pod_ip(ctx, ns, primary).await?.context("primary pod IP")?;
+    let c = connect(&ip, password).await?;
+    c.execute("INSERT INTO acked (n, server) VALUES (-10, 'probe')", &[])
+        .await
+        .with_context(|| format!("{primary} does not commit before the freeze"))?;
+    let pid = agent_pid(GROUP, primary, ns)?;
+    let frozen = Frozen::freeze(pid);
+    let start = Instant::now();
+    let mut session = Some(c);
+    let mut n = -10i64;
+    let fenced = loop {
+        n -= 1;
+        let committed = match session.as_ref() {
+            Some(c) => {
+                let insert = c.execute("INSERT INTO acked (n, server) VALUES ($1, 'probe')", &[&n]);
+                matches!(
+                    tokio::time::timeout(Duration::from_secs(2), insert).await,
+                    Ok(Ok(1))
+                )
+            }
+            None => false,
+        };
+        if !committed {
+            // The session ended (a fast shutdown) or the commit was refused or hangs: a new
+            // session must not commit either.
+            session = None;
+            match connect(&ip, password).await {
+                Err(_) => break start.elapsed(),
+                Ok(c) => {
+                    let insert =
+                        c.execute("INSERT INTO acked (n, server) VALUES ($1, 'probe')", &[&n]);
+                    match tokio::time::timeout(Duration::from_secs(2), insert).await {
+                        Ok(Ok(1)) => session = Some(c),
+                        _ => break start.elapsed(),
+                    }
+                }
+            }
+        }
+        ensure!(
+            start.elapsed() < Duration::from_secs(20),
+            "{primary} still commits 20 s after its agent was frozen"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let (new, _) = wait_routed_primary(ctx, ns, password, epoch, Duration::from_secs(60)).await?;
+    drop(frozen);
+    Ok((fenced.as_millis(), new))
+}
+
+async fn a_frozen_agent_leaves_no_postgres_primary_taking_commits_past_its_lease(
+    ctx: Ctx,
+) -> Result<()> {
+    ensure_operator(&ctx).await?;
+    let ns = ctx.namespace("pg-freeze")?;
+    let (primary, epoch, password) = create_example(&ctx, &ns.name).await?;
+    let (ms, new) = freeze_round(&ctx, &ns.name, &password, &primary, epoch).await?;
+    let lease = 1000;
+    ensure!(
+        ms <= lease + 200,
+        "{primary} committed for {ms} ms after its agent froze (lease {lease} ms)"
+    );
+    ensure!(
+        new != primary,
+        "the frozen primary {primary} is still routed"
+    );
+    wait_ready(&ctx, &ns.name, GROUP, Duration::from_secs(240)).await?;
+    println!("    {primary} stopped committing {ms} ms after its agent froze; {new} took over");
+    Ok(())
+}
