@@ -34,7 +34,10 @@ fn main() -> std::process::ExitCode {
         ("traffic", traffic::tests()),
         (
             "workloads",
-            [workloads::tests(), postgres::tests()].concat(),
+            workloads::tests()
+                .into_iter()
+                .chain(postgres::tests())
+                .collect(),
         ),
         ("uninstall", smoke::last_tests()),
     ];

@@ -81,6 +81,24 @@ async fn query_one(client: &Client, sql: &str) -> Result<tokio_postgres::Row> {
         .with_context(|| sql.to_owned())
 }
 
+/// Row numbers, unique in the process: the rounds of a benchmark share the table.
+static NEXT_ROW: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1);
+
+fn next_row() -> i64 {
+    NEXT_ROW.fetch_add(1, Ordering::SeqCst)
+}
+
+/// Commits row `n` of `server` into the writer's table; true once PostgreSQL acknowledged it
+/// (bounded: a commit waiting for a standby that never comes is no acknowledgement).
+async fn commit(c: &Client, n: i64, server: &str) -> bool {
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&n, &server];
+    let insert = c.execute("INSERT INTO acked (n, server) VALUES ($1, $2)", &params);
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), insert).await,
+        Ok(Ok(1))
+    )
+}
+
 /// The group as written in `ns`, Ready, with a primary routed and writable through `db-rw`,
 /// and a commit acknowledged by a standby (the writer's table created by it). Returns
 /// (primary, epoch).
@@ -222,7 +240,6 @@ impl Writer {
         let task = tokio::spawn(async move {
             let deadline = Instant::now() + limit;
             let mut acked = Vec::new();
-            let mut n = 0i64;
             let mut session: Option<(Client, String)> = None;
             while !flag.load(Ordering::SeqCst) && Instant::now() < deadline {
                 if session.is_none() {
@@ -241,21 +258,16 @@ impl Writer {
                 let Some((c, server)) = session.as_ref() else {
                     continue;
                 };
-                n += 1;
-                let insert = c.execute(
-                    "INSERT INTO acked (n, server) VALUES ($1, $2)",
-                    &[&n, server],
-                );
-                match tokio::time::timeout(Duration::from_secs(2), insert).await {
-                    Ok(Ok(1)) => acked.push(Acked {
+                let n = next_row();
+                if commit(c, n, server).await {
+                    acked.push(Acked {
                         n,
                         at: Instant::now(),
                         server: server.clone(),
-                    }),
-                    _ => {
-                        session = None;
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
+                    });
+                } else {
+                    session = None;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
             acked
@@ -351,7 +363,6 @@ pub async fn failover_round(
     }
     let (new, _) = wait_routed_primary(ctx, ns, password, epoch, Duration::from_secs(90)).await?;
     // Until a commit through db-rw is acknowledged again (bounded), then a little more.
-    let probe = std::sync::atomic::AtomicI64::new(-1000);
     let acked_again = wait_for(
         "a commit acknowledged after the fault",
         Duration::from_secs(60),
@@ -359,13 +370,7 @@ pub async fn failover_round(
             let Ok(c) = connect(&rw, password).await else {
                 return Ok(None);
             };
-            let n = probe.fetch_sub(1, Ordering::SeqCst);
-            let insert = c.execute("INSERT INTO acked (n, server) VALUES ($1, 'probe')", &[&n]);
-            Ok(matches!(
-                tokio::time::timeout(Duration::from_secs(3), insert).await,
-                Ok(Ok(1))
-            )
-            .then_some(()))
+            Ok(commit(&c, next_row(), "probe").await.then_some(()))
         },
     )
     .await;
@@ -433,7 +438,7 @@ async fn postgres_group_streams_to_two_synchronous_standbys(ctx: Ctx) -> Result<
         standbys[0]
     );
     let refused = c
-        .execute("INSERT INTO acked (n, server) VALUES (-1, 'standby')", &[])
+        .execute("INSERT INTO acked (n, server) VALUES (0, 'standby')", &[])
         .await
         .err()
         .map(|e| format!("{e:?}"))
@@ -507,7 +512,7 @@ async fn postgres_switchover_with_commits_running_loses_nothing(ctx: Ctx) -> Res
     .await?;
     let c = connect(&ip, &password).await?;
     let refused = c
-        .execute("INSERT INTO acked (n, server) VALUES (-2, 'old')", &[])
+        .execute("INSERT INTO acked (n, server) VALUES (0, 'old')", &[])
         .await
         .err()
         .map(|e| format!("{e:?}"))
@@ -530,8 +535,10 @@ async fn a_postgres_standby_whose_claim_is_deleted_is_copied_again(ctx: Ctx) -> 
     let (primary, _, password) = create_example(&ctx, &ns.name).await?;
     let rw = service_ip(&ctx, &ns.name, &format!("{GROUP}-rw")).await?;
     let c = connect(&rw, &password).await?;
-    c.execute("INSERT INTO acked (n, server) VALUES (0, 'seeded')", &[])
-        .await?;
+    ensure!(
+        commit(&c, next_row(), "seeded").await,
+        "no commit through db-rw"
+    );
     let standby = members()
         .into_iter()
         .find(|m| *m != primary)
@@ -610,41 +617,30 @@ pub async fn freeze_round(
 ) -> Result<(u128, String)> {
     let ip = pod_ip(ctx, ns, primary).await?.context("primary pod IP")?;
     let c = connect(&ip, password).await?;
-    c.execute("INSERT INTO acked (n, server) VALUES (-10, 'probe')", &[])
-        .await
-        .with_context(|| format!("{primary} does not commit before the freeze"))?;
+    ensure!(
+        commit(&c, next_row(), "probe").await,
+        "{primary} does not commit before the freeze"
+    );
     let pid = agent_pid(GROUP, primary, ns)?;
     let frozen = Frozen::freeze(pid);
     let start = Instant::now();
     let mut session = Some(c);
-    let mut n = -10i64;
     let fenced = loop {
-        n -= 1;
+        let n = next_row();
         let committed = match session.as_ref() {
-            Some(c) => {
-                let insert = c.execute("INSERT INTO acked (n, server) VALUES ($1, 'probe')", &[&n]);
-                matches!(
-                    tokio::time::timeout(Duration::from_secs(2), insert).await,
-                    Ok(Ok(1))
-                )
-            }
+            Some(c) => commit(c, n, "probe").await,
             None => false,
         };
         if !committed {
-            // The session ended (a fast shutdown) or the commit was refused or hangs: a new
+            // The session ended (a fast shutdown), or the commit was refused or hangs: a new
             // session must not commit either.
-            session = None;
-            match connect(&ip, password).await {
-                Err(_) => break start.elapsed(),
-                Ok(c) => {
-                    let insert =
-                        c.execute("INSERT INTO acked (n, server) VALUES ($1, 'probe')", &[&n]);
-                    match tokio::time::timeout(Duration::from_secs(2), insert).await {
-                        Ok(Ok(1)) => session = Some(c),
-                        _ => break start.elapsed(),
-                    }
-                }
+            let Ok(c) = connect(&ip, password).await else {
+                break start.elapsed();
+            };
+            if !commit(&c, n, "probe").await {
+                break start.elapsed();
             }
+            session = Some(c);
         }
         ensure!(
             start.elapsed() < Duration::from_secs(20),
