@@ -343,8 +343,16 @@ fn switchover_wait_condition() {
         describe_waiting(&refused, Some(7))
             .starts_with("the operator removed the annotation but no new primary was appointed")
     );
-    // Both: done.
+    // Annotation removed and a new epoch, but no primary named yet (its lease is not live in
+    // that status): still waiting, not "appointed none".
     appointed.metadata.annotations = Some(Default::default());
+    let mut vacant = appointed.clone();
+    vacant.status.as_mut().expect("status").primary = None;
+    assert!(matches!(
+        switchover_progress(&vacant, Some(7)),
+        Progress::Waiting { primary: None, .. }
+    ));
+    // All three: done.
     assert_eq!(
         switchover_progress(&appointed, Some(7)),
         Progress::Done {

@@ -134,15 +134,19 @@ pub enum Progress {
     },
 }
 
-/// Evaluates the wait condition: the annotation removed by the operator and `status.epoch`
-/// greater than `epoch_before` (any epoch counts when there was none).
+/// Evaluates the wait condition: the annotation removed by the operator, `status.epoch`
+/// greater than `epoch_before` (any epoch counts when there was none) and a primary named. A
+/// status written between the appointment and the new primary's live lease shows the new epoch
+/// without a primary: that is not done yet (the timeout message says what was seen).
 pub fn switchover_progress(group: &ReplicaGroup, epoch_before: Option<i64>) -> Progress {
     let annotation = group.annotations().get(SWITCHOVER_ANNOTATION).cloned();
     let status = group.status.as_ref();
     let primary = status.and_then(|s| s.primary.clone());
     let epoch = status.and_then(|s| s.epoch);
     match epoch {
-        Some(e) if annotation.is_none() && epoch_before.is_none_or(|b| e > b) => {
+        Some(e)
+            if annotation.is_none() && epoch_before.is_none_or(|b| e > b) && primary.is_some() =>
+        {
             Progress::Done { primary, epoch: e }
         }
         _ => Progress::Waiting {
