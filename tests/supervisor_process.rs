@@ -232,9 +232,11 @@ async fn a_position_that_is_not_an_integer_keeps_the_member_out_with_a_message()
     let s = g
         .cluster
         .wait_state(Duration::from_secs(15), "the position error", |s| {
-            s.members
-                .first()
-                .is_some_and(|m| !m.workload_message.is_empty())
+            // Before the hook first ran, the message says no position was printed yet.
+            s.members.first().is_some_and(|m| {
+                m.workload_message
+                    .contains("must print one non-negative integer")
+            })
         })
         .await?;
     let m = &s.members[0];
