@@ -528,15 +528,7 @@ async fn leader_loss_during_a_failover_still_ends_routed(ctx: Ctx) -> Result<()>
     wait_ready(&ctx, &ns.name, "db", Duration::from_secs(180)).await?;
     let (old, epoch) =
         wait_routed_primary(&ctx, &ns.name, "db", 0, Duration::from_secs(30)).await?;
-    let holder = ctx.kubectl(&[
-        "get",
-        "lease",
-        RELEASE,
-        "-n",
-        OPERATOR_NAMESPACE,
-        "-o",
-        "jsonpath={.spec.holderIdentity}",
-    ])?;
+    let holder = lease_holder(&ctx)?;
     ensure!(!holder.is_empty(), "no operator holds the lease");
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns.name);
     let operators: Api<Pod> = Api::namespaced(ctx.client.clone(), OPERATOR_NAMESPACE);
@@ -567,15 +559,7 @@ async fn leader_loss_during_a_failover_still_ends_routed(ctx: Ctx) -> Result<()>
         "the standby operator takes the lease",
         Duration::from_secs(45),
         || async {
-            let now = ctx.kubectl(&[
-                "get",
-                "lease",
-                RELEASE,
-                "-n",
-                OPERATOR_NAMESPACE,
-                "-o",
-                "jsonpath={.spec.holderIdentity}",
-            ])?;
+            let now = lease_holder(&ctx)?;
             Ok((!now.is_empty() && now != holder).then_some(now))
         },
     )
@@ -588,6 +572,19 @@ async fn leader_loss_during_a_failover_still_ends_routed(ctx: Ctx) -> Result<()>
     ensure!(routed != old, "the new leader routes the old primary {old}");
     wait_ready(&ctx, &ns.name, "db", Duration::from_secs(120)).await?;
     Ok(())
+}
+
+/// Which operator replica holds the leader lease (its pod name; empty when none does).
+fn lease_holder(ctx: &Ctx) -> Result<String> {
+    ctx.kubectl(&[
+        "get",
+        "lease",
+        RELEASE,
+        "-n",
+        OPERATOR_NAMESPACE,
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ])
 }
 
 /// Restart counts of the operator's pods, by pod name.

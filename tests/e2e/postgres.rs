@@ -9,14 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
-use kube::api::Api;
 use serde_json::{Value, json};
 use tokio_postgres::{Client, NoTls};
 
 use crate::operator::{ensure_operator, pod_ip, routed_primary, service_ip, wait_ready};
 use crate::support::{Ctx, wait_for};
-use crate::workloads::{Frozen, agent_pid};
+use crate::workloads::{Frozen, agent_pid, lose_claim};
 
 pub fn tests() -> Vec<crate::support::Test> {
     crate::tests![
@@ -543,32 +541,7 @@ async fn a_postgres_standby_whose_claim_is_deleted_is_copied_again(ctx: Ctx) -> 
         .into_iter()
         .find(|m| *m != primary)
         .context("a standby")?;
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns.name);
-    let claim = format!("data-{standby}");
-    let old_uid = claims.get(&claim).await?.metadata.uid;
-    ctx.kubectl(&["delete", "pvc", &claim, "-n", &ns.name, "--wait=false"])?;
-    ctx.kubectl(&[
-        "delete",
-        "pod",
-        &standby,
-        "-n",
-        &ns.name,
-        "--grace-period=0",
-        "--force",
-        "--wait=false",
-    ])?;
-    wait_for(
-        "a new claim for the standby",
-        Duration::from_secs(120),
-        || async {
-            Ok(claims
-                .get_opt(&claim)
-                .await?
-                .filter(|c| c.metadata.uid != old_uid)
-                .map(|_| ()))
-        },
-    )
-    .await?;
+    lose_claim(&ctx, &ns.name, &standby).await?;
     wait_ready(&ctx, &ns.name, GROUP, Duration::from_secs(240)).await?;
     let (primary, _) =
         wait_routed_primary(&ctx, &ns.name, &password, 0, Duration::from_secs(60)).await?;

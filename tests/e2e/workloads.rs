@@ -461,6 +461,37 @@ async fn redis_switchover_with_writes_running_loses_nothing(ctx: Ctx) -> Result<
     Ok(())
 }
 
+/// Deletes `member`'s data claim and its pod (grace 0), as a lost disk would, and waits until the
+/// StatefulSet has made a new, empty claim for it.
+pub async fn lose_claim(ctx: &Ctx, ns: &str, member: &str) -> Result<()> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let claim = format!("data-{member}");
+    let old_uid = claims.get(&claim).await?.metadata.uid;
+    ctx.kubectl(&["delete", "pvc", &claim, "-n", ns, "--wait=false"])?;
+    ctx.kubectl(&[
+        "delete",
+        "pod",
+        member,
+        "-n",
+        ns,
+        "--grace-period=0",
+        "--force",
+        "--wait=false",
+    ])?;
+    wait_for(
+        &format!("a new claim for {member}"),
+        Duration::from_secs(120),
+        || async {
+            Ok(claims
+                .get_opt(&claim)
+                .await?
+                .filter(|c| c.metadata.uid != old_uid)
+                .map(|_| ()))
+        },
+    )
+    .await
+}
+
 async fn a_backup_whose_claim_is_deleted_is_seeded_again(ctx: Ctx) -> Result<()> {
     ensure_operator(&ctx).await?;
     let ns = ctx.namespace("wl-reseed")?;
@@ -475,32 +506,7 @@ async fn a_backup_whose_claim_is_deleted_is_seeded_again(ctx: Ctx) -> Result<()>
         .map(|i| format!("{GROUP}-{i}"))
         .find(|m| *m != primary)
         .context("a backup")?;
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns.name);
-    let claim = format!("data-{backup}");
-    let old_uid = claims.get(&claim).await?.metadata.uid;
-    ctx.kubectl(&["delete", "pvc", &claim, "-n", &ns.name, "--wait=false"])?;
-    ctx.kubectl(&[
-        "delete",
-        "pod",
-        &backup,
-        "-n",
-        &ns.name,
-        "--grace-period=0",
-        "--force",
-        "--wait=false",
-    ])?;
-    wait_for(
-        "a new claim for the backup",
-        Duration::from_secs(120),
-        || async {
-            Ok(claims
-                .get_opt(&claim)
-                .await?
-                .filter(|c| c.metadata.uid != old_uid)
-                .map(|_| ()))
-        },
-    )
-    .await?;
+    lose_claim(&ctx, &ns.name, &backup).await?;
     wait_ready(&ctx, &ns.name, GROUP, Duration::from_secs(180)).await?;
     let b = backup.clone();
     wait_for(
