@@ -14,7 +14,7 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::operator::{ensure_operator, pod_ip, routed_primary, service_ip, wait_ready};
 use crate::support::{Ctx, wait_for};
-use crate::workloads::{Frozen, agent_pid, lose_claim};
+use crate::workloads::{Frozen, agent_pid, fault_on_primary, lose_claim};
 
 pub fn tests() -> Vec<crate::support::Test> {
     crate::tests![
@@ -95,6 +95,15 @@ async fn commit(c: &Client, n: i64, server: &str) -> bool {
         tokio::time::timeout(Duration::from_secs(2), insert).await,
         Ok(Ok(1))
     )
+}
+
+/// Tries a write on `c`: PostgreSQL's refusal as text, empty when the write went through.
+async fn write_refusal(c: &Client, server: &str) -> String {
+    c.execute("INSERT INTO acked (n, server) VALUES (0, $1)", &[&server])
+        .await
+        .err()
+        .map(|e| format!("{e:?}"))
+        .unwrap_or_default()
 }
 
 /// The group as written in `ns`, Ready, with a primary routed and writable through `db-rw`,
@@ -329,36 +338,7 @@ pub async fn failover_round(
     let writer = Writer::start(rw.clone(), password.to_owned(), Duration::from_secs(120));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let fault_at = Instant::now();
-    if switchover {
-        let target = members()
-            .into_iter()
-            .find(|m| *m != old)
-            .context("a target")?;
-        crate::operator::plugin(
-            ctx,
-            &[
-                "-n",
-                ns,
-                "switchover",
-                GROUP,
-                "--to",
-                &target,
-                "--timeout",
-                "60s",
-            ],
-        )?;
-    } else {
-        ctx.kubectl(&[
-            "delete",
-            "pod",
-            &old,
-            "-n",
-            ns,
-            "--grace-period=0",
-            "--force",
-            "--wait=false",
-        ])?;
-    }
+    fault_on_primary(ctx, ns, GROUP, &old, switchover)?;
     let (new, _) = wait_routed_primary(ctx, ns, password, epoch, Duration::from_secs(90)).await?;
     // Until a commit through db-rw is acknowledged again (bounded), then a little more.
     let acked_again = wait_for(
@@ -435,12 +415,7 @@ async fn postgres_group_streams_to_two_synchronous_standbys(ctx: Ctx) -> Result<
         "{} is not in recovery",
         standbys[0]
     );
-    let refused = c
-        .execute("INSERT INTO acked (n, server) VALUES (0, 'standby')", &[])
-        .await
-        .err()
-        .map(|e| format!("{e:?}"))
-        .unwrap_or_default();
+    let refused = write_refusal(&c, "standby").await;
     ensure!(
         refused.contains("read-only"),
         "a write on the standby {} was not refused as read-only: {refused}",
@@ -509,12 +484,7 @@ async fn postgres_switchover_with_commits_running_loses_nothing(ctx: Ctx) -> Res
     )
     .await?;
     let c = connect(&ip, &password).await?;
-    let refused = c
-        .execute("INSERT INTO acked (n, server) VALUES (0, 'old')", &[])
-        .await
-        .err()
-        .map(|e| format!("{e:?}"))
-        .unwrap_or_default();
+    let refused = write_refusal(&c, "old").await;
     ensure!(
         refused.contains("read-only"),
         "the old primary {} took a write after the switchover: {refused}",

@@ -322,6 +322,48 @@ pub struct Round {
     pub new: String,
 }
 
+/// The fault of a failover round on `group`'s primary `old`: its pod deleted with grace 0, or
+/// (`switchover`) `kubectl quorate switchover` to another of its three members.
+pub fn fault_on_primary(
+    ctx: &Ctx,
+    ns: &str,
+    group: &str,
+    old: &str,
+    switchover: bool,
+) -> Result<()> {
+    if switchover {
+        let target = (0..3)
+            .map(|i| format!("{group}-{i}"))
+            .find(|m| m != old)
+            .context("a target")?;
+        crate::operator::plugin(
+            ctx,
+            &[
+                "-n",
+                ns,
+                "switchover",
+                group,
+                "--to",
+                &target,
+                "--timeout",
+                "60s",
+            ],
+        )?;
+    } else {
+        ctx.kubectl(&[
+            "delete",
+            "pod",
+            old,
+            "-n",
+            ns,
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
+        ])?;
+    }
+    Ok(())
+}
+
 /// Kills the primary's pod with grace 0 while the writer runs; measures until the first write
 /// acknowledged after the kill, then checks every write acknowledged before it.
 pub async fn failover_round(
@@ -343,36 +385,7 @@ pub async fn failover_round(
     let writer = Writer::start(rw.clone(), Duration::from_secs(90));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let fault_at = Instant::now();
-    if switchover {
-        let target = (0..3)
-            .map(|i| format!("{GROUP}-{i}"))
-            .find(|m| *m != old)
-            .context("a target")?;
-        crate::operator::plugin(
-            ctx,
-            &[
-                "-n",
-                ns,
-                "switchover",
-                GROUP,
-                "--to",
-                &target,
-                "--timeout",
-                "60s",
-            ],
-        )?;
-    } else {
-        ctx.kubectl(&[
-            "delete",
-            "pod",
-            &old,
-            "-n",
-            ns,
-            "--grace-period=0",
-            "--force",
-            "--wait=false",
-        ])?;
-    }
+    fault_on_primary(ctx, ns, GROUP, &old, switchover)?;
     let (new, _) = wait_routed_primary(ctx, ns, GROUP, epoch, Duration::from_secs(60)).await?;
     // Until writes are acknowledged on the new primary (bounded), then a little more.
     wait_acked_write(ctx, ns, "after").await?;
