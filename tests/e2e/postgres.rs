@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tokio_postgres::{Client, NoTls};
 
 use crate::operator::{ensure_operator, pod_ip, routed_primary, service_ip, wait_ready};
-use crate::support::{Ctx, wait_for};
+use crate::support::{Acks, Ctx, wait_for};
 use crate::workloads::{Frozen, agent_pid, fault_on_primary, lose_claim};
 
 pub fn tests() -> Vec<crate::support::Test> {
@@ -237,16 +237,18 @@ pub struct Acked {
 /// client would. Bounded: stops after `limit` at the latest.
 pub struct Writer {
     stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<Vec<Acked>>,
+    pub acked: Acks<Acked>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Writer {
     pub fn start(addr: String, password: String, limit: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let acked = Acks::new();
+        let log = acked.clone();
         let task = tokio::spawn(async move {
             let deadline = Instant::now() + limit;
-            let mut acked = Vec::new();
             let mut session: Option<(Client, String)> = None;
             while !flag.load(Ordering::SeqCst) && Instant::now() < deadline {
                 if session.is_none() {
@@ -267,7 +269,7 @@ impl Writer {
                 };
                 let n = next_row();
                 if commit(c, n, server).await {
-                    acked.push(Acked {
+                    log.push(Acked {
                         n,
                         at: Instant::now(),
                         server: server.clone(),
@@ -277,14 +279,14 @@ impl Writer {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
-            acked
         });
-        Self { stop, task }
+        Self { stop, acked, task }
     }
 
     pub async fn stop(self) -> Result<Vec<Acked>> {
         self.stop.store(true, Ordering::SeqCst);
-        Ok(self.task.await?)
+        self.task.await?;
+        Ok(self.acked.snapshot())
     }
 }
 
@@ -340,18 +342,16 @@ pub async fn failover_round(
     let fault_at = Instant::now();
     fault_on_primary(ctx, ns, GROUP, &old, switchover)?;
     let (new, _) = wait_routed_primary(ctx, ns, password, epoch, Duration::from_secs(90)).await?;
-    // Until a commit through db-rw is acknowledged again (bounded), then a little more.
-    let acked_again = wait_for(
-        "a commit acknowledged after the fault",
-        Duration::from_secs(60),
-        || async {
-            let Ok(c) = connect(&rw, password).await else {
-                return Ok(None);
-            };
-            Ok(commit(&c, next_row(), "probe").await.then_some(()))
-        },
-    )
-    .await;
+    // Until the writer has a commit acknowledged by another server (bounded), then a little
+    // more: a late acknowledgement by the old primary would show.
+    let acked_again = writer
+        .acked
+        .wait_until(
+            &format!("a commit acknowledged by the new primary {new}"),
+            Duration::from_secs(60),
+            |a| a.at > fault_at && a.server != old_ip,
+        )
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let acked = writer.stop().await?;
     acked_again?;

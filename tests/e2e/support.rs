@@ -249,6 +249,51 @@ where
     }
 }
 
+/// What a background writer has had acknowledged so far, shared with the test that waits for
+/// it: a round ends once the writer itself saw its writes taken again, not a separate probe
+/// (the writer may still sit in a bounded retry when a probe already succeeded).
+pub struct Acks<A>(std::sync::Arc<std::sync::Mutex<Vec<A>>>);
+
+impl<A> Clone for Acks<A> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<A: Clone> Acks<A> {
+    pub fn new() -> Self {
+        Self(Default::default())
+    }
+
+    pub fn push(&self, a: A) {
+        self.lock().push(a);
+    }
+
+    pub fn snapshot(&self) -> Vec<A> {
+        self.lock().clone()
+    }
+
+    /// Waits (bounded) until an acknowledged write satisfies `done`.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&A) -> bool,
+    ) -> Result<()> {
+        wait_for(what, timeout, || async {
+            Ok(self.lock().iter().any(&done).then_some(()))
+        })
+        .await
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<A>> {
+        // A writer that panicked leaves what it had; the test still reads it.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// A pod spec fragment: the project's image running the test workload.
 pub fn testapp_container(image: &str) -> serde_json::Value {
     serde_json::json!({

@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use crate::operator::{ensure_operator, groups, pod_ip, routed_primary, service_ip, wait_ready};
-use crate::support::{Ctx, wait_for};
+use crate::support::{Acks, Ctx, wait_for};
 
 pub fn tests() -> Vec<crate::support::Test> {
     crate::tests![
@@ -232,16 +232,18 @@ pub async fn run_id(r: &mut Redis) -> Result<u64> {
 /// reconnects on every error, as a client would. Bounded: stops after `limit` at the latest.
 pub struct Writer {
     stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<Vec<Acked>>,
+    pub acked: Acks<Acked>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Writer {
     pub fn start(addr: String, limit: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let acked = Acks::new();
+        let log = acked.clone();
         let task = tokio::spawn(async move {
             let deadline = Instant::now() + limit;
-            let mut acked = Vec::new();
             let mut n = 0u64;
             let mut conn: Option<(Redis, u64)> = None;
             while !flag.load(Ordering::SeqCst) && Instant::now() < deadline {
@@ -269,7 +271,7 @@ impl Writer {
                     _ => false,
                 };
                 if ok {
-                    acked.push(Acked {
+                    log.push(Acked {
                         n,
                         at: Instant::now(),
                         server,
@@ -279,14 +281,14 @@ impl Writer {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
-            acked
         });
-        Self { stop, task }
+        Self { stop, acked, task }
     }
 
     pub async fn stop(self) -> Result<Vec<Acked>> {
         self.stop.store(true, Ordering::SeqCst);
-        Ok(self.task.await?)
+        self.task.await?;
+        Ok(self.acked.snapshot())
     }
 }
 
@@ -387,10 +389,18 @@ pub async fn failover_round(
     let fault_at = Instant::now();
     fault_on_primary(ctx, ns, GROUP, &old, switchover)?;
     let (new, _) = wait_routed_primary(ctx, ns, GROUP, epoch, Duration::from_secs(60)).await?;
-    // Until writes are acknowledged on the new primary (bounded), then a little more.
-    wait_acked_write(ctx, ns, "after").await?;
+    // Until the writer has a write acknowledged by another server (bounded), then a little more.
+    let acked_again = writer
+        .acked
+        .wait_until(
+            &format!("a write acknowledged by the new primary {new}"),
+            Duration::from_secs(60),
+            |a| a.at > fault_at && a.server != old_server,
+        )
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let acked = writer.stop().await?;
+    acked_again?;
     let first_after = acked
         .iter()
         .find(|a| a.at > fault_at && a.server != old_server)
