@@ -286,6 +286,13 @@ fn log_outcome(o: &HookOutcome) {
         if o.message.is_empty() { "" } else { ": " },
         o.message
     );
+    // What a failed hook printed (its `die` message, a tool's error) belongs in the container's
+    // log, where `kubectl logs` shows it next to the failure.
+    if !o.ok {
+        for line in o.output.lines().filter(|l| !l.trim().is_empty()) {
+            eprintln!("quorate-run:   {line}");
+        }
+    }
 }
 
 fn exit_code(status: i32) -> i32 {
