@@ -9,7 +9,7 @@ export CARGO_TARGET_DIR ?= $(QUORATE_CACHE)/target
 
 .DEFAULT_GOAL := help
 .PHONY: help demo test tools crds build images cluster-up cluster-down cluster-status \
-        bench-agent bench-failover bench-weights bench-scale bench-workloads lint kind-up kind-e2e check-cargo
+        bench-agent bench-failover bench-weights bench-scale bench-workloads bench-compare lint kind-up kind-e2e check-cargo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ bench-scale: check-cargo ## the operator with 100 running and 1000 pod-less grou
 
 bench-workloads: check-cargo ## Redis and PostgreSQL (examples/) failover, switchover, fencing and rejoin with a writer running, on the test bed
 	hack/bench.sh workloads
+
+bench-compare: check-cargo ## PostgreSQL failover under Quorate and under Patroni (tightest and default timeouts), same binaries, same fault, on loopback
+	hack/bench.sh compare
 
 lint: check-cargo ## rustfmt --check, clippy -D warnings (every target), shellcheck (hack/), helm lint --strict
 	hack/lint.sh
