@@ -252,6 +252,7 @@ where
 /// What a background writer has had acknowledged so far, shared with the test that waits for
 /// it: a round ends once the writer itself saw its writes taken again, not a separate probe
 /// (the writer may still sit in a bounded retry when a probe already succeeded).
+#[allow(dead_code)] // support.rs is also compiled into benches that run no writer
 pub struct Acks<A>(std::sync::Arc<std::sync::Mutex<Vec<A>>>);
 
 impl<A> Clone for Acks<A> {
@@ -260,6 +261,7 @@ impl<A> Clone for Acks<A> {
     }
 }
 
+#[allow(dead_code)]
 impl<A: Clone> Acks<A> {
     pub fn new() -> Self {
         Self(Default::default())
