@@ -240,12 +240,16 @@ struct PositionRound {
 /// Whether workload positions decide, and if so whether the choice may be made now: every
 /// healthy candidate has reported a position of the current round, or the round's wait is over
 /// (then only those that did remain candidates). Starts the round when none runs for `epoch`.
+/// The primary being `replaced` is not waited for: it is appointed again only when no other
+/// member can be, and the writes that matter are those it had acknowledged, which are on a
+/// standby (synchronous replication). In a switchover it is restarting as a standby just then.
 fn positions_ready(
     l: &mut Leadership,
     epoch: u64,
     wait: u64,
     now: u64,
     candidates: &mut [CandidateInfo],
+    replaced: Option<NodeId>,
 ) -> bool {
     if !candidates.iter().any(|c| c.workload_position.is_some()) {
         return true;
@@ -260,9 +264,14 @@ fn positions_ready(
         });
         return false;
     };
-    let waiting = candidates
-        .iter()
-        .any(|c| c.healthy && c.voter && !c.witness && !c.leaving && !c.position_fresh);
+    let waiting = candidates.iter().any(|c| {
+        c.healthy
+            && c.voter
+            && !c.witness
+            && !c.leaving
+            && !c.position_fresh
+            && Some(c.id) != replaced
+    });
     if waiting && now < round.started_at + wait {
         return false;
     }
@@ -568,7 +577,7 @@ impl Coordinator {
             if state.paused || !settled {
                 return Vec::new();
             }
-            if !positions_ready(l, state.epoch, position_wait, now, &mut candidates) {
+            if !positions_ready(l, state.epoch, position_wait, now, &mut candidates, None) {
                 return Vec::new();
             }
             let Some(member) = choose_candidate(&candidates, None) else {
@@ -643,7 +652,14 @@ impl Coordinator {
             l.proposal_since = Some(now);
             return vec![Action::Propose(GroupCommand::TripFlapGuard)];
         }
-        if !positions_ready(l, state.epoch, position_wait, now, &mut candidates) {
+        if !positions_ready(
+            l,
+            state.epoch,
+            position_wait,
+            now,
+            &mut candidates,
+            Some(primary.id),
+        ) {
             return Vec::new();
         }
         let requested = switchover
@@ -1089,6 +1105,63 @@ mod tests {
             }
             assert!(now < 10_000, "never replaced");
         }
+    }
+
+    #[test]
+    fn a_released_primary_is_not_waited_for_in_the_position_round() {
+        let (mut c, mut state, roster) = leading(0);
+        for id in [1, 2, 3] {
+            c.on_report(0, id, at_position(0, 0));
+        }
+        c.tick(1, 0);
+        let token = c.on_report(2, 2, at_position(0, 0)).position_wanted;
+        for id in [1, 2, 3] {
+            c.on_report(3, id, at_position(0, token));
+        }
+        let a = c.tick(4, 0);
+        assert_eq!(appointed(&a), Some((2, 1)));
+        apply(&mut c, &mut state, &roster, &a);
+        let mut now = 0;
+        while now < 3000 {
+            now += 100;
+            c.on_quorum_ack(1, now);
+            for id in [1, 2, 3] {
+                c.on_report(now, id, at_position(now, token));
+            }
+            assert_eq!(c.tick(now, 0), vec![]);
+        }
+        // Primary 2 gives its lease back (it is restarting as a standby) and reports no fresh
+        // position; the standbys answer the round at once.
+        let released = MemberReport {
+            released_epoch: 1,
+            release_reason: Some(ReleaseReason::Switchover),
+            ..at_position(3000, token)
+        };
+        c.on_report(now, 2, released.clone());
+        assert_eq!(c.tick(now, now as i64), vec![], "the round starts first");
+        let asked = c
+            .on_report(now, 3, at_position(3000, token))
+            .position_wanted;
+        assert!(asked > token);
+        let start = now;
+        loop {
+            now += 10;
+            c.on_quorum_ack(1, now);
+            c.on_report(now, 2, released.clone());
+            c.on_report(now, 1, at_position(3000, asked));
+            c.on_report(now, 3, at_position(3000, asked));
+            if let Some((member, epoch)) = appointed(&c.tick(now, now as i64)) {
+                assert_ne!(member, 2);
+                assert_eq!(epoch, 2);
+                break;
+            }
+            assert!(now < start + 5000, "never replaced");
+        }
+        assert!(
+            now - start < position_wait_millis(LEASE),
+            "waited {} ms for the released primary's position",
+            now - start
+        );
     }
 
     #[test]
