@@ -57,7 +57,14 @@ fn main() -> Result<()> {
         let mut failover_ms = Vec::new();
         let mut lost = Vec::new();
         for _ in 0..FAILOVERS {
-            let round = workloads::failover_round(&ctx, &ns.name, &primary, epoch, false).await?;
+            let round = workloads::failover_round(
+                &ctx,
+                &ns.name,
+                &primary,
+                epoch,
+                workloads::Fault::PodDeleted,
+            )
+            .await?;
             failover_ms.push(round.millis);
             lost.push(round.lost);
             let g =
@@ -76,7 +83,14 @@ fn main() -> Result<()> {
 
         let mut switchover_ms = Vec::new();
         for _ in 0..SWITCHOVERS {
-            let round = workloads::failover_round(&ctx, &ns.name, &primary, epoch, true).await?;
+            let round = workloads::failover_round(
+                &ctx,
+                &ns.name,
+                &primary,
+                epoch,
+                workloads::Fault::Switchover,
+            )
+            .await?;
             anyhow::ensure!(
                 round.lost == 0,
                 "{} acknowledged writes lost in a switchover",
@@ -121,8 +135,15 @@ async fn postgres_rounds(ctx: &Ctx) -> Result<()> {
     let mut rejoin_ms = Vec::new();
     let mut lost = Vec::new();
     for _ in 0..FAILOVERS {
-        let round =
-            postgres::failover_round(ctx, &ns.name, &password, &primary, epoch, false).await?;
+        let round = postgres::failover_round(
+            ctx,
+            &ns.name,
+            &password,
+            &primary,
+            epoch,
+            workloads::Fault::PodDeleted,
+        )
+        .await?;
         failover_ms.push(round.millis);
         lost.push(round.lost);
         postgres::wait_streaming(
@@ -149,8 +170,15 @@ async fn postgres_rounds(ctx: &Ctx) -> Result<()> {
     );
     let mut switchover_ms = Vec::new();
     for _ in 0..SWITCHOVERS {
-        let round =
-            postgres::failover_round(ctx, &ns.name, &password, &primary, epoch, true).await?;
+        let round = postgres::failover_round(
+            ctx,
+            &ns.name,
+            &password,
+            &primary,
+            epoch,
+            workloads::Fault::Switchover,
+        )
+        .await?;
         anyhow::ensure!(
             round.lost == 0,
             "{} acknowledged commits lost in a switchover",

@@ -14,12 +14,13 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::operator::{ensure_operator, pod_ip, routed_primary, service_ip, wait_ready};
 use crate::support::{Acks, Ctx, wait_for};
-use crate::workloads::{Frozen, agent_pid, fault_on_primary, lose_claim};
+use crate::workloads::{Fault, Frozen, agent_pid, fault_on_primary, lose_claim};
 
 pub fn tests() -> Vec<crate::support::Test> {
     crate::tests![
         postgres_group_streams_to_two_synchronous_standbys,
         postgres_fails_over_without_losing_an_acknowledged_commit,
+        a_crashed_postgres_primary_is_rewound_and_streams_again,
         postgres_switchover_with_commits_running_loses_nothing,
         a_postgres_standby_whose_claim_is_deleted_is_copied_again,
         a_frozen_agent_leaves_no_postgres_primary_taking_commits_past_its_lease,
@@ -321,7 +322,7 @@ pub struct Round {
     pub fault_at: Instant,
 }
 
-/// Kills the primary's pod with grace 0 (or asks for a switchover) while the writer runs;
+/// Makes `fault` on the primary while the writer runs;
 /// measures until the first commit acknowledged by another server, then checks every
 /// acknowledged commit, and that the old primary acknowledged none after the new one began.
 pub async fn failover_round(
@@ -330,7 +331,7 @@ pub async fn failover_round(
     password: &str,
     old: &str,
     epoch: u64,
-    switchover: bool,
+    fault: Fault,
 ) -> Result<Round> {
     let rw = service_ip(ctx, ns, &format!("{GROUP}-rw")).await?;
     let old = old.to_owned();
@@ -340,7 +341,7 @@ pub async fn failover_round(
     let writer = Writer::start(rw.clone(), password.to_owned(), Duration::from_secs(120));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let fault_at = Instant::now();
-    fault_on_primary(ctx, ns, GROUP, &old, switchover)?;
+    fault_on_primary(ctx, ns, GROUP, &old, fault)?;
     let (new, _) = wait_routed_primary(ctx, ns, password, epoch, Duration::from_secs(90)).await?;
     // Until the writer has a commit acknowledged by another server (bounded), then a little
     // more: a late acknowledgement by the old primary would show.
@@ -429,7 +430,15 @@ async fn postgres_fails_over_without_losing_an_acknowledged_commit(ctx: Ctx) -> 
     ensure_operator(&ctx).await?;
     let ns = ctx.namespace("pg-failover")?;
     let (primary, epoch, password) = create_example(&ctx, &ns.name).await?;
-    let round = failover_round(&ctx, &ns.name, &password, &primary, epoch, false).await?;
+    let round = failover_round(
+        &ctx,
+        &ns.name,
+        &password,
+        &primary,
+        epoch,
+        Fault::PodDeleted,
+    )
+    .await?;
     ensure!(
         round.lost == 0,
         "{} of {} acknowledged commits lost in the failover {} -> {}",
@@ -460,11 +469,74 @@ async fn postgres_fails_over_without_losing_an_acknowledged_commit(ctx: Ctx) -> 
     Ok(())
 }
 
+/// kill -9 of the primary's postmaster: no clean shutdown, so the data needs crash recovery
+/// (pg_rewind runs it in single-user mode) before it can be rewound onto the new timeline.
+const CRASH: Fault = Fault::Crash {
+    container: "postgres",
+    command: r#"kill -9 "$(head -n 1 /var/lib/postgresql/data/pgdata/postmaster.pid)""#,
+};
+
+async fn a_crashed_postgres_primary_is_rewound_and_streams_again(ctx: Ctx) -> Result<()> {
+    ensure_operator(&ctx).await?;
+    let ns = ctx.namespace("pg-crash")?;
+    let (primary, epoch, password) = create_example(&ctx, &ns.name).await?;
+    let round = failover_round(&ctx, &ns.name, &password, &primary, epoch, CRASH).await?;
+    ensure!(
+        round.lost == 0,
+        "{} of {} acknowledged commits lost when the primary {} crashed",
+        round.lost,
+        round.acked,
+        round.old
+    );
+    wait_streaming(
+        &ctx,
+        &ns.name,
+        &password,
+        &round.new,
+        std::slice::from_ref(&round.old),
+        Duration::from_secs(120),
+    )
+    .await?;
+    // The same pod, its PostgreSQL restarted in place (not a new pod with a clean shutdown).
+    let restarts = ctx.kubectl(&[
+        "get",
+        "pod",
+        &round.old,
+        "-n",
+        &ns.name,
+        "-o",
+        r#"jsonpath={.status.containerStatuses[?(@.name=="postgres")].restartCount}"#,
+    ])?;
+    ensure!(
+        restarts.trim().parse::<u32>().is_ok_and(|n| n >= 1),
+        "the postgres container of {} shows {restarts:?} restarts after the crash",
+        round.old
+    );
+    println!(
+        "    postgres crash {} -> {}: {} ms to the first acknowledged commit, {} acknowledged, 0 lost; {} rewound and streams again after {} ms",
+        round.old,
+        round.new,
+        round.millis,
+        round.acked,
+        round.old,
+        round.fault_at.elapsed().as_millis()
+    );
+    Ok(())
+}
+
 async fn postgres_switchover_with_commits_running_loses_nothing(ctx: Ctx) -> Result<()> {
     ensure_operator(&ctx).await?;
     let ns = ctx.namespace("pg-switch")?;
     let (primary, epoch, password) = create_example(&ctx, &ns.name).await?;
-    let round = failover_round(&ctx, &ns.name, &password, &primary, epoch, true).await?;
+    let round = failover_round(
+        &ctx,
+        &ns.name,
+        &password,
+        &primary,
+        epoch,
+        Fault::Switchover,
+    )
+    .await?;
     ensure!(
         round.lost == 0,
         "{} acknowledged commits lost in the switchover",

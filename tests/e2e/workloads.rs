@@ -324,56 +324,72 @@ pub struct Round {
     pub new: String,
 }
 
-/// The fault of a failover round on `group`'s primary `old`: its pod deleted with grace 0, or
-/// (`switchover`) `kubectl quorate switchover` to another of its three members.
-pub fn fault_on_primary(
-    ctx: &Ctx,
-    ns: &str,
-    group: &str,
-    old: &str,
-    switchover: bool,
-) -> Result<()> {
-    if switchover {
-        let target = (0..3)
-            .map(|i| format!("{group}-{i}"))
-            .find(|m| m != old)
-            .context("a target")?;
-        crate::operator::plugin(
-            ctx,
-            &[
+/// The fault of a failover round on a group's primary.
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// The pod deleted with grace 0 (the kubelet still signals the containers first).
+    PodDeleted,
+    /// `kubectl quorate switchover` to another of the three members.
+    Switchover,
+    /// `command` run by `sh -c` in `container` of the primary's pod: a crash of the server
+    /// (kill -9), with the pod and its agent left running.
+    Crash {
+        container: &'static str,
+        command: &'static str,
+    },
+}
+
+/// Makes `fault` on `group`'s primary `old`.
+pub fn fault_on_primary(ctx: &Ctx, ns: &str, group: &str, old: &str, fault: Fault) -> Result<()> {
+    match fault {
+        Fault::Switchover => {
+            let target = (0..3)
+                .map(|i| format!("{group}-{i}"))
+                .find(|m| m != old)
+                .context("a target")?;
+            crate::operator::plugin(
+                ctx,
+                &[
+                    "-n",
+                    ns,
+                    "switchover",
+                    group,
+                    "--to",
+                    &target,
+                    "--timeout",
+                    "60s",
+                ],
+            )?;
+        }
+        Fault::PodDeleted => {
+            ctx.kubectl(&[
+                "delete",
+                "pod",
+                old,
                 "-n",
                 ns,
-                "switchover",
-                group,
-                "--to",
-                &target,
-                "--timeout",
-                "60s",
-            ],
-        )?;
-    } else {
-        ctx.kubectl(&[
-            "delete",
-            "pod",
-            old,
-            "-n",
-            ns,
-            "--grace-period=0",
-            "--force",
-            "--wait=false",
-        ])?;
+                "--grace-period=0",
+                "--force",
+                "--wait=false",
+            ])?;
+        }
+        Fault::Crash { container, command } => {
+            ctx.kubectl(&[
+                "exec", "-n", ns, old, "-c", container, "--", "sh", "-c", command,
+            ])?;
+        }
     }
     Ok(())
 }
 
-/// Kills the primary's pod with grace 0 while the writer runs; measures until the first write
+/// Makes `fault` on the primary while the writer runs; measures until the first write
 /// acknowledged after the kill, then checks every write acknowledged before it.
 pub async fn failover_round(
     ctx: &Ctx,
     ns: &str,
     old: &str,
     epoch: u64,
-    switchover: bool,
+    fault: Fault,
 ) -> Result<Round> {
     let rw = format!(
         "{}:{REDIS_PORT}",
@@ -387,7 +403,7 @@ pub async fn failover_round(
     let writer = Writer::start(rw.clone(), Duration::from_secs(90));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let fault_at = Instant::now();
-    fault_on_primary(ctx, ns, GROUP, &old, switchover)?;
+    fault_on_primary(ctx, ns, GROUP, &old, fault)?;
     let (new, _) = wait_routed_primary(ctx, ns, GROUP, epoch, Duration::from_secs(60)).await?;
     // Until the writer has a write acknowledged by another server (bounded), then a little more.
     let acked_again = writer
@@ -432,7 +448,7 @@ async fn redis_fails_over_without_losing_an_acknowledged_write(ctx: Ctx) -> Resu
         let phase = c.status.and_then(|s| s.phase).unwrap_or_default();
         ensure!(phase == "Bound", "data-{GROUP}-{i} is {phase}");
     }
-    let round = failover_round(&ctx, &ns.name, &primary, epoch, false).await?;
+    let round = failover_round(&ctx, &ns.name, &primary, epoch, Fault::PodDeleted).await?;
     ensure!(
         round.lost == 0,
         "{} of {} acknowledged writes lost in the failover {} -> {}",
@@ -471,7 +487,7 @@ async fn redis_switchover_with_writes_running_loses_nothing(ctx: Ctx) -> Result<
     ensure_operator(&ctx).await?;
     let ns = ctx.namespace("wl-switch")?;
     let (primary, epoch) = create_redis(&ctx, &ns.name, &redis_example(&ctx)?).await?;
-    let round = failover_round(&ctx, &ns.name, &primary, epoch, true).await?;
+    let round = failover_round(&ctx, &ns.name, &primary, epoch, Fault::Switchover).await?;
     ensure!(
         round.lost == 0,
         "{} acknowledged writes lost in the switchover",
