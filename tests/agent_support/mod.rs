@@ -82,17 +82,7 @@ impl Proc {
 
     /// Waits for the process to exit by itself.
     pub fn wait_exit(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            match self.child.as_mut().map(|c| c.try_wait()) {
-                Some(Ok(Some(_))) | None => {
-                    self.child = None;
-                    return true;
-                }
-                _ => std::thread::sleep(Duration::from_millis(10)),
-            }
-        }
-        false
+        wait_reaped(&mut self.child, timeout)
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
@@ -609,4 +599,20 @@ pub async fn http_request(
 
 pub fn read_role(path: &Path) -> Option<quorate::agent::role::RoleRecord> {
     quorate::agent::role::parse_role_record(&fs::read(path).ok()?).ok()
+}
+
+/// Waits for `child` to exit by itself and reaps it (then `None`); false if it still runs
+/// after `timeout`.
+pub fn wait_reaped(child: &mut Option<Child>, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(_))) | None => {
+                *child = None;
+                return true;
+            }
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    false
 }

@@ -531,7 +531,7 @@ async fn quorate_measure(bed: &mut QuorateBed) -> Result<Summary> {
         ms.push(took);
         // As the kubelet would: the agent and the container start again.
         if let Some(mut s) = bed.supervisors[old].take() {
-            let gone = wait_gone(&mut s, Duration::from_secs(10));
+            let gone = agent_support::wait_reaped(&mut s.child, Duration::from_secs(10));
             ensure!(
                 gone,
                 "quorate-run did not exit after its postmaster was killed"
@@ -543,21 +543,6 @@ async fn quorate_measure(bed: &mut QuorateBed) -> Result<Summary> {
         bed.start_supervisor(old)?;
     }
     Ok(Summary::of(ms))
-}
-
-/// Waits for an owned process to exit by itself (reaped).
-fn wait_gone(p: &mut Owned, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        match p.child.as_mut().map(|c| c.try_wait()) {
-            Some(Ok(Some(_))) | None => {
-                p.child = None;
-                return true;
-            }
-            _ => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-    false
 }
 
 // --- Patroni ------------------------------------------------------------------------------
