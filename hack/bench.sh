@@ -52,7 +52,7 @@ print(m["layers"][0]["digest"].split(":")[1])' "$archive")"
   release_cargo bench --no-run --bench compare
   # World-readable (Patroni runs as nobody); removed afterwards.
   work="$(mktemp -d /tmp/quorate-compare.XXXXXX)"
-  trap 'rm -rf "$work"' EXIT
+  trap 'rm -rf --one-file-system "$work"' EXIT
   chmod 0755 "$work"
   /usr/bin/python3 -m venv "$work/venv"
   "$work/venv/bin/pip" install -q --no-index --no-deps --find-links "$wheels" -r "$requirements"
