@@ -187,9 +187,13 @@ impl SupervisorCore {
             self.role_changed = true;
         }
         self.role_seen = (role.incarnation, role.revision);
+        let in_group = role.role != MemberRole::Unknown;
         self.agent = Some(role);
         self.agent_seen_at = Some(now);
-        if self.phase == Phase::WaitingForAgent {
+        // Not before the agent holds the group's state with this member in it: until then it
+        // knows no epoch and no primary, and a join hook would take this member for the first
+        // of a new group (PostgreSQL's would run initdb instead of copying the primary).
+        if self.phase == Phase::WaitingForAgent && in_group {
             self.phase = Phase::Joining {
                 retry_at: None,
                 attempt: 0,
@@ -341,6 +345,9 @@ impl SupervisorCore {
                 && self.health_failures < self.declared.health_failure_threshold);
         let healthy = running && health_ok && !matches!(self.applied, Applied::Fenced { .. });
         let health_message = match &self.phase {
+            Phase::WaitingForAgent if self.agent.is_some() => {
+                "waiting for the agent to be added to the group".to_owned()
+            }
             Phase::WaitingForAgent => "waiting for the agent".to_owned(),
             Phase::Joining { .. } => "the join hook has not succeeded yet".to_owned(),
             Phase::Stopping => "the workload process is stopping".to_owned(),
@@ -743,6 +750,29 @@ mod tests {
         let position = run_of(&a, HookKind::Position);
         s.on_hook_done(position, outcome(HookKind::Position, 1, true), b"41\n", 12);
         s
+    }
+
+    #[test]
+    fn no_join_before_the_agent_is_in_the_group() {
+        let mut s = SupervisorCore::new(declared(FenceMode::Demote));
+        // A new member's agent answers before the group added it: no epoch, no primary yet.
+        let a = s.on_agent(agent(MemberRole::Unknown, 0, None, None), 0);
+        assert!(runs(&a).is_empty(), "{a:?}");
+        assert!(!s.report().healthy);
+        assert_eq!(
+            s.report().health_message,
+            "waiting for the agent to be added to the group"
+        );
+        let a = s.on_agent(agent(MemberRole::Backup, 4, None, Some("cache-1")), 500);
+        assert_eq!(
+            runs(&a),
+            vec![(run_of(&a, HookKind::Join), HookKind::Join, "joining")]
+        );
+        let Some(Action::Run { env, .. }) = a.iter().find(|a| matches!(a, Action::Run { .. }))
+        else {
+            unreachable!()
+        };
+        assert_eq!(env.epoch, 4);
     }
 
     #[test]

@@ -9,10 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use k8s_openapi::api::core::v1::{Event, Node};
+use kube::api::{Api, ListParams};
+use quorate::api::HookKind;
 use serde_json::{Value, json};
 use tokio_postgres::{Client, NoTls};
 
-use crate::operator::{ensure_operator, pod_ip, routed_primary, service_ip, wait_ready};
+use crate::operator::{ensure_operator, groups, pod_ip, routed_primary, service_ip, wait_ready};
 use crate::support::{Acks, Ctx, wait_for};
 use crate::workloads::{Fault, Frozen, agent_pid, fault_on_primary, lose_claim};
 
@@ -23,6 +26,7 @@ pub fn tests() -> Vec<crate::support::Test> {
         a_crashed_postgres_primary_is_rewound_and_streams_again,
         postgres_switchover_with_commits_running_loses_nothing,
         a_postgres_standby_whose_claim_is_deleted_is_copied_again,
+        a_postgres_standby_that_cannot_reach_the_primary_retries_its_copy_and_reports_it,
         a_frozen_agent_leaves_no_postgres_primary_taking_commits_past_its_lease,
     ]
 }
@@ -617,6 +621,158 @@ async fn a_postgres_standby_whose_claim_is_deleted_is_copied_again(ctx: Ctx) -> 
         },
     )
     .await?;
+    Ok(())
+}
+
+/// New connections to PostgreSQL on one pod dropped unless they come from `allowed` (in that
+/// pod's own network namespace, entered through one of its processes); lifted when dropped.
+struct CopyBlocked(i32);
+
+const BLOCK_CHAIN: &str = "QUORATE-E2E-BLOCK";
+
+impl CopyBlocked {
+    fn new(pid: i32, allowed: &[String]) -> Result<Self> {
+        let block = Self(pid);
+        block.iptables(&["-N", BLOCK_CHAIN])?;
+        for source in allowed {
+            block.iptables(&["-A", BLOCK_CHAIN, "-s", source, "-j", "RETURN"])?;
+        }
+        block.iptables(&["-A", BLOCK_CHAIN, "-j", "DROP"])?;
+        block.iptables(&[
+            "-I",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            "5432",
+            "-j",
+            BLOCK_CHAIN,
+        ])?;
+        Ok(block)
+    }
+
+    fn iptables(&self, args: &[&str]) -> Result<()> {
+        let out = std::process::Command::new("nsenter")
+            .args(["-t", &self.0.to_string(), "-n", "iptables", "-w"])
+            .args(args)
+            .output()
+            .context("nsenter iptables")?;
+        ensure!(
+            out.status.success(),
+            "iptables {} in the network namespace of process {}: {}",
+            args.join(" "),
+            self.0,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    }
+}
+
+impl Drop for CopyBlocked {
+    fn drop(&mut self) {
+        // The namespace may be gone with its pod: nothing left to lift then.
+        let _ = self.iptables(&[
+            "-D",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            "5432",
+            "-j",
+            BLOCK_CHAIN,
+        ]);
+        let _ = self.iptables(&["-F", BLOCK_CHAIN]);
+        let _ = self.iptables(&["-X", BLOCK_CHAIN]);
+    }
+}
+
+/// A standby copied again (its claim lost) while the primary drops its connections: the join
+/// hook fails, the member's status and an Event say why, and the copy is retried until it works.
+async fn a_postgres_standby_that_cannot_reach_the_primary_retries_its_copy_and_reports_it(
+    ctx: Ctx,
+) -> Result<()> {
+    ensure_operator(&ctx).await?;
+    let ns = ctx.namespace("pg-join")?;
+    let (primary, _, password) = create_example(&ctx, &ns.name).await?;
+    let standbys: Vec<String> = members().into_iter().filter(|m| *m != primary).collect();
+    let (joining, streaming) = (&standbys[0], &standbys[1]);
+    // The other standby keeps streaming (synchronous commit needs one); the host (this test,
+    // kubelet) and the pod itself keep reaching it.
+    let mut allowed = vec!["127.0.0.0/8".to_owned()];
+    for member in [&primary, streaming] {
+        allowed.push(
+            pod_ip(&ctx, &ns.name, member)
+                .await?
+                .with_context(|| format!("{member} has no IP"))?,
+        );
+    }
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    for node in nodes.list(&ListParams::default()).await?.items {
+        let addresses = node.status.and_then(|s| s.addresses).unwrap_or_default();
+        allowed.extend(
+            addresses
+                .into_iter()
+                .filter(|a| a.type_ == "InternalIP")
+                .map(|a| a.address),
+        );
+    }
+    let block = CopyBlocked::new(agent_pid(GROUP, &primary, &ns.name)?, &allowed)?;
+    lose_claim(&ctx, &ns.name, joining).await?;
+    let g = groups(&ctx, &ns.name);
+    let failed = wait_for(
+        &format!("{joining}'s status to report its failed join"),
+        Duration::from_secs(120),
+        || async {
+            let group = g.get(GROUP).await?;
+            Ok(group
+                .status
+                .into_iter()
+                .flat_map(|s| s.members)
+                .filter(|m| m.name == *joining)
+                .flat_map(|m| m.hooks)
+                .find(|h| h.hook == HookKind::Join && !h.ok))
+        },
+    )
+    .await?;
+    let output = failed.output.unwrap_or_default();
+    ensure!(
+        output.contains("no primary answers at"),
+        "the failed join's output: {output:?}"
+    );
+    let events: Api<Event> = Api::namespaced(ctx.client.clone(), &ns.name);
+    let event = wait_for(
+        "a HookFailed event for the join",
+        Duration::from_secs(60),
+        || async {
+            Ok(events
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("HookFailed")
+                        && e.message
+                            .as_deref()
+                            .is_some_and(|m| m.contains("join") && m.contains(joining.as_str()))
+                }))
+        },
+    )
+    .await?;
+    println!(
+        "    {joining} could not copy from {primary}: {}",
+        event.message.unwrap_or_default()
+    );
+    drop(block);
+    wait_streaming(
+        &ctx,
+        &ns.name,
+        &password,
+        &primary,
+        std::slice::from_ref(joining),
+        Duration::from_secs(120),
+    )
+    .await?;
+    wait_ready(&ctx, &ns.name, GROUP, Duration::from_secs(120)).await?;
     Ok(())
 }
 
