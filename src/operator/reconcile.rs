@@ -75,16 +75,14 @@ pub async fn reconcile(
                 uid: invalid.metadata.uid.clone(),
                 ..Default::default()
             };
-            let event = Event {
-                type_: EventType::Warning,
-                reason: "InvalidObject".into(),
-                note: Some(format!(
+            let event = event(
+                EventType::Warning,
+                "InvalidObject",
+                &format!(
                     "the operator cannot read this ReplicaGroup: {}",
                     invalid.error
-                )),
-                action: "Reconcile".into(),
-                secondary: None,
-            };
+                ),
+            );
             let _ = ctx.recorder.publish(&event, &reference).await;
             return Ok(Action::await_change());
         }
@@ -286,20 +284,33 @@ fn record_failover_metrics(
     }
 }
 
+/// An Event whose `action` names its reason and note: kube's recorder turns an Event with the
+/// same type, reason and action into a repeat (a series count on the first Event, whose note
+/// stays), so without the note in it a second, different hook failure of a group within the
+/// recorder's cache time would show only as a count on the first one.
+fn event(type_: EventType, reason: &str, note: &str) -> Event {
+    use std::hash::{Hash, Hasher};
+    let note: String = note.chars().take(1000).collect();
+    let mut digest = std::collections::hash_map::DefaultHasher::new();
+    note.hash(&mut digest);
+    Event {
+        type_,
+        reason: reason.to_owned(),
+        action: format!("{reason}-{:016x}", digest.finish()),
+        note: Some(note),
+        secondary: None,
+    }
+}
+
 async fn publish(ctx: &Context, group: &ReplicaGroup, events: &[plan::PlannedEvent]) {
     let reference = group.object_ref(&());
     for e in events {
-        let event = Event {
-            type_: if e.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: e.reason.clone(),
-            note: Some(e.note.chars().take(1000).collect()),
-            action: e.reason.clone(),
-            secondary: None,
+        let type_ = if e.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
         };
+        let event = event(type_, &e.reason, &e.note);
         if let Err(err) = ctx.recorder.publish(&event, &reference).await {
             warn!(error = %err, reason = %e.reason, "publishing an event");
         }
@@ -323,4 +334,29 @@ pub fn error_policy(
     let delay = ctx.backoff.next(&key);
     warn!(group = %key, error = %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_repeat_only_with_the_same_note() {
+        let a = event(
+            EventType::Warning,
+            "HookFailed",
+            "db-1: join hook failed: no primary",
+        );
+        let again = event(
+            EventType::Warning,
+            "HookFailed",
+            "db-1: join hook failed: no primary",
+        );
+        let other = event(EventType::Warning, "HookFailed", "db-2: health hook failed");
+        assert_eq!(a.action, again.action);
+        assert_ne!(a.action, other.action);
+        assert!(a.action.starts_with("HookFailed-") && a.action.len() <= 128);
+        let long = event(EventType::Normal, "MemberAdded", &"x".repeat(5000));
+        assert_eq!(long.note.map(|n| n.chars().count()), Some(1000));
+    }
 }
