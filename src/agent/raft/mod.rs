@@ -224,7 +224,7 @@ impl RaftNode {
         .map_err(|e| RaftNodeError::Config(e.to_string()))?;
         let network = NetworkFactory {
             peers: peers.clone(),
-            unreachable_retry_millis: timers.unreachable_retry_millis,
+            heartbeat_millis: timers.heartbeat_millis,
         };
         let log_reader = log.clone();
         let raft = Raft::new(id, Arc::new(config), network, log, sm)

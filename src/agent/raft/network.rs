@@ -121,8 +121,8 @@ impl Peers {
 
 pub struct NetworkFactory {
     pub peers: Arc<Peers>,
-    /// The first retry after an unreachable peer.
-    pub unreachable_retry_millis: u64,
+    /// openraft's heartbeat interval: the first retry after an unreachable peer.
+    pub heartbeat_millis: u64,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -133,7 +133,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             address: node.address.clone(),
             peers: self.peers.clone(),
-            unreachable_retry_millis: self.unreachable_retry_millis,
+            heartbeat_millis: self.heartbeat_millis,
         }
     }
 }
@@ -142,7 +142,7 @@ pub struct PeerConnection {
     target: NodeId,
     address: String,
     peers: Arc<Peers>,
-    unreachable_retry_millis: u64,
+    heartbeat_millis: u64,
 }
 
 /// One pre-vote request (see `agent::election`) to `target`; the reply's JSON payload.
@@ -249,10 +249,10 @@ impl PeerConnection {
 
 impl RaftNetwork<TypeConfig> for PeerConnection {
     /// After an unreachable error (connection refused, a name that does not resolve): retry
-    /// after a tenth of the lease, doubling up to four times that. openraft's default (a constant 500 ms)
+    /// after one heartbeat interval, doubling up to four. openraft's default (a constant 500 ms)
     /// would keep a peer that just came back without heartbeats for half a lease.
     fn backoff(&self) -> Backoff {
-        let first = self.unreachable_retry_millis.max(1);
+        let first = self.heartbeat_millis.max(1);
         Backoff::new(
             std::iter::successors(Some(first), move |d| Some((d * 2).min(first * 4)))
                 .map(Duration::from_millis),
