@@ -521,7 +521,10 @@ async fn report_to(
         .max_decoding_message_size(super::MAX_MESSAGE_BYTES);
     let reply = tokio::time::timeout(timeout, client.report(wire::member_report(from, report)))
         .await
-        .map_err(|_| format!("no answer within {timeout:?}"))?
+        .map_err(|_| {
+            peers.forget(address);
+            format!("no answer within {timeout:?}")
+        })?
         .map_err(|s| s.to_string())?
         .into_inner();
     Ok(ReportAnswer {
@@ -554,6 +557,7 @@ async fn request_demotion(
             false
         }
         Err(_) => {
+            peers.forget(address);
             tracing::debug!(member, "demotion request timed out");
             false
         }

@@ -107,6 +107,17 @@ impl Peers {
         self.channel_to_address(address)
     }
 
+    /// Drops the connection to `address` after a call on it timed out: the next call dials
+    /// again and resolves the name again. A pod deleted without a goodbye leaves its peers an
+    /// HTTP/2 connection to an address that no longer exists; every call on it would hang until
+    /// the keep-alive gave up (5–10 s), while the pod came back at a new address within a second
+    /// or two (`make bench-workloads` saw a leader's replication to a restarted follower, and so
+    /// its quorum, stall that long).
+    pub fn forget(&self, address: &str) {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        channels.remove(address);
+    }
+
     /// A channel by address only (bootstrap checks of members that have no id yet).
     pub fn channel_to_address(&self, address: &str) -> Result<Channel, PeerError> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
@@ -161,7 +172,10 @@ pub async fn pre_vote(
         to_id: target,
     };
     match tokio::time::timeout(timeout, client.pre_vote(message)).await {
-        Err(_) => Err(format!("{address}: no answer within {timeout:?}")),
+        Err(_) => {
+            peers.forget(address);
+            Err(format!("{address}: no answer within {timeout:?}"))
+        }
         Ok(Err(status)) => Err(format!("{address}: {status}")),
         Ok(Ok(reply)) => Ok(reply.into_inner().payload),
     }
@@ -216,6 +230,7 @@ impl PeerConnection {
             // peers (no heartbeats for a while, so the follower would soon campaign), but simply
             // retries after a timeout.
             Err(_) => {
+                self.peers.forget(&self.address);
                 return Err(RPCError::Timeout(Timeout {
                     action: match method {
                         Method::Append => RPCTypes::AppendEntries,
@@ -285,5 +300,24 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>> {
         self.call(Method::Vote, &rpc, option.hard_ttl()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_forgotten_connection_is_dialled_again() {
+        let peers = Peers::new(1, None, Arc::new(Faults::default()));
+        let cached = |p: &Peers| p.channels.lock().unwrap().len();
+        peers.channel(2, "db-1.db-peers.ns.svc:7470").unwrap();
+        peers.channel(2, "db-1.db-peers.ns.svc:7470").unwrap();
+        peers.channel(3, "db-2.db-peers.ns.svc:7470").unwrap();
+        assert_eq!(cached(&peers), 2);
+        peers.forget("db-1.db-peers.ns.svc:7470");
+        assert_eq!(cached(&peers), 1);
+        peers.channel(2, "db-1.db-peers.ns.svc:7470").unwrap();
+        assert_eq!(cached(&peers), 2);
     }
 }
