@@ -48,6 +48,10 @@ fn main() -> Result<()> {
     runtime.block_on(async {
         let ctx = Ctx::from_env().await?;
         operator::ensure_operator(&ctx).await?;
+        // `make bench-workloads WORKLOADS=postgres` measures only PostgreSQL.
+        if std::env::var("WORKLOADS").is_ok_and(|w| w == "postgres") {
+            return postgres_rounds(&ctx).await;
+        }
         let ns = ctx.namespace("bench-redis")?;
         let mut group = workloads::redis_example(&ctx)?;
         // The bench trips the flap guard otherwise (that is what it is for).
@@ -144,6 +148,10 @@ async fn postgres_rounds(ctx: &Ctx) -> Result<()> {
             workloads::Fault::PodDeleted,
         )
         .await?;
+        eprintln!(
+            "postgres failover {} -> {}: {} ms, {} lost",
+            round.old, round.new, round.millis, round.lost
+        );
         failover_ms.push(round.millis);
         lost.push(round.lost);
         postgres::wait_streaming(
