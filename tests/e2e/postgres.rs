@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use k8s_openapi::api::core::v1::{Event, Node};
 use kube::api::{Api, ListParams};
-use quorate::api::HookKind;
+use quorate::api::{HookKind, HookStatus};
 use serde_json::{Value, json};
 use tokio_postgres::{Client, NoTls};
 
@@ -27,6 +27,7 @@ pub fn tests() -> Vec<crate::support::Test> {
         postgres_switchover_with_commits_running_loses_nothing,
         a_postgres_standby_whose_claim_is_deleted_is_copied_again,
         a_postgres_standby_that_cannot_reach_the_primary_retries_its_copy_and_reports_it,
+        a_postgres_member_whose_rewind_fails_stays_out_and_reports_it,
         a_frozen_agent_leaves_no_postgres_primary_taking_commits_past_its_lease,
     ]
 }
@@ -624,14 +625,15 @@ async fn a_postgres_standby_whose_claim_is_deleted_is_copied_again(ctx: Ctx) -> 
     Ok(())
 }
 
-/// New connections to PostgreSQL on one pod dropped unless they come from `allowed` (in that
-/// pod's own network namespace, entered through one of its processes); lifted when dropped.
-struct CopyBlocked(i32);
+/// PostgreSQL traffic of one pod dropped (in that pod's own network namespace, entered through
+/// one of its processes); lifted when dropped.
+struct Blocked(i32);
 
 const BLOCK_CHAIN: &str = "QUORATE-E2E-BLOCK";
 
-impl CopyBlocked {
-    fn new(pid: i32, allowed: &[String]) -> Result<Self> {
+impl Blocked {
+    /// New connections to the pod's PostgreSQL, unless they come from `allowed`.
+    fn inbound(pid: i32, allowed: &[String]) -> Result<Self> {
         let block = Self(pid);
         block.iptables(&["-N", BLOCK_CHAIN])?;
         for source in allowed {
@@ -641,6 +643,25 @@ impl CopyBlocked {
         block.iptables(&[
             "-I",
             "INPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            "5432",
+            "-j",
+            BLOCK_CHAIN,
+        ])?;
+        Ok(block)
+    }
+
+    /// Every connection from the pod to another PostgreSQL.
+    fn outbound(pid: i32) -> Result<Self> {
+        let block = Self(pid);
+        block.iptables(&["-N", BLOCK_CHAIN])?;
+        block.iptables(&["-A", BLOCK_CHAIN, "-o", "lo", "-j", "RETURN"])?;
+        block.iptables(&["-A", BLOCK_CHAIN, "-j", "DROP"])?;
+        block.iptables(&[
+            "-I",
+            "OUTPUT",
             "-p",
             "tcp",
             "--dport",
@@ -668,22 +689,64 @@ impl CopyBlocked {
     }
 }
 
-impl Drop for CopyBlocked {
+impl Drop for Blocked {
     fn drop(&mut self) {
         // The namespace may be gone with its pod: nothing left to lift then.
-        let _ = self.iptables(&[
-            "-D",
-            "INPUT",
-            "-p",
-            "tcp",
-            "--dport",
-            "5432",
-            "-j",
-            BLOCK_CHAIN,
-        ]);
+        for chain in ["INPUT", "OUTPUT"] {
+            let _ = self.iptables(&[
+                "-D",
+                chain,
+                "-p",
+                "tcp",
+                "--dport",
+                "5432",
+                "-j",
+                BLOCK_CHAIN,
+            ]);
+        }
         let _ = self.iptables(&["-F", BLOCK_CHAIN]);
         let _ = self.iptables(&["-X", BLOCK_CHAIN]);
     }
+}
+
+/// The latest failed hook of `member` whose output contains `text`, from the group's status.
+async fn wait_hook_failure(ctx: &Ctx, ns: &str, member: &str, text: &str) -> Result<HookStatus> {
+    let g = groups(ctx, ns);
+    wait_for(
+        &format!("{member}'s status to report a failed hook printing {text:?}"),
+        Duration::from_secs(120),
+        || async {
+            let group = g.get(GROUP).await?;
+            Ok(group
+                .status
+                .into_iter()
+                .flat_map(|s| s.members)
+                .filter(|m| m.name == member)
+                .flat_map(|m| m.hooks)
+                .find(|h| !h.ok && h.output.as_deref().is_some_and(|o| o.contains(text))))
+        },
+    )
+    .await
+}
+
+/// A HookFailed Event about `member` whose message contains `text`.
+async fn wait_hook_failed_event(ctx: &Ctx, ns: &str, member: &str, text: &str) -> Result<String> {
+    let events: Api<Event> = Api::namespaced(ctx.client.clone(), ns);
+    wait_for(
+        &format!("a HookFailed event about {member} saying {text:?}"),
+        Duration::from_secs(60),
+        || async {
+            Ok(events
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some("HookFailed"))
+                .filter_map(|e| e.message)
+                .find(|m| m.starts_with(&format!("{member}:")) && m.contains(text)))
+        },
+    )
+    .await
 }
 
 /// A standby copied again (its claim lost) while the primary drops its connections: the join
@@ -716,52 +779,12 @@ async fn a_postgres_standby_that_cannot_reach_the_primary_retries_its_copy_and_r
                 .map(|a| a.address),
         );
     }
-    let block = CopyBlocked::new(agent_pid(GROUP, &primary, &ns.name)?, &allowed)?;
+    let block = Blocked::inbound(agent_pid(GROUP, &primary, &ns.name)?, &allowed)?;
     lose_claim(&ctx, &ns.name, joining).await?;
-    let g = groups(&ctx, &ns.name);
-    let failed = wait_for(
-        &format!("{joining}'s status to report its failed join"),
-        Duration::from_secs(120),
-        || async {
-            let group = g.get(GROUP).await?;
-            Ok(group
-                .status
-                .into_iter()
-                .flat_map(|s| s.members)
-                .filter(|m| m.name == *joining)
-                .flat_map(|m| m.hooks)
-                .find(|h| h.hook == HookKind::Join && !h.ok))
-        },
-    )
-    .await?;
-    let output = failed.output.unwrap_or_default();
-    ensure!(
-        output.contains("no primary answers at"),
-        "the failed join's output: {output:?}"
-    );
-    let events: Api<Event> = Api::namespaced(ctx.client.clone(), &ns.name);
-    let event = wait_for(
-        "a HookFailed event for the join",
-        Duration::from_secs(60),
-        || async {
-            Ok(events
-                .list(&ListParams::default())
-                .await?
-                .items
-                .into_iter()
-                .find(|e| {
-                    e.reason.as_deref() == Some("HookFailed")
-                        && e.message
-                            .as_deref()
-                            .is_some_and(|m| m.contains("join") && m.contains(joining.as_str()))
-                }))
-        },
-    )
-    .await?;
-    println!(
-        "    {joining} could not copy from {primary}: {}",
-        event.message.unwrap_or_default()
-    );
+    let failed = wait_hook_failure(&ctx, &ns.name, joining, "no primary answers at").await?;
+    ensure!(failed.hook == HookKind::Join, "{failed:?}");
+    let event = wait_hook_failed_event(&ctx, &ns.name, joining, "join hook failed").await?;
+    println!("    {joining} could not copy from {primary}: {event}");
     drop(block);
     wait_streaming(
         &ctx,
@@ -773,6 +796,53 @@ async fn a_postgres_standby_that_cannot_reach_the_primary_retries_its_copy_and_r
     )
     .await?;
     wait_ready(&ctx, &ns.name, GROUP, Duration::from_secs(120)).await?;
+    Ok(())
+}
+
+/// A primary crashes while it cannot reach any other PostgreSQL: its rewind onto the new
+/// primary's timeline fails. It must stay out of the candidates and say why (status, Event), the
+/// new primary stays the only one, and once it can reach the new primary it is rewound and
+/// streams.
+async fn a_postgres_member_whose_rewind_fails_stays_out_and_reports_it(ctx: Ctx) -> Result<()> {
+    ensure_operator(&ctx).await?;
+    let ns = ctx.namespace("pg-rewind")?;
+    let (old, epoch, password) = create_example(&ctx, &ns.name).await?;
+    let block = Blocked::outbound(agent_pid(GROUP, &old, &ns.name)?)?;
+    fault_on_primary(&ctx, &ns.name, GROUP, &old, CRASH)?;
+    let (new, new_epoch) =
+        wait_routed_primary(&ctx, &ns.name, &password, epoch, Duration::from_secs(60)).await?;
+    ensure!(new != old, "{old} is still the routed primary");
+    let failed = wait_hook_failure(&ctx, &ns.name, &old, "cannot rewind").await?;
+    let event = wait_hook_failed_event(&ctx, &ns.name, &old, "cannot rewind").await?;
+    println!("    {old} could not be rewound onto {new}: {event}");
+    let g = groups(&ctx, &ns.name).get(GROUP).await?;
+    let s = g.status.context("status")?;
+    ensure!(
+        s.primary.as_deref() == Some(new.as_str()) && s.epoch == Some(new_epoch as i64),
+        "the primary moved while {old} could not be rewound: {:?} at {:?} ({failed:?})",
+        s.primary,
+        s.epoch
+    );
+    let member = s
+        .members
+        .iter()
+        .find(|m| m.name == old)
+        .context("the old member's status")?;
+    ensure!(
+        !member.healthy,
+        "{old} counts as healthy although its {:?} hook failed",
+        failed.hook
+    );
+    drop(block);
+    wait_streaming(
+        &ctx,
+        &ns.name,
+        &password,
+        &new,
+        std::slice::from_ref(&old),
+        Duration::from_secs(120),
+    )
+    .await?;
     Ok(())
 }
 
