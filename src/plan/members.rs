@@ -8,10 +8,11 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
+    PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -355,6 +356,46 @@ fn data_claim(group: &ReplicaGroup) -> PersistentVolumeClaim {
     }
 }
 
+/// The node label the scheduler spreads members over.
+const NODE_TOPOLOGY_KEY: &str = "kubernetes.io/hostname";
+
+/// Members and witnesses of a group prefer different nodes, so that a lost node takes one vote
+/// and not a majority (nor the primary and the member that would replace it). Preferred, not
+/// required: a one-node cluster still runs the group. A template that declares its own pod
+/// anti-affinity or topology spread constraints gets none of this (docs/operations.md).
+fn spread_over_nodes(pod: &mut PodSpec, names: &GroupNames) {
+    let declared = pod
+        .topology_spread_constraints
+        .as_ref()
+        .is_some_and(|c| !c.is_empty())
+        || pod
+            .affinity
+            .as_ref()
+            .is_some_and(|a| a.pod_anti_affinity.is_some());
+    if declared {
+        return;
+    }
+    pod.affinity
+        .get_or_insert_with(Affinity::default)
+        .pod_anti_affinity = Some(PodAntiAffinity {
+        preferred_during_scheduling_ignored_during_execution: Some(vec![WeightedPodAffinityTerm {
+            weight: 100,
+            pod_affinity_term: PodAffinityTerm {
+                topology_key: NODE_TOPOLOGY_KEY.into(),
+                label_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([(
+                        GROUP_LABEL.to_owned(),
+                        names.name.clone(),
+                    )])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        }]),
+        ..Default::default()
+    });
+}
+
 fn stateful_set(
     group: &ReplicaGroup,
     names: &GroupNames,
@@ -455,6 +496,7 @@ fn member_set(
     let pod = template.spec.get_or_insert_with(PodSpec::default);
     // Member pods talk only to each other and to the operator.
     pod.automount_service_account_token = Some(false);
+    spread_over_nodes(pod, names);
     let security = pod
         .security_context
         .get_or_insert_with(PodSecurityContext::default);
@@ -518,7 +560,7 @@ fn witness_set(
     let mut agent = agent_container(group, names, settings, true, AGENT_UID);
     // A witness is only the agent: a regular container (nothing to run beside).
     agent.restart_policy = None;
-    let template = PodTemplateSpec {
+    let mut template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels(names, COMPONENT_WITNESS)),
             annotations: Some(BTreeMap::from([(
@@ -545,6 +587,9 @@ fn witness_set(
             ..Default::default()
         }),
     };
+    if let Some(pod) = template.spec.as_mut() {
+        spread_over_nodes(pod, names);
+    }
     stateful_set(
         group,
         names,

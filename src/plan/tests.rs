@@ -751,6 +751,68 @@ fn an_invalid_template_is_reported_not_applied() {
 }
 
 #[test]
+fn members_and_witnesses_prefer_different_nodes_unless_the_template_says_otherwise() {
+    use k8s_openapi::api::core::v1::{Affinity, NodeAffinity, PodAntiAffinity};
+    let anti = |p: &Plan, name: &str| {
+        statefulset(p, name)
+            .and_then(|s| s.spec.as_ref()?.template.spec.as_ref()?.affinity.clone())
+            .unwrap_or_default()
+    };
+    let mut g = bootstrapped(group(GroupMode::PrimaryBackup, 2));
+    g.spec.witnesses = Some(1);
+    // A node affinity of the user's stays, next to the spread.
+    if let Some(pod) = g.spec.template.spec.as_mut() {
+        pod.affinity = Some(Affinity {
+            node_affinity: Some(NodeAffinity::default()),
+            ..Default::default()
+        });
+    }
+    let o = observed(pods(2), connected(view(2, 0, 1)));
+    let p = plan(&g, &o, &settings());
+    for set in ["cache", "cache-witness"] {
+        let a = anti(&p, set);
+        let terms = a
+            .pod_anti_affinity
+            .and_then(|p| p.preferred_during_scheduling_ignored_during_execution)
+            .unwrap_or_default();
+        assert_eq!(terms.len(), 1, "{set}");
+        let term = &terms[0].pod_affinity_term;
+        assert_eq!(term.topology_key, "kubernetes.io/hostname");
+        // One selector for members and witnesses alike: no member shares a node with a witness.
+        assert_eq!(
+            term.label_selector
+                .as_ref()
+                .and_then(|l| l.match_labels.clone()),
+            Some(std::collections::BTreeMap::from([(
+                crate::api::names::GROUP_LABEL.to_owned(),
+                "cache".to_owned()
+            )])),
+            "{set}"
+        );
+    }
+    assert!(anti(&p, "cache").node_affinity.is_some());
+
+    // The user's own anti-affinity (say, required, across zones) replaces the default.
+    let mut g = g.clone();
+    let theirs = PodAntiAffinity::default();
+    if let Some(pod) = g.spec.template.spec.as_mut() {
+        pod.affinity = Some(Affinity {
+            pod_anti_affinity: Some(theirs.clone()),
+            ..Default::default()
+        });
+    }
+    let p = plan(&g, &o, &settings());
+    assert_eq!(anti(&p, "cache").pod_anti_affinity, Some(theirs));
+    // So do topology spread constraints.
+    if let Some(pod) = g.spec.template.spec.as_mut() {
+        pod.affinity = None;
+        pod.topology_spread_constraints = Some(vec![Default::default()]);
+    }
+    let p = plan(&g, &o, &settings());
+    assert_eq!(anti(&p, "cache").pod_anti_affinity, None);
+}
+
+#[test]
 fn the_disruption_budget_keeps_a_majority() {
     for (replicas, witnesses, min) in [(3, None, 2), (2, None, 2), (5, None, 3), (4, Some(1), 3)] {
         let mut g = group(GroupMode::PrimaryBackup, replicas);
