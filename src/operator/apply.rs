@@ -128,6 +128,9 @@ pub async fn delete_objects(
     for o in obsolete {
         let resource = match o.kind {
             StatefulSet::KIND => ApiResource::erase::<StatefulSet>(&()),
+            k8s_openapi::api::policy::v1::PodDisruptionBudget::KIND => {
+                ApiResource::erase::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(&())
+            }
             HTTPROUTE_KIND => http_route_resource(),
             other => {
                 return Err(Error::InvalidObject {

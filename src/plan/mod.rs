@@ -244,11 +244,17 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
     }
     apply.extend(routing::services(group, &names, &traffic));
     apply.extend(routing::endpoint_slices(group, &names, &traffic));
-    apply.push(routing::disruption_budget(group, &names));
+    let mut delete = Vec::new();
+    match routing::disruption_budget(group, &names) {
+        Some(budget) => apply.push(budget),
+        None => delete.push(Obsolete {
+            kind: <PodDisruptionBudget as k8s_openapi::Resource>::KIND,
+            name: names.members(),
+        }),
+    }
     if let Some(route) = routing::http_route(group, &names, observed, &traffic) {
         apply.push(route);
     }
-    let mut delete = Vec::new();
     if group.spec.effective_witnesses() == 0 && lifecycle.witness_replicas == 0 {
         delete.push(Obsolete {
             kind: <StatefulSet as k8s_openapi::Resource>::KIND,

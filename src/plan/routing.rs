@@ -482,24 +482,31 @@ pub(super) fn endpoint_slices(
     out
 }
 
-/// Voluntary disruptions (drains, evictions) never take the group below a Raft majority.
-pub(super) fn disruption_budget(group: &ReplicaGroup, names: &GroupNames) -> Desired {
+/// Voluntary disruptions (drains, evictions) never take the group below a Raft majority. None
+/// for a single voter: its majority is itself, and a budget would block every node drain
+/// forever (the group accepts that downtime by having one voter).
+pub(super) fn disruption_budget(group: &ReplicaGroup, names: &GroupNames) -> Option<Desired> {
     let voters = group.spec.replicas.max(1) + group.spec.effective_witnesses();
-    Desired::PodDisruptionBudget(Box::new(PodDisruptionBudget {
-        metadata: meta(names, names.members(), COMPONENT_MEMBER),
-        spec: Some(PodDisruptionBudgetSpec {
-            min_available: Some(IntOrString::Int(voters / 2 + 1)),
-            selector: Some(LabelSelector {
-                match_labels: Some(BTreeMap::from([(
-                    GROUP_LABEL.to_owned(),
-                    names.name.clone(),
-                )])),
+    if voters < 2 {
+        return None;
+    }
+    Some(Desired::PodDisruptionBudget(Box::new(
+        PodDisruptionBudget {
+            metadata: meta(names, names.members(), COMPONENT_MEMBER),
+            spec: Some(PodDisruptionBudgetSpec {
+                min_available: Some(IntOrString::Int(voters / 2 + 1)),
+                selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([(
+                        GROUP_LABEL.to_owned(),
+                        names.name.clone(),
+                    )])),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
-        }),
-        ..Default::default()
-    }))
+        },
+    )))
 }
 
 /// The group's HTTPRoute: one rule of ours (named `quorate`) with a backendRef per member Service.

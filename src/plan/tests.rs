@@ -814,7 +814,29 @@ fn members_and_witnesses_prefer_different_nodes_unless_the_template_says_otherwi
 
 #[test]
 fn the_disruption_budget_keeps_a_majority() {
-    for (replicas, witnesses, min) in [(3, None, 2), (2, None, 2), (5, None, 3), (4, Some(1), 3)] {
+    // One voter: no budget (it would block every drain), and an earlier one is deleted.
+    let p = plan(
+        &group(GroupMode::PrimaryBackup, 1),
+        &observed(vec![], AgentsObserved::Connecting),
+        &settings(),
+    );
+    assert!(
+        !p.apply
+            .iter()
+            .any(|d| matches!(d, Desired::PodDisruptionBudget(_)))
+    );
+    assert!(
+        p.delete
+            .iter()
+            .any(|o| o.kind == "PodDisruptionBudget" && o.name == "cache")
+    );
+    for (replicas, witnesses, min) in [
+        (3, None, 2),
+        (2, None, 2),
+        (5, None, 3),
+        (4, Some(1), 3),
+        (1, Some(1), 2),
+    ] {
         let mut g = group(GroupMode::PrimaryBackup, replicas);
         g.spec.witnesses = witnesses;
         let p = plan(
