@@ -522,11 +522,12 @@ async fn report_to(
     let reply = tokio::time::timeout(timeout, client.report(wire::member_report(from, report)))
         .await
         .map_err(|_| {
-            peers.forget(address);
+            peers.timed_out(address);
             format!("no answer within {timeout:?}")
         })?
         .map_err(|s| s.to_string())?
         .into_inner();
+    peers.answered(address);
     Ok(ReportAnswer {
         decision: (&reply).into(),
         view: reply.view,
@@ -551,13 +552,16 @@ async fn request_demotion(
         epoch,
     };
     match tokio::time::timeout(timeout, client.demote(request)).await {
-        Ok(Ok(reply)) => reply.get_ref().released,
+        Ok(Ok(reply)) => {
+            peers.answered(address);
+            reply.get_ref().released
+        }
         Ok(Err(e)) => {
             tracing::debug!(member, error = %e, "demotion request failed");
             false
         }
         Err(_) => {
-            peers.forget(address);
+            peers.timed_out(address);
             tracing::debug!(member, "demotion request timed out");
             false
         }

@@ -51,7 +51,8 @@ impl Redis {
     pub async fn connect(addr: &str) -> Result<Self> {
         let stream = tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr))
             .await
-            .map_err(|_| anyhow!("connecting to {addr}: timed out"))??;
+            .map_err(|_| anyhow!("connecting to {addr}: timed out"))?
+            .with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
         Ok(Self {
             stream: BufReader::new(stream),

@@ -64,8 +64,13 @@ pub struct Peers {
     self_id: NodeId,
     tls: Option<TlsClientConfig>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Calls timed out in a row, by address.
+    timeouts: Mutex<HashMap<String, u32>>,
     faults: Arc<Faults>,
 }
+
+/// Timeouts in a row after which a peer's connection is dropped and dialled again.
+const TIMEOUTS_BEFORE_REDIAL: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -83,6 +88,7 @@ impl Peers {
             self_id,
             tls,
             channels: Mutex::new(HashMap::new()),
+            timeouts: Mutex::new(HashMap::new()),
             faults,
         }
     }
@@ -107,15 +113,30 @@ impl Peers {
         self.channel_to_address(address)
     }
 
-    /// Drops the connection to `address` after a call on it timed out: the next call dials
-    /// again and resolves the name again. A pod deleted without a goodbye leaves its peers an
-    /// HTTP/2 connection to an address that no longer exists; every call on it would hang until
-    /// the keep-alive gave up (5–10 s), while the pod came back at a new address within a second
-    /// or two (`make bench-workloads` saw a leader's replication to a restarted follower, and so
-    /// its quorum, stall that long).
-    pub fn forget(&self, address: &str) {
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        channels.remove(address);
+    /// A call to `address` timed out. The second in a row (no answer between) drops the
+    /// connection: the next call dials again and resolves the name again. A pod deleted without
+    /// a goodbye leaves its peers an HTTP/2 connection to an address that no longer exists; every
+    /// call on it hung until the keep-alive gave up (5–10 s), while the pod was back at a new
+    /// address within a second or two (`make bench-workloads` saw a leader's replication to a
+    /// restarted follower, and so its quorum, stall that long). One slow answer under load is not
+    /// worth a new connection (and its TLS handshake).
+    pub fn timed_out(&self, address: &str) {
+        let mut timeouts = self.timeouts.lock().unwrap_or_else(|p| p.into_inner());
+        let count = timeouts.entry(address.to_owned()).or_insert(0);
+        *count += 1;
+        if *count >= TIMEOUTS_BEFORE_REDIAL {
+            timeouts.remove(address);
+            let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+            channels.remove(address);
+        }
+    }
+
+    /// A call to `address` was answered (see [`Peers::timed_out`]).
+    pub fn answered(&self, address: &str) {
+        let mut timeouts = self.timeouts.lock().unwrap_or_else(|p| p.into_inner());
+        if !timeouts.is_empty() {
+            timeouts.remove(address);
+        }
     }
 
     /// A channel by address only (bootstrap checks of members that have no id yet).
@@ -173,11 +194,14 @@ pub async fn pre_vote(
     };
     match tokio::time::timeout(timeout, client.pre_vote(message)).await {
         Err(_) => {
-            peers.forget(address);
+            peers.timed_out(address);
             Err(format!("{address}: no answer within {timeout:?}"))
         }
         Ok(Err(status)) => Err(format!("{address}: {status}")),
-        Ok(Ok(reply)) => Ok(reply.into_inner().payload),
+        Ok(Ok(reply)) => {
+            peers.answered(address);
+            Ok(reply.into_inner().payload)
+        }
     }
 }
 
@@ -230,7 +254,7 @@ impl PeerConnection {
             // peers (no heartbeats for a while, so the follower would soon campaign), but simply
             // retries after a timeout.
             Err(_) => {
-                self.peers.forget(&self.address);
+                self.peers.timed_out(&self.address);
                 return Err(RPCError::Timeout(Timeout {
                     action: match method {
                         Method::Append => RPCTypes::AppendEntries,
@@ -251,7 +275,10 @@ impl PeerConnection {
                     _ => RPCError::Network(NetworkError::new(&e)),
                 });
             }
-            Ok(Ok(r)) => r.into_inner(),
+            Ok(Ok(r)) => {
+                self.peers.answered(&self.address);
+                r.into_inner()
+            }
         };
         let result: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&reply.payload)
             .map_err(|e| {
@@ -308,16 +335,29 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_forgotten_connection_is_dialled_again() {
+    async fn a_connection_is_dialled_again_after_two_timeouts_in_a_row() {
         let peers = Peers::new(1, None, Arc::new(Faults::default()));
         let cached = |p: &Peers| p.channels.lock().unwrap().len();
-        peers.channel(2, "db-1.db-peers.ns.svc:7470").unwrap();
-        peers.channel(2, "db-1.db-peers.ns.svc:7470").unwrap();
+        let a = "db-1.db-peers.ns.svc:7470";
+        peers.channel(2, a).unwrap();
+        peers.channel(2, a).unwrap();
         peers.channel(3, "db-2.db-peers.ns.svc:7470").unwrap();
         assert_eq!(cached(&peers), 2);
-        peers.forget("db-1.db-peers.ns.svc:7470");
-        assert_eq!(cached(&peers), 1);
-        peers.channel(2, "db-1.db-peers.ns.svc:7470").unwrap();
+        // One slow answer, then an answer: the connection stays.
+        peers.timed_out(a);
+        peers.answered(a);
+        peers.timed_out(a);
         assert_eq!(cached(&peers), 2);
+        // Two in a row: dropped, and the next call dials again.
+        peers.timed_out(a);
+        assert_eq!(cached(&peers), 1);
+        peers.channel(2, a).unwrap();
+        assert_eq!(cached(&peers), 2);
+        peers.timed_out(a);
+        assert_eq!(
+            cached(&peers),
+            2,
+            "the count starts again with the new connection"
+        );
     }
 }
