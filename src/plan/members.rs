@@ -74,6 +74,17 @@ pub(super) fn labels(names: &GroupNames, component: &str) -> BTreeMap<String, St
     ])
 }
 
+/// Every pod of the group, members and witnesses.
+pub(super) fn group_selector(names: &GroupNames) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(BTreeMap::from([(
+            GROUP_LABEL.to_owned(),
+            names.name.clone(),
+        )])),
+        ..Default::default()
+    }
+}
+
 pub(super) fn object_labels(names: &GroupNames, component: &str) -> BTreeMap<String, String> {
     let mut l = labels(names, component);
     l.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned());
@@ -382,13 +393,7 @@ fn spread_over_nodes(pod: &mut PodSpec, names: &GroupNames) {
             weight: 100,
             pod_affinity_term: PodAffinityTerm {
                 topology_key: NODE_TOPOLOGY_KEY.into(),
-                label_selector: Some(LabelSelector {
-                    match_labels: Some(BTreeMap::from([(
-                        GROUP_LABEL.to_owned(),
-                        names.name.clone(),
-                    )])),
-                    ..Default::default()
-                }),
+                label_selector: Some(group_selector(names)),
                 ..Default::default()
             },
         }]),

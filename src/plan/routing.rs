@@ -7,12 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::{ObjectReference, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 use serde_json::json;
 
-use super::members::{meta, object_labels};
+use super::members::{group_selector, meta, object_labels};
 use super::{AgentsObserved, Desired, GroupView, LeaseView, Observed};
 use crate::api::names::*;
 use crate::api::{GroupMode, MemberRole, PortProtocol, ReplicaGroup, ReplicaGroupStatus};
@@ -495,13 +494,7 @@ pub(super) fn disruption_budget(group: &ReplicaGroup, names: &GroupNames) -> Opt
             metadata: meta(names, names.members(), COMPONENT_MEMBER),
             spec: Some(PodDisruptionBudgetSpec {
                 min_available: Some(IntOrString::Int(voters / 2 + 1)),
-                selector: Some(LabelSelector {
-                    match_labels: Some(BTreeMap::from([(
-                        GROUP_LABEL.to_owned(),
-                        names.name.clone(),
-                    )])),
-                    ..Default::default()
-                }),
+                selector: Some(group_selector(names)),
                 ..Default::default()
             }),
             ..Default::default()
