@@ -274,7 +274,21 @@ async fn restarting_every_member_preserves_the_committed_state() -> TestResult {
     };
     assert_eq!(ids(&after), ids(&before));
     // Paused: nobody is appointed automatically, but the committed primary may renew.
-    c.client(1).await?.resume().await?;
+    // Member 1 forwards to the coordinator only once it has heard from it: a coordinator just
+    // elected may not have reached it yet.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match c.client(1).await?.resume().await {
+            Ok(_) => break,
+            Err(e)
+                if e.code() == Some(tonic::Code::Unavailable)
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     let s = c
         .wait_state(Duration::from_secs(15), "a primary after resume", live)
         .await?;
