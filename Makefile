@@ -9,7 +9,7 @@ export CARGO_TARGET_DIR ?= $(QUORATE_CACHE)/target
 
 .DEFAULT_GOAL := help
 .PHONY: help demo test tools crds build images cluster-up cluster-down cluster-status \
-        bench-agent bench-failover bench-weights bench-scale bench-workloads bench-compare lint kind-up kind-e2e check-cargo
+        bench-agent bench-failover bench-weights bench-scale bench-workloads bench-compare bench-node-loss lint kind-up kind-e2e check-cargo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -37,7 +37,7 @@ build: check-cargo ## release binaries (static; the build make test, the images 
 images: check-cargo ## static binaries packed as an OCI image, imported into the test bed
 	hack/images.sh
 
-cluster-up: tools ## start the local single-node cluster
+cluster-up: tools ## start the local cluster: a control plane and NODES worker nodes (default 3)
 	hack/cluster.sh up
 
 cluster-down: ## stop it and remove everything it created
@@ -63,6 +63,9 @@ bench-workloads: check-cargo ## Redis and PostgreSQL (examples/) failover, switc
 
 bench-compare: check-cargo ## PostgreSQL failover under Quorate and under Patroni (tightest and default timeouts), same binaries, same fault, on loopback
 	hack/bench.sh compare
+
+bench-node-loss: check-cargo ## the primary's whole node partitioned or frozen (and with the operator leader on it): failover, fencing and overlap, on the 3-node test bed
+	hack/bench.sh nodes
 
 lint: check-cargo ## rustfmt --check, clippy -D warnings (every target), shellcheck (hack/), helm lint --strict
 	hack/lint.sh

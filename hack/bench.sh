@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# `make bench-agent|bench-failover|bench-weights|bench-scale|bench-workloads|bench-compare`: a
+# `make bench-agent|bench-failover|bench-weights|bench-scale|bench-workloads|bench-compare|
+# bench-node-loss`: a
 # benchmark (agent and compare on loopback, the others on the test bed).
-#   hack/bench.sh agent|failover|weights|scale|workloads|compare
+#   hack/bench.sh agent|failover|weights|scale|workloads|compare|nodes
 # For the test-bed ones: brings the test bed up when it is not running (and down again afterwards unless
 # KEEP_CLUSTER=1), builds and imports the images, then runs `cargo bench --bench <name>`, which
 # prints its figures.
@@ -11,7 +12,7 @@ HACK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HACK/lib.sh"
 cd "$ROOT"
 name="${1:-}"
-[[ "$name" =~ ^(agent|failover|weights|scale|workloads|compare)$ ]] || die "usage: hack/bench.sh agent|failover|weights|scale|workloads|compare"
+[[ "$name" =~ ^(agent|failover|weights|scale|workloads|compare|nodes)$ ]] || die "usage: hack/bench.sh agent|failover|weights|scale|workloads|compare|nodes"
 if [[ "$name" == agent ]]; then
   # Agent processes on loopback: no cluster.
   release_cargo bench --bench agent

@@ -2,7 +2,8 @@
 # Builds the project's binaries as static executables, packs them into one OCI image archive
 # (no Docker: hack/mkoci.py), builds the workload images of hack/debian-images.txt from pinned
 # Debian packages (hack/debian-image.sh, cached) and imports them all into the test bed's
-# containerd when it runs (an image containerd already has at the same digest is skipped).
+# containerd of every node when it runs (an image a node already has at the same digest is
+# skipped).
 #   hack/images.sh            build, pack, import if the cluster runs
 # The image is $QUORATE_IMAGE (default ghcr.io/quorate-dev/quorate:<crate version>); the workload
 # images are `workload_image NAME` (hack/lib.sh; QUORATE_WORKLOAD_IMAGES="redis ..." picks them,
@@ -34,21 +35,30 @@ log "packed $image into $archive ($(du -h "$archive" | cut -f1))"
 workloads="${QUORATE_WORKLOAD_IMAGES:-$(debian_images | xargs)}"
 for name in $workloads; do "$HACK/debian-image.sh" "$name"; done
 
-sock="${QUORATE_CLUSTER_DIR:-/var/tmp/quorate-cluster}/containerd/containerd.sock"
-# import_archive ARCHIVE REF: into the test bed's containerd, unless it has REF at the archive's digest.
+# import_archive SOCKET ARCHIVE REF: into one node's containerd, unless it has REF at the archive's digest.
 import_archive() {
-  local ctr=("$(bin_dir containerd)/ctr" --address "$sock" -n k8s.io) digest
-  digest="$(tar -xOf "$1" index.json | jq -r '.manifests[0].digest')"
-  if "${ctr[@]}" images ls 2>/dev/null | awk -v r="$2" '$1 == r { print $3 }' | grep -qx "$digest"; then
-    log "$2: already in the test bed"
+  local ctr=("$(bin_dir containerd)/ctr" --address "$1" -n k8s.io) digest node
+  node="$(basename "$(dirname "$(dirname "$1")")")"
+  digest="$(tar -xOf "$2" index.json | jq -r '.manifests[0].digest')"
+  if "${ctr[@]}" images ls 2>/dev/null | awk -v r="$3" '$1 == r { print $3 }' | grep -qx "$digest"; then
+    log "$3: already on $node"
     return 0
   fi
-  "${ctr[@]}" images import "$1" >/dev/null 2>&1 || die "importing $1 into the test bed's containerd failed"
-  log "imported $2 into the test bed"
+  "${ctr[@]}" images import "$2" >/dev/null 2>&1 || die "importing $2 into the containerd of $node failed"
+  log "imported $3 into $node"
 }
-if [[ -S "$sock" ]]; then
-  import_archive "$archive" "$image"
-  for name in $workloads; do import_archive "$(workload_archive "$name")" "$(workload_image "$name")"; done
+# import_node SOCKET: every image into one node.
+import_node() {
+  import_archive "$1" "$archive" "$image"
+  for name in $workloads; do import_archive "$1" "$(workload_archive "$name")" "$(workload_image "$name")"; done
+}
+if sockets="$("$HACK/cluster.sh" containerd-sockets 2>/dev/null)" && [[ -n "$sockets" ]]; then
+  # The nodes import in parallel (each has its own containerd).
+  pids=()
+  for sock in $sockets; do import_node "$sock" & pids+=($!); done
+  failed=0
+  for p in "${pids[@]}"; do wait "$p" || failed=1; done
+  ((failed == 0)) || die "importing the images into the test bed failed"
 else
   log "the test bed is not running: archives only (make cluster-up, then make images, imports them)"
 fi

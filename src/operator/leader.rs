@@ -17,9 +17,12 @@ type LeaseWatch = (
 );
 
 /// Seconds a lease lasts without renewal, and the grace before its expiry that the holder
-/// renews within.
-const LEASE_SECONDS: u64 = 15;
-const GRACE_SECONDS: u64 = 5;
+/// renews within (so it renews every 2 s). Short because routing waits for a leader: when the
+/// node of the leader and of a group's primary is lost, the agents appoint a new primary within
+/// one group lease, and `NAME-rw` follows only once the standby holds this lease
+/// (docs/operations.md, *Operator high availability*). A renewal is one small write every 2 s.
+const LEASE_SECONDS: u64 = 4;
+const GRACE_SECONDS: u64 = 2;
 /// How long ending a campaign may take (the manager's task releases the lease meanwhile).
 const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -65,7 +68,7 @@ impl Candidate {
         let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
         // kube-lease-manager sleeps until the holder's lease would expire, even when the holder
         // released it on shutdown; watching the lease lets a standby take over a rollout's
-        // released lease at once instead of up to 15 s later (and costs no request per second,
+        // released lease at once instead of up to a lease later (and costs no request per second,
         // as looking at it every second did).
         let config = watcher::Config::default().fields(&format!("metadata.name={}", self.lease));
         let mut changes =

@@ -1,11 +1,12 @@
 //! The cluster suites: they run against the test bed (or kind) through `make test`, never in a
 //! plain `cargo test`. A small harness instead of libtest because the suites run in phases that
 //! share cluster-wide fixtures (the CRD, the installed operator): smoke first, then the operator,
-//! then traffic, then the uninstall check. Tests within a phase run concurrently, each in its
-//! own namespace. Arguments filter tests by substring, like libtest.
+//! then traffic, then workloads, then node faults (one test at a time), then the uninstall check.
+//! Tests within a phase run concurrently, each in its own namespace. Arguments filter tests by substring, like libtest.
 
 #[path = "../common/manifests.rs"]
 mod manifests;
+mod nodes;
 mod operator;
 mod postgres;
 mod smoke;
@@ -39,6 +40,8 @@ fn main() -> std::process::ExitCode {
                 .chain(postgres::tests())
                 .collect(),
         ),
+        // One at a time: a node fault hits every pod on the node.
+        ("nodes", nodes::tests()),
         ("uninstall", smoke::last_tests()),
     ];
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -65,7 +68,8 @@ fn main() -> std::process::ExitCode {
                 continue;
             }
             println!("\n== phase {phase}: {} test(s)", selected.len());
-            let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(threads.max(1)));
+            let limit = if phase == "nodes" { 1 } else { threads.max(1) };
+            let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(limit));
             let mut handles = Vec::new();
             for test in selected {
                 let ctx = ctx.clone();

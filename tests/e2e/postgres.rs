@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use k8s_openapi::api::core::v1::{Event, Node};
+use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams};
 use quorate::api::{HookKind, HookStatus};
 use serde_json::{Value, json};
@@ -631,6 +631,9 @@ struct Blocked(i32);
 
 const BLOCK_CHAIN: &str = "QUORATE-E2E-BLOCK";
 
+/// The test bed's host and node addresses (hack/cluster.sh, docs/testbed.md).
+const TESTBED_NODE_NETWORK: &str = "10.89.0.0/16";
+
 impl Blocked {
     /// New connections to the pod's PostgreSQL, unless they come from `allowed`.
     fn inbound(pid: i32, allowed: &[String]) -> Result<Self> {
@@ -759,8 +762,8 @@ async fn a_postgres_standby_that_cannot_reach_the_primary_retries_its_copy_and_r
     let (primary, _, password) = create_example(&ctx, &ns.name).await?;
     let standbys: Vec<String> = members().into_iter().filter(|m| *m != primary).collect();
     let (joining, streaming) = (&standbys[0], &standbys[1]);
-    // The other standby keeps streaming (synchronous commit needs one); the host (this test,
-    // kubelet) and the pod itself keep reaching it.
+    // The other standby keeps streaming (synchronous commit needs one); the host, the nodes
+    // and the pod itself keep reaching it.
     let mut allowed = vec!["127.0.0.0/8".to_owned()];
     for member in [&primary, streaming] {
         allowed.push(
@@ -769,16 +772,8 @@ async fn a_postgres_standby_that_cannot_reach_the_primary_retries_its_copy_and_r
                 .with_context(|| format!("{member} has no IP"))?,
         );
     }
-    let nodes: Api<Node> = Api::all(ctx.client.clone());
-    for node in nodes.list(&ListParams::default()).await?.items {
-        let addresses = node.status.and_then(|s| s.addresses).unwrap_or_default();
-        allowed.extend(
-            addresses
-                .into_iter()
-                .filter(|a| a.type_ == "InternalIP")
-                .map(|a| a.address),
-        );
-    }
+    // The test bed's node network: the host (this test, through Services too) and the nodes.
+    allowed.push(TESTBED_NODE_NETWORK.to_owned());
     let block = Blocked::inbound(agent_pid(GROUP, &primary, &ns.name)?, &allowed)?;
     lose_claim(&ctx, &ns.name, joining).await?;
     let failed = wait_hook_failure(&ctx, &ns.name, joining, "no primary answers at").await?;

@@ -5,7 +5,7 @@
 //! reconciles, and a missing or rejecting Gateway is reported without stopping the group.
 //!
 //! Every test has its own namespace, its own Gateway (listener `http`, port 8000, which Traefik
-//! binds to its `web` entrypoint on 10.88.0.1:8000) and its own route hostname
+//! binds to its `web` entrypoint on 10.89.0.1:8000) and its own route hostname
 //! (`<namespace>.test`), so the tests run concurrently. The helpers here are shared with
 //! `tests/bench/weights.rs`.
 
@@ -42,7 +42,7 @@ pub fn tests() -> Vec<crate::support::Test> {
 }
 
 /// Traefik's `web` entrypoint: every Gateway listener on port 8000.
-pub const GATEWAY_URL: &str = "http://10.88.0.1:8000";
+pub const GATEWAY_URL: &str = "http://10.89.0.1:8000";
 /// The group every test creates (in its own namespace) and its members.
 pub const GROUP: &str = "web";
 pub const MEMBERS: [&str; 3] = ["web-0", "web-1", "web-2"];
