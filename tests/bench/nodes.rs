@@ -22,6 +22,9 @@ mod nodes;
 #[path = "../e2e/operator.rs"]
 #[allow(dead_code)]
 mod operator;
+#[path = "../e2e/smoke.rs"]
+#[allow(dead_code)]
+mod smoke;
 #[path = "../e2e/support.rs"]
 mod support;
 #[path = "../e2e/workloads.rs"]

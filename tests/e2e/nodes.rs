@@ -19,7 +19,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 
 use crate::operator::{
-    OPERATOR_NAMESPACE, RELEASE, ensure_operator, groups, plugin, rw_slice, service_ip, wait_ready,
+    OPERATOR_NAMESPACE, ensure_operator, groups, lease_holder, plugin, rw_slice, service_ip,
+    wait_ready,
 };
 use crate::support::{Ctx, wait_for};
 use crate::workloads::{
@@ -118,15 +119,7 @@ pub fn members() -> Vec<String> {
 
 /// The pod (and its node) that holds the operator's lease.
 pub async fn operator_leader(ctx: &Ctx) -> Result<(String, String)> {
-    let holder = ctx.kubectl(&[
-        "get",
-        "lease",
-        RELEASE,
-        "-n",
-        OPERATOR_NAMESPACE,
-        "-o",
-        "jsonpath={.spec.holderIdentity}",
-    ])?;
+    let holder = lease_holder(ctx)?;
     ensure!(!holder.is_empty(), "no operator replica holds the lease");
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), OPERATOR_NAMESPACE);
     let node = pods

@@ -575,7 +575,7 @@ async fn leader_loss_during_a_failover_still_ends_routed(ctx: Ctx) -> Result<()>
 }
 
 /// Which operator replica holds the leader lease (its pod name; empty when none does).
-fn lease_holder(ctx: &Ctx) -> Result<String> {
+pub fn lease_holder(ctx: &Ctx) -> Result<String> {
     ctx.kubectl(&[
         "get",
         "lease",
