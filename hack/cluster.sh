@@ -153,6 +153,13 @@ subjectAltName=DNS:$n,DNS:localhost,IP:127.0.0.1,IP:$(node_ip "$i")"
 }
 
 # ---------------------------------------------------------------------------------------
+# ensure_fault_chain TABLE HOOK: the chain QUORATE-FAULTS in TABLE, jumped to first from HOOK.
+ensure_fault_chain() {
+  iptables -w -t "$1" -nL QUORATE-FAULTS >/dev/null 2>&1 && return 0
+  iptables -w -t "$1" -N QUORATE-FAULTS
+  iptables -w -t "$1" -I "$2" 1 -j QUORATE-FAULTS
+}
+
 setup_host() {
   mkdir -p "$DIR"/{pids,logs,state,nodes}
   # Remember the kernel settings we change, once, so `down` restores the originals.
@@ -182,12 +189,12 @@ setup_host() {
     iptables -w -A QUORATE-TESTBED -o qnode+ -j DROP
     iptables -w -I FORWARD 1 -j QUORATE-TESTBED
   fi
-  # Node faults (cmd_partition) go first in every path a node's traffic takes.
-  if ! iptables -w -nL QUORATE-FAULTS >/dev/null 2>&1; then
-    iptables -w -N QUORATE-FAULTS
-    local chain
-    for chain in INPUT OUTPUT FORWARD; do iptables -w -I "$chain" 1 -j QUORATE-FAULTS; done
-  fi
+  # Node faults (cmd_partition): in the raw table's PREROUTING (every packet that arrives from
+  # a node) and the mangle table's POSTROUTING (every packet that leaves towards one). Not in
+  # filter: kube-proxy's KUBE-FORWARD accepts established connections before any rule of ours,
+  # so a partition there cut only new connections.
+  ensure_fault_chain raw PREROUTING
+  ensure_fault_chain mangle POSTROUTING
   printf 'search cluster.local\n' >"$DIR/resolv.conf"  # no outside nameserver for pods
 }
 
@@ -444,6 +451,13 @@ gatewayclass_accepted() {
 }
 
 node_ready() { kubectl get node "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' | grep -qx True; }
+# Ready and without the node lifecycle controller's taints (not-ready, unreachable): until they
+# are lifted, the scheduler keeps new pods off the node and members of a new group would share one.
+node_schedulable() {
+  node_ready "$1" || return 1
+  ! kubectl get node "$1" -o jsonpath='{range .spec.taints[*]}{.key}{"\n"}{end}' \
+    | grep -qE '^node\.kubernetes\.io/(not-ready|unreachable)$'
+}
 
 # Images the test bed itself needs: the pause image (sandbox) and busybox (smoke tests).
 PAUSE_IMAGE=registry.k8s.io/pause:3.10.2
@@ -519,8 +533,8 @@ cmd_partition() {
   need_running_bed
   local n=$1 i veth; i="$(node_index "$n")" veth="$(node_veth "$i")"
   need_no_fault "$n"
-  iptables -w -I QUORATE-FAULTS -i "$veth" -j DROP
-  iptables -w -I QUORATE-FAULTS -o "$veth" -j DROP
+  iptables -w -t raw -A QUORATE-FAULTS -i "$veth" -j DROP
+  iptables -w -t mangle -A QUORATE-FAULTS -o "$veth" -j DROP
   record_fault "$n" partitioned
   echo "$n: partitioned"
 }
@@ -572,8 +586,8 @@ cmd_restore() {
   case "$f" in
     "") echo "$n: no fault"; return 0 ;;
     partitioned)
-      iptables -w -D QUORATE-FAULTS -i "$veth" -j DROP 2>/dev/null || true
-      iptables -w -D QUORATE-FAULTS -o "$veth" -j DROP 2>/dev/null || true ;;
+      iptables -w -t raw -D QUORATE-FAULTS -i "$veth" -j DROP 2>/dev/null || true
+      iptables -w -t mangle -D QUORATE-FAULTS -o "$veth" -j DROP 2>/dev/null || true ;;
     frozen) thaw_cgroup "$n" ;;
     killed)
       # Power back on: the node's daemons start again; the kubelet restarts its pods.
@@ -582,6 +596,7 @@ cmd_restore() {
     *) die "$n: unknown fault '$f' in $(fault_file "$n")" ;;
   esac
   rm -f "$(fault_file "$n")"
+  wait_for "$n.kubelet" 120 node_schedulable "$n"
   echo "$n: restored (was $f)"
 }
 
@@ -647,12 +662,14 @@ cleanup_iptables() {
     done
   done
   local hook
-  for chain in QUORATE-TESTBED:FORWARD QUORATE-FAULTS:INPUT QUORATE-FAULTS:OUTPUT QUORATE-FAULTS:FORWARD; do
-    hook=${chain#*:} chain=${chain%%:*}
-    while iptables -w -D "$hook" -j "$chain" 2>/dev/null; do :; done
-  done
-  for chain in QUORATE-TESTBED QUORATE-FAULTS; do
-    if iptables -w -nL "$chain" >/dev/null 2>&1; then iptables -w -F "$chain" && iptables -w -X "$chain"; fi
+  # table:hook:chain; the filter table's QUORATE-FAULTS is an earlier layout's.
+  for chain in filter:FORWARD:QUORATE-TESTBED filter:INPUT:QUORATE-FAULTS filter:OUTPUT:QUORATE-FAULTS \
+    filter:FORWARD:QUORATE-FAULTS raw:PREROUTING:QUORATE-FAULTS mangle:POSTROUTING:QUORATE-FAULTS; do
+    IFS=: read -r table hook chain <<<"$chain"
+    while iptables -w -t "$table" -D "$hook" -j "$chain" 2>/dev/null; do :; done
+    if iptables -w -t "$table" -nL "$chain" >/dev/null 2>&1; then
+      iptables -w -t "$table" -F "$chain" && iptables -w -t "$table" -X "$chain"
+    fi
   done
   if iptables -w -nL QUORATE-TRAEFIK-OUT >/dev/null 2>&1; then
     iptables -w -D OUTPUT -m owner --gid-owner "$TRAEFIK_GID" -j QUORATE-TRAEFIK-OUT 2>/dev/null || true

@@ -49,6 +49,7 @@ fn resource_of(desired: &Desired) -> (ApiResource, &'static str) {
 }
 
 /// Applies one object. Returns the object as the API server answered, if a request was made.
+/// `rw_read_at`: the `-rw` slice's resourceVersion when it was read (see `apply_objects`).
 async fn apply_one(
     client: &Client,
     applied: &AppliedCache,
@@ -56,6 +57,7 @@ async fn apply_one(
     names: &GroupNames,
     desired: &Desired,
     route: Option<&DynamicObject>,
+    rw_read_at: Option<&str>,
 ) -> Result<Option<DynamicObject>, Error> {
     let (resource, kind) = resource_of(desired);
     let mut body = serde_json::to_value(desired)
@@ -89,6 +91,11 @@ async fn apply_one(
     if applied.applied(&key, hash) {
         return Ok(None);
     }
+    if let (Desired::EndpointSlice(_), Some(version)) = (desired, rw_read_at)
+        && name == names.rw()
+    {
+        body["metadata"]["resourceVersion"] = json!(version);
+    }
     let written = api
         .patch(
             &name,
@@ -104,6 +111,11 @@ async fn apply_one(
 /// Applies `writes` one after the other, in the given order (the plan's); stops at the first
 /// error. Returns the objects written, as the API server answered (unchanged ones are skipped).
 /// `route` is the group's HTTPRoute as its watch holds it, if it does.
+///
+/// `rw_read_at` is the resourceVersion of the `-rw` slice the plan read its routed epoch from:
+/// the slice is written only if it is still at that version (409 Conflict otherwise), so that a
+/// write planned from an older view — a deposed leader's, in flight while its node was cut off —
+/// can never route an older epoch after a newer one was routed (`apply_status` does the same).
 pub async fn apply_objects(
     client: &Client,
     applied: &AppliedCache,
@@ -111,10 +123,11 @@ pub async fn apply_objects(
     names: &GroupNames,
     writes: &[&Desired],
     route: Option<&DynamicObject>,
+    rw_read_at: Option<&str>,
 ) -> Result<Vec<DynamicObject>, Error> {
     let mut written = Vec::new();
     for d in writes {
-        written.extend(apply_one(client, applied, group, names, d, route).await?);
+        written.extend(apply_one(client, applied, group, names, d, route, rw_read_at).await?);
     }
     Ok(written)
 }
@@ -204,13 +217,23 @@ pub async fn label_pods(
 }
 
 /// Server-side apply of the status subresource: fields we no longer set are removed.
+///
+/// `read_at` is the resourceVersion of the group the status was planned from: the API server
+/// applies the status only if the group is still at that version (409 Conflict otherwise). A
+/// replica that lost the operator lease while its node was cut off may still have writes in
+/// flight, planned from what it saw then; when the node comes back they land after the new
+/// leader's and would put an older epoch back. With the precondition they fail instead.
 pub async fn apply_status(
     client: &Client,
     names: &GroupNames,
     status: &ReplicaGroupStatus,
+    read_at: Option<&str>,
 ) -> Result<(), Error> {
     let api: Api<ReplicaGroup> = Api::namespaced(client.clone(), &names.namespace);
-    let body = json!({"apiVersion": "quorate.dev/v1alpha1", "kind": "ReplicaGroup", "metadata": {"name": names.name}, "status": status});
+    let mut body = json!({"apiVersion": "quorate.dev/v1alpha1", "kind": "ReplicaGroup", "metadata": {"name": names.name}, "status": status});
+    if let Some(version) = read_at {
+        body["metadata"]["resourceVersion"] = json!(version);
+    }
     api.patch_status(
         &names.name,
         &PatchParams::apply(FIELD_MANAGER).force(),
@@ -348,9 +371,17 @@ mod tests {
         let names = GroupNames::new("g", "ns");
         let applied = AppliedCache::default();
         let plan = plan();
-        let written = apply_objects(&client, &applied, &group(), &names, &plan.writes(), None)
-            .await
-            .expect("apply");
+        let written = apply_objects(
+            &client,
+            &applied,
+            &group(),
+            &names,
+            &plan.writes(),
+            None,
+            None,
+        )
+        .await
+        .expect("apply");
         let written: Vec<String> = written
             .iter()
             .map(|o| {
@@ -372,10 +403,18 @@ mod tests {
             "the server's answers"
         );
         assert!(
-            apply_objects(&client, &applied, &group(), &names, &plan.writes(), None)
-                .await
-                .expect("apply")
-                .is_empty(),
+            apply_objects(
+                &client,
+                &applied,
+                &group(),
+                &names,
+                &plan.writes(),
+                None,
+                None
+            )
+            .await
+            .expect("apply")
+            .is_empty(),
             "nothing changed"
         );
         drop(client);
@@ -396,9 +435,17 @@ mod tests {
         let names = GroupNames::new("g", "ns");
         let applied = AppliedCache::default();
         let plan = plan();
-        apply_objects(&client, &applied, &group(), &names, &plan.writes(), None)
-            .await
-            .expect("apply");
+        apply_objects(
+            &client,
+            &applied,
+            &group(),
+            &names,
+            &plan.writes(),
+            None,
+            None,
+        )
+        .await
+        .expect("apply");
         // The Service's watch shows a resourceVersion that is not our write's.
         applied.seen(
             &ObjectKey::new("Service", "ns", "g-rw"),
@@ -406,9 +453,17 @@ mod tests {
                 version: Some("99"),
             },
         );
-        let again = apply_objects(&client, &applied, &group(), &names, &plan.writes(), None)
-            .await
-            .expect("apply");
+        let again = apply_objects(
+            &client,
+            &applied,
+            &group(),
+            &names,
+            &plan.writes(),
+            None,
+            None,
+        )
+        .await
+        .expect("apply");
         assert_eq!(again.len(), 1);
         drop(client);
         let seen = server.await.unwrap();
@@ -456,9 +511,17 @@ mod tests {
         let (client, server) = scripted(Some("/services/g-rw"));
         let names = GroupNames::new("g", "ns");
         let applied = AppliedCache::default();
-        let error = apply_objects(&client, &applied, &group(), &names, &plan().writes(), None)
-            .await
-            .expect_err("a conflict");
+        let error = apply_objects(
+            &client,
+            &applied,
+            &group(),
+            &names,
+            &plan().writes(),
+            None,
+            None,
+        )
+        .await
+        .expect_err("a conflict");
         assert_eq!(error.reason(), "conflict");
         assert!(
             error.to_string().contains("applying Service ns/g-rw"),
@@ -474,10 +537,18 @@ mod tests {
         // The failed object is not recorded as applied: the retry writes it again.
         let (client, server) = scripted(None);
         assert_eq!(
-            apply_objects(&client, &applied, &group(), &names, &plan().writes(), None)
-                .await
-                .expect("retry")
-                .len(),
+            apply_objects(
+                &client,
+                &applied,
+                &group(),
+                &names,
+                &plan().writes(),
+                None,
+                None
+            )
+            .await
+            .expect("retry")
+            .len(),
             2
         );
         drop(client);
@@ -572,16 +643,21 @@ mod tests {
             let (request, send) = handle.next_request().await.expect("a request");
             let query = request.uri().query().unwrap_or_default().to_owned();
             let line = format!("{} {}", request.method(), request.uri().path());
+            let sent: Value =
+                serde_json::from_slice(&request.into_body().collect_bytes().await.expect("a body"))
+                    .expect("JSON");
             let body = serde_json::to_vec(&group()).unwrap();
             send.send_response(Response::builder().body(Body::from(body)).unwrap());
-            (line, query)
+            (line, query, sent)
         });
         let client = Client::new(service, "default");
         let names = GroupNames::new("g", "ns");
-        apply_status(&client, &names, &ReplicaGroupStatus::default())
+        apply_status(&client, &names, &ReplicaGroupStatus::default(), Some("41"))
             .await
             .expect("status");
-        let (line, query) = server.await.unwrap();
+        let (line, query, sent) = server.await.unwrap();
+        // The precondition: applied only while the group is at the version it was planned from.
+        assert_eq!(sent["metadata"]["resourceVersion"], "41");
         assert_eq!(
             line,
             "PATCH /apis/quorate.dev/v1alpha1/namespaces/ns/replicagroups/g/status"

@@ -99,6 +99,8 @@ pub(super) fn member_pods(names: &GroupNames, pods: &[Arc<Pod>]) -> Vec<MemberPo
 #[derive(Debug, Default, PartialEq)]
 pub(super) struct SlicesObserved {
     pub routed_epoch: Option<u64>,
+    /// The `-rw` slice's resourceVersion: its next write is conditional on it (apply.rs).
+    pub rw_version: Option<String>,
     pub rw: Vec<String>,
     pub ro: Vec<String>,
     pub r: Vec<String>,
@@ -135,6 +137,9 @@ pub(super) fn slices_observed(names: &GroupNames, slices: &[Arc<EndpointSlice>])
                 .parse()
                 .ok()
         }),
+        rw_version: named(&rw)
+            .iter()
+            .find_map(|s| s.metadata.resource_version.clone()),
         rw: addresses(&rw),
         ro: addresses(&names.ro()),
         r: addresses(&names.r()),
@@ -262,6 +267,7 @@ pub async fn observe(
         agents,
         probes,
         routed_epoch: slices.routed_epoch,
+        rw_version: slices.rw_version,
         routed_addresses: slices.rw,
         ro_addresses: slices.ro,
         r_addresses: slices.r,
@@ -432,6 +438,7 @@ mod tests {
                 name: Some(name.into()),
                 labels,
                 annotations,
+                resource_version: Some(format!("{name}-{}", ours as u8)),
                 ..Default::default()
             },
             endpoints: addresses
@@ -460,6 +467,8 @@ mod tests {
             observed,
             SlicesObserved {
                 routed_epoch: Some(7),
+                // Ours, not the other writer's: the precondition of our next write.
+                rw_version: Some("g-rw-1".into()),
                 rw: vec!["10.0.0.1".into()],
                 ro: vec!["10.0.0.2".into(), "10.0.0.3".into()],
                 r: vec![]

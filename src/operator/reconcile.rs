@@ -150,6 +150,7 @@ async fn reconcile_group(
             names,
             &plan.writes(),
             route.as_deref(),
+            observed.rw_version.as_deref(),
         )
         .await?;
         // The next reconcile sees these slices even before their watch events arrive.
@@ -235,7 +236,13 @@ async fn reconcile_group(
         apply::clear_switchover_request(&ctx.client, names).await?;
     }
     if group.status.as_ref() != Some(&plan.status) {
-        apply::apply_status(&ctx.client, names, &plan.status).await?;
+        apply::apply_status(
+            &ctx.client,
+            names,
+            &plan.status,
+            group.metadata.resource_version.as_deref(),
+        )
+        .await?;
         record_failover_metrics(ctx, group, &plan.status);
     }
     ctx.metrics.record_phase(
@@ -317,6 +324,9 @@ async fn publish(ctx: &Context, group: &ReplicaGroup, events: &[plan::PlannedEve
     }
 }
 
+/// How soon a reconcile whose write met a changed object plans again.
+const CONFLICT_RETRY: Duration = Duration::from_millis(100);
+
 pub fn error_policy(
     obj: Arc<DeserializeGuard<ReplicaGroup>>,
     error: &Error,
@@ -331,6 +341,12 @@ pub fn error_policy(
         .reconcile_errors
         .get_or_create(&vec![("reason".to_owned(), error.reason().to_owned())])
         .inc();
+    if error.reason() == "conflict" {
+        // A write's precondition failed: the group changed since it was read (the watch brings
+        // the new version in a moment, or another replica leads now). Plan again from fresh.
+        debug!(group = %key, error = %error, "the group changed meanwhile; planning again");
+        return Action::requeue(CONFLICT_RETRY);
+    }
     let delay = ctx.backoff.next(&key);
     warn!(group = %key, error = %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)

@@ -11,8 +11,9 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
-    VolumeResourceRequirements, WeightedPodAffinityTerm,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext,
+    TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -370,10 +371,15 @@ fn data_claim(group: &ReplicaGroup) -> PersistentVolumeClaim {
 /// The node label the scheduler spreads members over.
 const NODE_TOPOLOGY_KEY: &str = "kubernetes.io/hostname";
 
-/// Members and witnesses of a group prefer different nodes, so that a lost node takes one vote
-/// and not a majority (nor the primary and the member that would replace it). Preferred, not
-/// required: a one-node cluster still runs the group. A template that declares its own pod
-/// anti-affinity or topology spread constraints gets none of this (docs/operations.md).
+/// Members and witnesses of a group go to different nodes, so that a lost node takes one vote
+/// and not a majority (nor the primary and the member that would replace it): a topology spread
+/// over nodes with `maxSkew: 1` and `DoNotSchedule` (a preferred anti-affinity alone was
+/// outweighed by the scheduler's other scores on the test bed, and two members shared a node),
+/// counting only nodes whose taints the pod tolerates (`nodeTaintsPolicy: Honor`: a node that is
+/// down does not keep a new group's pods Pending). A one-node cluster still runs the group (one
+/// domain has no skew). The preferred anti-affinity stays as a tie-breaker. A template that
+/// declares its own pod anti-affinity or topology spread constraints gets none of this
+/// (docs/operations.md).
 fn spread_over_nodes(pod: &mut PodSpec, names: &GroupNames) {
     let declared = pod
         .topology_spread_constraints
@@ -386,6 +392,14 @@ fn spread_over_nodes(pod: &mut PodSpec, names: &GroupNames) {
     if declared {
         return;
     }
+    pod.topology_spread_constraints = Some(vec![TopologySpreadConstraint {
+        max_skew: 1,
+        topology_key: NODE_TOPOLOGY_KEY.into(),
+        when_unsatisfiable: "DoNotSchedule".into(),
+        label_selector: Some(group_selector(names)),
+        node_taints_policy: Some("Honor".into()),
+        ..Default::default()
+    }]);
     pod.affinity
         .get_or_insert_with(Affinity::default)
         .pod_anti_affinity = Some(PodAntiAffinity {

@@ -144,6 +144,9 @@ pub struct Observed {
     pub probes: BTreeMap<String, NodeProbe>,
     /// Epoch annotation and addresses of the current `-rw` EndpointSlice.
     pub routed_epoch: Option<u64>,
+    /// Its resourceVersion, the precondition of its next write (not an input of the plan).
+    #[serde(skip)]
+    pub rw_version: Option<String>,
     pub routed_addresses: Vec<String>,
     /// `-ro` and `-r` EndpointSlice addresses as they are now.
     pub ro_addresses: Vec<String>,

@@ -106,6 +106,7 @@ fn observed(pods: Vec<MemberPod>, agents: AgentsObserved) -> Observed {
         agents,
         probes: BTreeMap::new(),
         routed_epoch: None,
+        rw_version: None,
         routed_addresses: vec![],
         ro_addresses: vec![],
         r_addresses: vec![],
@@ -791,6 +792,42 @@ fn members_and_witnesses_prefer_different_nodes_unless_the_template_says_otherwi
         );
     }
     assert!(anti(&p, "cache").node_affinity.is_some());
+    // And the spread that is not only preferred: at most one more on any node than on another.
+    for set in ["cache", "cache-witness"] {
+        let spread = statefulset(&p, set)
+            .and_then(|s| {
+                s.spec
+                    .as_ref()?
+                    .template
+                    .spec
+                    .as_ref()?
+                    .topology_spread_constraints
+                    .clone()
+            })
+            .unwrap_or_default();
+        assert_eq!(spread.len(), 1, "{set}");
+        let c = &spread[0];
+        assert_eq!(
+            (
+                c.max_skew,
+                c.topology_key.as_str(),
+                c.when_unsatisfiable.as_str(),
+                c.node_taints_policy.as_deref()
+            ),
+            (1, "kubernetes.io/hostname", "DoNotSchedule", Some("Honor")),
+            "{set}"
+        );
+        assert_eq!(
+            c.label_selector
+                .as_ref()
+                .and_then(|l| l.match_labels.clone()),
+            Some(std::collections::BTreeMap::from([(
+                crate::api::names::GROUP_LABEL.to_owned(),
+                "cache".to_owned()
+            )])),
+            "{set}"
+        );
+    }
 
     // The user's own anti-affinity (say, required, across zones) replaces the default.
     let mut g = g.clone();

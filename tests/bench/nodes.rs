@@ -37,7 +37,15 @@ use anyhow::{Context as _, Result};
 use serde_json::json;
 use support::Ctx;
 
-const ROUNDS: usize = 5;
+/// Rounds per kind of fault; `BENCH_ROUNDS` overrides (a round with the operator leader takes
+/// a few minutes: the node stays out until its taints are lifted).
+fn rounds() -> usize {
+    std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .filter(|r| *r > 0)
+        .unwrap_or(5)
+}
 
 async fn primary_and_epoch(ctx: &Ctx, ns: &str) -> Result<(String, u64)> {
     let s = operator::groups(ctx, ns)
@@ -67,7 +75,7 @@ fn main() -> Result<()> {
         let (mut partition, mut freeze, mut leader, mut demoted) = (vec![], vec![], vec![], vec![]);
         let mut overlap = 0u128;
         for (fault, figures) in [("partition", &mut partition), ("freeze", &mut freeze)] {
-            for _ in 0..ROUNDS {
+            for _ in 0..rounds() {
                 let (primary, epoch) = primary_and_epoch(&ctx, &ns.name).await?;
                 let round = nodes::node_fault_round(
                     &ctx,
@@ -91,7 +99,7 @@ fn main() -> Result<()> {
                 }
             }
         }
-        for _ in 0..ROUNDS {
+        for _ in 0..rounds() {
             let (primary, epoch) = primary_and_epoch(&ctx, &ns.name).await?;
             let (primary, epoch, node, _) =
                 nodes::primary_with_the_operator_leader(&ctx, &ns.name, primary, epoch, &nodes)

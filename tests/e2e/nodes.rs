@@ -31,7 +31,9 @@ use crate::workloads::{
 pub fn tests() -> Vec<crate::support::Test> {
     crate::tests![
         members_of_a_group_land_on_three_different_nodes,
+        the_primarys_node_partitioned_a_primary_elsewhere_takes_writes,
         the_primarys_node_frozen_and_resumed_the_old_primary_never_takes_writes,
+        the_node_of_the_primary_and_the_operator_leader_partitioned_routing_follows,
     ]
 }
 
@@ -480,9 +482,6 @@ async fn members_of_a_group_land_on_three_different_nodes(ctx: Ctx) -> Result<()
     Ok(())
 }
 
-// Not in the suite yet: under a partition no write through cache-rw is acknowledged
-// within 60 s (being investigated, issue #11).
-#[allow(dead_code)]
 async fn the_primarys_node_partitioned_a_primary_elsewhere_takes_writes(ctx: Ctx) -> Result<()> {
     if !on_test_bed() {
         return Ok(());
@@ -546,8 +545,10 @@ async fn the_primarys_node_frozen_and_resumed_the_old_primary_never_takes_writes
     Ok(())
 }
 
-// Not in the suite yet: under a partition no write through cache-rw is acknowledged
-// within 60 s (being investigated, issue #11).
+// Not in the suite yet (issue #11): with the node of a backup that coordinated the group killed,
+// the group's status showed no primary for a moment while the agents elected a new coordinator
+// (the primary kept its lease and acknowledged writes), and one `restore` 10 s after the kill
+// saw the node's new containerd exit right after it started.
 #[allow(dead_code)]
 async fn a_backups_node_killed_the_group_keeps_its_primary(ctx: Ctx) -> Result<()> {
     if !on_test_bed() {
@@ -640,9 +641,6 @@ pub async fn primary_with_the_operator_leader(
     Ok((new, new_epoch, node, leader))
 }
 
-// Not in the suite yet: under a partition no write through cache-rw is acknowledged
-// within 60 s (being investigated, issue #11).
-#[allow(dead_code)]
 async fn the_node_of_the_primary_and_the_operator_leader_partitioned_routing_follows(
     ctx: Ctx,
 ) -> Result<()> {
