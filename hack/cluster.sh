@@ -663,10 +663,15 @@ cleanup_iptables() {
   done
   local hook
   # table:hook:chain; the filter table's QUORATE-FAULTS is an earlier layout's.
-  for chain in filter:FORWARD:QUORATE-TESTBED filter:INPUT:QUORATE-FAULTS filter:OUTPUT:QUORATE-FAULTS \
-    filter:FORWARD:QUORATE-FAULTS raw:PREROUTING:QUORATE-FAULTS mangle:POSTROUTING:QUORATE-FAULTS; do
+  # Every jump first, then the chains (a chain still jumped to cannot be deleted).
+  local hooks="filter:FORWARD:QUORATE-TESTBED filter:INPUT:QUORATE-FAULTS filter:OUTPUT:QUORATE-FAULTS
+    filter:FORWARD:QUORATE-FAULTS raw:PREROUTING:QUORATE-FAULTS mangle:POSTROUTING:QUORATE-FAULTS"
+  for chain in $hooks; do
     IFS=: read -r table hook chain <<<"$chain"
     while iptables -w -t "$table" -D "$hook" -j "$chain" 2>/dev/null; do :; done
+  done
+  for chain in $hooks; do
+    IFS=: read -r table hook chain <<<"$chain"
     if iptables -w -t "$table" -nL "$chain" >/dev/null 2>&1; then
       iptables -w -t "$table" -F "$chain" && iptables -w -t "$table" -X "$chain"
     fi
