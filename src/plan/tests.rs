@@ -770,6 +770,11 @@ fn members_and_witnesses_prefer_different_nodes_unless_the_template_says_otherwi
     }
     let o = observed(pods(2), connected(view(2, 0, 1)));
     let p = plan(&g, &o, &settings());
+    // One selector for members and witnesses alike: no member shares a node with a witness.
+    let group_labels = Some(std::collections::BTreeMap::from([(
+        crate::api::names::GROUP_LABEL.to_owned(),
+        "cache".to_owned(),
+    )]));
     for set in ["cache", "cache-witness"] {
         let a = anti(&p, set);
         let terms = a
@@ -779,15 +784,11 @@ fn members_and_witnesses_prefer_different_nodes_unless_the_template_says_otherwi
         assert_eq!(terms.len(), 1, "{set}");
         let term = &terms[0].pod_affinity_term;
         assert_eq!(term.topology_key, "kubernetes.io/hostname");
-        // One selector for members and witnesses alike: no member shares a node with a witness.
         assert_eq!(
             term.label_selector
                 .as_ref()
                 .and_then(|l| l.match_labels.clone()),
-            Some(std::collections::BTreeMap::from([(
-                crate::api::names::GROUP_LABEL.to_owned(),
-                "cache".to_owned()
-            )])),
+            group_labels,
             "{set}"
         );
     }
@@ -821,10 +822,7 @@ fn members_and_witnesses_prefer_different_nodes_unless_the_template_says_otherwi
             c.label_selector
                 .as_ref()
                 .and_then(|l| l.match_labels.clone()),
-            Some(std::collections::BTreeMap::from([(
-                crate::api::names::GROUP_LABEL.to_owned(),
-                "cache".to_owned()
-            )])),
+            group_labels,
             "{set}"
         );
     }

@@ -108,15 +108,14 @@ async fn write_refusal(c: &Client, server: &str) -> String {
     // A standby looks the table up before it refuses the write: until it has replayed the
     // table's creation (with ANY 1, the other standby may have been the one that acknowledged
     // it) the error is "relation does not exist", not the refusal this is about.
-    for _ in 0..100 {
-        match c
+    // Not there in 10 s: the INSERT below says what is wrong.
+    let _ = wait_for("the writer's table", Duration::from_secs(10), || async {
+        let row = c
             .query_one("SELECT to_regclass('acked') IS NOT NULL", &[])
-            .await
-        {
-            Ok(row) if row.get::<_, bool>(0) => break,
-            _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
-        }
-    }
+            .await?;
+        Ok(row.get::<_, bool>(0).then_some(()))
+    })
+    .await;
     c.execute("INSERT INTO acked (n, server) VALUES (0, $1)", &[&server])
         .await
         .err()
