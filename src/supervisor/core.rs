@@ -105,6 +105,10 @@ pub struct SupervisorCore {
     last_report: Option<WorkloadReport>,
     /// A failed follow-the-primary demote waits until then.
     role_retry_at: Option<u64>,
+    /// The demote hook failed before the workload ever reached a role since it started (a
+    /// restarted former primary that could not be rewound, say): its data's relation to the
+    /// group is unknown, so it is no candidate until a role hook succeeds.
+    unplaced_demote_failed: Option<String>,
     health_run: Option<u64>,
     position_run: Option<u64>,
     /// The agent incarnation and state revision of the last answer acted on (reported: see
@@ -148,6 +152,7 @@ impl SupervisorCore {
             runs: 0,
             last_report: None,
             role_retry_at: None,
+            unplaced_demote_failed: None,
             health_run: None,
             position_run: None,
             role_seen: (0, 0),
@@ -271,6 +276,7 @@ impl SupervisorCore {
                 };
                 if outcome.ok {
                     self.applied = running.target.clone();
+                    self.unplaced_demote_failed = None;
                     if !matches!(running.target, Applied::Primary { .. }) {
                         self.lease_until = None;
                     }
@@ -291,6 +297,9 @@ impl SupervisorCore {
                 } else {
                     // Not primary since it started (it may still be starting up): try again soon.
                     self.role_retry_at = Some(now + ROLE_RETRY_MILLIS);
+                    if self.applied == Applied::None {
+                        self.unplaced_demote_failed = Some(outcome.message.clone());
+                    }
                 }
             }
             // A run that was cancelled or superseded: only its outcome is news.
@@ -343,7 +352,10 @@ impl SupervisorCore {
         let health_ok = !self.declared.health
             || (self.health_checked
                 && self.health_failures < self.declared.health_failure_threshold);
-        let healthy = running && health_ok && !matches!(self.applied, Applied::Fenced { .. });
+        let healthy = running
+            && health_ok
+            && !matches!(self.applied, Applied::Fenced { .. })
+            && self.unplaced_demote_failed.is_none();
         let health_message = match &self.phase {
             Phase::WaitingForAgent if self.agent.is_some() => {
                 "waiting for the agent to be added to the group".to_owned()
@@ -351,6 +363,10 @@ impl SupervisorCore {
             Phase::WaitingForAgent => "waiting for the agent".to_owned(),
             Phase::Joining { .. } => "the join hook has not succeeded yet".to_owned(),
             Phase::Stopping => "the workload process is stopping".to_owned(),
+            Phase::Running if let Some(m) = &self.unplaced_demote_failed => format!(
+                "not following the primary yet: the demote hook failed ({m}); retrying every {} ms",
+                ROLE_RETRY_MILLIS
+            ),
             Phase::Running if !self.health_checked && self.declared.health => {
                 "the health hook has not run yet".to_owned()
             }
@@ -985,6 +1001,10 @@ mod tests {
             !a.iter().any(|x| matches!(x, Action::KillWorkload { .. })),
             "{a:?}"
         );
+        // Not in any role since it started: no candidate until a demote succeeds.
+        let r = s.report();
+        assert!(!r.healthy, "{r:?}");
+        assert!(r.health_message.contains("demote hook failed"), "{r:?}");
         assert!(
             runs(&s.on_tick(1000))
                 .iter()
@@ -994,6 +1014,7 @@ mod tests {
         let retry = run_of(&a, HookKind::Demote);
         assert!(retry > demote, "{a:?}");
         s.on_hook_done(retry, outcome(HookKind::Demote, 2, true), b"", 1160);
+        assert!(s.report().healthy, "{:?}", s.report());
         // A primary whose demote fails is stopped.
         let a = s.on_agent(
             agent(MemberRole::Primary, 3, Some(5000), Some("cache-0")),
