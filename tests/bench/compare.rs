@@ -333,7 +333,7 @@ async fn first_commit_elsewhere(hosts: &[String], old: usize, fault_at: Instant)
 
 /// The example's group spec and its ConfigMap's files.
 fn postgres_example() -> Result<(quorate::api::ReplicaGroupSpec, Vec<(String, String)>)> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/postgres.yaml");
+    let path = manifests::repo_root().join("examples/postgres.yaml");
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let docs: Vec<Value> = serde_saphyr::from_multiple(&text).context("examples/postgres.yaml")?;
     let group = docs

@@ -16,8 +16,13 @@ pub struct InvalidCase {
     pub object: Value,
 }
 
+/// The checkout under test. Cargo sets `CARGO_MANIFEST_DIR` for the test run as well, and the
+/// run's value is the right one: cargo reuses a test binary built in another checkout that
+/// shares the target directory (its fingerprints are relative to the workspace), and the
+/// compile-time value would then name that other checkout.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
 }
 
 pub fn invalid_cases() -> Vec<InvalidCase> {

@@ -71,7 +71,7 @@ impl Ctx {
             helm: env_path("HELM")?,
             image: std::env::var("QUORATE_IMAGE")
                 .map_err(|_| anyhow!("QUORATE_IMAGE is not set (make test sets it)"))?,
-            root: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+            root: crate::manifests::repo_root(),
             http: HttpClient::builder(TokioExecutor::new()).build(connector),
         })
     }

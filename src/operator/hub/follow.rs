@@ -7,7 +7,13 @@
 //! could not be dialed (a restarted pod whose name does not resolve yet) is left alone for
 //! `FOLLOW_RETRY`; the relayed state is used meanwhile instead of dialing it again at once, which
 //! spun in a tight loop between relay and coordinator during failovers.
+//!
+//! An agent that went silent or could not be dialed is a *suspect* until it sends a state
+//! again: later rounds dial it last. On a partitioned or frozen node nothing refuses a
+//! connection, so every dial of it costs the whole `CONNECT_TIMEOUT` during which the stream
+//! reads nothing — a failover's new state must not wait behind it.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 /// How long a coordinator the hub could not reach is left alone before it is tried again.
@@ -31,8 +37,10 @@ pub struct Follower {
     preferred: Option<String>,
     /// The address this round started with, if it was a preferred one.
     round_first: Option<String>,
-    /// The coordinator last tried and not reached, and when.
+    /// The coordinator last tried and not reached (or gone silent), and when.
     unreachable_leader: Option<(String, Instant)>,
+    /// Addresses that went silent or could not be dialed, and have not sent a state since.
+    suspects: BTreeSet<String>,
     answered: bool,
     backoff: Duration,
 }
@@ -43,6 +51,7 @@ impl Default for Follower {
             preferred: None,
             round_first: None,
             unreachable_leader: None,
+            suspects: BTreeSet::new(),
             answered: false,
             backoff: MIN_BACKOFF,
         }
@@ -51,27 +60,37 @@ impl Default for Follower {
 
 impl Follower {
     /// Starts a round: the addresses to dial in order (the preferred one first, then the
-    /// group's addresses in their order of preference).
+    /// group's addresses in their order of preference, suspects last).
     pub fn start_round(&mut self, addresses: &[String]) -> Vec<String> {
         self.answered = false;
         self.round_first = self.preferred.take();
+        let rest = addresses
+            .iter()
+            .filter(|a| self.round_first.as_ref() != Some(*a));
+        let (suspects, trusted): (Vec<&String>, Vec<&String>) =
+            rest.partition(|a| self.suspects.contains(*a));
         self.round_first
             .iter()
+            .chain(trusted)
+            .chain(suspects)
             .cloned()
-            .chain(
-                addresses
-                    .iter()
-                    .filter(|a| self.round_first.as_ref() != Some(*a))
-                    .cloned(),
-            )
             .collect()
     }
 
     /// Dialing `address` failed at `now`.
     pub fn dial_failed(&mut self, address: &str, now: Instant) {
+        self.suspects.insert(address.to_owned());
         if self.round_first.as_deref() == Some(address) {
             self.unreachable_leader = Some((address.to_owned(), now));
         }
+    }
+
+    /// The stream from `address` failed, closed, or sent nothing for `silence` ([`went_silent`])
+    /// and was given up at `now`: a relay naming it is not followed back to it for
+    /// `FOLLOW_RETRY`.
+    pub fn gave_up(&mut self, address: &str, now: Instant) {
+        self.suspects.insert(address.to_owned());
+        self.unreachable_leader = Some((address.to_owned(), now));
     }
 
     /// `address` sent a state at `now`, naming `leader` as the coordinator's address.
@@ -84,6 +103,7 @@ impl Follower {
     ) -> Step {
         self.answered = true;
         self.backoff = MIN_BACKOFF;
+        self.suspects.remove(address);
         let Some(leader) = leader.filter(|l| !l.is_empty() && *l != address) else {
             return Step::Stay;
         };
@@ -128,17 +148,28 @@ pub fn silence(heartbeat: Duration) -> Duration {
     heartbeat * 4
 }
 
-/// How long to wait for the next state: until the stream would count as silent, or until the
-/// live lease in the latest state would run out unrenewed (a reconcile must look then).
-pub fn next_wait(heartbeat: Duration, lease_left: Option<Duration>) -> Duration {
-    let silence = silence(heartbeat);
-    lease_left.map_or(silence, |l| l.min(silence)) + Duration::from_millis(5)
+/// How long to wait for the next state, `since_last_state` after the stream's last state (or
+/// its opening): until the stream counts as silent, or until the live lease in the latest state
+/// runs out unrenewed (a reconcile must look then). Silence counts from the last state, not
+/// from the last wait: a lease that already ran out is not waited for again (its reconcile
+/// was triggered when it did), else a silent stream would wake every few ms and never be given
+/// up — a partitioned coordinator held the operator's view of its group for ~10 s that way.
+pub fn next_wait(
+    heartbeat: Duration,
+    since_last_state: Duration,
+    lease_left: Option<Duration>,
+) -> Duration {
+    let silent_in = silence(heartbeat).saturating_sub(since_last_state);
+    let wait = lease_left
+        .filter(|l| !l.is_zero())
+        .map_or(silent_in, |l| l.min(silent_in));
+    wait + Duration::from_millis(5)
 }
 
 /// The wait of `next_wait` ran out: whether the stream went silent (give it up) rather than the
 /// lease running out (keep the stream; only a reconcile is due).
-pub fn went_silent(heartbeat: Duration, lease_left: Option<Duration>) -> bool {
-    lease_left.is_none_or(|l| l >= silence(heartbeat))
+pub fn went_silent(heartbeat: Duration, since_last_state: Duration) -> bool {
+    since_last_state >= silence(heartbeat)
 }
 
 #[cfg(test)]
@@ -272,18 +303,59 @@ mod tests {
         );
         assert_eq!(heartbeat(Duration::from_secs(60)), Duration::from_secs(1));
         let hb = Duration::from_millis(500);
-        assert_eq!(next_wait(hb, None), Duration::from_millis(2005));
-        assert_eq!(
-            next_wait(hb, Some(Duration::from_millis(300))),
-            Duration::from_millis(305)
-        );
-        assert_eq!(
-            next_wait(hb, Some(Duration::from_secs(10))),
-            Duration::from_millis(2005)
-        );
+        let ms = Duration::from_millis;
+        assert_eq!(next_wait(hb, ms(0), None), ms(2005));
+        assert_eq!(next_wait(hb, ms(0), Some(ms(300))), ms(305));
+        assert_eq!(next_wait(hb, ms(0), Some(ms(10_000))), ms(2005));
+        // Silence counts from the last state.
+        assert_eq!(next_wait(hb, ms(1500), None), ms(505));
+        assert_eq!(next_wait(hb, ms(1500), Some(ms(300))), ms(305));
         // The lease running out first is not silence; the full wait without a state is.
-        assert!(!went_silent(hb, Some(Duration::from_millis(300))));
-        assert!(went_silent(hb, Some(Duration::from_secs(10))));
-        assert!(went_silent(hb, None));
+        assert!(!went_silent(hb, ms(305)));
+        assert!(went_silent(hb, ms(2005)));
+    }
+
+    #[test]
+    fn a_silent_stream_whose_lease_ran_out_is_given_up_on_time() {
+        // Partitioned coordinator: its last state had 300 ms of lease left. The stream wakes
+        // once when the lease runs out, then at the silence deadline — never in a spin.
+        let hb = Duration::from_millis(250);
+        let silence = silence(hb);
+        let lease = Duration::from_millis(300);
+        let mut since = Duration::ZERO;
+        let mut wakes = 0;
+        while !went_silent(hb, since) {
+            let lease_left = Some(lease.saturating_sub(since));
+            since += next_wait(hb, since, lease_left);
+            wakes += 1;
+            assert!(wakes <= 2, "woke {wakes} times within {since:?}");
+        }
+        assert!(since <= silence + Duration::from_millis(10), "{since:?}");
+    }
+
+    #[test]
+    fn agents_that_went_silent_or_failed_to_dial_are_dialed_last_until_they_answer() {
+        let mut f = Follower::default();
+        let t0 = Instant::now();
+        assert_eq!(f.start_round(&addresses()), addresses());
+        f.gave_up("m-0", t0);
+        // A relay naming the silent coordinator right away is not followed back to it.
+        assert_eq!(f.state("m-1", Some("m-0"), false, t0), Step::Stay);
+        assert_eq!(f.end_round(), None);
+        assert_eq!(
+            f.start_round(&addresses()),
+            ["m-1", "m-2", "m-0"].map(String::from).to_vec()
+        );
+        f.dial_failed("m-1", t0);
+        assert_eq!(
+            f.start_round(&addresses()),
+            ["m-2", "m-0", "m-1"].map(String::from).to_vec()
+        );
+        // An answer clears the suspicion.
+        f.state("m-0", None, true, t0);
+        assert_eq!(
+            f.start_round(&addresses()),
+            ["m-0", "m-2", "m-1"].map(String::from).to_vec()
+        );
     }
 }

@@ -61,6 +61,7 @@ impl Stream {
                     }
                 };
                 let mut stream = Box::pin(client.watch_every(heartbeat));
+                let mut last_state = Instant::now();
                 loop {
                     let lease_left = self.lease_left();
                     tokio::select! {
@@ -68,8 +69,9 @@ impl Stream {
                             if changed.is_err() { return; }
                             if !self.config.borrow().same(&cfg) { break 'candidates; }
                         }
-                        next = tokio::time::timeout(follow::next_wait(heartbeat, lease_left), stream.next()) => match next {
+                        next = tokio::time::timeout(follow::next_wait(heartbeat, last_state.elapsed(), lease_left), stream.next()) => match next {
                             Ok(Some(Ok(state))) => {
+                                last_state = Instant::now();
                                 let leader = state.leader.as_ref().map(|l| l.address.clone());
                                 let step = follower.state(&address, leader.as_deref(), state.from_coordinator, Instant::now());
                                 let changed = changes.changed(&state, cfg.load_sensitive);
@@ -87,13 +89,22 @@ impl Stream {
                                     break 'candidates;
                                 }
                             }
-                            Ok(Some(Err(e))) => { last_error = e.to_string(); break; }
-                            Ok(None) => { last_error = format!("{address} closed the state stream"); break; }
+                            Ok(Some(Err(e))) => {
+                                last_error = e.to_string();
+                                follower.gave_up(&address, Instant::now());
+                                break;
+                            }
+                            Ok(None) => {
+                                last_error = format!("{address} closed the state stream");
+                                follower.gave_up(&address, Instant::now());
+                                break;
+                            }
                             Err(_) => {
                                 // A lease ran out unrenewed, or the stream went silent: look again now.
                                 let _ = self.trigger.send(self.target.clone());
-                                if follow::went_silent(heartbeat, lease_left) {
+                                if follow::went_silent(heartbeat, last_state.elapsed()) {
                                     last_error = format!("{address} sent nothing for {:?}", follow::silence(heartbeat));
+                                    follower.gave_up(&address, Instant::now());
                                     break;
                                 }
                             }
