@@ -7,8 +7,11 @@
 //! `~/.cache/quorate`; `HELM_VERSION` is read from `hack/versions.env`). Build it with
 //! `hack/build-tools.sh helm` (or `make tools`).
 
+mod common;
+
+use common::manifests::repo_root;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use serde_json::Value;
@@ -25,10 +28,6 @@ const MONITORING_VALUES: &str = "serviceMonitor.enabled=true,replicaCount=3,logF
 
 // ---------------------------------------------------------------------------------------------
 // helm
-
-fn repo_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// `HELM_VERSION` from `hack/versions.env` (`KEY=value` lines, `#` comments).
 fn pinned_helm_version() -> String {

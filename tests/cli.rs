@@ -4,7 +4,10 @@
 //! flag errors. The cluster commands (status, switchover, pause, resume) run against the real
 //! API server in the cluster suite (tests/e2e/operator.rs).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::manifests::repo_root;
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use jiff::Timestamp;
@@ -373,12 +376,8 @@ fn switchover_wait_condition() {
 // ---------------------------------------------------------------------------------------------
 // validate
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn yaml_files(dir: &str) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join(dir))
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo_root().join(dir))
         .unwrap_or_else(|e| panic!("reading {dir}: {e}"))
         .map(|e| e.expect("directory entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
@@ -433,7 +432,7 @@ fn the_examples_are_valid() {
         );
     }
     // A directory is its YAML files.
-    assert_eq!(check_inputs(&[repo().join("examples")]), reports);
+    assert_eq!(check_inputs(&[repo_root().join("examples")]), reports);
 }
 
 #[test]
@@ -445,7 +444,7 @@ fn validate_lines_for_a_few_cases() {
     ]
     .iter()
     .flat_map(|f| {
-        let text = std::fs::read_to_string(repo().join(f)).expect("readable");
+        let text = std::fs::read_to_string(repo_root().join(f)).expect("readable");
         ManifestChecker::new()
             .check_text(f, &text)
             .problems
@@ -461,7 +460,7 @@ fn validate_lines_for_a_few_cases() {
 
 fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubectl-quorate"));
-    cmd.current_dir(repo()).env_remove("KUBECONFIG").env(
+    cmd.current_dir(repo_root()).env_remove("KUBECONFIG").env(
         "HOME",
         std::env::temp_dir().join("kubectl-quorate-test-home"),
     );
@@ -536,8 +535,9 @@ fn binary_validate_exit_codes_and_lines() {
 #[test]
 fn binary_validate_reads_standard_input() {
     use std::io::Write;
-    let text = std::fs::read_to_string(repo().join("tests/invalid/34-mode-changed-on-update.yaml"))
-        .expect("readable");
+    let text =
+        std::fs::read_to_string(repo_root().join("tests/invalid/34-mode-changed-on-update.yaml"))
+            .expect("readable");
     let mut child = bin()
         .args(["validate", "-f", "-"])
         .stdin(Stdio::piped())

@@ -175,6 +175,10 @@ pub(super) fn build(inputs: &StatusInputs) -> (ReplicaGroupStatus, Vec<PlannedEv
         ready_replicas,
         primary: match (group.spec.mode, view) {
             (GroupMode::PrimaryBackup, Some(v)) if inputs.primary_live() => v.primary.clone(),
+            // A relayed view says nothing first-hand about the lease (as for routing): the
+            // primary last known stays, instead of flapping to none while the operator follows
+            // a new coordinator (after an operator restart, or a node's return).
+            (GroupMode::PrimaryBackup, Some(v)) if !v.from_coordinator => previous.primary.clone(),
             (GroupMode::PrimaryBackup, None) => previous.primary.clone(),
             _ => None,
         },

@@ -355,6 +355,25 @@ fn relayed_or_missing_state_leaves_routing_alone() {
 }
 
 #[test]
+fn a_relayed_view_keeps_the_primary_last_known_in_the_status() {
+    let mut g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
+    let status = g.status.get_or_insert_with(Default::default);
+    status.primary = Some("cache-1".into());
+    status.epoch = Some(4);
+    let mut relayed = view(3, 1, 4);
+    relayed.from_coordinator = false;
+    relayed.primary = None;
+    relayed.lease = LeaseView::None;
+    let p = plan(&g, &observed(pods(3), connected(relayed)), &settings());
+    assert_eq!(p.status.primary.as_deref(), Some("cache-1"));
+    // First-hand word that the lease ran out does clear it.
+    let mut expired = view(3, 1, 4);
+    expired.lease = LeaseView::Expired;
+    let p = plan(&g, &observed(pods(3), connected(expired)), &settings());
+    assert_eq!(p.status.primary, None);
+}
+
+#[test]
 fn unreachable_agents_drain_routing_after_a_lease() {
     let g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
     let recent = AgentsObserved::Unreachable {
