@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
@@ -151,27 +152,71 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         lease: lease.clone(),
         identity: config.pod_name.clone(),
     };
-    let Some(mut leadership) = candidate.lead(&mut shutdown).await? else {
-        return Ok(());
-    };
-    info!("leading: starting the controller");
-    metrics.leader.set(1);
-    let controller = tokio::spawn(run_controller(client, config, metrics));
-    // Losing the lease ends the process: a clean restart is the only way to be sure no write of
-    // an old leader is still in flight when the new one starts.
-    let result = tokio::select! {
-        _ = leadership.lost() => {
-            warn!("lost leadership; exiting so that only the new leader writes");
-            Ok(())
+    loop {
+        let Some(mut leadership) = candidate.lead(&mut shutdown).await? else {
+            return Ok(());
+        };
+        info!("leading: starting the controller");
+        metrics.leader.set(1);
+        let mut term = LeaderTerm::start(config.clone(), metrics.clone())?;
+        let (lost, result) = tokio::select! {
+            _ = leadership.lost() => (true, Ok(())),
+            r = term.finished() => (false, r),
+            _ = &mut shutdown => {
+                info!("shutting down; releasing the lease");
+                (false, Ok(()))
+            }
+        };
+        term.stop();
+        metrics.leader.set(0);
+        leadership.stop().await;
+        if !lost {
+            return result;
         }
-        r = controller => r.map_err(anyhow::Error::from).and_then(|r| r),
-        _ = &mut shutdown => {
-            info!("shutting down; releasing the lease");
-            Ok(())
-        }
-    };
-    leadership.stop().await;
-    result
+        // Standing by again in the same process: an exit would put the pod in the kubelet's
+        // restart back-off (10 s, 20 s, 40 s, ...), and a replica that lost its lease after a
+        // partition or a freeze would then be missing when the next leader's node is lost.
+        warn!("lost leadership: the controller stopped; standing by");
+    }
+}
+
+/// One term as leader: the controller on a runtime of its own, so that ending the term ends
+/// every task it spawned (watches, agent streams, in-flight requests) at once. It gets its own
+/// API client, whose connections live on that runtime too. Writes that were already sent may
+/// still land; the ones that say what is routed are conditional (docs/operations.md).
+struct LeaderTerm {
+    runtime: tokio::runtime::Runtime,
+    controller: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl LeaderTerm {
+    fn start(config: Config, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("controller")
+            .enable_all()
+            .build()
+            .context("starting the controller's runtime")?;
+        let controller = runtime.spawn(async move {
+            let client = Client::try_default().await?;
+            run_controller(client, config, metrics).await
+        });
+        Ok(Self {
+            runtime,
+            controller,
+        })
+    }
+
+    /// Returns when the controller ends by itself (an error, or a panic).
+    async fn finished(&mut self) -> anyhow::Result<()> {
+        (&mut self.controller)
+            .await
+            .context("the controller task")?
+    }
+
+    fn stop(self) {
+        self.controller.abort();
+        self.runtime.shutdown_background();
+    }
 }
 
 async fn shutdown_signal() {

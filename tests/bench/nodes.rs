@@ -77,6 +77,10 @@ fn main() -> Result<()> {
         for (fault, figures) in [("partition", &mut partition), ("freeze", &mut freeze)] {
             for _ in 0..rounds() {
                 let (primary, epoch) = primary_and_epoch(&ctx, &ns.name).await?;
+                let (primary, epoch) = nodes::primary_away_from_the_operator_leader(
+                    &ctx, &ns.name, primary, epoch, &nodes,
+                )
+                .await?;
                 let round = nodes::node_fault_round(
                     &ctx,
                     &ns.name,

@@ -119,6 +119,28 @@ pub fn members() -> Vec<String> {
     (0..3).map(|i| format!("{GROUP}-{i}")).collect()
 }
 
+/// Container restarts of every operator replica, by pod: a replica that loses its lease stands
+/// by again in the same process, so a fault never restarts one.
+pub async fn operator_restarts(ctx: &Ctx) -> Result<BTreeMap<String, i32>> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), OPERATOR_NAMESPACE);
+    Ok(pods
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|p| {
+            let restarts = p
+                .status
+                .and_then(|s| s.container_statuses)
+                .unwrap_or_default()
+                .iter()
+                .map(|c| c.restart_count)
+                .sum();
+            (p.metadata.name.unwrap_or_default(), restarts)
+        })
+        .collect())
+}
+
 /// The pod (and its node) that holds the operator's lease.
 pub async fn operator_leader(ctx: &Ctx) -> Result<(String, String)> {
     let holder = lease_holder(ctx)?;
@@ -489,6 +511,8 @@ async fn the_primarys_node_partitioned_a_primary_elsewhere_takes_writes(ctx: Ctx
     ensure_operator(&ctx).await?;
     let ns = ctx.namespace("node-part")?;
     let (primary, epoch, nodes) = spread_group(&ctx, &ns.name).await?;
+    let (primary, epoch) =
+        primary_away_from_the_operator_leader(&ctx, &ns.name, primary, epoch, &nodes).await?;
     let round = node_fault_round(
         &ctx,
         &ns.name,
@@ -522,6 +546,8 @@ async fn the_primarys_node_frozen_and_resumed_the_old_primary_never_takes_writes
     ensure_operator(&ctx).await?;
     let ns = ctx.namespace("node-freeze")?;
     let (primary, epoch, nodes) = spread_group(&ctx, &ns.name).await?;
+    let (primary, epoch) =
+        primary_away_from_the_operator_leader(&ctx, &ns.name, primary, epoch, &nodes).await?;
     let started = Instant::now();
     // Frozen for about 30 s: the failover, then 28 s more.
     let round = node_fault_round(
@@ -602,6 +628,51 @@ async fn a_backups_node_killed_the_group_keeps_its_primary(ctx: Ctx) -> Result<(
     Ok(())
 }
 
+/// Makes a member on another node than the operator leader's the primary (a switchover when
+/// the primary is on it), so that a fault of the primary's node measures the agents and the
+/// routing alone; `primary_with_the_operator_leader` measures the other case. Returns
+/// (primary, epoch).
+pub async fn primary_away_from_the_operator_leader(
+    ctx: &Ctx,
+    ns: &str,
+    primary: String,
+    epoch: u64,
+    nodes: &BTreeMap<String, String>,
+) -> Result<(String, u64)> {
+    let (_, node) = operator_leader(ctx).await?;
+    if nodes[&primary] != node {
+        return Ok((primary, epoch));
+    }
+    let target = nodes
+        .iter()
+        .find(|(_, n)| **n != node)
+        .map(|(m, _)| m.clone())
+        .with_context(|| format!("every member is on the operator leader's node {node}"))?;
+    switch_over(ctx, ns, &target, epoch).await
+}
+
+async fn switch_over(ctx: &Ctx, ns: &str, target: &str, epoch: u64) -> Result<(String, u64)> {
+    plugin(
+        ctx,
+        &[
+            "-n",
+            ns,
+            "switchover",
+            GROUP,
+            "--to",
+            target,
+            "--timeout",
+            "60s",
+        ],
+    )?;
+    let (new, new_epoch) =
+        wait_routed_primary(ctx, ns, GROUP, epoch, Duration::from_secs(60)).await?;
+    ensure!(new == target, "switched over to {new}, asked for {target}");
+    wait_ready(ctx, ns, GROUP, Duration::from_secs(120)).await?;
+    wait_acked_write(ctx, ns, "switched-over").await?;
+    Ok((new, new_epoch))
+}
+
 /// Makes the member on the operator leader's node the primary (a switchover when it is not),
 /// so that one node holds both. Returns (primary, epoch, node, leader pod).
 pub async fn primary_with_the_operator_leader(
@@ -620,24 +691,7 @@ pub async fn primary_with_the_operator_leader(
     if target == primary {
         return Ok((primary, epoch, node, leader));
     }
-    plugin(
-        ctx,
-        &[
-            "-n",
-            ns,
-            "switchover",
-            GROUP,
-            "--to",
-            &target,
-            "--timeout",
-            "60s",
-        ],
-    )?;
-    let (new, new_epoch) =
-        wait_routed_primary(ctx, ns, GROUP, epoch, Duration::from_secs(60)).await?;
-    ensure!(new == target, "switched over to {new}, asked for {target}");
-    wait_ready(ctx, ns, GROUP, Duration::from_secs(120)).await?;
-    wait_acked_write(ctx, ns, "with-the-leader").await?;
+    let (new, new_epoch) = switch_over(ctx, ns, &target, epoch).await?;
     Ok((new, new_epoch, node, leader))
 }
 
@@ -652,6 +706,7 @@ async fn the_node_of_the_primary_and_the_operator_leader_partitioned_routing_fol
     let (primary, epoch, nodes) = spread_group(&ctx, &ns.name).await?;
     let (primary, epoch, node, leader) =
         primary_with_the_operator_leader(&ctx, &ns.name, primary, epoch, &nodes).await?;
+    let restarts = operator_restarts(&ctx).await?;
     let round = node_fault_round(
         &ctx,
         &ns.name,
@@ -668,6 +723,11 @@ async fn the_node_of_the_primary_and_the_operator_leader_partitioned_routing_fol
         || async { Ok(operator_leader(&ctx).await.ok()) },
     )
     .await?;
+    let after = operator_restarts(&ctx).await?;
+    ensure!(
+        after == restarts,
+        "an operator replica restarted (restarts before {restarts:?}, after {after:?}): one that loses its lease must stand by in the same process"
+    );
     println!(
         "    {node} (primary {primary}, operator leader {leader}) partitioned: {} routed and acknowledging after {} ms; leader now {new_leader}",
         round.new, round.failover_ms
