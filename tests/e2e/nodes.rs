@@ -33,6 +33,7 @@ pub fn tests() -> Vec<crate::support::Test> {
         members_of_a_group_land_on_three_different_nodes,
         the_primarys_node_partitioned_a_primary_elsewhere_takes_writes,
         the_primarys_node_frozen_and_resumed_the_old_primary_never_takes_writes,
+        a_backups_node_killed_the_group_keeps_its_primary,
         the_node_of_the_primary_and_the_operator_leader_partitioned_routing_follows,
     ]
 }
@@ -571,11 +572,6 @@ async fn the_primarys_node_frozen_and_resumed_the_old_primary_never_takes_writes
     Ok(())
 }
 
-// Not in the suite yet (issue #11): with the node of a backup that coordinated the group killed,
-// the group's status showed no primary for a moment while the agents elected a new coordinator
-// (the primary kept its lease and acknowledged writes), and one `restore` 10 s after the kill
-// saw the node's new containerd exit right after it started.
-#[allow(dead_code)]
 async fn a_backups_node_killed_the_group_keeps_its_primary(ctx: Ctx) -> Result<()> {
     if !on_test_bed() {
         return Ok(());
@@ -635,22 +631,36 @@ async fn a_backups_node_killed_the_group_keeps_its_primary(ctx: Ctx) -> Result<(
 pub async fn primary_away_from_the_operator_leader(
     ctx: &Ctx,
     ns: &str,
-    primary: String,
-    epoch: u64,
+    mut primary: String,
+    mut epoch: u64,
     nodes: &BTreeMap<String, String>,
 ) -> Result<(String, u64)> {
-    let (_, node) = operator_leader(ctx).await?;
-    if nodes[&primary] != node {
-        return Ok((primary, epoch));
+    // A few tries: right after the group is created the coordinator may appoint another member
+    // than the one asked for (one not caught up yet is no candidate), and the operator's leader
+    // may move meanwhile.
+    for _ in 0..3 {
+        let (_, node) = operator_leader(ctx).await?;
+        if nodes[&primary] != node {
+            return Ok((primary, epoch));
+        }
+        let target = nodes
+            .iter()
+            .find(|(_, n)| **n != node)
+            .map(|(m, _)| m.clone())
+            .with_context(|| format!("every member is on the operator leader's node {node}"))?;
+        if let Err(e) = switch_over(ctx, ns, &target, epoch).await {
+            println!("    switchover to {target}: {e:#}");
+        }
+        wait_ready(ctx, ns, GROUP, Duration::from_secs(120)).await?;
+        let status = groups(ctx, ns).get(GROUP).await?.status.context("status")?;
+        primary = status.primary.context("no primary after a switchover")?;
+        epoch = status.epoch.context("no epoch after a switchover")? as u64;
     }
-    let target = nodes
-        .iter()
-        .find(|(_, n)| **n != node)
-        .map(|(m, _)| m.clone())
-        .with_context(|| format!("every member is on the operator leader's node {node}"))?;
-    switch_over(ctx, ns, &target, epoch).await
+    anyhow::bail!("{primary} is still on the operator leader's node after 3 switchovers")
 }
 
+/// Asks for a switchover to `target` and waits until the routed primary's epoch is past `epoch`
+/// and the group is Ready again. Returns (primary, epoch); the primary is `target`.
 async fn switch_over(ctx: &Ctx, ns: &str, target: &str, epoch: u64) -> Result<(String, u64)> {
     plugin(
         ctx,
