@@ -770,3 +770,41 @@ async fn killing_the_coordinator_keeps_the_primary_and_its_lease() -> TestResult
     c.check_invariants()?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_appointed_on_the_coordinator_hands_raft_leadership_to_another_member()
+-> TestResult {
+    let (c, s1) = started_apart().await?;
+    let leader = c
+        .index_of(leader_id(&s1).ok_or("no coordinator")?)
+        .ok_or("unknown coordinator")?;
+    let target = c.nodes[leader].spec.name.clone();
+    let reply = c.client(leader).await?.switchover(&target).await?;
+    assert_eq!(
+        reply.primary.as_ref().map(|p| p.name.clone()),
+        Some(target.clone())
+    );
+    let s2 = c
+        .wait_state(Duration::from_secs(10), "the coordinator primary", |s| {
+            live(s) && primary_name(s).as_deref() == Some(target.as_str())
+        })
+        .await?;
+    // It steps aside: another member is elected while it keeps its lease.
+    let s3 = c
+        .wait_state(
+            Duration::from_secs(10),
+            "another member leading Raft, the primary's lease live",
+            |s| {
+                live(s)
+                    && s.term > s1.term
+                    && leader_id(s).is_some_and(|l| l != c.nodes[leader].id)
+            },
+        )
+        .await
+        .map_err(|e| err(format!("{e}\n{}", c.logs(40))))?;
+    assert_eq!(s3.epoch, s2.epoch, "stepping aside caused an appointment");
+    assert_eq!(primary_name(&s3), Some(target.clone()));
+    held_without_a_gap(&c.transitions(), &target, s2.epoch)?;
+    c.check_invariants()?;
+    Ok(())
+}

@@ -216,6 +216,8 @@ struct Node {
     election_deadline: u64,
     next_heartbeat: u64,
     elections_allowed: bool,
+    /// Periodic heartbeats of a leader (off while the primary steps aside).
+    heartbeats: bool,
     // The agent.
     core: AgentCore,
     healthy: bool,
@@ -357,6 +359,7 @@ impl Sim {
                 election_deadline: 0,
                 next_heartbeat: 0,
                 elections_allowed: true,
+                heartbeats: true,
                 core: new_core(id, i, true, start, supervised),
                 healthy: true,
                 timer_generation: 0,
@@ -900,6 +903,7 @@ impl Sim {
         n.state = ReplicatedState::default();
         n.election_deadline = deadline;
         n.elections_allowed = true;
+        n.heartbeats = true;
         n.core = new_core(
             n.id,
             i,
@@ -1029,6 +1033,7 @@ impl Sim {
                 self.schedule(delay, Event::Published(i, incarnation, seq));
             }
             Effect::AllowElections(allowed) => self.nodes[i].elections_allowed = allowed,
+            Effect::RaftHeartbeats(enabled) => self.nodes[i].heartbeats = enabled,
             Effect::Transition(t) => self.on_transition(i, t)?,
             Effect::Reply { to, reply } => {
                 let Some(asked) = self.nodes[i].asked.remove(&to) else {
@@ -1159,7 +1164,7 @@ impl Sim {
         let now = self.local(i);
         let n = self.nodes.len();
         if self.is_leader(i) {
-            if now >= self.nodes[i].next_heartbeat {
+            if self.nodes[i].heartbeats && now >= self.nodes[i].next_heartbeat {
                 self.nodes[i].next_heartbeat = now + HEARTBEAT;
                 self.broadcast_append(i, now)?;
             }

@@ -23,7 +23,9 @@ use super::group::{
     ReplicatedState, Roster, ordinal_of,
 };
 use super::lease::Grant;
-use super::timing::{drift_margin_millis, report_interval_millis, report_stale_after_millis};
+use super::timing::{
+    drift_margin_millis, renewal_retry_millis, report_interval_millis, report_stale_after_millis,
+};
 use crate::api::MemberRole;
 
 /// Why a primary gave its lease back.
@@ -68,6 +70,11 @@ pub struct ReportDecision {
     /// The coordinator is choosing a new primary by workload position and wants positions
     /// measured from now on: the member reports one with this token (0: none wanted).
     pub position_wanted: u64,
+    /// A primary chosen by workload position may be needed shortly (the primary's report is
+    /// overdue, its lease is about to end, or a position round runs): the member reports again
+    /// after the short retry interval instead of a whole report interval, so that a round's
+    /// request reaches it at once.
+    pub report_soon: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -229,6 +236,18 @@ struct Leadership {
     rounds: u64,
 }
 
+impl Leadership {
+    /// When the current primary's lease ends at the latest as far as this coordinator knows:
+    /// its latest grant, or a full lease from when this coordinator took over or first saw the
+    /// epoch (a lease granted before is no longer than that).
+    fn lease_end(&self, lease_millis: u64) -> u64 {
+        self.lease
+            .granted_until
+            .unwrap_or(0)
+            .max(self.since.max(self.lease.seen_at) + lease_millis)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct PositionRound {
     token: u64,
@@ -320,6 +339,15 @@ impl Coordinator {
 
     pub fn id(&self) -> NodeId {
         self.settings.id
+    }
+
+    /// The token of the position round running for the current epoch (0: none).
+    pub fn position_wanted(&self) -> u64 {
+        self.leadership
+            .as_ref()
+            .and_then(|l| l.position_round)
+            .filter(|r| r.epoch == self.state.epoch)
+            .map_or(0, |r| r.token)
     }
 
     pub fn is_leader(&self) -> bool {
@@ -427,15 +455,38 @@ impl Coordinator {
             .as_ref()
             .is_some_and(|s| s.epoch == epoch);
         let mode = self.state.config.map(|c| c.mode);
+        let primary_heard_at = self
+            .state
+            .primary_id()
+            .and_then(|p| self.reports.get(&p))
+            .map(|r| r.at);
+        let positions_declared = self
+            .reports
+            .values()
+            .any(|r| r.report.workload_position.is_some());
         let Some(l) = &mut self.leadership else {
             return ReportDecision::default();
         };
+        let position_wanted = l
+            .position_round
+            .filter(|r| r.epoch == epoch)
+            .map_or(0, |r| r.token);
+        let interval = report_interval_millis(lease_millis);
+        let vacancy_near = position_wanted != 0
+            || switchover_pending
+            || (self.state.primary.is_some()
+                && (now + interval >= l.lease_end(lease_millis)
+                    || primary_heard_at.is_none_or(|at| {
+                        now >= at + interval + renewal_retry_millis(lease_millis)
+                    })));
         let mut decision = ReportDecision {
             accepted: true,
-            position_wanted: l
-                .position_round
-                .filter(|r| r.epoch == epoch)
-                .map_or(0, |r| r.token),
+            position_wanted,
+            report_soon: mode == Some(Mode::PrimaryBackup)
+                && positions_declared
+                && !is_primary
+                && l.caught_up
+                && vacancy_near,
             ..ReportDecision::default()
         };
         if mode != Some(Mode::PrimaryBackup) || !is_primary || !l.caught_up {
@@ -592,11 +643,7 @@ impl Coordinator {
         };
 
         let switchover = state.switchover.as_ref().filter(|s| s.epoch == state.epoch);
-        let lease_end = l
-            .lease
-            .granted_until
-            .unwrap_or(0)
-            .max(l.since.max(l.lease.seen_at) + lease);
+        let lease_end = l.lease_end(lease);
         let released = l.lease.released;
         let still_member = roster.members.contains_key(&primary.id);
         let needs_replacement =
@@ -731,11 +778,7 @@ impl Coordinator {
             points.push(r.started_at + position_wait_millis(lease));
         }
         if self.state.primary.is_some() {
-            let end = l
-                .lease
-                .granted_until
-                .unwrap_or(0)
-                .max(l.since.max(l.lease.seen_at) + lease);
+            let end = l.lease_end(lease);
             points.push(end);
             points.push(end + drift_margin_millis(lease));
             let switchover = self
@@ -1104,6 +1147,88 @@ mod tests {
                 break;
             }
             assert!(now < 10_000, "never replaced");
+        }
+    }
+
+    #[test]
+    fn backups_report_soon_only_while_a_vacancy_by_position_is_near() {
+        let (mut c, mut state, roster) = leading(0);
+        for id in [1, 2, 3] {
+            c.on_report(0, id, at_position(0, 0));
+        }
+        assert_eq!(appointed(&c.tick(1, 0)), None);
+        let token = c.on_report(2, 2, at_position(0, 0)).position_wanted;
+        // The first appointment's round runs: everyone is asked to report soon.
+        assert!(c.on_report(2, 3, at_position(0, 0)).report_soon);
+        for id in [1, 2, 3] {
+            c.on_report(3, id, at_position(0, token));
+        }
+        let a = c.tick(4, 0);
+        assert_eq!(appointed(&a), Some((2, 1)));
+        apply(&mut c, &mut state, &roster, &a);
+        // Steady state: the primary renews every report interval; nobody reports early.
+        let mut now = 0;
+        while now < 3000 {
+            now += 250;
+            c.on_quorum_ack(1, now);
+            assert!(!c.on_report(now, 2, at_position(now, token)).report_soon);
+            assert!(!c.on_report(now + 1, 3, at_position(now, token)).report_soon);
+            assert_eq!(c.tick(now + 1, 0), vec![]);
+        }
+        // Primary 2 goes quiet: once its report is overdue the backups report soon, through the
+        // vacancy's position round, until the new primary is appointed.
+        let last = now;
+        let mut soon_since = None;
+        loop {
+            now += 10;
+            c.on_quorum_ack(1, now);
+            let d = c.on_report(now, 3, at_position(last, token));
+            if d.report_soon && soon_since.is_none() {
+                soon_since = Some(now);
+            }
+            let actions = c.tick(now, 0);
+            if let Some((member, _)) = appointed(&actions) {
+                assert_ne!(member, 2);
+                apply(&mut c, &mut state, &roster, &actions);
+                break;
+            }
+            if d.position_wanted > 0 {
+                c.on_report(now, 1, at_position(last, d.position_wanted));
+                c.on_report(now, 3, at_position(last, d.position_wanted));
+            }
+            assert!(now < last + 5000, "never replaced");
+        }
+        let soon_since = soon_since.expect("never asked to report soon");
+        assert!(
+            soon_since <= last + report_interval_millis(LEASE) + 60,
+            "asked to report soon only at {soon_since} (last primary report {last})"
+        );
+        // The new primary renews; the vacancy is over.
+        c.on_quorum_ack(1, now + 10);
+        let new = state.primary_id().unwrap();
+        c.on_report(now + 10, new, at_position(last, 0));
+        let other = [1, 3].into_iter().find(|id| *id != new).unwrap();
+        assert!(
+            !c.on_report(now + 11, other, at_position(last, 0))
+                .report_soon
+        );
+    }
+
+    #[test]
+    fn no_early_reports_without_workload_positions() {
+        let (mut c, mut state, roster) = leading(0);
+        for id in [1, 2, 3] {
+            c.on_report(0, id, healthy());
+        }
+        let a = c.tick(600, 0);
+        apply(&mut c, &mut state, &roster, &a);
+        assert!(state.primary_id().is_some());
+        // The primary never reports: without positions nothing is gained by reporting early.
+        for now in (700..3000).step_by(100) {
+            c.on_quorum_ack(1, now);
+            assert!(!c.on_report(now, 3, healthy()).report_soon);
+            let a = c.tick(now, 0);
+            apply(&mut c, &mut state, &roster, &a);
         }
     }
 

@@ -154,6 +154,10 @@ pub enum Effect {
     },
     /// Allow or forbid this node to campaign for Raft leadership.
     AllowElections(bool),
+    /// Turn Raft's periodic heartbeats (leader only) on or off: off while the primary steps
+    /// aside from leadership, so that the followers' leader lease runs out and one of them is
+    /// elected.
+    RaftHeartbeats(bool),
     /// The lease changed (for logs, the transition log and metrics).
     Transition(LeaseTransition),
     Reply {
@@ -257,6 +261,11 @@ pub struct AgentCore {
     published_seq: u64,
     after_publish: Vec<(u64, AfterPublish)>,
     elections_allowed: bool,
+    /// Since when this node, the primary and the Raft leader, stays silent (no heartbeats, no
+    /// quorum rounds) so that another voter takes leadership.
+    stepping_aside_since: Option<u64>,
+    /// After a step-aside nobody took over, the next one waits until then.
+    step_aside_not_before: u64,
     shutdown: Option<ShutdownStage>,
     /// Bumped when what the group-state snapshot shows may have changed (Watch streams).
     revision: u64,
@@ -300,6 +309,8 @@ impl AgentCore {
             published_seq: 0,
             after_publish: Vec::new(),
             elections_allowed: true,
+            stepping_aside_since: None,
+            step_aside_not_before: 0,
             shutdown: None,
             revision: 0,
             now: now.mono,
@@ -402,8 +413,11 @@ impl AgentCore {
                 next = next.min(until);
             }
         }
-        if self.raft.is_leader && !self.confirm_in_flight {
+        if self.raft.is_leader && !self.confirm_in_flight && self.stepping_aside_since.is_none() {
             next = next.min(self.next_confirm_at);
+        }
+        if let Some(since) = self.stepping_aside_since {
+            next = next.min(since + timing::step_aside_window_millis(self.lease_millis()));
         }
         if self.coordinator.is_leader() {
             if self.now < self.coordinator_quiet_until {
@@ -617,7 +631,9 @@ impl AgentCore {
         out: &mut Vec<Effect>,
     ) {
         let mut granted = false;
+        let mut answer_asks_soon = false;
         if let Some(ReportAnswer { decision, view }) = answer {
+            answer_asks_soon = decision.accepted && decision.report_soon;
             if let Some(view) = view {
                 self.relayed = Some(Relayed { at: t, view });
                 self.revision += 1;
@@ -643,10 +659,12 @@ impl AgentCore {
         }
         // A primary whose report brought no grant (no coordinator known, a new coordinator not
         // ready yet, a lost answer) asks again after the short renewal retry instead of a whole
-        // report interval: a coordinator change must not cost it its lease.
+        // report interval: a coordinator change must not cost it its lease. A member the
+        // coordinator asks to report soon (a vacancy chosen by workload position is near) does
+        // the same, so that the position round reaches it at once.
         let lease = self.lease_millis();
-        let retry_soon = !granted && self.wants_lease(t);
-        self.next_report_at = t + if retry_soon {
+        let report_soon = answer_asks_soon || (!granted && self.wants_lease(t));
+        self.next_report_at = t + if report_soon {
             timing::renewal_retry_millis(lease)
         } else {
             timing::report_interval_millis(lease)
@@ -993,11 +1011,25 @@ impl AgentCore {
                 }
             }
         }
-        if self.raft.is_leader && !self.confirm_in_flight && t >= self.next_confirm_at {
+        // Before the quorum round: a step-aside that ends now resumes them at once.
+        let must_not_lead = self.holder.is_live(t) && self.raft.voters.len() >= 3;
+        self.step_aside(t, must_not_lead, out);
+        if self.raft.is_leader
+            && !self.confirm_in_flight
+            && self.stepping_aside_since.is_none()
+            && t >= self.next_confirm_at
+        {
             self.confirm_in_flight = true;
             out.push(Effect::ConfirmQuorum {
                 term: self.raft.term,
             });
+        }
+        // This member's own coordinator started a position round: learn it now, not at the
+        // next report.
+        if self.coordinator.is_leader()
+            && self.coordinator.position_wanted() != self.position_wanted
+        {
+            self.report_now = true;
         }
         if self.report_in_flight.is_none() && (self.report_now || t >= self.next_report_at) {
             self.send_report(t, out);
@@ -1014,7 +1046,43 @@ impl AgentCore {
             self.elections_allowed = allow;
             out.push(Effect::AllowElections(allow));
         }
+        // Again: the report above may have brought this node its lease.
+        self.step_aside(t, !allow, out);
         self.advance_shutdown(t, out);
+    }
+
+    /// A primary that leads Raft (a switchover to the coordinator, or it was the only candidate
+    /// left) steps aside: a loss of its node would otherwise cost an election before the
+    /// lease's wait. openraft 0.9 has no leadership transfer, so it goes silent — no
+    /// heartbeats, no quorum rounds — until the followers' leader lease runs out and one of
+    /// them is elected (it votes for it: its own lease is undefended without quorum rounds).
+    /// Its lease, counted from the last quorum round, outlasts the election (`timing`). If
+    /// nobody took over within the window it leads normally again and tries later.
+    fn step_aside(&mut self, t: u64, must_not_lead: bool, out: &mut Vec<Effect>) {
+        let lease = self.lease_millis();
+        match self.stepping_aside_since {
+            Some(since) => {
+                let done = !self.raft.is_leader || !must_not_lead;
+                let gave_up = t >= since + timing::step_aside_window_millis(lease);
+                if done || gave_up {
+                    self.stepping_aside_since = None;
+                    if gave_up && !done {
+                        self.step_aside_not_before = t + timing::step_aside_retry_millis(lease);
+                    }
+                    out.push(Effect::RaftHeartbeats(true));
+                }
+            }
+            None => {
+                if self.raft.is_leader
+                    && must_not_lead
+                    && self.shutdown.is_none()
+                    && t >= self.step_aside_not_before
+                {
+                    self.stepping_aside_since = Some(t);
+                    out.push(Effect::RaftHeartbeats(false));
+                }
+            }
+        }
     }
 
     fn advance_shutdown(&mut self, t: u64, out: &mut Vec<Effect>) {
@@ -1214,8 +1282,7 @@ mod tests {
                     epoch,
                     remaining_millis,
                 }),
-                demote: false,
-                position_wanted: 0,
+                ..ReportDecision::default()
             },
             view: None,
         })
@@ -1502,6 +1569,77 @@ mod tests {
             at(20),
         );
         assert!(fx.contains(&Effect::ShutdownDone));
+    }
+
+    /// Member 1, the Raft leader, appointed primary (a switchover to the coordinator): returns
+    /// the core and the effects of the moment its lease became live.
+    fn primary_leading() -> (AgentCore, Vec<Effect>) {
+        let mut c = core(1);
+        c.handle(Input::Applied(applied(Some(1), 1)), at(0));
+        let fx = c.handle(Input::Raft(raft(1, 1)), at(0));
+        assert!(fx.contains(&Effect::ConfirmQuorum { term: 1 }));
+        c.handle(
+            Input::QuorumConfirmed {
+                term: 1,
+                sent_at: 0,
+                confirmed: true,
+            },
+            at(2),
+        );
+        // Its own report without a grant (no quorum round yet) is retried soon.
+        let fx = c.handle(Input::Tick, at(c.next_deadline()));
+        assert_eq!(c.role_at(c.now), (MemberRole::Primary, 1), "{fx:?}");
+        (c, fx)
+    }
+
+    fn confirms(fx: &[Effect]) -> bool {
+        fx.iter().any(|e| matches!(e, Effect::ConfirmQuorum { .. }))
+    }
+
+    #[test]
+    fn a_primary_that_leads_raft_steps_aside_and_leads_normally_again_if_nobody_takes_over() {
+        let (mut c, fx) = primary_leading();
+        assert!(fx.contains(&Effect::RaftHeartbeats(false)), "{fx:?}");
+        // Silent through the window: no quorum rounds, although they would be due.
+        let window = timing::step_aside_window_millis(LEASE);
+        let since = c.now;
+        let mut t = since;
+        while t + 10 < since + window {
+            t += 10;
+            let fx = c.handle(Input::Tick, at(t));
+            assert!(!confirms(&fx), "a quorum round at {t} while stepping aside");
+            assert!(c.next_deadline() <= since + window);
+        }
+        // Nobody was elected: heartbeats and quorum rounds again, the lease is still live.
+        let end = since + window;
+        let fx = c.handle(Input::Tick, at(end));
+        assert!(fx.contains(&Effect::RaftHeartbeats(true)), "{fx:?}");
+        assert!(confirms(&fx), "{fx:?}");
+        assert_eq!(c.role_at(end), (MemberRole::Primary, 1));
+        // And no new attempt before the retry time.
+        c.handle(
+            Input::QuorumConfirmed {
+                term: 1,
+                sent_at: end,
+                confirmed: true,
+            },
+            at(end + 1),
+        );
+        let fx = c.handle(Input::Tick, at(end + 100));
+        assert!(!fx.contains(&Effect::RaftHeartbeats(false)));
+    }
+
+    #[test]
+    fn a_primary_stepping_aside_turns_heartbeats_back_on_once_another_voter_leads() {
+        let (mut c, _) = primary_leading();
+        let t = c.now + 300;
+        let fx = c.handle(Input::Raft(raft(1, 3)), at(t));
+        assert!(fx.contains(&Effect::RaftHeartbeats(true)), "{fx:?}");
+        // A backup leading Raft is fine: it never steps aside.
+        let mut b = core(3);
+        b.handle(Input::Applied(applied(Some(1), 1)), at(0));
+        let fx = b.handle(Input::Raft(raft(3, 3)), at(0));
+        assert!(!fx.contains(&Effect::RaftHeartbeats(false)));
     }
 
     #[test]

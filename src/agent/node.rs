@@ -430,6 +430,18 @@ impl Runtime {
                 self.publisher.send_replace((seq, role, epoch));
             }
             Effect::AllowElections(allowed) => self.raft.allow_elections(allowed),
+            Effect::RaftHeartbeats(enabled) => {
+                tracing::info!(
+                    enabled,
+                    "{}",
+                    if enabled {
+                        "Raft heartbeats on"
+                    } else {
+                        "the primary leads Raft: stepping aside (heartbeats off until another voter is elected)"
+                    }
+                );
+                self.raft.set_heartbeats(enabled);
+            }
             Effect::Transition(t) => self.record(t),
             Effect::Reply { to, reply } => match (self.replies.remove(&to), reply) {
                 (Some(Waiter::Report(tx)), Reply::Report(decision)) => {

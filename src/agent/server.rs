@@ -722,6 +722,7 @@ impl proto::peer_server::Peer for PeerApi {
             demote: decision.demote,
             view,
             position_wanted: decision.position_wanted,
+            report_soon: decision.report_soon,
         }))
     }
 

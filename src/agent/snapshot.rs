@@ -357,8 +357,7 @@ mod tests {
                     decision: ReportDecision {
                         accepted: true,
                         grant: None,
-                        demote: false,
-                        position_wanted: 0,
+                        ..ReportDecision::default()
                     },
                     view: Some(view.clone()),
                 }),
@@ -383,8 +382,7 @@ mod tests {
                     decision: ReportDecision {
                         accepted: true,
                         grant: None,
-                        demote: false,
-                        position_wanted: 0,
+                        ..ReportDecision::default()
                     },
                     view: Some(view),
                 }),

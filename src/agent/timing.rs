@@ -36,6 +36,21 @@ pub fn renewal_retry_millis(lease_millis: u64) -> u64 {
     (lease_millis / 20).max(10)
 }
 
+/// How long a primary that leads Raft stays silent for another voter to be elected (see
+/// `AgentCore::step_aside`): followers campaign `leader_lease + jitter` (0.3–0.4 L) after the
+/// last heartbeat; its lease, counted from its last quorum round, lasts at least
+/// `lease - quorum confirm interval` from the start of the silence, more than this window plus
+/// the renewal by a new coordinator after it.
+pub fn step_aside_window_millis(lease_millis: u64) -> u64 {
+    lease_millis / 2
+}
+
+/// After a step-aside nobody took over (a follower behind, a proposal that broke the silence),
+/// the primary leads normally for this long before it tries again.
+pub fn step_aside_retry_millis(lease_millis: u64) -> u64 {
+    10 * lease_millis
+}
+
 /// How long a coordinator whose proposal failed (typically: it is no longer the leader) waits
 /// before deciding again; a refusal comes back at once, so deciding again immediately would spin.
 pub const PROPOSAL_RETRY_MILLIS: u64 = 10;
@@ -104,6 +119,14 @@ mod tests {
                 lease - quorum_confirm_interval_millis(lease) - report_interval_millis(lease);
             assert!(
                 worst_election + renewal_retry_millis(lease) + lease / 8 <= least_lease,
+                "lease {lease}"
+            );
+            // A primary stepping aside: the followers' campaign fits in its window, and the
+            // window plus a renewal by the next coordinator in its lease.
+            assert!(worst_election + lease / 20 <= step_aside_window_millis(lease));
+            assert!(
+                step_aside_window_millis(lease) + renewal_retry_millis(lease) + lease / 8
+                    <= lease - quorum_confirm_interval_millis(lease),
                 "lease {lease}"
             );
             // Followers hear several heartbeats per leader lease: one slow one is no election.

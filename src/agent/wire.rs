@@ -230,6 +230,7 @@ impl From<&proto::ReportReply> for ReportDecision {
             grant: reply.grant.map(Grant::from),
             demote: reply.demote,
             position_wanted: reply.position_wanted,
+            report_soon: reply.report_soon,
         }
     }
 }

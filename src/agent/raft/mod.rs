@@ -517,6 +517,11 @@ impl RaftNode {
         self.elections.gate().set_allowed(allowed);
     }
 
+    /// Turn the leader's periodic heartbeats on or off (the primary stepping aside).
+    pub fn set_heartbeats(&self, enabled: bool) {
+        self.raft.runtime_config().heartbeat(enabled);
+    }
+
     /// The last committed log index (from Raft's own state).
     pub async fn committed_index(&self) -> u64 {
         self.raft
