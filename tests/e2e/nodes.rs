@@ -393,28 +393,48 @@ impl Observed {
 
 /// Until a write through `cache-rw` is acknowledged by a backup (`SET` + `WAIT 1`), from the
 /// host, in ms since `cut`. With the old primary's node cut off, only a new primary can answer.
+/// A new attempt starts every 50 ms, each on its own connection with its own timeout (what a
+/// client with a short connect timeout sees): one waiting on a connection to the cut-off node
+/// does not hold back the one that reaches the new primary once `cache-rw` routes to it.
 pub async fn first_acked_write_through_rw(ctx: &Ctx, ns: &str, cut: Instant) -> Result<u128> {
     let rw = format!(
         "{}:{REDIS_PORT}",
         service_ip(ctx, ns, &format!("{GROUP}-rw")).await?
     );
+    let mut attempts = tokio::task::JoinSet::new();
+    let mut next = tokio::time::interval(Duration::from_millis(50));
+    next.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n = 0u64;
     loop {
-        n += 1;
-        let attempt = async {
-            let mut r = Redis::connect(&rw).await?;
-            let set = r.cmd(&["SET", "node-fault", &n.to_string()]).await?;
-            let wait = r.cmd(&["WAIT", "1", "200"]).await?;
-            Ok::<_, anyhow::Error>(set == Reply::Status("OK".into()) && wait == Reply::Int(1))
-        };
-        if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_millis(600), attempt).await {
-            return Ok(cut.elapsed().as_millis());
+        tokio::select! {
+            _ = next.tick() => {
+                ensure!(
+                    cut.elapsed() < Duration::from_secs(60),
+                    "no write through {GROUP}-rw acknowledged 60 s after the fault"
+                );
+                n += 1;
+                let (rw, n) = (rw.clone(), n.to_string());
+                attempts.spawn(async move {
+                    let attempt = async {
+                        let mut r = Redis::connect(&rw).await?;
+                        let set = r.cmd(&["SET", "node-fault", &n]).await?;
+                        let wait = r.cmd(&["WAIT", "1", "200"]).await?;
+                        Ok::<_, anyhow::Error>(
+                            set == Reply::Status("OK".into()) && wait == Reply::Int(1),
+                        )
+                    };
+                    matches!(
+                        tokio::time::timeout(Duration::from_millis(600), attempt).await,
+                        Ok(Ok(true))
+                    )
+                });
+            }
+            Some(done) = attempts.join_next() => {
+                if done.unwrap_or(false) {
+                    return Ok(cut.elapsed().as_millis());
+                }
+            }
         }
-        ensure!(
-            cut.elapsed() < Duration::from_secs(60),
-            "no write through {GROUP}-rw acknowledged 60 s after the fault"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
