@@ -795,9 +795,7 @@ async fn a_primary_appointed_on_the_coordinator_hands_raft_leadership_to_another
             Duration::from_secs(10),
             "another member leading Raft, the primary's lease live",
             |s| {
-                live(s)
-                    && s.term > s1.term
-                    && leader_id(s).is_some_and(|l| l != c.nodes[leader].id)
+                live(s) && s.term > s1.term && leader_id(s).is_some_and(|l| l != c.nodes[leader].id)
             },
         )
         .await

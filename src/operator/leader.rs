@@ -17,11 +17,12 @@ type LeaseWatch = (
 );
 
 /// Seconds a lease lasts without renewal, and the grace before its expiry that the holder
-/// renews within (so it renews every 2 s). Short because routing waits for a leader: when the
-/// node of the leader and of a group's primary is lost, the agents appoint a new primary within
-/// one group lease, and `NAME-rw` follows only once the standby holds this lease
-/// (docs/operations.md, *Operator high availability*). A renewal is one small write every 2 s.
-const LEASE_SECONDS: u64 = 4;
+/// renews within (so it renews every second). Short because routing waits for a leader: when
+/// the node of the leader and of a group's primary is lost, the agents appoint a new primary
+/// within one group lease, and `NAME-rw` follows only once the standby holds this lease
+/// (docs/operations.md, *Operator high availability*). A renewal is one small write a second;
+/// the grace stays 2 s so that a renewal slowed by a busy API server does not lose the lease.
+const LEASE_SECONDS: u64 = 3;
 const GRACE_SECONDS: u64 = 2;
 /// How long ending a campaign may take (the manager's task releases the lease meanwhile).
 const STOP_TIMEOUT: Duration = Duration::from_secs(3);
