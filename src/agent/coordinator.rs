@@ -472,13 +472,21 @@ impl Coordinator {
             .filter(|r| r.epoch == epoch)
             .map_or(0, |r| r.token);
         let interval = report_interval_millis(lease_millis);
-        let vacancy_near = position_wanted != 0
-            || switchover_pending
-            || (self.state.primary.is_some()
-                && (now + interval >= l.lease_end(lease_millis)
-                    || primary_heard_at.is_none_or(|at| {
-                        now >= at + interval + renewal_retry_millis(lease_millis)
-                    })));
+        // Bounded: a vacancy nobody can fill (no candidate, a paused group) is no reason to
+        // report twenty times a second for ever.
+        let vacancy_recent = now
+            < l.lease_end(lease_millis)
+                + drift_margin_millis(lease_millis)
+                + position_wait_millis(lease_millis)
+                + lease_millis;
+        let vacancy_near = vacancy_recent
+            && (position_wanted != 0
+                || switchover_pending
+                || (self.state.primary.is_some()
+                    && (now + interval >= l.lease_end(lease_millis)
+                        || primary_heard_at.is_none_or(|at| {
+                            now >= at + interval + renewal_retry_millis(lease_millis)
+                        }))));
         let mut decision = ReportDecision {
             accepted: true,
             position_wanted,
@@ -1212,6 +1220,39 @@ mod tests {
             !c.on_report(now + 11, other, at_position(last, 0))
                 .report_soon
         );
+    }
+
+    #[test]
+    fn a_vacancy_nobody_fills_stops_the_early_reports() {
+        let (mut c, mut state, roster) = leading(0);
+        for id in [1, 2, 3] {
+            c.on_report(0, id, at_position(0, 0));
+        }
+        c.tick(1, 0);
+        let token = c.on_report(2, 2, at_position(0, 0)).position_wanted;
+        for id in [1, 2, 3] {
+            c.on_report(3, id, at_position(0, token));
+        }
+        let a = c.tick(4, 0);
+        apply(&mut c, &mut state, &roster, &a);
+        c.on_quorum_ack(1, 5);
+        c.on_report(5, 2, at_position(0, token));
+        // The primary goes quiet and member 3's workload is unhealthy: nobody can take over.
+        let unhealthy = MemberReport {
+            workload_healthy: false,
+            ..at_position(0, token)
+        };
+        let mut last_soon = None;
+        for now in (10..10_000).step_by(50) {
+            c.on_quorum_ack(1, now);
+            if c.on_report(now, 3, unhealthy.clone()).report_soon {
+                last_soon = Some(now);
+            }
+            let a = c.tick(now, 0);
+            assert_eq!(appointed(&a), None);
+        }
+        let last_soon = last_soon.expect("asked to report soon at first");
+        assert!(last_soon < 5 + 3 * LEASE, "still asked at {last_soon}");
     }
 
     #[test]
