@@ -132,6 +132,44 @@ pub async fn apply_objects(
     Ok(written)
 }
 
+/// Unsticks new members stranded on volumes of the wrong node (`plan::StrandedMember`): their
+/// claims first (each stays until the pod that references it is gone), then the pod; the
+/// StatefulSet creates both again. Objects already gone are fine.
+pub async fn release_stranded(
+    client: &Client,
+    names: &GroupNames,
+    stranded: &[crate::plan::StrandedMember],
+) -> Result<(), Error> {
+    let ns = &names.namespace;
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    for s in stranded {
+        for claim in &s.claims {
+            delete_if_present(&claims, claim, &s.pod).await?;
+        }
+        delete_if_present(&pods, &s.pod, &s.pod).await?;
+    }
+    Ok(())
+}
+
+async fn delete_if_present<K>(api: &Api<K>, name: &str, member: &str) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(Error::Kube {
+            context: format!(
+                "deleting {} {name} of the stranded member {member}",
+                K::kind(&())
+            ),
+            source: e,
+        }),
+    }
+}
+
 pub async fn delete_objects(
     client: &Client,
     applied: &AppliedCache,
@@ -343,6 +381,7 @@ mod tests {
             status: Default::default(),
             events: vec![],
             role_labels: vec![],
+            release_stranded: vec![],
             clear_switchover_request: false,
             requeue_ms: 1000,
         }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
@@ -85,7 +85,44 @@ fn member_pod(names: &GroupNames, pod: &Pod) -> Option<MemberPod> {
         agent_running,
         terminating: pod.metadata.deletion_timestamp.is_some(),
         role_label: pod.labels().get(ROLE_LABEL).cloned(),
+        node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        unschedulable: status.and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
+            c.iter().any(|c| {
+                c.type_ == "PodScheduled"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("Unschedulable")
+            })
+        }),
+        pinned_claims: Vec::new(),
     })
+}
+
+/// The node the scheduler had a claim provisioned for (WaitForFirstConsumer binding).
+const SELECTED_NODE_ANNOTATION: &str = "volume.kubernetes.io/selected-node";
+
+/// The claims of `pod` already provisioned for a node: (claim, node).
+async fn pinned_claims(
+    client: &Client,
+    ns: &str,
+    group: &ReplicaGroup,
+    pod: &MemberPod,
+) -> Result<Vec<(String, String)>, Error> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let mut pinned = Vec::new();
+    for name in crate::plan::claim_names(group, &pod.name, pod.witness) {
+        let claim = claims
+            .get_opt(&name)
+            .await
+            .context(|| format!("reading PersistentVolumeClaim {ns}/{name}"))?;
+        if let Some(node) = claim
+            .as_ref()
+            .filter(|c| c.metadata.deletion_timestamp.is_none())
+            .and_then(|c| c.annotations().get(SELECTED_NODE_ANNOTATION))
+        {
+            pinned.push((name, node.clone()));
+        }
+    }
+    Ok(pinned)
 }
 
 /// The group's member and witness pods, by name (the order a LIST returns them in).
@@ -191,7 +228,14 @@ pub async fn observe(
 ) -> Result<Observed, Error> {
     let client = &ctx.client;
     let ns = &names.namespace;
-    let pods = member_pods(names, &ctx.stores.pods(names).await?);
+    let mut pods = member_pods(names, &ctx.stores.pods(names).await?);
+    // Rare and cheap: only a pod the scheduler cannot place has its claims read.
+    for pod in pods
+        .iter_mut()
+        .filter(|p| p.unschedulable && p.node.is_none())
+    {
+        pod.pinned_claims = pinned_claims(client, ns, group, pod).await?;
+    }
 
     // Before anything dials a member: a replaced pod is reachable by its new IP at once.
     ctx.hub.learn_pod_ips(pods.iter().map(|p| {

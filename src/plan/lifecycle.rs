@@ -58,6 +58,81 @@ pub(super) struct Lifecycle {
     pub problem: Option<(String, String)>,
     /// A switchover request that cannot be done: (reason, message), reported as a Warning event.
     pub rejected_request: Option<(String, String)>,
+    /// New members to unstick (their claims and pod deleted).
+    pub stranded: Vec<StrandedMember>,
+}
+
+/// A new member the scheduler cannot place because volumes of its were already provisioned for
+/// a node where another member runs. The scheduler binds a pod's claims one by one; when one
+/// write conflicts (another controller updated the claim meanwhile) the pod is retried, but
+/// the claims bound before the conflict keep the node they were provisioned on. If another
+/// member was placed on that node meanwhile, the group's topology spread forbids it and the pod
+/// stays Pending for ever (seen on the test bed with two claims per member). The claims of a
+/// member that never joined the group hold no data, so they are deleted with the pod and the
+/// StatefulSet creates both again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StrandedMember {
+    pub pod: String,
+    /// The claims to delete.
+    pub claims: Vec<String>,
+    /// The node they were provisioned on, and the member that runs there.
+    pub node: String,
+    pub blocking: String,
+}
+
+/// Stranded new members (see [`StrandedMember`]). Never a member that is or was in the group:
+/// its volumes may hold the only copy of its data (a pod waiting for its node to come back is
+/// Pending on its volumes as well). Only when the group's own spread is in effect.
+fn stranded_members(
+    group: &ReplicaGroup,
+    observed: &Observed,
+    view: Option<&GroupView>,
+    bootstrapped: bool,
+) -> Vec<StrandedMember> {
+    if super::members::declares_own_spread(
+        group
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .unwrap_or(&Default::default()),
+    ) {
+        return Vec::new();
+    }
+    let in_group = |name: &str| -> Option<bool> {
+        match view {
+            Some(v) if v.initialized => Some(v.members.iter().any(|m| m.name == name)),
+            // Without the group's state a bootstrapped group's members are unknown.
+            _ if bootstrapped => None,
+            _ => Some(false),
+        }
+    };
+    observed
+        .pods
+        .iter()
+        .filter(|p| p.unschedulable && p.node.is_none() && !p.terminating)
+        .filter(|p| in_group(&p.name) == Some(false))
+        .filter_map(|p| {
+            let (node, blocking) = p.pinned_claims.iter().find_map(|(_, node)| {
+                observed
+                    .pods
+                    .iter()
+                    .find(|o| o.name != p.name && !o.terminating && o.node.as_ref() == Some(node))
+                    .map(|o| (node.clone(), o.name.clone()))
+            })?;
+            Some(StrandedMember {
+                pod: p.name.clone(),
+                claims: p
+                    .pinned_claims
+                    .iter()
+                    .filter(|(_, n)| *n == node)
+                    .map(|(c, _)| c.clone())
+                    .collect(),
+                node,
+                blocking,
+            })
+        })
+        .collect()
 }
 
 /// While members are being added or waited for, look again soon.
@@ -87,6 +162,7 @@ pub(super) fn decide(
         .collect();
 
     // --- bootstrap, exactly once -------------------------------------------------------------
+    out.stranded = stranded_members(group, observed, view, previous.bootstrapped_at.is_some());
     let initialized_somewhere =
         view.is_some_and(|v| v.initialized) || observed.probes.values().any(|p| p.initialized);
     if previous.bootstrapped_at.is_none() && !initialized_somewhere {

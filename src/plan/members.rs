@@ -371,6 +371,37 @@ fn data_claim(group: &ReplicaGroup) -> PersistentVolumeClaim {
 /// The node label the scheduler spreads members over.
 const NODE_TOPOLOGY_KEY: &str = "kubernetes.io/hostname";
 
+/// The template places its pods itself (pod anti-affinity or topology spread constraints).
+pub(super) fn declares_own_spread(pod: &PodSpec) -> bool {
+    pod.topology_spread_constraints
+        .as_ref()
+        .is_some_and(|c| !c.is_empty())
+        || pod
+            .affinity
+            .as_ref()
+            .is_some_and(|a| a.pod_anti_affinity.is_some())
+}
+
+/// The claims the StatefulSet creates for `pod` (named `CLAIM-POD`, as a StatefulSet names
+/// them): the agent's data volume, and for members the template's volumeClaimTemplates.
+pub fn claim_names(group: &ReplicaGroup, pod: &str, witness: bool) -> Vec<String> {
+    std::iter::once(DATA_VOLUME.to_owned())
+        .chain(
+            (!witness)
+                .then(|| {
+                    group
+                        .spec
+                        .volume_claim_templates
+                        .iter()
+                        .filter_map(|c| c.metadata.name.clone())
+                })
+                .into_iter()
+                .flatten(),
+        )
+        .map(|claim| format!("{claim}-{pod}"))
+        .collect()
+}
+
 /// Members and witnesses of a group go to different nodes, so that a lost node takes one vote
 /// and not a majority (nor the primary and the member that would replace it): a topology spread
 /// over nodes with `maxSkew: 1` and `DoNotSchedule` (a preferred anti-affinity alone was
@@ -381,15 +412,7 @@ const NODE_TOPOLOGY_KEY: &str = "kubernetes.io/hostname";
 /// declares its own pod anti-affinity or topology spread constraints gets none of this
 /// (docs/operations.md).
 fn spread_over_nodes(pod: &mut PodSpec, names: &GroupNames) {
-    let declared = pod
-        .topology_spread_constraints
-        .as_ref()
-        .is_some_and(|c| !c.is_empty())
-        || pod
-            .affinity
-            .as_ref()
-            .is_some_and(|a| a.pod_anti_affinity.is_some());
-    if declared {
+    if declares_own_spread(pod) {
         return;
     }
     pod.topology_spread_constraints = Some(vec![TopologySpreadConstraint {

@@ -26,7 +26,8 @@ use crate::api::{MemberRole, ReplicaGroup, ReplicaGroupStatus};
 use crate::supervisor::protocol::HookOutcome;
 
 pub use crate::api::names::HTTPROUTE_API_VERSION;
-pub use lifecycle::AgentAction;
+pub use lifecycle::{AgentAction, StrandedMember};
+pub use members::claim_names;
 pub use routing::{ROUTE_RULE_NAME, merge_route};
 
 /// Settings of the operator itself (from its flags), not of a group.
@@ -50,6 +51,13 @@ pub struct MemberPod {
     pub terminating: bool,
     /// Its `quorate.dev/role` label as it is now.
     pub role_label: Option<String>,
+    /// The node it was scheduled to (`spec.nodeName`).
+    pub node: Option<String>,
+    /// The scheduler found no node for it (`PodScheduled` False, reason `Unschedulable`).
+    pub unschedulable: bool,
+    /// Only for an unschedulable pod: its claims that were already provisioned for a node
+    /// (claim name, node from the claim's `volume.kubernetes.io/selected-node`).
+    pub pinned_claims: Vec<(String, String)>,
 }
 
 /// A member's own answer to `Status` (asked for members not in the group view yet).
@@ -206,6 +214,9 @@ pub struct Plan {
     pub role_labels: Vec<RoleLabel>,
     /// Remove the `quorate.dev/switchover-to` annotation (its request was handed to the group).
     pub clear_switchover_request: bool,
+    /// New members stuck on volumes provisioned for the wrong node: delete those claims, then
+    /// the pod, and the StatefulSet creates both again.
+    pub release_stranded: Vec<StrandedMember>,
     /// Look again after this long at the latest (lease expiry, dwell time, safety net).
     pub requeue_ms: u64,
 }
@@ -271,7 +282,7 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
         });
     }
 
-    let (status, events) = status::build(&status::StatusInputs {
+    let (status, mut events) = status::build(&status::StatusInputs {
         group,
         names: &names,
         observed,
@@ -280,6 +291,22 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
         traffic: &traffic,
         template_problem: template_problem.as_deref(),
     });
+    for s in &lifecycle.stranded {
+        events.push(PlannedEvent {
+            warning: true,
+            reason: "StrandedVolumes".into(),
+            note: format!(
+                "{} cannot be scheduled: its new volume(s) {} were provisioned on {}, where {} runs \
+                 (the scheduler failed binding its other volumes and placed {} there meanwhile); \
+                 deleting them and the pod so that the StatefulSet creates both again",
+                s.pod,
+                s.claims.join(", "),
+                s.node,
+                s.blocking,
+                s.blocking
+            ),
+        });
+    }
     let role_labels = routing::role_labels(group, observed, &traffic);
     let requeue_ms = [Some(RESYNC_MS), traffic.requeue_ms, lifecycle.requeue_ms]
         .into_iter()
@@ -294,6 +321,7 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
         events,
         role_labels,
         clear_switchover_request: lifecycle.clear_switchover_request,
+        release_stranded: lifecycle.stranded,
         requeue_ms,
     }
 }

@@ -50,6 +50,7 @@ fn pods(n: u32) -> Vec<MemberPod> {
             agent_running: true,
             terminating: false,
             role_label: None,
+            ..MemberPod::default()
         })
         .collect()
 }
@@ -1888,6 +1889,7 @@ fn witness_and_active_members_are_labelled_with_their_role() {
         agent_running: true,
         terminating: false,
         role_label: None,
+        ..MemberPod::default()
     });
     let mut v = view(2, 0, 4);
     v.members.push(MemberView {
@@ -1923,4 +1925,113 @@ fn witness_and_active_members_are_labelled_with_their_role() {
         &settings(),
     );
     assert_eq!(labels(&p), [("cache-0", Some("active"))]);
+}
+
+// --- stranded new members -------------------------------------------------------------------
+
+/// Three new members: cache-0 on node-2, cache-2 on node-3, and cache-1 unschedulable with its
+/// agent volume provisioned on node-2 (the scheduler's binding of its other claim conflicted).
+fn stranded_pods() -> Vec<MemberPod> {
+    let mut p = pods(3);
+    p[0].node = Some("node-2".into());
+    p[2].node = Some("node-3".into());
+    p[1].ip = None;
+    p[1].agent_running = false;
+    p[1].unschedulable = true;
+    p[1].pinned_claims = vec![("quorate-data-cache-1".into(), "node-2".into())];
+    p
+}
+
+#[test]
+fn a_new_member_stranded_on_another_members_node_gets_its_claims_and_pod_deleted() {
+    let g = group(GroupMode::PrimaryBackup, 3);
+    let p = plan(
+        &g,
+        &observed(stranded_pods(), AgentsObserved::Connecting),
+        &settings(),
+    );
+    assert_eq!(
+        p.release_stranded,
+        vec![StrandedMember {
+            pod: "cache-1".into(),
+            claims: vec!["quorate-data-cache-1".into()],
+            node: "node-2".into(),
+            blocking: "cache-0".into(),
+        }]
+    );
+    let event = p
+        .events
+        .iter()
+        .find(|e| e.reason == "StrandedVolumes")
+        .expect("an event");
+    assert!(
+        event.warning && event.note.contains("quorate-data-cache-1"),
+        "{event:?}"
+    );
+}
+
+#[test]
+fn members_that_may_hold_data_or_are_not_blocked_by_the_spread_are_left_alone() {
+    let nothing = |g: &ReplicaGroup, pods: Vec<MemberPod>, agents: AgentsObserved| {
+        plan(g, &observed(pods, agents), &settings()).release_stranded
+    };
+    let g = group(GroupMode::PrimaryBackup, 3);
+    // A member of the group (its pod waits for its volume's node to come back, say).
+    assert_eq!(
+        nothing(
+            &bootstrapped(g.clone()),
+            stranded_pods(),
+            connected(view(3, 0, 2))
+        ),
+        vec![]
+    );
+    // A bootstrapped group whose state is unknown right now.
+    assert_eq!(
+        nothing(
+            &bootstrapped(g.clone()),
+            stranded_pods(),
+            AgentsObserved::Connecting
+        ),
+        vec![]
+    );
+    // Its volume's node runs no other member: the spread is not what blocks it.
+    let mut p = stranded_pods();
+    p[1].pinned_claims = vec![("quorate-data-cache-1".into(), "node-1".into())];
+    assert_eq!(nothing(&g, p, AgentsObserved::Connecting), vec![]);
+    // The template places its pods itself.
+    let mut own = g.clone();
+    own.spec
+        .template
+        .spec
+        .as_mut()
+        .expect("pod spec")
+        .topology_spread_constraints = Some(vec![Default::default()]);
+    assert_eq!(
+        nothing(&own, stranded_pods(), AgentsObserved::Connecting),
+        vec![]
+    );
+    // Scheduled, or not stuck.
+    let mut p = stranded_pods();
+    p[1].unschedulable = false;
+    assert_eq!(nothing(&g, p, AgentsObserved::Connecting), vec![]);
+}
+
+#[test]
+fn claim_names_follow_the_statefulset_naming() {
+    let mut g = group(GroupMode::PrimaryBackup, 3);
+    g.spec.volume_claim_templates = vec![k8s_openapi::api::core::v1::PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some("data".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    }];
+    assert_eq!(
+        claim_names(&g, "cache-1", false),
+        ["quorate-data-cache-1", "data-cache-1"]
+    );
+    assert_eq!(
+        claim_names(&g, "cache-witness-0", true),
+        ["quorate-data-cache-witness-0"]
+    );
 }
