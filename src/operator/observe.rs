@@ -97,6 +97,10 @@ fn member_pod(names: &GroupNames, pod: &Pod) -> Option<MemberPod> {
     })
 }
 
+/// How long a member the group knows but reports unhealthy may take to answer a probe (a
+/// running agent answers `Status` in milliseconds).
+const KNOWN_MEMBER_PROBE_TIMEOUT: Duration = Duration::from_millis(250);
+
 /// The node the scheduler had a claim provisioned for (WaitForFirstConsumer binding).
 const SELECTED_NODE_ANNOTATION: &str = "volume.kubernetes.io/selected-node";
 
@@ -251,28 +255,39 @@ pub async fn observe(
         AgentsObserved::Connected { view, .. } => Some(view),
         _ => None,
     };
-    let to_probe: Vec<&MemberPod> = pods
+    // A member the group's view knows but reports unhealthy is probed only for a lost volume
+    // (a new id), which can wait for a later reconcile: it gets a short answer time, because
+    // one on a cut-off or frozen node never answers, and this reconcile is often the one that
+    // routes to the new primary (waiting the full connect timeout for it held failovers back
+    // by a second on the test bed).
+    let to_probe: Vec<(&MemberPod, Option<Duration>)> = pods
         .iter()
         .filter(|p| p.agent_running && !p.terminating)
-        .filter(|p| {
-            view.is_none_or(|v| {
-                !v.initialized
-                    || v.members
-                        .iter()
-                        .find(|m| m.name == p.name)
-                        .is_none_or(|m| !m.healthy)
-            })
+        .filter_map(|p| match view {
+            Some(v) if v.initialized => match v.members.iter().find(|m| m.name == p.name) {
+                Some(m) if m.healthy => None,
+                Some(_) => Some((p, Some(KNOWN_MEMBER_PROBE_TIMEOUT))),
+                None => Some((p, None)),
+            },
+            _ => Some((p, None)),
         })
         .collect();
-    let probes = join_all(to_probe.iter().map(|p| {
+    let probes = join_all(to_probe.iter().map(|(p, timeout)| {
         let address = names.agent_address(&p.name);
         let tls = tls.client.clone();
         let hub = &ctx.hub;
-        async move { (p.name.clone(), hub.probe(&address, Some(tls)).await) }
+        async move {
+            let probe = hub.probe(&address, Some(tls));
+            let probe = match timeout {
+                Some(t) => tokio::time::timeout(*t, probe).await.ok(),
+                None => Some(probe.await),
+            };
+            (p.name.clone(), probe.and_then(Result::ok))
+        }
     }))
     .await
     .into_iter()
-    .filter_map(|(name, r)| r.ok().map(|probe| (name, probe)))
+    .filter_map(|(name, probe)| probe.map(|probe| (name, probe)))
     .collect();
 
     let slices = slices_observed(names, &ctx.stores.slices(names).await?);

@@ -34,6 +34,7 @@ pub fn tests() -> Vec<crate::support::Test> {
         the_primarys_node_partitioned_a_primary_elsewhere_takes_writes,
         the_primarys_node_frozen_and_resumed_the_old_primary_never_takes_writes,
         a_backups_node_killed_the_group_keeps_its_primary,
+        new_members_stranded_on_one_node_are_created_again_elsewhere,
         the_node_of_the_primary_and_the_operator_leader_partitioned_routing_follows,
     ]
 }
@@ -641,6 +642,60 @@ async fn a_backups_node_killed_the_group_keeps_its_primary(ctx: Ctx) -> Result<(
         nodes[&backup],
         restarted.elapsed().as_secs()
     );
+    Ok(())
+}
+
+async fn new_members_stranded_on_one_node_are_created_again_elsewhere(ctx: Ctx) -> Result<()> {
+    if !on_test_bed() {
+        return Ok(());
+    }
+    ensure_operator(&ctx).await?;
+    let ns = ctx.namespace("node-stranded")?;
+    // What a scheduler's claim binding that conflicted half-way leaves behind: the agent
+    // volumes of two new members provisioned for one node. Both members cannot run there.
+    let node = ctx
+        .kubectl(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"])?
+        .trim()
+        .to_owned();
+    let group = redis_example(&ctx)?;
+    let size = group["spec"]["storage"]["size"]
+        .as_str()
+        .context("spec.storage.size in examples/redis.yaml")?
+        .to_owned();
+    for pod in ["cache-0", "cache-1"] {
+        let claim = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {
+                "name": format!("quorate-data-{pod}"),
+                "annotations": {"volume.kubernetes.io/selected-node": node},
+            },
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": size}},
+            },
+        });
+        ctx.kubectl_stdin(
+            &["apply", "--server-side", "-n", &ns.name, "-f", "-"],
+            Some(&claim.to_string()),
+        )?;
+    }
+    let (_, _, nodes) = spread_group(&ctx, &ns.name).await?;
+    let events = ctx.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        &ns.name,
+        "--field-selector",
+        "reason=StrandedVolumes",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ])?;
+    ensure!(
+        events.contains(&node),
+        "no StrandedVolumes event naming {node}: {events:?}"
+    );
+    println!("    members on {nodes:?}; {events}");
     Ok(())
 }
 
