@@ -1071,6 +1071,26 @@ mod tests {
         }
     }
 
+    /// Coordinator 1 appoints member 2 (epoch 1) through a first position round, in which every
+    /// member reported position 0; returns the round's token too.
+    fn appointed_by_position() -> (Coordinator, u64) {
+        let (mut c, mut state, roster) = leading(0);
+        for id in [1, 2, 3] {
+            c.on_report(0, id, at_position(0, 0));
+        }
+        // The first appointment already asks for a position round.
+        assert_eq!(appointed(&c.tick(1, 0)), None);
+        let token = c.on_report(2, 2, at_position(0, 0)).position_wanted;
+        assert!(token > 0);
+        for id in [1, 2, 3] {
+            c.on_report(3, id, at_position(0, token));
+        }
+        let a = c.tick(4, 0);
+        assert_eq!(appointed(&a), Some((2, 1)));
+        apply(&mut c, &mut state, &roster, &a);
+        (c, token)
+    }
+
     #[test]
     fn the_highest_workload_position_wins_over_priority_and_ordinal() {
         let base = CandidateInfo {
@@ -1105,20 +1125,7 @@ mod tests {
 
     #[test]
     fn a_vacancy_waits_for_fresh_workload_positions_and_appoints_the_furthest() {
-        let (mut c, mut state, roster) = leading(0);
-        for id in [1, 2, 3] {
-            c.on_report(0, id, at_position(0, 0));
-        }
-        // The first appointment already asks for a position round.
-        assert_eq!(appointed(&c.tick(1, 0)), None);
-        let token = c.on_report(2, 2, at_position(0, 0)).position_wanted;
-        assert!(token > 0);
-        for id in [1, 2, 3] {
-            c.on_report(3, id, at_position(0, token));
-        }
-        let a = c.tick(4, 0);
-        assert_eq!(appointed(&a), Some((2, 1)));
-        apply(&mut c, &mut state, &roster, &a);
+        let (mut c, token) = appointed_by_position();
         let mut now = 0;
         while now < 3000 {
             now += 100;
@@ -1224,17 +1231,7 @@ mod tests {
 
     #[test]
     fn a_vacancy_nobody_fills_stops_the_early_reports() {
-        let (mut c, mut state, roster) = leading(0);
-        for id in [1, 2, 3] {
-            c.on_report(0, id, at_position(0, 0));
-        }
-        c.tick(1, 0);
-        let token = c.on_report(2, 2, at_position(0, 0)).position_wanted;
-        for id in [1, 2, 3] {
-            c.on_report(3, id, at_position(0, token));
-        }
-        let a = c.tick(4, 0);
-        apply(&mut c, &mut state, &roster, &a);
+        let (mut c, token) = appointed_by_position();
         c.on_quorum_ack(1, 5);
         c.on_report(5, 2, at_position(0, token));
         // The primary goes quiet and member 3's workload is unhealthy: nobody can take over.
@@ -1275,18 +1272,7 @@ mod tests {
 
     #[test]
     fn a_released_primary_is_not_waited_for_in_the_position_round() {
-        let (mut c, mut state, roster) = leading(0);
-        for id in [1, 2, 3] {
-            c.on_report(0, id, at_position(0, 0));
-        }
-        c.tick(1, 0);
-        let token = c.on_report(2, 2, at_position(0, 0)).position_wanted;
-        for id in [1, 2, 3] {
-            c.on_report(3, id, at_position(0, token));
-        }
-        let a = c.tick(4, 0);
-        assert_eq!(appointed(&a), Some((2, 1)));
-        apply(&mut c, &mut state, &roster, &a);
+        let (mut c, token) = appointed_by_position();
         let mut now = 0;
         while now < 3000 {
             now += 100;

@@ -19,8 +19,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 
 use crate::operator::{
-    OPERATOR_NAMESPACE, ensure_operator, groups, lease_holder, plugin, rw_slice, service_ip,
-    wait_ready,
+    OPERATOR_NAMESPACE, ensure_operator, event_messages, groups, lease_holder, plugin, rw_slice,
+    service_ip, wait_ready,
 };
 use crate::support::{Ctx, wait_for};
 use crate::workloads::{
@@ -681,16 +681,7 @@ async fn new_members_stranded_on_one_node_are_created_again_elsewhere(ctx: Ctx) 
         )?;
     }
     let (_, _, nodes) = spread_group(&ctx, &ns.name).await?;
-    let events = ctx.kubectl(&[
-        "get",
-        "events",
-        "-n",
-        &ns.name,
-        "--field-selector",
-        "reason=StrandedVolumes",
-        "-o",
-        "jsonpath={.items[*].message}",
-    ])?;
+    let events = event_messages(&ctx, &ns.name, "StrandedVolumes")?;
     ensure!(
         events.contains(&node),
         "no StrandedVolumes event naming {node}: {events:?}"

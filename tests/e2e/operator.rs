@@ -108,6 +108,20 @@ fn condition_true(g: &ReplicaGroup, type_: &str) -> bool {
     })
 }
 
+/// The messages of the Events with `reason` in `ns`, space-separated.
+pub fn event_messages(ctx: &Ctx, ns: &str, reason: &str) -> Result<String> {
+    ctx.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        &format!("reason={reason}"),
+        "-o",
+        "jsonpath={.items[*].message}",
+    ])
+}
+
 pub async fn wait_ready(
     ctx: &Ctx,
     ns: &str,
@@ -312,16 +326,7 @@ async fn graceful_deletion_hands_over_at_once(ctx: Ctx) -> Result<()> {
         new_epoch == epoch + 1,
         "epoch went {epoch} -> {new_epoch} after {took:?}"
     );
-    let failovers = ctx.kubectl(&[
-        "get",
-        "events",
-        "-n",
-        &ns.name,
-        "--field-selector",
-        "reason=Failover",
-        "-o",
-        "jsonpath={.items[*].message}",
-    ])?;
+    let failovers = event_messages(&ctx, &ns.name, "Failover")?;
     ensure!(
         !failovers.contains("LeaseExpired"),
         "the hand-off after {took:?} waited for the lease to expire: {failovers}"
@@ -638,16 +643,7 @@ async fn invalid_template_is_reported_without_a_crash_loop(ctx: Ctx) -> Result<(
         "message: {}",
         g.1.message
     );
-    let events = ctx.kubectl(&[
-        "get",
-        "events",
-        "-n",
-        &ns.name,
-        "--field-selector",
-        "reason=InvalidTemplate",
-        "-o",
-        "jsonpath={.items[*].message}",
-    ])?;
+    let events = event_messages(&ctx, &ns.name, "InvalidTemplate")?;
     ensure!(
         events.contains("automountServiceAccountToken"),
         "no InvalidTemplate event: {events}"
