@@ -80,9 +80,11 @@ pub struct StrandedMember {
     pub blocking: String,
 }
 
-/// Stranded new members (see [`StrandedMember`]). Never a member that is or was in the group:
-/// its volumes may hold the only copy of its data (a pod waiting for its node to come back is
-/// Pending on its volumes as well). Only when the group's own spread is in effect.
+/// Stranded new members (see [`StrandedMember`]): not in the group's membership (before the
+/// bootstrap, or not added yet). Never a member of the group: its volumes may hold the only
+/// copy of its data (a pod waiting for its node to come back is Pending on its volumes as
+/// well), nor anything while the membership is unknown. Only when the group's own spread is in
+/// effect.
 fn stranded_members(
     group: &ReplicaGroup,
     observed: &Observed,
