@@ -531,7 +531,11 @@ record_fault() { mkdir -p "$DIR/state/faults"; echo "$2" >"$(fault_file "$1")"; 
 
 cmd_partition() {
   need_running_bed
-  local n=$1 i veth; i="$(node_index "$n")" veth="$(node_veth "$i")"
+  # One assignment per line: in `i=$(..) veth=$(..)` the status is the last substitution's,
+  # and an unknown node would not stop the script.
+  local n=$1 i veth
+  i="$(node_index "$n")"
+  veth="$(node_veth "$i")"
   need_no_fault "$n"
   iptables -w -t raw -A QUORATE-FAULTS -i "$veth" -j DROP
   iptables -w -t mangle -A QUORATE-FAULTS -o "$veth" -j DROP
@@ -582,7 +586,10 @@ cmd_kill() {
 
 cmd_restore() {
   need_running_bed
-  local n=$1 i f veth; i="$(node_index "$n")" f="$(fault_of "$n")" veth="$(node_veth "$i")"
+  local n=$1 i f veth
+  i="$(node_index "$n")"
+  f="$(fault_of "$n")"
+  veth="$(node_veth "$i")"
   case "$f" in
     "") echo "$n: no fault"; return 0 ;;
     partitioned)

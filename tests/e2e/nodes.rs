@@ -30,6 +30,7 @@ use crate::workloads::{
 
 pub fn tests() -> Vec<crate::support::Test> {
     crate::tests![
+        fault_commands_name_the_nodes_and_restoring_a_healthy_node_changes_nothing,
         members_of_a_group_land_on_three_different_nodes,
         the_primarys_node_partitioned_a_primary_elsewhere_takes_writes,
         the_primarys_node_frozen_and_resumed_the_old_primary_never_takes_writes,
@@ -514,6 +515,47 @@ pub async fn node_fault_round(
 }
 
 // --- tests ----------------------------------------------------------------------------------
+
+async fn fault_commands_name_the_nodes_and_restoring_a_healthy_node_changes_nothing(
+    ctx: Ctx,
+) -> Result<()> {
+    if !on_test_bed() {
+        return Ok(());
+    }
+    let script = ctx.root.join("hack/cluster.sh");
+    let nodes = ctx.kubectl(&["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"])?;
+    for fault in ["partition", "freeze", "kill", "restore"] {
+        let refused = cluster_sh(&script, &[fault, "no-such-node"])
+            .err()
+            .with_context(|| format!("{fault} of an unknown node succeeded"))?;
+        let message = format!("{refused:#}");
+        ensure!(
+            message.contains("unknown node 'no-such-node'")
+                && nodes.split_whitespace().all(|n| message.contains(n)),
+            "{fault} of an unknown node: {message:?} does not name the nodes {nodes:?}"
+        );
+    }
+    // A node without a fault: restoring it is a no-op, and it stays Ready.
+    let node = nodes.split_whitespace().next().context("a node")?;
+    cluster_sh(&script, &["restore", node])?;
+    let faults = cluster_sh(&script, &["faults"])?;
+    ensure!(
+        !faults.contains(node),
+        "{node} shows a fault after a restore without one: {faults:?}"
+    );
+    let ready = ctx.kubectl(&[
+        "get",
+        "node",
+        node,
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+    ])?;
+    ensure!(
+        ready.trim() == "True",
+        "{node} is not Ready after the no-op restore: {ready:?}"
+    );
+    Ok(())
+}
 
 async fn members_of_a_group_land_on_three_different_nodes(ctx: Ctx) -> Result<()> {
     if !on_test_bed() {
