@@ -1571,11 +1571,11 @@ mod tests {
         assert!(fx.contains(&Effect::ShutdownDone));
     }
 
-    /// Member 1, the Raft leader, appointed primary (a switchover to the coordinator): returns
-    /// the core and the effects of the moment its lease became live.
-    fn primary_leading() -> (AgentCore, Vec<Effect>) {
+    /// Member 1 leading Raft (its first quorum round confirmed at 2) in a group whose primary is
+    /// `primary` at epoch 1.
+    fn coordinating_with_primary(primary: NodeId) -> AgentCore {
         let mut c = core(1);
-        c.handle(Input::Applied(applied(Some(1), 1)), at(0));
+        c.handle(Input::Applied(applied(Some(primary), 1)), at(0));
         let fx = c.handle(Input::Raft(raft(1, 1)), at(0));
         assert!(fx.contains(&Effect::ConfirmQuorum { term: 1 }));
         c.handle(
@@ -1586,6 +1586,13 @@ mod tests {
             },
             at(2),
         );
+        c
+    }
+
+    /// Member 1, the Raft leader, appointed primary (a switchover to the coordinator): returns
+    /// the core and the effects of the moment its lease became live.
+    fn primary_leading() -> (AgentCore, Vec<Effect>) {
+        let mut c = coordinating_with_primary(1);
         // Its own report without a grant (no quorum round yet) is retried soon.
         let fx = c.handle(Input::Tick, at(c.next_deadline()));
         assert_eq!(c.role_at(c.now), (MemberRole::Primary, 1), "{fx:?}");
@@ -1644,18 +1651,7 @@ mod tests {
 
     #[test]
     fn the_coordinator_replaces_a_silent_primary_at_its_deadline_without_polling() {
-        let mut c = core(1);
-        c.handle(Input::Applied(applied(Some(2), 1)), at(0));
-        let fx = c.handle(Input::Raft(raft(1, 1)), at(0));
-        assert!(fx.contains(&Effect::ConfirmQuorum { term: 1 }));
-        c.handle(
-            Input::QuorumConfirmed {
-                term: 1,
-                sent_at: 0,
-                confirmed: true,
-            },
-            at(2),
-        );
+        let mut c = coordinating_with_primary(2);
         let healthy = MemberReport {
             workload_healthy: true,
             priority: 50,
