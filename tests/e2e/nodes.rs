@@ -796,21 +796,33 @@ async fn switch_over(ctx: &Ctx, ns: &str, target: &str, epoch: u64) -> Result<(S
 pub async fn primary_with_the_operator_leader(
     ctx: &Ctx,
     ns: &str,
-    primary: String,
-    epoch: u64,
+    mut primary: String,
+    mut epoch: u64,
     nodes: &BTreeMap<String, String>,
 ) -> Result<(String, u64, String, String)> {
-    let (leader, node) = operator_leader(ctx).await?;
-    let target = nodes
-        .iter()
-        .find(|(_, n)| **n == node)
-        .map(|(m, _)| m.clone())
-        .with_context(|| format!("no member on the operator leader's node {node}: {nodes:?}"))?;
-    if target == primary {
-        return Ok((primary, epoch, node, leader));
+    // A few tries, as in `primary_away_from_the_operator_leader`: the coordinator may appoint
+    // another member than the one asked for, and the operator's leader may move meanwhile.
+    for _ in 0..3 {
+        let (leader, node) = operator_leader(ctx).await?;
+        let target = nodes
+            .iter()
+            .find(|(_, n)| **n == node)
+            .map(|(m, _)| m.clone())
+            .with_context(|| {
+                format!("no member on the operator leader's node {node}: {nodes:?}")
+            })?;
+        if target == primary {
+            return Ok((primary, epoch, node, leader));
+        }
+        if let Err(e) = switch_over(ctx, ns, &target, epoch).await {
+            println!("    switchover to {target}: {e:#}");
+        }
+        wait_ready(ctx, ns, GROUP, Duration::from_secs(120)).await?;
+        let status = groups(ctx, ns).get(GROUP).await?.status.context("status")?;
+        primary = status.primary.context("no primary after a switchover")?;
+        epoch = status.epoch.context("no epoch after a switchover")? as u64;
     }
-    let (new, new_epoch) = switch_over(ctx, ns, &target, epoch).await?;
-    Ok((new, new_epoch, node, leader))
+    anyhow::bail!("{primary} is still not on the operator leader's node after 3 switchovers")
 }
 
 async fn the_node_of_the_primary_and_the_operator_leader_partitioned_routing_follows(
