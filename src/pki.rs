@@ -2,7 +2,9 @@
 //!
 //! Each group has its own CA. Members get one certificate valid for both server and client
 //! authentication (they serve gRPC and dial their peers); the operator gets a client-only
-//! certificate. The rustls configurations always use the `ring` provider explicitly, never the
+//! certificate. Every leaf names who it speaks for in a URI subject alternative name
+//! ([`Identity`]): the agents authorize each RPC by it (the CA says *which group*, the identity
+//! says *member or operator*). The rustls configurations always use the `ring` provider explicitly, never the
 //! process default, so nothing depends on which provider another crate installed.
 
 use std::net::IpAddr;
@@ -36,6 +38,66 @@ pub enum PkiError {
     DnsName { name: String },
     #[error("invalid validity window: {0}")]
     Validity(String),
+}
+
+/// Who a certificate speaks for, written as a SPIFFE-style URI subject alternative name:
+/// `spiffe://quorate.dev/member/NAME` or `spiffe://quorate.dev/operator`. Which group it belongs
+/// to is proven by the group CA that signed it, so the URI does not repeat it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Identity {
+    Member(String),
+    Operator,
+}
+
+const IDENTITY_PREFIX: &str = "spiffe://quorate.dev/";
+
+impl Identity {
+    pub fn uri(&self) -> String {
+        match self {
+            Identity::Member(name) => format!("{IDENTITY_PREFIX}member/{name}"),
+            Identity::Operator => format!("{IDENTITY_PREFIX}operator"),
+        }
+    }
+
+    pub fn from_uri(uri: &str) -> Option<Self> {
+        match uri.strip_prefix(IDENTITY_PREFIX)? {
+            "operator" => Some(Identity::Operator),
+            rest => rest
+                .strip_prefix("member/")
+                .filter(|name| !name.is_empty() && !name.contains('/'))
+                .map(|name| Identity::Member(name.to_owned())),
+        }
+    }
+
+    /// The identity of a DER certificate (the first quorate URI name); `None` when it has none
+    /// or does not parse.
+    pub fn of_certificate(der: &[u8]) -> Option<Self> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let san = cert.subject_alternative_name().ok()??;
+        san.value.general_names.iter().find_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => Self::from_uri(uri),
+            _ => None,
+        })
+    }
+}
+
+impl Identity {
+    /// The identity of the first certificate in `pem`.
+    pub fn of_pem(pem: &str) -> Option<Self> {
+        let first = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .next()?
+            .ok()?;
+        Self::of_certificate(&first)
+    }
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Member(name) => write!(f, "member {name}"),
+            Identity::Operator => f.write_str("the operator"),
+        }
+    }
 }
 
 /// The days (UTC) a certificate is valid: from the start of `not_before` to the start of
@@ -146,6 +208,7 @@ fn leaf(
     common_name: &str,
     dns_names: &[String],
     ips: &[IpAddr],
+    identity: Option<&Identity>,
     usages: Vec<ExtendedKeyUsagePurpose>,
     validity: &Validity,
 ) -> Result<CertifiedKey, PkiError> {
@@ -173,6 +236,14 @@ fn leaf(
     for ip in ips {
         params.subject_alt_names.push(SanType::IpAddress(*ip));
     }
+    if let Some(identity) = identity {
+        let uri = identity.uri();
+        let uri = uri
+            .clone()
+            .try_into()
+            .map_err(|_| PkiError::DnsName { name: uri })?;
+        params.subject_alt_names.push(SanType::URI(uri));
+    }
     validity.apply(&mut params)?;
     let cert = params
         .signed_by(&key, &issuer)
@@ -184,7 +255,8 @@ fn leaf(
 }
 
 /// A member's certificate: server and client authentication, for the given names and addresses
-/// (e.g. `cache-1.cache-peers.shop.svc.cluster.local`, `cache-1.cache-peers`).
+/// (e.g. `cache-1.cache-peers.shop.svc.cluster.local`, `cache-1.cache-peers`), speaking for
+/// [`Identity::Member`] `member`.
 pub fn issue_member_certificate(
     ca: &GroupCa,
     member: &str,
@@ -197,6 +269,7 @@ pub fn issue_member_certificate(
         member,
         dns_names,
         ips,
+        Some(&Identity::Member(member.to_owned())),
         vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -205,10 +278,12 @@ pub fn issue_member_certificate(
     )
 }
 
-/// A client-only certificate (the operator, kubectl-quorate).
+/// A client-only certificate named `name`, speaking for `identity` (the operator's is
+/// `Some(&Identity::Operator)`; one with no identity is refused every RPC).
 pub fn issue_client_certificate(
     ca: &GroupCa,
     name: &str,
+    identity: Option<&Identity>,
     validity: &Validity,
 ) -> Result<CertifiedKey, PkiError> {
     leaf(
@@ -216,6 +291,7 @@ pub fn issue_client_certificate(
         name,
         &[],
         &[],
+        identity,
         vec![ExtendedKeyUsagePurpose::ClientAuth],
         validity,
     )
@@ -379,7 +455,7 @@ mod tests {
             b"hello"
         );
         // The operator's client-only certificate is accepted too.
-        let op = issue_client_certificate(&ca, "quorate-operator", &v)?;
+        let op = issue_client_certificate(&ca, "quorate-operator", Some(&Identity::Operator), &v)?;
         let op_client = client_config(&op.cert_pem, &op.key_pem, &ca.cert_pem)?;
         assert_eq!(
             handshake(server.clone(), op_client, "cache-0.cache-peers").await?,
@@ -419,6 +495,51 @@ mod tests {
         Ok(())
     }
 
+    fn der(pem: &str) -> CertificateDer<'static> {
+        match certs("test certificate", pem) {
+            Ok(mut c) if !c.is_empty() => c.remove(0),
+            other => panic!("no certificate: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn certificates_carry_the_identity_they_were_issued_for() -> Result<(), PkiError> {
+        let v = validity();
+        let ca = generate_group_ca("quorate test/cache", &v)?;
+        let member = issue_member_certificate(&ca, "cache-1", &["cache-1.p".into()], &[], &v)?;
+        assert_eq!(
+            Identity::of_certificate(&der(&member.cert_pem)),
+            Some(Identity::Member("cache-1".into()))
+        );
+        let op = issue_client_certificate(&ca, "quorate-operator", Some(&Identity::Operator), &v)?;
+        assert_eq!(
+            Identity::of_certificate(&der(&op.cert_pem)),
+            Some(Identity::Operator)
+        );
+        let anonymous = issue_client_certificate(&ca, "someone", None, &v)?;
+        assert_eq!(Identity::of_certificate(&der(&anonymous.cert_pem)), None);
+        // The CA itself speaks for nobody; garbage does not parse.
+        assert_eq!(Identity::of_certificate(&der(&ca.cert_pem)), None);
+        assert_eq!(Identity::of_certificate(b"garbage"), None);
+        Ok(())
+    }
+
+    #[test]
+    fn identity_uris_round_trip_and_reject_look_alikes() {
+        for id in [Identity::Operator, Identity::Member("db-0".into())] {
+            assert_eq!(Identity::from_uri(&id.uri()), Some(id));
+        }
+        for bad in [
+            "spiffe://quorate.dev/member/",
+            "spiffe://quorate.dev/member/a/b",
+            "spiffe://quorate.dev/operators",
+            "spiffe://example.com/operator",
+            "urn:quorate:operator",
+        ] {
+            assert_eq!(Identity::from_uri(bad), None, "{bad}");
+        }
+    }
+
     #[test]
     fn bad_pem_and_names_are_errors_not_panics() {
         assert!(server_config("garbage", "garbage", "garbage").is_err());
@@ -429,7 +550,7 @@ mod tests {
             cert_pem: String::new(),
             key_pem: "not a key".into(),
         };
-        assert!(issue_client_certificate(&ca, "op", &v).is_err());
+        assert!(issue_client_certificate(&ca, "op", None, &v).is_err());
         let Ok(ca) = generate_group_ca("x", &v) else {
             panic!("CA generation failed");
         };

@@ -6,6 +6,7 @@ use futures::{Stream, StreamExt};
 use tonic::transport::Channel;
 
 use super::proto::{self, agent_client::AgentClient as GrpcClient};
+use super::server::COORDINATOR_METADATA;
 pub use super::transport::TlsClientConfig;
 use super::transport::{self, TransportError};
 
@@ -44,6 +45,8 @@ pub struct AgentClient {
     address: String,
     channel: Channel,
     timeout: Duration,
+    /// Kept to follow a member's pointer to the coordinator.
+    tls: Option<TlsClientConfig>,
 }
 
 impl AgentClient {
@@ -73,6 +76,7 @@ impl AgentClient {
             address: address.to_string(),
             channel,
             timeout: Duration::from_secs(10),
+            tls,
         };
         // Fail fast when nothing answers there.
         client.status().await.map_err(|e| match e {
@@ -112,6 +116,43 @@ impl AgentClient {
             code: status.code(),
             message: status.message().to_string(),
         }
+    }
+
+    /// Runs an admin call on this agent; when it answers that another member is the
+    /// coordinator (members refuse admin calls rather than forward them, see
+    /// `server::COORDINATOR_METADATA`), runs it once more there.
+    async fn on_coordinator<M, T, F, Fut>(&self, message: M, call: F) -> Result<T, ClientError>
+    where
+        M: Clone,
+        F: Fn(GrpcClient<Channel>, tonic::Request<M>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let refusal = match call(self.grpc(), self.request(message.clone())).await {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(s) => s,
+        };
+        let coordinator = refusal
+            .metadata()
+            .get(COORDINATOR_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .filter(|a| *a != self.address)
+            .map(str::to_owned);
+        let Some(address) = coordinator else {
+            return Err(self.error(refusal));
+        };
+        let Ok(channel) = transport::channel(&address, self.tls.as_ref()) else {
+            return Err(self.error(refusal));
+        };
+        let there = Self {
+            address,
+            channel,
+            timeout: self.timeout,
+            tls: self.tls.clone(),
+        };
+        call(there.grpc(), there.request(message))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| there.error(s))
     }
 
     pub async fn status(&self) -> Result<GroupState, ClientError> {
@@ -157,55 +198,49 @@ impl AgentClient {
     }
 
     pub async fn add_member(&self, member: Member) -> Result<MembershipReply, ClientError> {
-        let mut c = self.grpc();
-        c.add_member(self.request(member))
+        self.on_coordinator(member, |mut c, r| async move { c.add_member(r).await })
             .await
-            .map(|r| r.into_inner())
-            .map_err(|s| self.error(s))
     }
 
     pub async fn remove_member(&self, id: u64) -> Result<MembershipReply, ClientError> {
-        let mut c = self.grpc();
-        c.remove_member(self.request(proto::RemoveMemberRequest { id }))
-            .await
-            .map(|r| r.into_inner())
-            .map_err(|s| self.error(s))
+        self.on_coordinator(proto::RemoveMemberRequest { id }, |mut c, r| async move {
+            c.remove_member(r).await
+        })
+        .await
     }
 
     /// `target`: member name or decimal id; empty = best candidate.
     pub async fn switchover(&self, target: &str) -> Result<SwitchoverReply, ClientError> {
-        let mut c = self.grpc();
-        c.switchover(self.request(proto::SwitchoverRequest {
+        let request = proto::SwitchoverRequest {
             target: target.to_string(),
-        }))
-        .await
-        .map(|r| r.into_inner())
-        .map_err(|s| self.error(s))
+        };
+        self.on_coordinator(request, |mut c, r| async move { c.switchover(r).await })
+            .await
     }
 
     pub async fn pause(&self) -> Result<u64, ClientError> {
-        let mut c = self.grpc();
-        c.pause(self.request(proto::PauseRequest {}))
-            .await
-            .map(|r| r.into_inner().log_index)
-            .map_err(|s| self.error(s))
+        self.on_coordinator(proto::PauseRequest {}, |mut c, r| async move {
+            c.pause(r).await
+        })
+        .await
+        .map(|r| r.log_index)
     }
 
     pub async fn resume(&self) -> Result<u64, ClientError> {
-        let mut c = self.grpc();
-        c.resume(self.request(proto::ResumeRequest {}))
-            .await
-            .map(|r| r.into_inner().log_index)
-            .map_err(|s| self.error(s))
+        self.on_coordinator(proto::ResumeRequest {}, |mut c, r| async move {
+            c.resume(r).await
+        })
+        .await
+        .map(|r| r.log_index)
     }
 
     /// One replicated no-op write (a commit round trip).
     pub async fn touch(&self) -> Result<u64, ClientError> {
-        let mut c = self.grpc();
-        c.touch(self.request(proto::TouchRequest {}))
-            .await
-            .map(|r| r.into_inner().log_index)
-            .map_err(|s| self.error(s))
+        self.on_coordinator(proto::TouchRequest {}, |mut c, r| async move {
+            c.touch(r).await
+        })
+        .await
+        .map(|r| r.log_index)
     }
 
     /// Test-only fault injection (the agent must run with `--enable-fault-injection`).

@@ -20,6 +20,13 @@ pub struct MethodLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub method: String,
+    /// `operator`, `member`, `unidentified` (see `authz::Caller::kind`).
+    pub caller: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CauseLabels {
     pub cause: String,
 }
@@ -41,6 +48,8 @@ pub struct Metrics {
     pub demotions: Family<CauseLabels, Counter>,
     pub rpc_requests: Family<MethodLabels, Counter>,
     pub rpc_seconds: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    /// RPCs refused because the caller's certificate may not call them.
+    pub rpc_refused: Family<RefusalLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -64,6 +73,7 @@ impl Metrics {
             Family::<MethodLabels, Histogram, fn() -> Histogram>::new_with_constructor(
                 rpc_histogram,
             );
+        let rpc_refused = Family::<RefusalLabels, Counter>::default();
         registry.register(
             "role",
             "Role this member publishes (1 = current)",
@@ -97,6 +107,11 @@ impl Metrics {
             "gRPC request latency",
             rpc_seconds.clone(),
         );
+        registry.register(
+            "rpc_refused",
+            "gRPC requests refused: the caller's certificate may not call the method",
+            rpc_refused.clone(),
+        );
         Self {
             registry,
             role,
@@ -108,7 +123,17 @@ impl Metrics {
             demotions,
             rpc_requests,
             rpc_seconds,
+            rpc_refused,
         }
+    }
+
+    pub fn rpc_refused(&self, method: &str, caller: &str) {
+        self.rpc_refused
+            .get_or_create(&RefusalLabels {
+                method: method.to_owned(),
+                caller: caller.to_owned(),
+            })
+            .inc();
     }
 
     pub fn set_role(&self, role: &str) {

@@ -7,6 +7,7 @@
 //! `http` talk to that task through a handle and never share its state. [`wire`] is the one
 //! edge to the protobuf messages, [`snapshot`] the pure assembly of the group state.
 
+pub mod authz;
 pub mod client;
 pub mod clock;
 pub mod config;

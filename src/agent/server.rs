@@ -7,17 +7,22 @@ use std::time::Duration;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use super::authz::{self, Caller, Rpc};
 use super::clock::{monotonic_millis, unix_millis};
 use super::coordinator::MemberReport;
 use super::group::{CommandOutcome, GroupCommand, MemberNode, Mode, NodeId};
 use super::handle::AgentHandle;
+use super::metrics::RpcTimer;
 use super::proto::{self, agent_server::AgentServer, peer_server::PeerServer};
 use super::raft::{AppliedState, RaftNodeError};
 use super::snapshot::stable_part;
 use super::transport;
 
-/// Metadata set on requests a member forwards to the coordinator (prevents loops).
-const FORWARDED: &str = "x-quorate-forwarded";
+/// Metadata on the refusal of an admin request by a member that is not the coordinator: the
+/// coordinator's address, which the client follows ([`crate::agent::client`]). Members do not
+/// forward admin requests themselves: the coordinator accepts them only from the operator's
+/// certificate, and a member's is not that.
+pub const COORDINATOR_METADATA: &str = "x-quorate-coordinator";
 
 pub(crate) fn spawn_grpc(
     handle: AgentHandle,
@@ -63,6 +68,30 @@ pub(crate) fn spawn_grpc(
     Ok(())
 }
 
+/// Authorizes one request by the caller's certificate ([`authz`]); refusals are counted and
+/// logged. Returns the RPC's timer.
+fn admit<'a, T>(
+    h: &'a AgentHandle,
+    rpc: Rpc,
+    request: &Request<T>,
+) -> Result<RpcTimer<'a>, Status> {
+    let certs = request.peer_certs();
+    let caller = Caller::from_certificates(
+        h.settings.tls_server.is_some(),
+        certs.as_deref().map(Vec::as_slice),
+    );
+    if let Err(refusal) = authz::authorize(rpc, &caller) {
+        h.metrics.rpc_refused(rpc.name(), caller.kind());
+        tracing::warn!(
+            rpc = rpc.name(),
+            caller = caller.kind(),
+            "refused: {refusal}"
+        );
+        return Err(Status::permission_denied(refusal.to_string()));
+    }
+    Ok(h.metrics.rpc(rpc.name()))
+}
+
 fn raft_status(e: RaftNodeError) -> Status {
     match e {
         RaftNodeError::NotLeader { .. } => Status::unavailable(e.to_string()),
@@ -79,37 +108,6 @@ struct AgentApi {
 }
 
 impl AgentApi {
-    fn leader_client(
-        &self,
-        request_metadata: &tonic::metadata::MetadataMap,
-    ) -> Result<proto::agent_client::AgentClient<tonic::transport::Channel>, Status> {
-        let status = self.h.raft.status();
-        let Some((id, node)) = status.leader_node() else {
-            return Err(Status::unavailable("no coordinator is elected yet"));
-        };
-        if request_metadata.get(FORWARDED).is_some() {
-            return Err(Status::unavailable(format!(
-                "forwarded to a member that is not the coordinator; the coordinator is {} ({id}) at {}",
-                node.name, node.address
-            )));
-        }
-        let channel = self.h.peers.channel(id, &node.address).map_err(|e| {
-            Status::unavailable(format!(
-                "coordinator {} at {}: {e}",
-                node.name, node.address
-            ))
-        })?;
-        Ok(proto::agent_client::AgentClient::new(channel))
-    }
-
-    fn forwarded<T>(message: T) -> Request<T> {
-        let mut r = Request::new(message);
-        r.metadata_mut()
-            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-        r.set_timeout(Duration::from_secs(30));
-        r
-    }
-
     async fn propose(&self, command: GroupCommand) -> Result<u64, Status> {
         let (index, outcome) = self.h.raft.propose(command).await.map_err(raft_status)?;
         match outcome {
@@ -422,19 +420,25 @@ fn validate_member(m: &proto::Member) -> Result<(), Status> {
 
 type StateStream = Pin<Box<dyn Stream<Item = Result<proto::GroupState, Status>> + Send>>;
 
-/// Where an admin request is carried out: here on the coordinator, or forwarded to it.
-enum Route {
-    Here,
-    Forward(proto::agent_client::AgentClient<tonic::transport::Channel>),
-}
-
 impl AgentApi {
-    fn route<T>(&self, request: &Request<T>) -> Result<Route, Status> {
-        if self.h.raft.status().is_leader {
-            Ok(Route::Here)
-        } else {
-            self.leader_client(request.metadata()).map(Route::Forward)
+    /// Admin requests are carried out on the coordinator only; any other member refuses with
+    /// the coordinator's address (when one is elected).
+    fn on_coordinator(&self) -> Result<(), Status> {
+        let status = self.h.raft.status();
+        if status.is_leader {
+            return Ok(());
         }
+        let Some((id, node)) = status.leader_node() else {
+            return Err(Status::unavailable("no coordinator is elected yet"));
+        };
+        let mut refusal = Status::unavailable(format!(
+            "this member is not the coordinator; the coordinator is {} ({id}) at {}",
+            node.name, node.address
+        ));
+        if let Ok(address) = node.address.parse() {
+            refusal.metadata_mut().insert(COORDINATOR_METADATA, address);
+        }
+        Err(refusal)
     }
 
     async fn set_paused(&self, paused: bool) -> Result<proto::CommandReply, Status> {
@@ -456,9 +460,9 @@ impl AgentApi {
 impl proto::agent_server::Agent for AgentApi {
     async fn status(
         &self,
-        _request: Request<proto::StatusRequest>,
+        request: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::GroupState>, Status> {
-        let _t = self.h.metrics.rpc("Status");
+        let _t = admit(&self.h, Rpc::Status, &request)?;
         Ok(Response::new(self.h.group_state().await))
     }
 
@@ -468,7 +472,7 @@ impl proto::agent_server::Agent for AgentApi {
         &self,
         request: Request<proto::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let _t = self.h.metrics.rpc("Watch");
+        let _t = admit(&self.h, Rpc::Watch, &request)?;
         let heartbeat = Duration::from_millis(match request.get_ref().heartbeat_millis {
             0 => 1000,
             n => u64::from(n).clamp(50, 60_000),
@@ -508,7 +512,7 @@ impl proto::agent_server::Agent for AgentApi {
         &self,
         request: Request<proto::BootstrapRequest>,
     ) -> Result<Response<proto::BootstrapReply>, Status> {
-        let _t = self.h.metrics.rpc("Bootstrap");
+        let _t = admit(&self.h, Rpc::Bootstrap, &request)?;
         self.bootstrap_here(request.into_inner())
             .await
             .map(Response::new)
@@ -518,75 +522,60 @@ impl proto::agent_server::Agent for AgentApi {
         &self,
         request: Request<proto::Member>,
     ) -> Result<Response<proto::MembershipReply>, Status> {
-        let _t = self.h.metrics.rpc("AddMember");
-        match self.route(&request)? {
-            Route::Here => self
-                .add_member_here(request.into_inner())
-                .await
-                .map(Response::new),
-            Route::Forward(mut c) => c.add_member(Self::forwarded(request.into_inner())).await,
-        }
+        let _t = admit(&self.h, Rpc::AddMember, &request)?;
+        self.on_coordinator()?;
+        self.add_member_here(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn remove_member(
         &self,
         request: Request<proto::RemoveMemberRequest>,
     ) -> Result<Response<proto::MembershipReply>, Status> {
-        let _t = self.h.metrics.rpc("RemoveMember");
-        match self.route(&request)? {
-            Route::Here => self
-                .remove_member_here(request.into_inner().id)
-                .await
-                .map(Response::new),
-            Route::Forward(mut c) => c.remove_member(Self::forwarded(request.into_inner())).await,
-        }
+        let _t = admit(&self.h, Rpc::RemoveMember, &request)?;
+        self.on_coordinator()?;
+        self.remove_member_here(request.into_inner().id)
+            .await
+            .map(Response::new)
     }
 
     async fn switchover(
         &self,
         request: Request<proto::SwitchoverRequest>,
     ) -> Result<Response<proto::SwitchoverReply>, Status> {
-        let _t = self.h.metrics.rpc("Switchover");
-        match self.route(&request)? {
-            Route::Here => self
-                .switchover_here(request.into_inner().target)
-                .await
-                .map(Response::new),
-            Route::Forward(mut c) => c.switchover(Self::forwarded(request.into_inner())).await,
-        }
+        let _t = admit(&self.h, Rpc::Switchover, &request)?;
+        self.on_coordinator()?;
+        self.switchover_here(request.into_inner().target)
+            .await
+            .map(Response::new)
     }
 
     async fn pause(
         &self,
         request: Request<proto::PauseRequest>,
     ) -> Result<Response<proto::CommandReply>, Status> {
-        let _t = self.h.metrics.rpc("Pause");
-        match self.route(&request)? {
-            Route::Here => self.set_paused(true).await.map(Response::new),
-            Route::Forward(mut c) => c.pause(Self::forwarded(request.into_inner())).await,
-        }
+        let _t = admit(&self.h, Rpc::Pause, &request)?;
+        self.on_coordinator()?;
+        self.set_paused(true).await.map(Response::new)
     }
 
     async fn resume(
         &self,
         request: Request<proto::ResumeRequest>,
     ) -> Result<Response<proto::CommandReply>, Status> {
-        let _t = self.h.metrics.rpc("Resume");
-        match self.route(&request)? {
-            Route::Here => self.set_paused(false).await.map(Response::new),
-            Route::Forward(mut c) => c.resume(Self::forwarded(request.into_inner())).await,
-        }
+        let _t = admit(&self.h, Rpc::Resume, &request)?;
+        self.on_coordinator()?;
+        self.set_paused(false).await.map(Response::new)
     }
 
     async fn touch(
         &self,
         request: Request<proto::TouchRequest>,
     ) -> Result<Response<proto::CommandReply>, Status> {
-        let _t = self.h.metrics.rpc("Touch");
-        match self.route(&request)? {
-            Route::Here => self.touch_here().await.map(Response::new),
-            Route::Forward(mut c) => c.touch(Self::forwarded(request.into_inner())).await,
-        }
+        let _t = admit(&self.h, Rpc::Touch, &request)?;
+        self.on_coordinator()?;
+        self.touch_here().await.map(Response::new)
     }
 }
 
@@ -612,42 +601,23 @@ impl PeerApi {
     }
 }
 
-/// The Raft messages between peers: one JSON payload in, one out.
-#[derive(Clone, Copy)]
-enum RaftRpc {
-    AppendEntries,
-    Vote,
-    PreVote,
-    InstallSnapshot,
-}
-
-impl RaftRpc {
-    fn name(self) -> &'static str {
-        match self {
-            RaftRpc::AppendEntries => "AppendEntries",
-            RaftRpc::Vote => "Vote",
-            RaftRpc::PreVote => "PreVote",
-            RaftRpc::InstallSnapshot => "InstallSnapshot",
-        }
-    }
-}
-
 impl PeerApi {
-    /// What every Raft message shares: metrics, the sender and target check, the reply envelope.
+    /// What every Raft message shares: authorization, metrics, the sender and target check, the
+    /// reply envelope. `rpc` is one of the four Raft RPCs (anything else is an append).
     async fn raft_message(
         &self,
-        rpc: RaftRpc,
+        rpc: Rpc,
         request: Request<proto::RaftMessage>,
     ) -> Result<Response<proto::RaftMessage>, Status> {
-        let _t = self.h.metrics.rpc(rpc.name());
+        let _t = admit(&self.h, rpc, &request)?;
         let m = request.into_inner();
         self.check_peer(m.from_id, m.to_id)?;
         let raft = &self.h.raft;
         let payload = match rpc {
-            RaftRpc::AppendEntries => raft.handle_append_entries(&m.payload).await,
-            RaftRpc::Vote => raft.handle_vote(&m.payload).await,
-            RaftRpc::PreVote => raft.handle_pre_vote(&m.payload).await,
-            RaftRpc::InstallSnapshot => raft.handle_install_snapshot(&m.payload).await,
+            Rpc::Vote => raft.handle_vote(&m.payload).await,
+            Rpc::PreVote => raft.handle_pre_vote(&m.payload).await,
+            Rpc::InstallSnapshot => raft.handle_install_snapshot(&m.payload).await,
+            _ => raft.handle_append_entries(&m.payload).await,
         }
         .map_err(raft_status)?;
         Ok(Response::new(proto::RaftMessage {
@@ -664,35 +634,35 @@ impl proto::peer_server::Peer for PeerApi {
         &self,
         request: Request<proto::RaftMessage>,
     ) -> Result<Response<proto::RaftMessage>, Status> {
-        self.raft_message(RaftRpc::AppendEntries, request).await
+        self.raft_message(Rpc::AppendEntries, request).await
     }
 
     async fn vote(
         &self,
         request: Request<proto::RaftMessage>,
     ) -> Result<Response<proto::RaftMessage>, Status> {
-        self.raft_message(RaftRpc::Vote, request).await
+        self.raft_message(Rpc::Vote, request).await
     }
 
     async fn pre_vote(
         &self,
         request: Request<proto::RaftMessage>,
     ) -> Result<Response<proto::RaftMessage>, Status> {
-        self.raft_message(RaftRpc::PreVote, request).await
+        self.raft_message(Rpc::PreVote, request).await
     }
 
     async fn install_snapshot(
         &self,
         request: Request<proto::RaftMessage>,
     ) -> Result<Response<proto::RaftMessage>, Status> {
-        self.raft_message(RaftRpc::InstallSnapshot, request).await
+        self.raft_message(Rpc::InstallSnapshot, request).await
     }
 
     async fn report(
         &self,
         request: Request<proto::MemberReport>,
     ) -> Result<Response<proto::ReportReply>, Status> {
-        let _t = self.h.metrics.rpc("Report");
+        let _t = admit(&self.h, Rpc::Report, &request)?;
         let r = request.into_inner();
         self.check_peer(r.from_id, 0)?;
         let decision = self
@@ -730,7 +700,7 @@ impl proto::peer_server::Peer for PeerApi {
         &self,
         request: Request<proto::DemoteRequest>,
     ) -> Result<Response<proto::DemoteReply>, Status> {
-        let _t = self.h.metrics.rpc("Demote");
+        let _t = admit(&self.h, Rpc::Demote, &request)?;
         let r = request.into_inner();
         self.check_peer(r.from_id, 0)?;
         self.h
@@ -744,6 +714,7 @@ impl proto::peer_server::Peer for PeerApi {
         &self,
         request: Request<proto::FaultRequest>,
     ) -> Result<Response<proto::FaultReply>, Status> {
+        let _t = admit(&self.h, Rpc::InjectFault, &request)?;
         if !self.h.settings.enable_fault_injection {
             return Err(Status::permission_denied(
                 "fault injection is disabled on this agent",

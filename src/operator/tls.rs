@@ -164,28 +164,35 @@ pub async fn ensure(
         .get_opt(&names.ca_secret())
         .await
         .context(|| format!("reading Secret {}", names.ca_secret()))?;
-    let existing = ca_secret.as_ref().and_then(|s| {
-        Some((
-            GroupCa {
-                common_name: format!("quorate {}/{}", names.namespace, names.name),
-                cert_pem: text(s, "ca.crt")?,
-                key_pem: text(s, "ca.key")?,
-            },
-            text(s, "operator.crt")?,
-            text(s, "operator.key")?,
-        ))
+    let existing_ca = ca_secret.as_ref().and_then(|s| {
+        Some(GroupCa {
+            common_name: format!("quorate {}/{}", names.namespace, names.name),
+            cert_pem: text(s, "ca.crt")?,
+            key_pem: text(s, "ca.key")?,
+        })
     });
-    let (ca, operator_cert, operator_key) = match existing {
-        Some(found) => found,
-        None => {
-            let ca = pki::generate_group_ca(
-                &format!("quorate {}/{}", names.namespace, names.name),
-                &Validity::days_from(today, CA_DAYS).map_err(tls_error("CA validity"))?,
-            )
-            .map_err(tls_error("generating the group CA"))?;
+    // The operator's certificate is kept while it speaks for the operator; one issued before
+    // certificates carried identities (agents refuse it every admin RPC) is replaced.
+    let existing_operator = ca_secret.as_ref().and_then(|s| {
+        let cert = text(s, "operator.crt")?;
+        let key = text(s, "operator.key")?;
+        (pki::Identity::of_pem(&cert) == Some(pki::Identity::Operator)).then_some((cert, key))
+    });
+    let (ca, operator_cert, operator_key) = match (existing_ca, existing_operator) {
+        (Some(ca), Some((cert, key))) => (ca, cert, key),
+        (existing_ca, _) => {
+            let ca = match existing_ca {
+                Some(ca) => ca,
+                None => pki::generate_group_ca(
+                    &format!("quorate {}/{}", names.namespace, names.name),
+                    &Validity::days_from(today, CA_DAYS).map_err(tls_error("CA validity"))?,
+                )
+                .map_err(tls_error("generating the group CA"))?,
+            };
             let operator = pki::issue_client_certificate(
                 &ca,
                 "quorate-operator",
+                Some(&pki::Identity::Operator),
                 &Validity::days_from(today, CA_DAYS).map_err(tls_error("validity"))?,
             )
             .map_err(tls_error("issuing the operator certificate"))?;
@@ -220,10 +227,12 @@ pub async fn ensure(
         let annotations = s.metadata.annotations.as_ref()?;
         let not_after: jiff::civil::Date = annotations.get(NOT_AFTER_ANNOTATION)?.parse().ok()?;
         let renew_on = renewal_day(not_after)?;
-        let fresh = annotations.get(CA_HASH_ANNOTATION) == Some(&ca_hash) && today < renew_on;
-        fresh
-            .then(|| Some((text(s, "tls.crt")?, renew_on)))
-            .flatten()
+        let cert = text(s, "tls.crt")?;
+        // Also re-issued when it speaks for no member (issued before identities).
+        let fresh = annotations.get(CA_HASH_ANNOTATION) == Some(&ca_hash)
+            && today < renew_on
+            && matches!(pki::Identity::of_pem(&cert), Some(pki::Identity::Member(_)));
+        fresh.then_some((cert, renew_on))
     });
     let (member_cert, renew_on) = match current {
         Some(found) => found,

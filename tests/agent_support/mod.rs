@@ -210,7 +210,12 @@ impl Cluster {
                 fs::write(d.join("tls.key"), &cert.key_pem)?;
                 fs::write(d.join("ca.crt"), &ca.cert_pem)?;
             }
-            let op = quorate::pki::issue_client_certificate(&ca, "test-operator", &v)?;
+            let op = quorate::pki::issue_client_certificate(
+                &ca,
+                "test-operator",
+                Some(&quorate::pki::Identity::Operator),
+                &v,
+            )?;
             let client = TlsClientConfig::from_pem(&op.cert_pem, &op.key_pem, &ca.cert_pem)?;
             Some(Tls { ca, client })
         } else {

@@ -77,6 +77,25 @@ pub async fn connect(host: &str, password: &str) -> Result<Client> {
     Ok(client)
 }
 
+/// A session on `host`, retried for up to `within`: right after a fault or a switchover a
+/// server restarts (a demoted primary comes back as a standby) and kube-proxy rewrites a
+/// Service's rules, so one refused connection says nothing yet.
+pub async fn connect_within(host: &str, password: &str, within: Duration) -> Result<Client> {
+    let deadline = Instant::now() + within;
+    loop {
+        match connect(host, password).await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context(format!(
+                    "connecting to {host}:{PORT}: still failing after {} s",
+                    within.as_secs()
+                )));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
 /// One query, bounded: a session on a server that went away must not hang a test.
 async fn query_one(client: &Client, sql: &str) -> Result<tokio_postgres::Row> {
     tokio::time::timeout(Duration::from_secs(3), client.query_one(sql, &[]))
@@ -309,7 +328,7 @@ impl Writer {
 
 /// The acknowledged commits missing on the server at `host`.
 async fn missing(host: &str, password: &str, acked: &[Acked]) -> Result<Vec<i64>> {
-    let c = connect(host, password).await?;
+    let c = connect_within(host, password, Duration::from_secs(30)).await?;
     let wanted: Vec<i64> = acked.iter().map(|a| a.n).collect();
     let rows = tokio::time::timeout(
         Duration::from_secs(10),
@@ -571,7 +590,7 @@ async fn postgres_switchover_with_commits_running_loses_nothing(ctx: Ctx) -> Res
         Duration::from_secs(60),
     )
     .await?;
-    let c = connect(&ip, &password).await?;
+    let c = connect_within(&ip, &password, Duration::from_secs(30)).await?;
     let refused = write_refusal(&c, "old").await;
     ensure!(
         refused.contains("read-only"),
