@@ -71,12 +71,38 @@ impl Identity {
 
     /// The identity of a DER certificate (the first quorate URI name); `None` when it has none
     /// or does not parse.
+    ///
+    /// One exception, for upgrades: a certificate without a URI name that allows server
+    /// authentication is a member's certificate issued before identities existed (only member
+    /// certificates ever had `serverAuth`; the operator's was client-only, and the operator
+    /// replaces its own before it talks to any agent). While an upgrade rolls the members, the
+    /// new ones must accept Raft from the old ones, or the roll stalls on the first new member.
     pub fn of_certificate(der: &[u8]) -> Option<Self> {
         let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-        let san = cert.subject_alternative_name().ok()??;
-        san.value.general_names.iter().find_map(|name| match name {
-            x509_parser::extensions::GeneralName::URI(uri) => Self::from_uri(uri),
-            _ => None,
+        let san = cert.subject_alternative_name().ok().flatten();
+        let named = san.and_then(|san| {
+            san.value.general_names.iter().find_map(|name| match name {
+                x509_parser::extensions::GeneralName::URI(uri) => Self::from_uri(uri),
+                _ => None,
+            })
+        });
+        if named.is_some() {
+            return named;
+        }
+        let legacy_member = !cert.is_ca()
+            && cert
+                .extended_key_usage()
+                .ok()
+                .flatten()
+                .is_some_and(|eku| eku.value.server_auth);
+        legacy_member.then(|| {
+            let name = cert
+                .subject()
+                .iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok())
+                .unwrap_or_default();
+            Identity::Member(name.to_owned())
         })
     }
 }
@@ -518,7 +544,25 @@ mod tests {
         );
         let anonymous = issue_client_certificate(&ca, "someone", None, &v)?;
         assert_eq!(Identity::of_certificate(&der(&anonymous.cert_pem)), None);
-        // The CA itself speaks for nobody; garbage does not parse.
+        // A member certificate issued before identities (server and client authentication, no
+        // URI name) is a member's; the CA itself speaks for nobody; garbage does not parse.
+        let issuer = issuer(&ca, &v)?;
+        let key = KeyPair::generate().map_err(generate("key"))?;
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "cache-member");
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let legacy = params
+            .signed_by(&key, &issuer)
+            .map_err(generate("legacy certificate"))?;
+        assert_eq!(
+            Identity::of_certificate(legacy.der()),
+            Some(Identity::Member("cache-member".into()))
+        );
         assert_eq!(Identity::of_certificate(&der(&ca.cert_pem)), None);
         assert_eq!(Identity::of_certificate(b"garbage"), None);
         Ok(())

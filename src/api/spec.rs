@@ -51,6 +51,8 @@ pub const MAX_HOOK_TIMEOUT_MILLIS: i32 = 3_600_000;
     printcolumn(name = "Epoch", type_ = "integer", json_path = ".status.epoch", description = "Fencing epoch of the current appointment"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Lifecycle phase"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("!has(self.metadata.name) || !self.metadata.name.endsWith('-witness')")
+        .message("metadata.name may not end in -witness: NAME-witness is the StatefulSet (and NAME-witness-0 the pods) of the witnesses of the group NAME, so the objects of the two groups would have the same names"),
     validation = member_key_rule("traffic.weights"),
     validation = member_key_rule("failover.priorities"),
 )]

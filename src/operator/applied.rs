@@ -91,6 +91,12 @@ impl AppliedCache {
         matches!(self.lock().get(key), Some(Last::Applied { hash: h, .. }) if *h == hash)
     }
 
+    /// True when this process applied the object (any content) and nothing has removed or
+    /// changed it since: it is the group's.
+    pub fn written(&self, key: &ObjectKey) -> bool {
+        matches!(self.lock().get(key), Some(Last::Applied { .. }))
+    }
+
     pub fn record_applied(&self, key: ObjectKey, hash: u64, version: Option<String>) {
         self.lock().insert(key, Last::Applied { hash, version });
     }

@@ -30,22 +30,18 @@ fn content_hash(v: &Value) -> u64 {
     h.finish()
 }
 
-fn resource_of(desired: &Desired) -> (ApiResource, &'static str) {
+/// The API resource of a kind the operator writes or deletes.
+pub(super) fn api_resource(kind: &str) -> Option<ApiResource> {
     use k8s_openapi::api::core::v1::Service;
     use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-    match desired {
-        Desired::StatefulSet(_) => (ApiResource::erase::<StatefulSet>(&()), StatefulSet::KIND),
-        Desired::Service(_) => (ApiResource::erase::<Service>(&()), Service::KIND),
-        Desired::EndpointSlice(_) => (
-            ApiResource::erase::<EndpointSlice>(&()),
-            EndpointSlice::KIND,
-        ),
-        Desired::PodDisruptionBudget(_) => (
-            ApiResource::erase::<PodDisruptionBudget>(&()),
-            PodDisruptionBudget::KIND,
-        ),
-        Desired::HttpRoute(_) => (http_route_resource(), HTTPROUTE_KIND),
-    }
+    Some(match kind {
+        StatefulSet::KIND => ApiResource::erase::<StatefulSet>(&()),
+        Service::KIND => ApiResource::erase::<Service>(&()),
+        EndpointSlice::KIND => ApiResource::erase::<EndpointSlice>(&()),
+        PodDisruptionBudget::KIND => ApiResource::erase::<PodDisruptionBudget>(&()),
+        HTTPROUTE_KIND => http_route_resource(),
+        _ => return None,
+    })
 }
 
 /// Applies one object. Returns the object as the API server answered, if a request was made.
@@ -59,7 +55,11 @@ async fn apply_one(
     route: Option<&DynamicObject>,
     rw_read_at: Option<&str>,
 ) -> Result<Option<DynamicObject>, Error> {
-    let (resource, kind) = resource_of(desired);
+    let (kind, _) = desired.kind_and_name();
+    let resource = api_resource(kind).ok_or_else(|| Error::InvalidObject {
+        name: names.name.clone(),
+        message: format!("cannot apply kind {kind}"),
+    })?;
     let mut body = serde_json::to_value(desired)
         .map_err(|e| Error::Tls(format!("serializing {kind}: {e}")))?;
     body["apiVersion"] = json!(resource.api_version);
@@ -177,18 +177,11 @@ pub async fn delete_objects(
     obsolete: &[Obsolete],
 ) -> Result<(), Error> {
     for o in obsolete {
-        let resource = match o.kind {
-            StatefulSet::KIND => ApiResource::erase::<StatefulSet>(&()),
-            k8s_openapi::api::policy::v1::PodDisruptionBudget::KIND => {
-                ApiResource::erase::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(&())
-            }
-            HTTPROUTE_KIND => http_route_resource(),
-            other => {
-                return Err(Error::InvalidObject {
-                    name: o.name.clone(),
-                    message: format!("cannot delete kind {other}"),
-                });
-            }
+        let Some(resource) = api_resource(o.kind) else {
+            return Err(Error::InvalidObject {
+                name: o.name.clone(),
+                message: format!("cannot delete kind {}", o.kind),
+            });
         };
         let key = ObjectKey::new(o.kind, &names.namespace, &o.name);
         if applied.deleted(&key) {

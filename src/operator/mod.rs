@@ -56,6 +56,8 @@ pub enum Error {
     InvalidObject { name: String, message: String },
     #[error("the watch of {what} has not listed them yet")]
     StoreNotReady { what: String },
+    #[error("{}", .0.message())]
+    NameConflict(crate::plan::NameConflict),
 }
 
 impl Error {
@@ -74,6 +76,7 @@ impl Error {
             Error::Tls(_) => "tls",
             Error::InvalidObject { .. } => "invalid_object",
             Error::StoreNotReady { .. } => "store_not_ready",
+            Error::NameConflict(_) => "name_conflict",
         }
     }
 }

@@ -334,7 +334,87 @@ pub async fn observe(
         route,
         tls_hash: tls.hash.clone(),
         missing_gateways,
+        // Found once the plan names the objects (`name_conflicts`).
+        name_conflicts: Vec::new(),
     })
+}
+
+/// Who owns `meta` instead of the group, for a NameConflict message.
+pub(super) fn owner_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> String {
+    let owners = meta.owner_references.as_deref().unwrap_or_default();
+    match owners
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .or(owners.first())
+    {
+        Some(o) => format!("owned by {} {}", o.kind, o.name),
+        None => "no owner".to_owned(),
+    }
+}
+
+/// Whether `meta` belongs to `group` (an owner reference with the group's uid).
+pub(super) fn owned_by(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    group: &ReplicaGroup,
+) -> bool {
+    let Some(uid) = group.metadata.uid.as_deref() else {
+        return false;
+    };
+    meta.owner_references
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|o| o.uid == uid)
+}
+
+/// The objects the plan would write or delete that exist under that name and are not the
+/// group's. Each object is read once per operator process: one this process wrote (or found
+/// to be the group's and then wrote) is the group's, and a watch event that shows it changed
+/// makes it be read again. The HTTPRoute is left out: merging into a route someone else made
+/// is how `spec.traffic.gateway` works (plan::merge_route).
+pub async fn name_conflicts(
+    ctx: &Context,
+    group: &ReplicaGroup,
+    names: &GroupNames,
+    plan: &crate::plan::Plan,
+) -> Result<Vec<crate::plan::NameConflict>, Error> {
+    let planned = plan
+        .writes()
+        .into_iter()
+        .map(crate::plan::Desired::kind_and_name)
+        .chain(plan.delete.iter().map(|o| (o.kind, o.name.clone())))
+        .filter(|(kind, _)| *kind != HTTPROUTE_KIND);
+    // Read in parallel: after a restart or a re-list this is on the path of a failover's write.
+    let reads = planned
+        .filter(|(kind, name)| {
+            let key = super::applied::ObjectKey::new(kind, &names.namespace, name);
+            !ctx.applied.written(&key) && !ctx.applied.deleted(&key)
+        })
+        .filter_map(|(kind, name)| Some((kind, name, super::apply::api_resource(kind)?)))
+        .map(|(kind, name, resource)| async move {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(ctx.client.clone(), &names.namespace, &resource);
+            let found = api
+                .get_opt(&name)
+                .await
+                .context(|| format!("reading {kind} {}/{name}", names.namespace))?;
+            Ok::<_, Error>(
+                found
+                    .filter(|object| !owned_by(&object.metadata, group))
+                    .map(|object| crate::plan::NameConflict {
+                        kind: kind.to_owned(),
+                        name,
+                        owner: owner_of(&object.metadata),
+                    }),
+            )
+        });
+    let mut conflicts = Vec::new();
+    for read in join_all(reads).await {
+        conflicts.extend(read?);
+    }
+    Ok(conflicts)
 }
 
 /// The weights of our rule and what each parent Gateway said about the route.

@@ -106,13 +106,40 @@ pub async fn reconcile(
     result
 }
 
+/// How soon a group blocked by a Secret under its name looks again (the Secret's deletion
+/// brings a reconcile sooner only when it carries the group's label).
+const NAME_CONFLICT_RETRY: Duration = Duration::from_secs(30);
+
 async fn reconcile_group(
     group: &ReplicaGroup,
     names: &GroupNames,
     ctx: &Context,
 ) -> Result<Action, Error> {
     let spec = &group.spec;
-    let tls = ctx.tls.get(&ctx.client, group, names).await?;
+    let tls = match ctx.tls.get(&ctx.client, group, names).await {
+        Ok(tls) => tls,
+        // Nothing can be done without the group's Secrets: say why in the status.
+        Err(Error::NameConflict(conflict)) => {
+            warn!(group = %names.name, namespace = %names.namespace, "{}", conflict.message());
+            let (status, events) = plan::blocked_by_name_conflict(
+                group,
+                &conflict,
+                jiff::Timestamp::now().as_millisecond(),
+            );
+            if group.status.as_ref() != Some(&status) {
+                apply::apply_status(
+                    &ctx.client,
+                    names,
+                    &status,
+                    group.metadata.resource_version.as_deref(),
+                )
+                .await?;
+            }
+            publish(ctx, group, &events).await;
+            return Ok(Action::requeue(NAME_CONFLICT_RETRY));
+        }
+        Err(e) => return Err(e),
+    };
     let existing = group.status.as_ref().map_or(0, |s| s.replicas);
     let addresses: Vec<String> = (0..spec.replicas.max(existing).max(0) as u32)
         .map(|i| names.agent_address(&names.member(i)))
@@ -137,6 +164,16 @@ async fn reconcile_group(
     let observed = observe::observe(ctx, group, names, &tls).await?;
     let observed_ms = started.elapsed().as_millis() as u64;
     let plan = plan::plan(group, &observed, &ctx.settings);
+    // Objects under the group's names that are not the group's are left alone (re-planned
+    // without them, and reported).
+    let conflicts = observe::name_conflicts(ctx, group, names, &plan).await?;
+    let plan = if conflicts.is_empty() {
+        plan
+    } else {
+        let mut observed = observed.clone();
+        observed.name_conflicts = conflicts;
+        plan::plan(group, &observed, &ctx.settings)
+    };
 
     let objects = async {
         let route = ctx

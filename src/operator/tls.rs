@@ -150,6 +150,21 @@ impl TlsCache {
     }
 }
 
+/// A Secret under one of the group's names that is not the group's is never overwritten (that
+/// would take a user's Secret over, and the group's deletion would then delete it).
+fn refuse_foreign(found: Option<&Secret>, group: &ReplicaGroup) -> Result<(), Error> {
+    match found {
+        Some(s) if !super::observe::owned_by(&s.metadata, group) => {
+            Err(Error::NameConflict(crate::plan::NameConflict {
+                kind: "Secret".into(),
+                name: s.metadata.name.clone().unwrap_or_default(),
+                owner: super::observe::owner_of(&s.metadata),
+            }))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Makes sure both Secrets exist and are current; returns the operator's client configuration
 /// and the day the member certificate is due for renewal.
 pub async fn ensure(
@@ -164,6 +179,7 @@ pub async fn ensure(
         .get_opt(&names.ca_secret())
         .await
         .context(|| format!("reading Secret {}", names.ca_secret()))?;
+    refuse_foreign(ca_secret.as_ref(), group)?;
     let existing_ca = ca_secret.as_ref().and_then(|s| {
         Some(GroupCa {
             common_name: format!("quorate {}/{}", names.namespace, names.name),
@@ -223,6 +239,7 @@ pub async fn ensure(
         .get_opt(&names.agent_tls_secret())
         .await
         .context(|| format!("reading Secret {}", names.agent_tls_secret()))?;
+    refuse_foreign(agent_secret.as_ref(), group)?;
     let current = agent_secret.as_ref().and_then(|s| {
         let annotations = s.metadata.annotations.as_ref()?;
         let not_after: jiff::civil::Date = annotations.get(NOT_AFTER_ANNOTATION)?.parse().ok()?;

@@ -10,6 +10,7 @@ mod lifecycle;
 mod members;
 mod routing;
 mod status;
+pub use status::blocked_by_name_conflict;
 #[cfg(test)]
 mod tests;
 
@@ -166,6 +167,29 @@ pub struct Observed {
     pub tls_hash: String,
     /// Gateways named in parentRefs that do not exist (namespace/name).
     pub missing_gateways: Vec<String>,
+    /// Objects under names this group derives that exist and are not this group's.
+    pub name_conflicts: Vec<NameConflict>,
+}
+
+/// An object under one of the group's derived names that is not the group's (another owner,
+/// or none: a user's object, or another group's). The operator writes nothing to it and
+/// deletes nothing of it — applying would take it over, and the group's deletion would then
+/// garbage-collect it — and the group reports `Degraded` with reason `NameConflict`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NameConflict {
+    pub kind: String,
+    pub name: String,
+    /// Who owns it instead, for humans: `ReplicaGroup other`, `no owner`.
+    pub owner: String,
+}
+
+impl NameConflict {
+    pub fn message(&self) -> String {
+        format!(
+            "{} {} exists and is not this group's ({}): the operator leaves it alone; rename or delete it, or give the group another name",
+            self.kind, self.name, self.owner
+        )
+    }
 }
 
 /// An object to create or update with server-side apply.
@@ -178,6 +202,29 @@ pub enum Desired {
     PodDisruptionBudget(Box<PodDisruptionBudget>),
     /// Gateway API HTTPRoute (no typed crate: the `gateway-api` crate is built on kube 4).
     HttpRoute(serde_json::Value),
+}
+
+impl Desired {
+    /// The object's kind and name.
+    pub fn kind_and_name(&self) -> (&'static str, String) {
+        use k8s_openapi::Resource as _;
+        let name = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            m.name.clone().unwrap_or_default()
+        };
+        match self {
+            Desired::StatefulSet(o) => (StatefulSet::KIND, name(&o.metadata)),
+            Desired::Service(o) => (Service::KIND, name(&o.metadata)),
+            Desired::EndpointSlice(o) => (EndpointSlice::KIND, name(&o.metadata)),
+            Desired::PodDisruptionBudget(o) => (PodDisruptionBudget::KIND, name(&o.metadata)),
+            Desired::HttpRoute(v) => (
+                HTTPROUTE_KIND,
+                v["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ),
+        }
+    }
 }
 
 /// An object the group no longer needs.
@@ -281,6 +328,19 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
             name: names.members(),
         });
     }
+
+    // Nothing is written to, or deleted of, an object that is not the group's.
+    let conflicting = |kind: &str, name: &str| {
+        observed
+            .name_conflicts
+            .iter()
+            .any(|c| c.kind == kind && c.name == name)
+    };
+    apply.retain(|d| {
+        let (kind, name) = d.kind_and_name();
+        !conflicting(kind, &name)
+    });
+    delete.retain(|o| !conflicting(o.kind, &o.name));
 
     let (status, mut events) = status::build(&status::StatusInputs {
         group,

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::lifecycle::Lifecycle;
 use super::routing::{SliceDecision, TrafficPlan};
-use super::{AgentsObserved, GroupView, LeaseView, Observed, PlannedEvent};
+use super::{AgentsObserved, GroupView, LeaseView, NameConflict, Observed, PlannedEvent};
 use crate::api::names::{COMPONENT_LABEL, COMPONENT_MEMBER, GROUP_LABEL, GroupNames};
 use crate::api::{
     FailoverRecord, GroupMode, GroupPhase, HookKind, HookStatus, MemberRole, MemberStatus,
@@ -23,6 +23,8 @@ pub const DEGRADED: &str = "Degraded";
 
 /// The Quorum reason while the state stream is being set up: the phase does not call that Failed.
 const CONNECTING: &str = "Connecting";
+/// The Degraded reason of an object under the group's names that is not the group's.
+pub const NAME_CONFLICT: &str = "NameConflict";
 /// The Degraded reason that gets no event (members are unhealthy for a while in every rollout).
 const MEMBERS_UNHEALTHY: &str = "MembersUnhealthy";
 /// The most of a failed hook's output the status keeps (the supervisor sends up to 1 KiB).
@@ -602,6 +604,14 @@ fn degradation<'a>(
     if let Some(p) = inputs.template_problem {
         return Some(("InvalidTemplate", p.to_owned()));
     }
+    if let Some(conflict) = observed.name_conflicts.first() {
+        let others = observed.name_conflicts.len() - 1;
+        let more = match others {
+            0 => String::new(),
+            n => format!(" (and {n} more object(s) under this group's names)"),
+        };
+        return Some((NAME_CONFLICT, format!("{}{more}", conflict.message())));
+    }
     if let Some((reason, message)) = &lifecycle.problem {
         return Some((reason.as_str(), message.clone()));
     }
@@ -637,6 +647,45 @@ fn degradation<'a>(
         ));
     }
     None
+}
+
+/// The status of a group the operator cannot reconcile at all, because the name of one of its
+/// Secrets is taken (operator/tls.rs checks them before anything else): the previous status,
+/// with Degraded/NameConflict, Ready false and phase Failed; and the event when that is news.
+pub fn blocked_by_name_conflict(
+    group: &ReplicaGroup,
+    conflict: &NameConflict,
+    now_ms: i64,
+) -> (ReplicaGroupStatus, Vec<PlannedEvent>) {
+    let previous = group.status.clone().unwrap_or_default();
+    let mut c = Conditions {
+        previous: &previous.conditions,
+        now_ms,
+        generation: group.metadata.generation,
+        out: previous
+            .conditions
+            .iter()
+            .filter(|x| x.type_ != DEGRADED && x.type_ != READY)
+            .cloned()
+            .collect(),
+    };
+    c.set(DEGRADED, true, NAME_CONFLICT, conflict.message());
+    ready(&mut c);
+    let events = if reason_of(&previous.conditions, DEGRADED) == Some(NAME_CONFLICT) {
+        Vec::new()
+    } else {
+        vec![PlannedEvent {
+            warning: true,
+            reason: NAME_CONFLICT.into(),
+            note: conflict.message(),
+        }]
+    };
+    let status = ReplicaGroupStatus {
+        conditions: c.out,
+        phase: Some(GroupPhase::Failed),
+        ..previous
+    };
+    (status, events)
 }
 
 /// Ready when the other four are as they should be; otherwise it names the reasons why not.
@@ -774,7 +823,10 @@ pub(super) fn events(inputs: &StatusInputs, conditions: &[Condition]) -> Vec<Pla
 /// The phase, from the lifecycle and the conditions just set.
 pub(super) fn phase(inputs: &StatusInputs, conditions: &[Condition]) -> GroupPhase {
     let lifecycle = inputs.lifecycle;
-    if inputs.template_problem.is_some() || lifecycle.problem.is_some() {
+    if inputs.template_problem.is_some()
+        || lifecycle.problem.is_some()
+        || !inputs.observed.name_conflicts.is_empty()
+    {
         GroupPhase::Failed
     } else if !lifecycle.bootstrapped {
         if inputs.observed.pods.is_empty() {

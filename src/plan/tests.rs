@@ -115,6 +115,7 @@ fn observed(pods: Vec<MemberPod>, agents: AgentsObserved) -> Observed {
         route: None,
         tls_hash: "tls-1".into(),
         missing_gateways: vec![],
+        name_conflicts: vec![],
     }
 }
 
@@ -769,6 +770,98 @@ fn an_invalid_template_is_reported_not_applied() {
             .any(|e| e.warning && e.reason == "InvalidTemplate")
     );
     assert_eq!(p.status.phase, Some(crate::api::GroupPhase::Failed));
+}
+
+#[test]
+fn objects_under_the_groups_names_that_are_not_its_own_are_left_alone_and_reported() {
+    let g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
+    let mut o = observed(pods(3), connected(view(3, 0, 1)));
+    o.name_conflicts = vec![
+        NameConflict {
+            kind: "Service".into(),
+            name: "cache-rw".into(),
+            owner: "no owner".into(),
+        },
+        NameConflict {
+            kind: "PodDisruptionBudget".into(),
+            name: "cache".into(),
+            owner: "owned by Deployment web".into(),
+        },
+    ];
+    let p = plan(&g, &o, &settings());
+    let planned: Vec<(&str, String)> = p.writes().into_iter().map(Desired::kind_and_name).collect();
+    assert!(
+        !planned.contains(&("Service", "cache-rw".into())),
+        "{planned:?}"
+    );
+    assert!(!planned.contains(&("PodDisruptionBudget", "cache".into())));
+    // Everything else is still written: the -rw EndpointSlice, the other Services, members.
+    assert!(planned.contains(&("EndpointSlice", "cache-rw".into())));
+    assert!(planned.contains(&("Service", "cache-ro".into())));
+    assert!(statefulset(&p, "cache").is_some());
+    let degraded = condition(&p, "Degraded");
+    assert_eq!(degraded.reason, "NameConflict");
+    assert_eq!(
+        degraded.message,
+        "Service cache-rw exists and is not this group's (no owner): the operator leaves it alone; \
+         rename or delete it, or give the group another name (and 1 more object(s) under this \
+         group's names)"
+    );
+    assert_eq!(condition(&p, "Ready").status, "False");
+    assert_eq!(p.status.phase, Some(crate::api::GroupPhase::Failed));
+    assert!(
+        p.events
+            .iter()
+            .any(|e| e.warning && e.reason == "NameConflict")
+    );
+
+    // A conflict on an object the group would delete: not deleted either.
+    let mut g1 = bootstrapped(group(GroupMode::ActiveActive, 1));
+    g1.spec.witnesses = Some(0);
+    let mut o1 = observed(pods(1), connected(view(1, 0, 0)));
+    let p1 = plan(&g1, &o1, &settings());
+    assert!(p1.delete.iter().any(|d| d.kind == "PodDisruptionBudget"));
+    o1.name_conflicts = vec![NameConflict {
+        kind: "PodDisruptionBudget".into(),
+        name: "cache".into(),
+        owner: "no owner".into(),
+    }];
+    let p1 = plan(&g1, &o1, &settings());
+    assert!(!p1.delete.iter().any(|d| d.kind == "PodDisruptionBudget"));
+}
+
+#[test]
+fn a_secret_under_the_groups_name_blocks_it_with_a_status_that_says_so() {
+    let mut g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
+    let conflict = NameConflict {
+        kind: "Secret".into(),
+        name: "cache-ca".into(),
+        owner: "no owner".into(),
+    };
+    let (status, events) = blocked_by_name_conflict(&g, &conflict, NOW);
+    let find = |t: &str| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {t} condition"))
+    };
+    assert_eq!(find("Degraded").reason, "NameConflict");
+    assert!(
+        find("Degraded")
+            .message
+            .starts_with("Secret cache-ca exists")
+    );
+    assert_eq!(find("Ready").status, "False");
+    assert_eq!(status.phase, Some(crate::api::GroupPhase::Failed));
+    assert_eq!(events.len(), 1);
+    assert!(events[0].warning && events[0].reason == "NameConflict");
+    // Once reported, the same conflict is no news.
+    g.status = Some(status.clone());
+    let (again, events) = blocked_by_name_conflict(&g, &conflict, NOW + 1000);
+    assert!(events.is_empty());
+    assert_eq!(again, status);
 }
 
 #[test]

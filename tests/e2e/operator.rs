@@ -25,6 +25,7 @@ pub fn tests() -> Vec<crate::support::Test> {
         leader_loss_during_a_failover_still_ends_routed,
         invalid_template_is_reported_without_a_crash_loop,
         deleting_a_group_removes_everything_it_created,
+        objects_in_the_way_are_reported_and_never_taken_over,
     ]
 }
 
@@ -700,4 +701,130 @@ async fn deleting_a_group_removes_everything_it_created(ctx: Ctx) -> Result<()> 
         },
     )
     .await
+}
+
+/// The group's Degraded condition once its reason is `reason`.
+async fn wait_degraded(ctx: &Ctx, ns: &str, group: &str, reason: &str) -> Result<String> {
+    wait_for(
+        &format!("{group}: Degraded with reason {reason}"),
+        Duration::from_secs(90),
+        || async {
+            let g = groups(ctx, ns).get(group).await?;
+            Ok(g.status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded"))
+                .filter(|c| c.status == "True" && c.reason == reason)
+                .map(|c| c.message.clone()))
+        },
+    )
+    .await
+}
+
+/// A user's Service under a group's `-rw` name and a user's Secret under another group's CA
+/// Secret name: neither is written to, the groups say which object is in the way and whose it
+/// is, and deleting the groups leaves both objects as the user made them. (Two groups cannot
+/// collide: the only derived names one group could share with another are a group named
+/// `NAME-witness`'s, which the API server refuses; tests/invalid/43.)
+async fn objects_in_the_way_are_reported_and_never_taken_over(ctx: Ctx) -> Result<()> {
+    ensure_operator(&ctx).await?;
+    let ns = ctx.namespace("op-conflict")?;
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web-rw", "labels": {"app": "mine"}},
+        "spec": {"ports": [{"name": "mine", "port": 1234}]}
+    });
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "jobs-ca"},
+        "stringData": {"ca.crt": "the user's own CA"}
+    });
+    for object in [&service, &secret] {
+        ctx.kubectl_stdin(
+            &["apply", "-n", &ns.name, "-f", "-"],
+            Some(&object.to_string()),
+        )?;
+    }
+    create_group(&ctx, &ns.name, &test_group(&ctx, "web", "PrimaryBackup", 3)).await?;
+    create_group(
+        &ctx,
+        &ns.name,
+        &test_group(&ctx, "jobs", "PrimaryBackup", 3),
+    )
+    .await?;
+    let web = wait_degraded(&ctx, &ns.name, "web", "NameConflict").await?;
+    ensure!(
+        web.contains("Service web-rw exists and is not this group's (no owner)"),
+        "web: {web}"
+    );
+    let jobs = wait_degraded(&ctx, &ns.name, "jobs", "NameConflict").await?;
+    ensure!(
+        jobs.contains("Secret jobs-ca exists and is not this group's (no owner)"),
+        "jobs: {jobs}"
+    );
+    for (reason_for, needle) in [("web-rw", "Service web-rw"), ("jobs-ca", "Secret jobs-ca")] {
+        let events = event_messages(&ctx, &ns.name, "NameConflict")?;
+        ensure!(
+            events.contains(needle),
+            "no NameConflict event for {reason_for}: {events}"
+        );
+    }
+    // The rest of web is created: its members run (the group cannot be Ready without its
+    // Service, and says so).
+    ctx.kubectl(&[
+        "rollout",
+        "status",
+        "statefulset/web",
+        "-n",
+        &ns.name,
+        "--timeout=180s",
+    ])?;
+    let untouched = |ctx: &Ctx| -> Result<()> {
+        let svc = ctx.kubectl(&["get", "service", "web-rw", "-n", &ns.name, "-o", "json"])?;
+        let svc: Value = serde_json::from_str(&svc)?;
+        ensure!(
+            svc["metadata"].get("ownerReferences").is_none()
+                && svc["spec"]["ports"][0]["port"] == json!(1234)
+                && svc["metadata"]["labels"] == json!({"app": "mine"}),
+            "the user's Service was changed: {svc}"
+        );
+        let sec = ctx.kubectl(&["get", "secret", "jobs-ca", "-n", &ns.name, "-o", "json"])?;
+        let sec: Value = serde_json::from_str(&sec)?;
+        ensure!(
+            sec["metadata"].get("ownerReferences").is_none()
+                && sec["data"].as_object().is_some_and(|d| d.len() == 1),
+            "the user's Secret was changed: {sec}"
+        );
+        Ok(())
+    };
+    untouched(&ctx)?;
+    for group in ["web", "jobs"] {
+        ctx.kubectl(&[
+            "delete",
+            "rg",
+            group,
+            "-n",
+            &ns.name,
+            "--wait=true",
+            "--timeout=60s",
+        ])?;
+    }
+    wait_for(
+        "the groups' own objects to be gone",
+        Duration::from_secs(120),
+        || async {
+            let left = ctx.kubectl(&[
+                "get",
+                "statefulsets,services,secrets",
+                "-n",
+                &ns.name,
+                "-l",
+                "quorate.dev/group",
+                "-o",
+                "name",
+            ])?;
+            Ok(left.trim().is_empty().then_some(()))
+        },
+    )
+    .await?;
+    untouched(&ctx)
 }
