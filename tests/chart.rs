@@ -1151,7 +1151,7 @@ fn rbac_is_exactly_what_the_operator_uses() {
             &["events"],
             &["create", "patch"],
         ),
-        ("ClusterRole", "", &["events"], &["create", "patch"]),
+        ("ClusterRole", "", &["events"], &["create", "patch", "list"]),
         (
             "ClusterRole",
             "gateway.networking.k8s.io",

@@ -20,7 +20,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
@@ -285,10 +284,6 @@ async fn run_controller(
     let controller = Controller::for_stream(group_changes, group_reader)
         .with_config(ControllerConfig::default().concurrency(16))
         .owns_stream(stores::owned_changes::<StatefulSet>(
-            client.clone(),
-            applied.clone(),
-        ))
-        .owns_stream(stores::owned_changes::<Service>(
             client.clone(),
             applied.clone(),
         ))

@@ -291,6 +291,11 @@ pub async fn observe(
     .collect();
 
     let slices = slices_observed(names, &ctx.stores.slices(names).await?);
+    let pods_rejected = if crate::plan::pods_missing(group, &pods) {
+        pod_creation_failure(client, names).await?
+    } else {
+        None
+    };
 
     let gateway_api = ctx.gateway_api.installed(client).await;
     if gateway_api {
@@ -336,7 +341,59 @@ pub async fn observe(
         missing_gateways,
         // Found once the plan names the objects (`name_conflicts`).
         name_conflicts: Vec::new(),
+        services: ctx.stores.services(names).await?,
+        pods_rejected,
     })
+}
+
+/// How recent a StatefulSet's failure to create a pod must be to be reported.
+const POD_CREATION_FAILURE_WINDOW: Duration = Duration::from_secs(300);
+
+/// The latest `FailedCreate` Event of the group's StatefulSets in the last few minutes: the
+/// API server refused a pod (Pod Security admission, a quota, a webhook), and only the
+/// StatefulSet's Events say why. Read only while pods are missing.
+async fn pod_creation_failure(
+    client: &Client,
+    names: &GroupNames,
+) -> Result<Option<String>, Error> {
+    use k8s_openapi::api::core::v1::Event;
+    let events: Api<Event> = Api::namespaced(client.clone(), &names.namespace);
+    let listed = events
+        .list(
+            &kube::api::ListParams::default()
+                .fields("involvedObject.kind=StatefulSet,reason=FailedCreate"),
+        )
+        .await
+        .context(|| format!("listing the FailedCreate Events in {}", names.namespace))?;
+    let ours = [names.members(), names.witnesses()];
+    let now = jiff::Timestamp::now();
+    let latest = listed
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.involved_object
+                .name
+                .as_ref()
+                .is_some_and(|n| ours.contains(n))
+        })
+        .filter_map(|e| {
+            let at = e
+                .series
+                .as_ref()
+                .and_then(|s| s.last_observed_time.as_ref().map(|t| t.0))
+                .or_else(|| e.last_timestamp.as_ref().map(|t| t.0))
+                .or_else(|| e.event_time.as_ref().map(|t| t.0))?;
+            Some((at, e))
+        })
+        .filter(|(at, _)| now.duration_since(*at).unsigned_abs() <= POD_CREATION_FAILURE_WINDOW)
+        .max_by_key(|(at, _)| *at);
+    Ok(latest.map(|(_, e)| {
+        format!(
+            "StatefulSet {}: {}",
+            e.involved_object.name.unwrap_or_default(),
+            e.message.unwrap_or_default()
+        )
+    }))
 }
 
 /// Who owns `meta` instead of the group, for a NameConflict message.

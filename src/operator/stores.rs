@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::DynamicObject;
 use kube::core::{DeserializeGuard, PartialObjectMeta};
@@ -50,6 +50,9 @@ type Written = HashMap<(String, String), (Arc<EndpointSlice>, Instant)>;
 pub struct Stores {
     pods: Store<Pod>,
     slices: Store<EndpointSlice>,
+    /// The operator's Services, metadata only: which per-member Services exist (a scale-down
+    /// deletes those of removed members).
+    services: Store<PartialObjectMeta<Service>>,
     /// Read-your-writes for the routing slices: a reconcile right after a routing switch (the
     /// group's state stream triggers them within milliseconds) must see the switch, not the
     /// stored version the watch has not replaced yet; its events and RoutingConverged are
@@ -202,9 +205,11 @@ impl Stores {
         let (trigger, triggers) = mpsc::unbounded_channel();
         let pods = Writer::<Pod>::default();
         let slices = Writer::<EndpointSlice>::default();
+        let services = Writer::<PartialObjectMeta<Service>>::default();
         let stores = Arc::new(Stores {
             pods: pods.as_reader(),
             slices: slices.as_reader(),
+            services: services.as_reader(),
             written: Mutex::default(),
             gateway_api: OnceLock::new(),
             client: client.clone(),
@@ -226,6 +231,7 @@ impl Stores {
             },
             group_of,
         );
+        let services_applied = applied.clone();
         // The operator's EndpointSlices (the same selector as for its other objects).
         spawn_reflector(
             "EndpointSlices",
@@ -238,6 +244,27 @@ impl Stores {
             },
             group_of,
         );
+        // The operator's Services (metadata): kept in a store, and, like the other kinds the
+        // operator owns, a change that differs from what it applied triggers the group.
+        let services = watcher(
+            Api::<PartialObjectMeta<Service>>::all(client.clone()),
+            owned(),
+        )
+        .default_backoff()
+        .modify(|o: &mut PartialObjectMeta<Service>| o.metadata.managed_fields = None)
+        .reflect(services)
+        .try_filter(move |e| {
+            futures::future::ready(
+                services_applied.watched(<Service as k8s_openapi::Resource>::KIND, e),
+            )
+        })
+        .touched_objects();
+        tokio::spawn(trigger_groups(
+            "Services",
+            services,
+            trigger.clone(),
+            |s: &PartialObjectMeta<Service>| group_of(s),
+        ));
         // The groups' TLS Secrets: a Secret changed or deleted by someone else is read again
         // (and written again when it must be) by its group's next reconcile, triggered here.
         let secrets = watcher(Api::<PartialObjectMeta<Secret>>::all(client), owned())
@@ -338,6 +365,20 @@ impl Stores {
         let stored = self.slices.state_filter(|s| in_group(s, names));
         let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
         Ok(with_written(stored, &mut written, names, Instant::now()))
+    }
+
+    /// The names of the group's Services.
+    pub async fn services(&self, names: &GroupNames) -> Result<Vec<String>, Error> {
+        Self::ready(&self.services, "Services").await?;
+        let mut found: Vec<String> = self
+            .services
+            .state()
+            .iter()
+            .filter(|s| in_group(s.as_ref(), names))
+            .map(|s| s.name_any())
+            .collect();
+        found.sort();
+        Ok(found)
     }
 
     /// An EndpointSlice as the API server answered our write of it.

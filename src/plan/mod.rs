@@ -16,6 +16,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::Resource as _;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -169,6 +170,12 @@ pub struct Observed {
     pub missing_gateways: Vec<String>,
     /// Objects under names this group derives that exist and are not this group's.
     pub name_conflicts: Vec<NameConflict>,
+    /// The names of the group's Services as they exist (per-member ones of removed members
+    /// are deleted).
+    pub services: Vec<String>,
+    /// Why the API server refused to create a member or witness pod lately (the StatefulSet's
+    /// latest `FailedCreate` Event), while pods are missing.
+    pub pods_rejected: Option<String>,
 }
 
 /// An object under one of the group's derived names that is not the group's (another owner,
@@ -274,6 +281,19 @@ pub struct Plan {
 /// the operator's idle reconciles (bench-scale).
 pub const RESYNC_MS: u64 = 300_000;
 
+/// How soon a group with missing pods is reconciled again, to report a refusal.
+pub const PODS_MISSING_POLL_MS: u64 = 5_000;
+/// How soon once a refusal is reported (a fix of the namespace's policy is not watched).
+pub const PODS_REJECTED_POLL_MS: u64 = 30_000;
+
+/// Fewer member or witness pods exist than the spec asks for.
+pub fn pods_missing(group: &ReplicaGroup, pods: &[MemberPod]) -> bool {
+    let members = pods.iter().filter(|p| !p.witness).count() as i64;
+    let witnesses = pods.iter().filter(|p| p.witness).count() as i64;
+    members < i64::from(group.spec.replicas)
+        || witnesses < i64::from(group.spec.effective_witnesses())
+}
+
 /// The reconcile decision.
 pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettings) -> Plan {
     let names = GroupNames::new(
@@ -329,6 +349,23 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
         });
     }
 
+    // Per-member Services of members that are gone (a scale-down), or of a group that no
+    // longer routes per member.
+    let planned_services: std::collections::BTreeSet<String> = apply
+        .iter()
+        .filter_map(|d| match d.kind_and_name() {
+            (Service::KIND, name) => Some(name),
+            _ => None,
+        })
+        .collect();
+    for name in &observed.services {
+        if matches!(names.ordinal_of(name), Some((false, _))) && !planned_services.contains(name) {
+            delete.push(Obsolete {
+                kind: Service::KIND,
+                name: name.clone(),
+            });
+        }
+    }
     // Nothing is written to, or deleted of, an object that is not the group's.
     let conflicting = |kind: &str, name: &str| {
         observed
@@ -368,11 +405,24 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
         });
     }
     let role_labels = routing::role_labels(group, observed, &traffic);
-    let requeue_ms = [Some(RESYNC_MS), traffic.requeue_ms, lifecycle.requeue_ms]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(RESYNC_MS);
+    // Pods the StatefulSets have not created: nothing watched changes when the API server
+    // refuses one (only the StatefulSet's Events say why), so look again soon.
+    let rejection_poll_ms =
+        pods_missing(group, &observed.pods).then_some(if observed.pods_rejected.is_some() {
+            PODS_REJECTED_POLL_MS
+        } else {
+            PODS_MISSING_POLL_MS
+        });
+    let requeue_ms = [
+        Some(RESYNC_MS),
+        traffic.requeue_ms,
+        lifecycle.requeue_ms,
+        rejection_poll_ms,
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .unwrap_or(RESYNC_MS);
     Plan {
         apply,
         delete,

@@ -612,6 +612,9 @@ fn degradation<'a>(
         };
         return Some((NAME_CONFLICT, format!("{}{more}", conflict.message())));
     }
+    if let Some(rejected) = &observed.pods_rejected {
+        return Some(("PodsRejected", rejected.clone()));
+    }
     if let Some((reason, message)) = &lifecycle.problem {
         return Some((reason.as_str(), message.clone()));
     }

@@ -116,6 +116,8 @@ fn observed(pods: Vec<MemberPod>, agents: AgentsObserved) -> Observed {
         tls_hash: "tls-1".into(),
         missing_gateways: vec![],
         name_conflicts: vec![],
+        services: vec![],
+        pods_rejected: None,
     }
 }
 
@@ -453,15 +455,22 @@ fn bootstrap_waits_for_every_member_and_happens_once() {
 }
 
 #[test]
-fn before_bootstrap_only_a_started_agent_that_has_not_answered_is_polled() {
+fn before_bootstrap_started_agents_are_polled_and_missing_pods_looked_at_for_a_refusal() {
     let g = group(GroupMode::PrimaryBackup, 3);
-    // No pods (a quota, nothing schedulable): the pod watch reconciles when one appears.
-    let none = observed(vec![], AgentsObserved::Connecting);
+    // No pods (a quota, Pod Security): the pod watch reconciles when one appears, and a poll
+    // every few seconds reports why the API server refuses them; a refusal already reported
+    // is looked at less often.
+    let mut none = observed(vec![], AgentsObserved::Connecting);
     assert_eq!(
         plan(&g, &none, &settings()).requeue_ms,
-        crate::plan::RESYNC_MS
+        crate::plan::PODS_MISSING_POLL_MS
     );
-    // Pods whose agents have not started yet: the same.
+    none.pods_rejected = Some("StatefulSet cache: forbidden".into());
+    assert_eq!(
+        plan(&g, &none, &settings()).requeue_ms,
+        crate::plan::PODS_REJECTED_POLL_MS
+    );
+    // Pods whose agents have not started yet: the pod watch reconciles when they do.
     let mut starting = pods(3);
     starting.iter_mut().for_each(|p| p.agent_running = false);
     let starting = observed(starting, AgentsObserved::Connecting);
@@ -828,6 +837,72 @@ fn objects_under_the_groups_names_that_are_not_its_own_are_left_alone_and_report
     }];
     let p1 = plan(&g1, &o1, &settings());
     assert!(!p1.delete.iter().any(|d| d.kind == "PodDisruptionBudget"));
+}
+
+#[test]
+fn per_member_services_of_removed_members_are_deleted_and_no_others() {
+    let g = bootstrapped(group(GroupMode::ActiveActive, 3));
+    let mut o = observed(pods(3), connected(view(3, 0, 0)));
+    o.services = [
+        "cache-0",
+        "cache-1",
+        "cache-2",
+        "cache-3",
+        "cache-4",
+        "cache-peers",
+        "cache-r",
+    ]
+    .map(String::from)
+    .to_vec();
+    let p = plan(&g, &o, &settings());
+    let services = |p: &Plan| -> Vec<String> {
+        p.delete
+            .iter()
+            .filter(|d| d.kind == "Service")
+            .map(|d| d.name.clone())
+            .collect()
+    };
+    let planned: Vec<(&str, String)> = p.writes().into_iter().map(Desired::kind_and_name).collect();
+    assert!(
+        planned.contains(&("Service", "cache-2".into())),
+        "{planned:?}"
+    );
+    assert_eq!(services(&p), ["cache-3", "cache-4"]);
+    // No ports: no per-member Services at all, so every one left is deleted; the peers'
+    // Service stays.
+    let mut portless = g.clone();
+    portless.spec.ports.clear();
+    portless.spec.health = None;
+    portless.spec.role_change = None;
+    let p = plan(&portless, &o, &settings());
+    assert_eq!(
+        services(&p),
+        ["cache-0", "cache-1", "cache-2", "cache-3", "cache-4"]
+    );
+}
+
+#[test]
+fn pods_the_api_server_refuses_are_reported_with_its_message() {
+    let g = group(GroupMode::PrimaryBackup, 3);
+    let mut o = observed(vec![], AgentsObserved::Connecting);
+    o.pods_rejected = Some(
+        "StatefulSet cache: create Pod cache-0 in StatefulSet cache failed error: pods \"cache-0\" is forbidden: violates PodSecurity \"restricted:latest\": privileged".into(),
+    );
+    let p = plan(&g, &o, &settings());
+    let degraded = condition(&p, "Degraded");
+    assert_eq!(degraded.reason, "PodsRejected");
+    assert!(
+        degraded.message.contains("violates PodSecurity"),
+        "{}",
+        degraded.message
+    );
+    assert!(
+        p.events
+            .iter()
+            .any(|e| e.warning && e.reason == "PodsRejected" && e.note.contains("PodSecurity"))
+    );
+    // The StatefulSet is still applied: fixing the namespace's policy lets it create the pods.
+    assert!(statefulset(&p, "cache").is_some());
 }
 
 #[test]

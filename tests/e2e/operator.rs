@@ -26,6 +26,7 @@ pub fn tests() -> Vec<crate::support::Test> {
         invalid_template_is_reported_without_a_crash_loop,
         deleting_a_group_removes_everything_it_created,
         objects_in_the_way_are_reported_and_never_taken_over,
+        pods_refused_by_pod_security_are_reported_in_the_status,
     ]
 }
 
@@ -391,6 +392,34 @@ async fn scale_up_and_down_keeps_one_primary(ctx: Ctx) -> Result<()> {
                     .items
                     .len();
                 Ok((n == replicas).then_some(()))
+            },
+        )
+        .await?;
+        // One per-member Service per member: none left of removed members.
+        let expected: Vec<String> = (0..replicas).map(|i| format!("service/db-{i}")).collect();
+        wait_for(
+            &format!("the per-member Services of {replicas} members"),
+            Duration::from_secs(60),
+            || async {
+                let listed = ctx.kubectl(&[
+                    "get",
+                    "services",
+                    "-n",
+                    &ns.name,
+                    "-l",
+                    "quorate.dev/group=db",
+                    "-o",
+                    "name",
+                ])?;
+                let per_member: Vec<String> = listed
+                    .lines()
+                    .filter(|l| {
+                        l.strip_prefix("service/db-")
+                            .is_some_and(|rest| rest.parse::<u32>().is_ok())
+                    })
+                    .map(str::to_owned)
+                    .collect();
+                Ok((per_member == expected).then_some(()))
             },
         )
         .await?;
@@ -827,4 +856,49 @@ async fn objects_in_the_way_are_reported_and_never_taken_over(ctx: Ctx) -> Resul
     )
     .await?;
     untouched(&ctx)
+}
+
+/// A namespace that enforces the `restricted` Pod Security profile and a template that breaks
+/// it: the StatefulSet cannot create the pods, and the group says why with the admission
+/// message (not only the StatefulSet's Events); once the template complies, the group comes up.
+async fn pods_refused_by_pod_security_are_reported_in_the_status(ctx: Ctx) -> Result<()> {
+    ensure_operator(&ctx).await?;
+    let ns = ctx.namespace("op-psa")?;
+    ctx.kubectl(&[
+        "label",
+        "namespace",
+        &ns.name,
+        "pod-security.kubernetes.io/enforce=restricted",
+    ])?;
+    let mut group = test_group(&ctx, "db", "PrimaryBackup", 3);
+    let compliant = group.clone();
+    group["spec"]["template"]["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] =
+        json!(true);
+    create_group(&ctx, &ns.name, &group).await?;
+    let message = wait_degraded(&ctx, &ns.name, "db", "PodsRejected").await?;
+    ensure!(
+        message.starts_with("StatefulSet db: ")
+            && message.contains("violates PodSecurity")
+            && message.contains("allowPrivilegeEscalation"),
+        "message: {message}"
+    );
+    let events = event_messages(&ctx, &ns.name, "PodsRejected")?;
+    ensure!(
+        events.contains("violates PodSecurity"),
+        "no PodsRejected event: {events}"
+    );
+    ctx.kubectl_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-n",
+            &ns.name,
+            "-f",
+            "-",
+        ],
+        Some(&compliant.to_string()),
+    )?;
+    wait_ready(&ctx, &ns.name, "db", Duration::from_secs(240)).await?;
+    Ok(())
 }
