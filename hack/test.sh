@@ -97,6 +97,8 @@ phase images
 phase "cluster suites"
 QUORATE_KUBECONFIG="$("$HACK/cluster.sh" kubeconfig)"
 QUORATE_KUBECTL="$(bin_dir kubernetes)/kubectl" QUORATE_IMAGE="$(quorate_image)" QUORATE_IMAGE_ID="$(quorate_image_id)"
+# The API server's audit log: the RBAC phase compares the operator's requests with its grants.
+QUORATE_AUDIT_LOG="$("$HACK/cluster.sh" audit-log)"
 export_workload_images
-export QUORATE_KUBECONFIG QUORATE_KUBECTL QUORATE_IMAGE QUORATE_IMAGE_ID
+export QUORATE_KUBECONFIG QUORATE_KUBECTL QUORATE_IMAGE QUORATE_IMAGE_ID QUORATE_AUDIT_LOG
 release_cargo test --release --test e2e -- --test-threads="${E2E_THREADS:-2}"

@@ -1,7 +1,8 @@
 //! The cluster suites: they run against the test bed (or kind) through `make test`, never in a
 //! plain `cargo test`. A small harness instead of libtest because the suites run in phases that
 //! share cluster-wide fixtures (the CRD, the installed operator): smoke first, then the operator,
-//! then traffic, then workloads, then node faults (one test at a time), then the uninstall check.
+//! then traffic, then workloads, then node faults (one test at a time), then the operator's use of
+//! its RBAC (the audit log), then the uninstall check.
 //! Tests within a phase run concurrently, each in its own namespace. Arguments filter tests by substring, like libtest.
 
 #[path = "../common/manifests.rs"]
@@ -9,6 +10,7 @@ mod manifests;
 mod nodes;
 mod operator;
 mod postgres;
+mod rbac;
 mod smoke;
 mod support;
 mod traffic;
@@ -42,8 +44,12 @@ fn main() -> std::process::ExitCode {
         ),
         // One at a time: a node fault hits every pod on the node.
         ("nodes", nodes::tests()),
+        // After everything the operator does, before it is uninstalled.
+        ("rbac", rbac::tests()),
         ("uninstall", smoke::last_tests()),
     ];
+    rbac::EVERY_SUITE_RAN.store(filters.is_empty(), std::sync::atomic::Ordering::SeqCst);
+    let _ = rbac::STARTED.set(jiff::Timestamp::now());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
