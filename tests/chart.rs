@@ -1087,13 +1087,13 @@ fn rbac_is_exactly_what_the_operator_uses() {
             "ClusterRole",
             "quorate.dev",
             &["replicagroups"],
-            &["get", "list", "watch", "patch", "update"],
+            &["list", "watch", "patch"],
         ),
         (
             "ClusterRole",
             "quorate.dev",
             &["replicagroups/status"],
-            &["get", "patch", "update"],
+            &["patch"],
         ),
         (
             "ClusterRole",
@@ -1105,45 +1105,38 @@ fn rbac_is_exactly_what_the_operator_uses() {
             "ClusterRole",
             "apps",
             &["statefulsets"],
-            &[
-                "get", "list", "watch", "create", "patch", "update", "delete",
-            ],
+            &["get", "list", "watch", "create", "patch", "delete"],
         ),
         (
             "ClusterRole",
             "",
-            &["services", "secrets"],
-            &[
-                "get", "list", "watch", "create", "patch", "update", "delete",
-            ],
+            &["services"],
+            &["get", "list", "watch", "create", "patch", "delete"],
         ),
+        ("ClusterRole", "", &["secrets"], &["get", "create", "patch"]),
         (
             "ClusterRole",
             "",
             &["pods"],
-            &["get", "list", "watch", "patch", "delete"],
+            &["list", "watch", "patch", "delete"],
         ),
         (
             "ClusterRole",
             "",
             &["persistentvolumeclaims"],
-            &["get", "list", "watch", "delete"],
+            &["get", "delete"],
         ),
         (
             "ClusterRole",
             "discovery.k8s.io",
             &["endpointslices"],
-            &[
-                "get", "list", "watch", "create", "patch", "update", "delete",
-            ],
+            &["get", "list", "watch", "create", "patch"],
         ),
         (
             "ClusterRole",
             "policy",
             &["poddisruptionbudgets"],
-            &[
-                "get", "list", "watch", "create", "patch", "update", "delete",
-            ],
+            &["get", "list", "watch", "create", "patch", "delete"],
         ),
         (
             "ClusterRole",
@@ -1151,32 +1144,30 @@ fn rbac_is_exactly_what_the_operator_uses() {
             &["events"],
             &["create", "patch"],
         ),
-        ("ClusterRole", "", &["events"], &["create", "patch", "list"]),
+        ("ClusterRole", "", &["events"], &["list"]),
         (
             "ClusterRole",
             "gateway.networking.k8s.io",
             &["httproutes"],
-            &[
-                "get", "list", "watch", "create", "patch", "update", "delete",
-            ],
+            &["get", "list", "watch", "create", "patch", "delete"],
         ),
         (
             "ClusterRole",
             "gateway.networking.k8s.io",
             &["gateways"],
-            &["get", "list", "watch"],
+            &["list", "watch"],
         ),
         (
             "ClusterRole",
             "apiextensions.k8s.io",
             &["customresourcedefinitions"],
-            &["get", "list", "watch"],
+            &["get"],
         ),
         (
             "Role",
             "coordination.k8s.io",
             &["leases"],
-            &["get", "list", "watch", "create", "update", "patch"],
+            &["get", "list", "watch", "create", "patch"],
         ),
     ];
     let mut want = BTreeSet::new();

@@ -313,6 +313,46 @@ mod tests {
     }
 
     #[test]
+    fn host_paths_over_the_kubelets_pod_volumes_are_refused_and_others_kept() {
+        let with_host_path = |path: &str| {
+            group(
+                json!({"mode": "PrimaryBackup", "replicas": 3, "template": {"spec": {
+                "containers": [{"name": "app", "image": "redis:7"}],
+                "volumes": [{"name": "h", "hostPath": {"path": path}}]}}}),
+            )
+        };
+        for allowed in [
+            "/var/log",
+            "/var/lib/docker",
+            "/var/lib/kubelet-plugins",
+            "/srv/data",
+        ] {
+            assert_eq!(
+                validate_manifest(&with_host_path(allowed), None),
+                vec![],
+                "{allowed}"
+            );
+        }
+        for refused in [
+            "/",
+            "/var",
+            "/var/lib/",
+            "/var/lib/kubelet",
+            "//var//lib/kubelet/pods",
+            "/var/log/../lib/kubelet",
+            "/srv/./x",
+        ] {
+            let errors = validate_manifest(&with_host_path(refused), None);
+            assert!(
+                errors.iter().any(|e| e
+                    .message
+                    .contains("hostPath.path: the node's /var/lib/kubelet")),
+                "{refused}: {errors:?}"
+            );
+        }
+    }
+
+    #[test]
     fn weights_name_the_existing_members() {
         let g = group(
             json!({"mode": "ActiveActive", "replicas": 2, "template": template(),

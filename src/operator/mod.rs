@@ -295,12 +295,8 @@ async fn run_controller(
         .reconcile_on(agent_triggers);
     // Member pods, EndpointSlices, HTTPRoutes and Gateways: their watches fill the stores that
     // observe reads and trigger the groups they belong to.
-    let (stores, store_triggers) = stores::Stores::start(
-        client.clone(),
-        controller.store(),
-        applied.clone(),
-        tls.clone(),
-    );
+    let (stores, store_triggers) =
+        stores::Stores::start(client.clone(), controller.store(), applied.clone());
     let controller = controller.reconcile_on(store_triggers);
     let ctx = Arc::new(Context {
         client: client.clone(),

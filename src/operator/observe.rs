@@ -211,19 +211,6 @@ async fn read_route(
         .map(Arc::new))
 }
 
-async fn gateway_exists(ctx: &Context, ns: &str, name: &str) -> Result<bool, Error> {
-    if let Some(exists) = ctx.stores.gateway_exists(ns, name) {
-        return Ok(exists);
-    }
-    let gateways: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), ns, &gateway_resource());
-    Ok(gateways
-        .get_opt(name)
-        .await
-        .context(|| format!("reading Gateway {ns}/{name}"))?
-        .is_some())
-}
-
 pub async fn observe(
     ctx: &Context,
     group: &ReplicaGroup,
@@ -311,7 +298,7 @@ pub async fn observe(
                 .map(|r| route_observed(&r.data, names));
             for parent in &gateway.parent_refs {
                 let gns = parent.namespace.as_deref().unwrap_or(ns);
-                if !gateway_exists(ctx, gns, &parent.name).await? {
+                if !ctx.stores.gateway_exists(gns, &parent.name).await? {
                     missing_gateways.push(format!("{gns}/{}", parent.name));
                 }
             }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::DynamicObject;
 use kube::core::{DeserializeGuard, PartialObjectMeta};
@@ -32,7 +32,6 @@ use tracing::{debug, info};
 use super::Error;
 use super::applied::AppliedCache;
 use super::observe::{gateway_resource, http_route_resource};
-use super::tls::TlsCache;
 use crate::api::ReplicaGroup;
 use crate::api::names::{GROUP_LABEL, GroupNames, HTTPROUTE_KIND, MANAGED_BY, MANAGED_BY_LABEL};
 
@@ -194,13 +193,12 @@ async fn trigger_groups<K, I>(
 }
 
 impl Stores {
-    /// Starts the pod, EndpointSlice and Secret watches; the Gateway API ones start with
+    /// Starts the pod, EndpointSlice and Service watches; the Gateway API ones start with
     /// `start_gateway_api`.
     pub fn start(
         client: Client,
         groups: Store<DeserializeGuard<ReplicaGroup>>,
         applied: Arc<AppliedCache>,
-        tls: Arc<TlsCache>,
     ) -> (Arc<Stores>, impl Stream<Item = GroupRef> + Send + 'static) {
         let (trigger, triggers) = mpsc::unbounded_channel();
         let pods = Writer::<Pod>::default();
@@ -264,28 +262,6 @@ impl Stores {
             services,
             trigger.clone(),
             |s: &PartialObjectMeta<Service>| group_of(s),
-        ));
-        // The groups' TLS Secrets: a Secret changed or deleted by someone else is read again
-        // (and written again when it must be) by its group's next reconcile, triggered here.
-        let secrets = watcher(Api::<PartialObjectMeta<Secret>>::all(client), owned())
-            .default_backoff()
-            .inspect_ok(move |e| match e {
-                watcher::Event::Init => tls.forget_all(),
-                watcher::Event::Apply(s)
-                | watcher::Event::InitApply(s)
-                | watcher::Event::Delete(s) => {
-                    if let (Some(group), Some(ns)) = (s.labels().get(GROUP_LABEL), s.namespace()) {
-                        tls.forget(&ns, group);
-                    }
-                }
-                watcher::Event::InitDone => {}
-            })
-            .touched_objects();
-        tokio::spawn(trigger_groups(
-            "Secrets",
-            secrets,
-            trigger,
-            |s: &PartialObjectMeta<Secret>| group_of(s),
         ));
         (
             stores,
@@ -403,14 +379,17 @@ impl Stores {
 
     /// Whether Gateway `namespace/name` exists: `None` while the Gateway watch is not started or
     /// has not listed yet.
-    pub fn gateway_exists(&self, namespace: &str, name: &str) -> Option<bool> {
-        let stores = self.gateway_api.get()?;
-        is_ready(&stores.gateways).then(|| {
-            stores
-                .gateways
-                .get(&ObjectRef::new_with(name, gateway_resource()).within(namespace))
-                .is_some()
-        })
+    /// Whether the Gateway `namespace/name` exists, once the Gateway watch has listed (it starts
+    /// when the Gateway API CRDs are found, `start_gateway_api`).
+    pub async fn gateway_exists(&self, namespace: &str, name: &str) -> Result<bool, Error> {
+        let stores = self.gateway_api.get().ok_or_else(|| Error::StoreNotReady {
+            what: "Gateways".to_owned(),
+        })?;
+        Self::ready(&stores.gateways, "Gateways").await?;
+        Ok(stores
+            .gateways
+            .get(&ObjectRef::new_with(name, gateway_resource()).within(namespace))
+            .is_some())
     }
 }
 

@@ -4,7 +4,8 @@
 //!   certificate, valid for `*.NAME-peers.NS.svc.cluster.local` (and shorter forms).
 //!
 //! The member certificate is re-issued 30 days before it expires (or when the CA changes); its
-//! hash is on the pod template, so new certificates roll the members one at a time.
+//! hash is on the pod template, so new certificates roll the members one at a time. Both are
+//! read by name only (no Secret watch: see `TLS_REREAD`).
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -103,17 +104,23 @@ async fn apply(api: &Api<Secret>, s: &Secret) -> Result<(), Error> {
 /// Secrets changed, deleted or re-listed (operator/stores.rs): then the Secrets are read again.
 #[derive(Default)]
 pub struct TlsCache {
-    entries: std::sync::Mutex<std::collections::HashMap<TlsKey, (GroupTls, jiff::civil::Date)>>,
+    entries: std::sync::Mutex<std::collections::HashMap<TlsKey, Entry>>,
 }
 
 /// (namespace, group name, group uid).
 type TlsKey = (String, String, String);
 
+/// What was read or written, the renewal day, and when it was read.
+type Entry = (GroupTls, jiff::civil::Date, std::time::Instant);
+
+/// How long what was read is used before the Secrets are read again. The operator does not
+/// watch Secrets (that would need list and watch on every Secret of the cluster): it reads the
+/// group's two Secrets by name, so a Secret someone else changed or deleted is noticed within
+/// this time (two reads per group per half hour: 1000 groups cost ~1 read a second).
+pub const TLS_REREAD: std::time::Duration = std::time::Duration::from_secs(1800);
+
 impl TlsCache {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<TlsKey, (GroupTls, jiff::civil::Date)>>
-    {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<TlsKey, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -128,25 +135,16 @@ impl TlsCache {
             names.name.clone(),
             group.metadata.uid.clone().unwrap_or_default(),
         );
-        if let Some((tls, renew_on)) = self.lock().get(&key)
+        if let Some((tls, renew_on, read_at)) = self.lock().get(&key)
             && today() < *renew_on
+            && read_at.elapsed() < TLS_REREAD
         {
             return Ok(tls.clone());
         }
         let (tls, renew_on) = ensure(client, group, names).await?;
-        self.lock().insert(key, (tls.clone(), renew_on));
-        Ok(tls)
-    }
-
-    /// One of the group's Secrets is no longer as we read it.
-    pub fn forget(&self, namespace: &str, group: &str) {
         self.lock()
-            .retain(|(ns, name, _), _| ns != namespace || name != group);
-    }
-
-    /// The Secret watch re-lists: any Secret may have changed unseen.
-    pub fn forget_all(&self) {
-        self.lock().clear();
+            .insert(key, (tls.clone(), renew_on, std::time::Instant::now()));
+        Ok(tls)
     }
 }
 

@@ -27,6 +27,7 @@ pub fn tests() -> Vec<crate::support::Test> {
         deleting_a_group_removes_everything_it_created,
         objects_in_the_way_are_reported_and_never_taken_over,
         pods_refused_by_pod_security_are_reported_in_the_status,
+        a_group_with_one_voter_has_no_disruption_budget,
     ]
 }
 
@@ -900,5 +901,52 @@ async fn pods_refused_by_pod_security_are_reported_in_the_status(ctx: Ctx) -> Re
         Some(&compliant.to_string()),
     )?;
     wait_ready(&ctx, &ns.name, "db", Duration::from_secs(240)).await?;
+    Ok(())
+}
+
+/// A budget for a group of one voter would block every node drain for ever (its majority is
+/// itself): such a group has none, gets one when it grows to two voters and loses it again when
+/// it shrinks back to one.
+async fn a_group_with_one_voter_has_no_disruption_budget(ctx: Ctx) -> Result<()> {
+    ensure_operator(&ctx).await?;
+    let ns = ctx.namespace("op-pdb")?;
+    let budgets = |ctx: &Ctx| -> Result<String> {
+        ctx.kubectl(&["get", "poddisruptionbudgets", "-n", &ns.name, "-o", "name"])
+    };
+    let wait_budget = |present: bool| {
+        let ctx = &ctx;
+        async move {
+            wait_for(
+                if present {
+                    "a PodDisruptionBudget for two voters"
+                } else {
+                    "no PodDisruptionBudget for one voter"
+                },
+                Duration::from_secs(60),
+                || async {
+                    let found = budgets(ctx)?.trim() == "poddisruptionbudget.policy/solo";
+                    Ok((found == present).then_some(()))
+                },
+            )
+            .await
+        }
+    };
+    create_group(&ctx, &ns.name, &test_group(&ctx, "solo", "ActiveActive", 1)).await?;
+    wait_ready(&ctx, &ns.name, "solo", Duration::from_secs(120)).await?;
+    ensure!(
+        budgets(&ctx)?.trim().is_empty(),
+        "a budget for one voter: {}",
+        budgets(&ctx)?
+    );
+    for (replicas, present) in [(2, true), (1, false)] {
+        ctx.kubectl(&[
+            "scale",
+            "-n",
+            &ns.name,
+            "rg/solo",
+            &format!("--replicas={replicas}"),
+        ])?;
+        wait_budget(present).await?;
+    }
     Ok(())
 }

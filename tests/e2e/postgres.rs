@@ -811,13 +811,16 @@ async fn a_postgres_standby_that_cannot_reach_the_primary_retries_its_copy_and_r
     let event = wait_hook_failed_event(&ctx, &ns.name, joining, "join hook failed").await?;
     println!("    {joining} could not copy from {primary}: {event}");
     drop(block);
+    // The next attempt comes after the supervisor's back-off (up to 30 s), and an attempt that
+    // started just before the block was lifted fails first (~20 s); then the copy itself. A
+    // full `make test` on two cores once needed more than 120 s.
     wait_streaming(
         &ctx,
         &ns.name,
         &password,
         &primary,
         std::slice::from_ref(joining),
-        Duration::from_secs(120),
+        Duration::from_secs(180),
     )
     .await?;
     wait_ready(&ctx, &ns.name, GROUP, Duration::from_secs(120)).await?;

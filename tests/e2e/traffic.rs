@@ -1007,6 +1007,28 @@ async fn missing_gateway_is_reported_and_the_group_keeps_working(ctx: Ctx) -> Re
         "    Gateway created: group Ready and served through it after {} ms",
         created.elapsed().as_millis()
     );
+    // spec.traffic.gateway removed: the operator deletes its route, and the group stays Ready.
+    ctx.kubectl(&[
+        "patch",
+        "rg",
+        GROUP,
+        "-n",
+        &ns.name,
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op": "remove", "path": "/spec/traffic/gateway"}]"#,
+    ])?;
+    wait_for(
+        "the HTTPRoute to be deleted with spec.traffic.gateway",
+        Duration::from_secs(60),
+        || async {
+            let left = ctx.kubectl(&["get", "httproutes", "-n", &ns.name, "-o", "name"])?;
+            Ok(left.trim().is_empty().then_some(()))
+        },
+    )
+    .await?;
+    wait_ready(&ctx, &ns.name, GROUP, Duration::from_secs(60)).await?;
     Ok(())
 }
 
