@@ -65,6 +65,8 @@ pub fn crd() -> CustomResourceDefinition {
 pub const MAX_TEMPLATE_CONTAINERS: i64 = 32;
 pub const MAX_TEMPLATE_VOLUMES: i64 = 128;
 pub const MAX_CONTAINER_MOUNTS: i64 = 128;
+/// Longest `hostPath.path` of a template volume: Linux's PATH_MAX.
+pub const MAX_HOST_PATH: i64 = 4096;
 pub const MAX_CLAIM_TEMPLATE_NAME: i64 = 63;
 
 fn bound_template_lists(crd: &mut serde_json::Value) {
@@ -95,6 +97,11 @@ fn bound_template_lists(crd: &mut serde_json::Value) {
                 schema["maxItems"] = max.into();
                 if let Some(mounts) = schema.pointer_mut("/items/properties/volumeMounts") {
                     mounts["maxItems"] = MAX_CONTAINER_MOUNTS.into();
+                }
+                // The hostPath rule reads the path (PATH_MAX): its cost needs a bound.
+                if let Some(path) = schema.pointer_mut("/items/properties/hostPath/properties/path")
+                {
+                    path["maxLength"] = MAX_HOST_PATH.into();
                 }
             }
         }
