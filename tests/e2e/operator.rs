@@ -36,10 +36,18 @@ pub const RELEASE: &str = "quorate";
 
 static OPERATOR: OnceCell<()> = OnceCell::const_new();
 
+/// The operator's pods before the suites installed the operator: on a kept test bed they run an
+/// older build (and an older chart's rights) until the upgrade replaces them; the RBAC phase
+/// leaves their requests out (tests/e2e/rbac.rs).
+pub static EARLIER_OPERATOR_PODS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
 /// Installs the operator once per run (2 replicas, leader election), as a user would.
 pub async fn ensure_operator(ctx: &Ctx) -> Result<()> {
     OPERATOR
         .get_or_try_init(|| async {
+            // Operator pods of an earlier install, which this upgrade replaces: their requests
+            // are not this run's (tests/e2e/rbac.rs).
+            let _ = EARLIER_OPERATOR_PODS.set(operator_pods(ctx)?);
             crate::smoke::apply_crd(ctx)?;
             let (repo, tag) = ctx.image.rsplit_once(':').context("image tag")?;
             let chart = ctx.root.join("charts/quorate");
@@ -74,6 +82,20 @@ pub async fn ensure_operator(ctx: &Ctx) -> Result<()> {
         })
         .await
         .map(|_| ())
+}
+
+/// The names of the operator's pods now (none before the first install).
+pub fn operator_pods(ctx: &Ctx) -> Result<Vec<String>> {
+    let listed = ctx.kubectl(&[
+        "get",
+        "pods",
+        "-n",
+        OPERATOR_NAMESPACE,
+        "--ignore-not-found",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ])?;
+    Ok(listed.split_whitespace().map(str::to_owned).collect())
 }
 
 /// A group running the test workload: the example's shape with an image the test bed has.
