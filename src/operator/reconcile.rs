@@ -106,8 +106,8 @@ pub async fn reconcile(
     result
 }
 
-/// How soon a group blocked by a Secret under its name looks again (the Secret's deletion
-/// brings a reconcile sooner only when it carries the group's label).
+/// How soon a group blocked by a Secret under its name looks again (Secrets are not watched,
+/// so the removal of the one in the way is noticed by this retry, or by a change of the group).
 const NAME_CONFLICT_RETRY: Duration = Duration::from_secs(30);
 
 async fn reconcile_group(
