@@ -81,19 +81,12 @@ pub async fn connect(host: &str, password: &str) -> Result<Client> {
 /// server restarts (a demoted primary comes back as a standby) and kube-proxy rewrites a
 /// Service's rules, so one refused connection says nothing yet.
 pub async fn connect_within(host: &str, password: &str, within: Duration) -> Result<Client> {
-    let deadline = Instant::now() + within;
-    loop {
-        match connect(host, password).await {
-            Ok(c) => return Ok(c),
-            Err(e) if Instant::now() >= deadline => {
-                return Err(e.context(format!(
-                    "connecting to {host}:{PORT}: still failing after {} s",
-                    within.as_secs()
-                )));
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
+    wait_for(
+        &format!("{host}:{PORT} to accept a session"),
+        within,
+        || async { connect(host, password).await.map(Some) },
+    )
+    .await
 }
 
 /// One query, bounded: a session on a server that went away must not hang a test.
