@@ -214,7 +214,6 @@ pub enum Desired {
 impl Desired {
     /// The object's kind and name.
     pub fn kind_and_name(&self) -> (&'static str, String) {
-        use k8s_openapi::Resource as _;
         let name = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
             m.name.clone().unwrap_or_default()
         };

@@ -133,6 +133,12 @@ fn condition_true(g: &ReplicaGroup, type_: &str) -> bool {
     })
 }
 
+/// The objects of `kinds` in `ns` that match the label `selector`, as `kind/name`.
+pub fn labelled(ctx: &Ctx, ns: &str, kinds: &str, selector: &str) -> Result<Vec<String>> {
+    let listed = ctx.kubectl(&["get", kinds, "-n", ns, "-l", selector, "-o", "name"])?;
+    Ok(listed.lines().map(str::to_owned).collect())
+}
+
 /// The messages of the Events with `reason` in `ns`, space-separated.
 pub fn event_messages(ctx: &Ctx, ns: &str, reason: &str) -> Result<String> {
     ctx.kubectl(&[
@@ -424,24 +430,14 @@ async fn scale_up_and_down_keeps_one_primary(ctx: Ctx) -> Result<()> {
             &format!("the per-member Services of {replicas} members"),
             Duration::from_secs(60),
             || async {
-                let listed = ctx.kubectl(&[
-                    "get",
-                    "services",
-                    "-n",
-                    &ns.name,
-                    "-l",
-                    "quorate.dev/group=db",
-                    "-o",
-                    "name",
-                ])?;
-                let per_member: Vec<String> = listed
-                    .lines()
-                    .filter(|l| {
-                        l.strip_prefix("service/db-")
-                            .is_some_and(|rest| rest.parse::<u32>().is_ok())
-                    })
-                    .map(str::to_owned)
-                    .collect();
+                let per_member: Vec<String> =
+                    labelled(&ctx, &ns.name, "services", "quorate.dev/group=db")?
+                        .into_iter()
+                        .filter(|l| {
+                            l.strip_prefix("service/db-")
+                                .is_some_and(|rest| rest.parse::<u32>().is_ok())
+                        })
+                        .collect();
                 Ok((per_member == expected).then_some(()))
             },
         )
@@ -738,18 +734,9 @@ async fn deleting_a_group_removes_everything_it_created(ctx: Ctx) -> Result<()> 
         "every object of the group to be gone",
         Duration::from_secs(120),
         || async {
-            let left = ctx.kubectl(&[
-                "get",
-                kinds,
-                "-n",
-                &ns.name,
-                "-l",
-                "quorate.dev/group=db",
-                "-o",
-                "name",
-            ])?;
+            let left = labelled(&ctx, &ns.name, kinds, "quorate.dev/group=db")?;
             let pvcs = ctx.kubectl(&["get", "pvc", "-n", &ns.name, "-o", "name"])?;
-            Ok((left.trim().is_empty() && pvcs.trim().is_empty()).then_some(()))
+            Ok((left.is_empty() && pvcs.trim().is_empty()).then_some(()))
         },
     )
     .await
@@ -864,17 +851,13 @@ async fn objects_in_the_way_are_reported_and_never_taken_over(ctx: Ctx) -> Resul
         "the groups' own objects to be gone",
         Duration::from_secs(120),
         || async {
-            let left = ctx.kubectl(&[
-                "get",
-                "statefulsets,services,secrets",
-                "-n",
+            let left = labelled(
+                &ctx,
                 &ns.name,
-                "-l",
+                "statefulsets,services,secrets",
                 "quorate.dev/group",
-                "-o",
-                "name",
-            ])?;
-            Ok(left.trim().is_empty().then_some(()))
+            )?;
+            Ok(left.is_empty().then_some(()))
         },
     )
     .await?;
