@@ -27,6 +27,10 @@ pub const WEIGHT_ANNOTATION: &str = "quorate.dev/weight";
 pub const SWITCHOVER_ANNOTATION: &str = "quorate.dev/switchover-to";
 /// Hash of the group's TLS material on the pod template: new certificates roll the members.
 pub const TLS_HASH_ANNOTATION: &str = "quorate.dev/tls-hash";
+/// Hash of the group CA: on the members' Secret (which CA issued it) and on the pod template
+/// (which CA the pod trusts). Pods that trust a replaced CA restart together: they cannot talk
+/// to members that trust the new one, so rolling them one at a time would never finish.
+pub const CA_HASH_ANNOTATION: &str = "quorate.dev/ca-hash";
 /// Pod label set by the StatefulSet controller; per-member Services select on it.
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 /// The operator's server-side apply field manager.

@@ -241,7 +241,11 @@ pub enum PortProtocol {
 /// httpGet and exec.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("(has(self.tcpSocket) ? 1 : 0) + (has(self.httpGet) ? 1 : 0) + (has(self.exec) ? 1 : 0) == 1").message("spec.health: set exactly one of tcpSocket, httpGet or exec"))]
+#[x_kube(
+    validation = Rule::new("(has(self.tcpSocket) ? 1 : 0) + (has(self.httpGet) ? 1 : 0) + (has(self.exec) ? 1 : 0) == 1").message("spec.health: set exactly one of tcpSocket, httpGet or exec"),
+    // A check that may outlast its period would overlap the next one.
+    validation = Rule::new("self.timeoutMillis <= self.periodMillis").message("spec.health.timeoutMillis must not be longer than spec.health.periodMillis"),
+)]
 pub struct HealthCheck {
     /// Healthy when a TCP connection to this port opens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -258,7 +262,7 @@ pub struct HealthCheck {
     #[schemars(range(min = 100, max = 60000))]
     #[x_kube(validation = Rule::new("self >= 100 && self <= 60000").message("spec.health.periodMillis must be between 100 and 60000"))]
     pub period_millis: i32,
-    /// Milliseconds a single check may take, 50 to 60000 (default 500).
+    /// Milliseconds a single check may take, 50 to 60000 and at most periodMillis (default 500).
     #[serde(default = "default_health_timeout")]
     #[schemars(range(min = 50, max = 60000))]
     #[x_kube(validation = Rule::new("self >= 50 && self <= 60000").message("spec.health.timeoutMillis must be between 50 and 60000"))]

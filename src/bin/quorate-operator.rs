@@ -58,6 +58,10 @@ struct RunArgs {
     /// Identity in the leader election.
     #[arg(long, env = "POD_NAME", default_value = "quorate-operator")]
     pod_name: String,
+    /// How often each group's Secrets are read again, in seconds (1 to 86400). Secrets are not
+    /// watched: a CA Secret someone deleted is reported within this time.
+    #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    secret_reread_seconds: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -84,6 +88,7 @@ fn main() -> anyhow::Result<()> {
         leader_election_lease: Some(args.leader_election_lease).filter(|l| !l.is_empty()),
         namespace: args.namespace,
         pod_name: args.pod_name,
+        secret_reread: std::time::Duration::from_secs(args.secret_reread_seconds),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

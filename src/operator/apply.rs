@@ -21,7 +21,7 @@ use crate::api::names::{
     FIELD_MANAGER, GroupNames, HTTPROUTE_KIND, ROLE_LABEL, SWITCHOVER_ANNOTATION,
 };
 use crate::api::{ReplicaGroup, ReplicaGroupStatus};
-use crate::plan::{Desired, Obsolete, RoleLabel, merge_route};
+use crate::plan::{Desired, Obsolete, RefusedWrite, RoleLabel, merge_route};
 use k8s_openapi::Resource as _;
 
 fn content_hash(v: &Value) -> u64 {
@@ -108,8 +108,38 @@ async fn apply_one(
     Ok(Some(written))
 }
 
+/// What `apply_objects` wrote, and what the API server refused as invalid.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// The objects written, as the API server answered (unchanged ones are skipped).
+    pub written: Vec<DynamicObject>,
+    /// Objects the API server refused as invalid (400, 422): derived from a spec it accepted,
+    /// so the spec is at fault; reported in the group's status (`plan::with_refused_writes`).
+    pub refused: Vec<RefusedWrite>,
+}
+
+/// The API server refused this write as invalid: retrying the same object cannot succeed. A
+/// value it cannot even decode (a quantity that does not parse) comes back as a 500 that says
+/// so, not as a 422.
+fn refused_as_invalid(e: &Error) -> Option<&kube::core::Status> {
+    match e {
+        Error::Kube {
+            source: kube::Error::Api(e),
+            ..
+        } if e.code == 400
+            || e.code == 422
+            || (e.code == 500 && e.message.contains("unable to convert unstructured object")) =>
+        {
+            Some(e)
+        }
+        _ => None,
+    }
+}
+
 /// Applies `writes` one after the other, in the given order (the plan's); stops at the first
-/// error. Returns the objects written, as the API server answered (unchanged ones are skipped).
+/// error, except that an object the API server refuses as invalid is noted and skipped: the
+/// writes after it (routing first, members last) still go out, so that a bad change of one
+/// object's spec never holds up another's, the routing least of all.
 /// `route` is the group's HTTPRoute as its watch holds it, if it does.
 ///
 /// `rw_read_at` is the resourceVersion of the `-rw` slice the plan read its routed epoch from:
@@ -124,12 +154,25 @@ pub async fn apply_objects(
     writes: &[&Desired],
     route: Option<&DynamicObject>,
     rw_read_at: Option<&str>,
-) -> Result<Vec<DynamicObject>, Error> {
-    let mut written = Vec::new();
+) -> Result<Applied, Error> {
+    let mut done = Applied::default();
     for d in writes {
-        written.extend(apply_one(client, applied, group, names, d, route, rw_read_at).await?);
+        match apply_one(client, applied, group, names, d, route, rw_read_at).await {
+            Ok(written) => done.written.extend(written),
+            Err(e) => match refused_as_invalid(&e) {
+                Some(response) => {
+                    let (kind, name) = d.kind_and_name();
+                    done.refused.push(RefusedWrite {
+                        kind: kind.to_owned(),
+                        name,
+                        message: response.message.clone(),
+                    });
+                }
+                None => return Err(e),
+            },
+        }
     }
-    Ok(written)
+    Ok(done)
 }
 
 /// Unsticks new members stranded on volumes of the wrong node (`plan::StrandedMember`): their
@@ -145,15 +188,30 @@ pub async fn release_stranded(
         Api::namespaced(client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     for s in stranded {
+        let why = format!("of the stranded member {}", s.pod);
         for claim in &s.claims {
-            delete_if_present(&claims, claim, &s.pod).await?;
+            delete_if_present(&claims, claim, &why).await?;
         }
-        delete_if_present(&pods, &s.pod, &s.pod).await?;
+        delete_if_present(&pods, &s.pod, &why).await?;
     }
     Ok(())
 }
 
-async fn delete_if_present<K>(api: &Api<K>, name: &str, member: &str) -> Result<(), Error>
+/// Deletes the pods that trust a replaced group CA, all of them before any is back (their
+/// StatefulSet creates them again, in parallel, with the new CA). Pods already gone are fine.
+pub async fn restart_for_new_ca(
+    client: &Client,
+    names: &GroupNames,
+    pods: &[String],
+) -> Result<(), Error> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &names.namespace);
+    for pod in pods {
+        delete_if_present(&api, pod, "it trusts a replaced group CA").await?;
+    }
+    Ok(())
+}
+
+async fn delete_if_present<K>(api: &Api<K>, name: &str, why: &str) -> Result<(), Error>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -161,10 +219,7 @@ where
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(Error::Kube {
-            context: format!(
-                "deleting {} {name} of the stranded member {member}",
-                K::kind(&())
-            ),
+            context: format!("deleting {} {name} ({why})", K::kind(&())),
             source: e,
         }),
     }
@@ -306,6 +361,7 @@ mod tests {
     async fn serve(
         mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
         fail: Option<&'static str>,
+        code: StatusCode,
     ) -> Vec<String> {
         let mut seen = Vec::new();
         while let Some((request, send)) = handle.next_request().await {
@@ -317,10 +373,20 @@ mod tests {
                 .await
                 .expect("request body");
             let response = if failed {
-                let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
-                    "message": "Apply failed with 1 conflict: conflict with \"someone\""});
+                let (reason, message) = match code {
+                    StatusCode::CONFLICT => (
+                        "Conflict",
+                        "Apply failed with 1 conflict: conflict with \"someone\"",
+                    ),
+                    _ => (
+                        "Invalid",
+                        "StatefulSet.apps \"g\" is invalid: spec.template.spec.containers[0].image: Required value",
+                    ),
+                };
+                let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "reason": reason, "code": code.as_u16(), "message": message});
                 Response::builder()
-                    .status(StatusCode::CONFLICT)
+                    .status(code)
                     .body(Body::from(serde_json::to_vec(&status).unwrap()))
             } else {
                 Response::builder().body(Body::from(body.to_vec()))
@@ -333,8 +399,16 @@ mod tests {
 
     /// A client talking to `serve`, and the task that returns the requests it saw.
     fn scripted(fail: Option<&'static str>) -> (Client, tokio::task::JoinHandle<Vec<String>>) {
+        scripted_with(fail, StatusCode::CONFLICT)
+    }
+
+    /// As `scripted`, failing with `code`.
+    fn scripted_with(
+        fail: Option<&'static str>,
+        code: StatusCode,
+    ) -> (Client, tokio::task::JoinHandle<Vec<String>>) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let server = tokio::spawn(serve(handle, fail));
+        let server = tokio::spawn(serve(handle, fail, code));
         (Client::new(service, "default"), server)
     }
 
@@ -375,6 +449,7 @@ mod tests {
             events: vec![],
             role_labels: vec![],
             release_stranded: vec![],
+            restart_for_new_ca: vec![],
             clear_switchover_request: false,
             requeue_ms: 1000,
         }
@@ -413,7 +488,8 @@ mod tests {
             None,
         )
         .await
-        .expect("apply");
+        .expect("apply")
+        .written;
         let written: Vec<String> = written
             .iter()
             .map(|o| {
@@ -446,6 +522,7 @@ mod tests {
             )
             .await
             .expect("apply")
+            .written
             .is_empty(),
             "nothing changed"
         );
@@ -495,7 +572,8 @@ mod tests {
             None,
         )
         .await
-        .expect("apply");
+        .expect("apply")
+        .written;
         assert_eq!(again.len(), 1);
         drop(client);
         let seen = server.await.unwrap();
@@ -580,11 +658,42 @@ mod tests {
             )
             .await
             .expect("retry")
+            .written
             .len(),
             2
         );
         drop(client);
         assert_eq!(server.await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_object_refused_as_invalid_is_reported_and_the_other_writes_go_out() {
+        // The StatefulSet is written last; make the first write (-rw) refused as well.
+        for path in ["/statefulsets/g", "/endpointslices/g-rw"] {
+            let (client, server) = scripted_with(Some(path), StatusCode::UNPROCESSABLE_ENTITY);
+            let names = GroupNames::new("g", "ns");
+            let applied = AppliedCache::default();
+            let done = apply_objects(
+                &client,
+                &applied,
+                &group(),
+                &names,
+                &plan().writes(),
+                None,
+                None,
+            )
+            .await
+            .expect("an invalid object is no error of the reconcile");
+            assert_eq!(done.written.len(), 3, "{path}");
+            assert_eq!(done.refused.len(), 1, "{path}");
+            assert!(
+                done.refused[0].message.contains("containers[0].image"),
+                "{:?}",
+                done.refused
+            );
+            drop(client);
+            assert_eq!(server.await.unwrap().len(), 4, "every write was tried");
+        }
     }
 
     #[tokio::test]

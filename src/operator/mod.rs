@@ -57,6 +57,9 @@ pub enum Error {
     StoreNotReady { what: String },
     #[error("{}", .0.message())]
     NameConflict(crate::plan::NameConflict),
+    /// The group CA's Secret is gone or unusable while the members still trust it.
+    #[error("{0}")]
+    CaLost(String),
 }
 
 impl Error {
@@ -76,6 +79,7 @@ impl Error {
             Error::InvalidObject { .. } => "invalid_object",
             Error::StoreNotReady { .. } => "store_not_ready",
             Error::NameConflict(_) => "name_conflict",
+            Error::CaLost(_) => "ca_lost",
         }
     }
 }
@@ -104,6 +108,8 @@ pub struct Config {
     pub leader_election_lease: Option<String>,
     pub namespace: String,
     pub pod_name: String,
+    /// How long the groups' Secrets as read are used before they are read again.
+    pub secret_reread: Duration,
 }
 
 /// Shared by every reconcile.
@@ -271,7 +277,7 @@ async fn run_controller(
     let (hub, agent_triggers) = AgentHub::new(metrics.clone());
     let groups: Api<kube::core::DeserializeGuard<ReplicaGroup>> = Api::all(client.clone());
     let applied = Arc::new(applied::AppliedCache::default());
-    let tls = Arc::new(tls::TlsCache::default());
+    let tls = Arc::new(tls::TlsCache::new(config.secret_reread));
     // The owned kinds' watches also tell the cache of what was applied about changes.
     // The groups' store without their managedFields: nobody reads them, and at 1000 groups they
     // were a large part of the operator's memory.

@@ -93,6 +93,7 @@ fn member_pod(names: &GroupNames, pod: &Pod) -> Option<MemberPod> {
                     && c.reason.as_deref() == Some("Unschedulable")
             })
         }),
+        ca_hash: pod.annotations().get(CA_HASH_ANNOTATION).cloned(),
         pinned_claims: Vec::new(),
     })
 }
@@ -325,6 +326,8 @@ pub async fn observe(
         gateway_api: gateway_api && group.spec.traffic.gateway.is_some(),
         route,
         tls_hash: tls.hash.clone(),
+        ca_hash: tls.ca_hash.clone(),
+        ca_lost: tls.ca_lost.clone(),
         missing_gateways,
         // Found once the plan names the objects (`name_conflicts`).
         name_conflicts: Vec::new(),

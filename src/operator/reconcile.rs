@@ -106,10 +106,6 @@ pub async fn reconcile(
     result
 }
 
-/// How soon a group blocked by a Secret under its name looks again (Secrets are not watched,
-/// so the removal of the one in the way is noticed by this retry, or by a change of the group).
-const NAME_CONFLICT_RETRY: Duration = Duration::from_secs(30);
-
 async fn reconcile_group(
     group: &ReplicaGroup,
     names: &GroupNames,
@@ -119,13 +115,14 @@ async fn reconcile_group(
     let tls = match ctx.tls.get(&ctx.client, group, names).await {
         Ok(tls) => tls,
         // Nothing can be done without the group's Secrets: say why in the status.
-        Err(Error::NameConflict(conflict)) => {
-            warn!(group = %names.name, namespace = %names.namespace, "{}", conflict.message());
-            let (status, events) = plan::blocked_by_name_conflict(
-                group,
-                &conflict,
-                jiff::Timestamp::now().as_millisecond(),
-            );
+        Err(e @ (Error::NameConflict(_) | Error::CaLost(_))) => {
+            let why = match e {
+                Error::NameConflict(conflict) => plan::Blocked::NameConflict(conflict),
+                other => plan::Blocked::CaLost(other.to_string()),
+            };
+            warn!(group = %names.name, namespace = %names.namespace, "{}", why.message());
+            let (status, events) =
+                plan::blocked(group, &why, jiff::Timestamp::now().as_millisecond());
             if group.status.as_ref() != Some(&status) {
                 apply::apply_status(
                     &ctx.client,
@@ -136,7 +133,9 @@ async fn reconcile_group(
                 .await?;
             }
             publish(ctx, group, &events).await;
-            return Ok(Action::requeue(NAME_CONFLICT_RETRY));
+            return Ok(Action::requeue(Duration::from_millis(
+                plan::SECRETS_POLL_MS,
+            )));
         }
         Err(e) => return Err(e),
     };
@@ -180,7 +179,7 @@ async fn reconcile_group(
             .stores
             .route(&names.namespace, &names.members())
             .flatten();
-        let written = apply::apply_objects(
+        let applied = apply::apply_objects(
             &ctx.client,
             &ctx.applied,
             group,
@@ -191,7 +190,8 @@ async fn reconcile_group(
         )
         .await?;
         // The next reconcile sees these slices even before their watch events arrive.
-        for slice in written
+        for slice in applied
+            .written
             .into_iter()
             .filter(|o| o.types.as_ref().is_some_and(|t| t.kind == "EndpointSlice"))
         {
@@ -201,10 +201,12 @@ async fn reconcile_group(
         }
         apply::delete_objects(&ctx.client, &ctx.applied, names, &plan.delete).await?;
         apply::release_stranded(&ctx.client, names, &plan.release_stranded).await?;
+        apply::restart_for_new_ca(&ctx.client, names, &plan.restart_for_new_ca).await?;
         // After the routing and the objects: nothing routes by a role label, and one that
         // cannot be written (its error is returned once the status is written) holds up
         // neither the objects nor the status.
-        Ok::<_, Error>(apply::label_pods(&ctx.client, &ctx.applied, names, &plan.role_labels).await)
+        let labelled = apply::label_pods(&ctx.client, &ctx.applied, names, &plan.role_labels).await;
+        Ok::<_, Error>((applied.refused, labelled))
     };
     let action = async {
         match &plan.action {
@@ -238,10 +240,21 @@ async fn reconcile_group(
             };
             (objects_result, action_result)
         };
-    let labels_result = objects_result?;
+    let (refused, labels_result) = objects_result?;
     debug!(group = %names.name, namespace = %names.namespace, observed_ms, applied_ms = started.elapsed().as_millis() as u64, "reconciled objects");
 
     let mut events = plan.events.clone();
+    // Objects the API server refused as invalid: the spec is at fault, and the status says so.
+    let (status, refused_events) = plan::with_refused_writes(
+        group,
+        plan.status.clone(),
+        &refused,
+        jiff::Timestamp::now().as_millisecond(),
+    );
+    for r in &refused {
+        warn!(group = %names.name, namespace = %names.namespace, kind = %r.kind, object = %r.name, "the API server refused a derived object: {}", r.message);
+    }
+    events.extend(refused_events);
     if let (Some(action), Some(result)) = (&plan.action, action_result) {
         match result {
             Ok(summary) => {
@@ -273,20 +286,18 @@ async fn reconcile_group(
     if plan.clear_switchover_request {
         apply::clear_switchover_request(&ctx.client, names).await?;
     }
-    if group.status.as_ref() != Some(&plan.status) {
+    if group.status.as_ref() != Some(&status) {
         apply::apply_status(
             &ctx.client,
             names,
-            &plan.status,
+            &status,
             group.metadata.resource_version.as_deref(),
         )
         .await?;
-        record_failover_metrics(ctx, group, &plan.status);
+        record_failover_metrics(ctx, group, &status);
     }
-    ctx.metrics.record_phase(
-        &format!("{}/{}", names.namespace, names.name),
-        plan.status.phase,
-    );
+    ctx.metrics
+        .record_phase(&format!("{}/{}", names.namespace, names.name), status.phase);
     publish(ctx, group, &events).await;
     labels_result?;
     Ok(Action::requeue(Duration::from_millis(plan.requeue_ms)))

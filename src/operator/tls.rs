@@ -5,7 +5,13 @@
 //!
 //! The member certificate is re-issued 30 days before it expires (or when the CA changes); its
 //! hash is on the pod template, so new certificates roll the members one at a time. Both are
-//! read by name only (no Secret watch: see `TLS_REREAD`).
+//! read by name only (no Secret watch: see [`TlsCache`]).
+//!
+//! The CA is made once, with the group. A `NAME-ca` that is gone (or unusable) while
+//! `NAME-agent-tls` exists is an incident, not a reason for a new CA: the running members trust
+//! the old one and would refuse every peer and the operator holding certificates of a new one.
+//! The group reports `Degraded`/`CaLost` with the recovery steps and the operator goes on with
+//! what it read before. Deleting `NAME-agent-tls` as well is how a user asks for a new CA.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -18,20 +24,25 @@ use kube::{Api, Client, Resource};
 use super::{Error, KubeContext};
 use crate::agent::client::TlsClientConfig;
 use crate::api::ReplicaGroup;
-use crate::api::names::{FIELD_MANAGER, GROUP_LABEL, GroupNames, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::api::names::{
+    CA_HASH_ANNOTATION, FIELD_MANAGER, GROUP_LABEL, GroupNames, MANAGED_BY, MANAGED_BY_LABEL,
+};
 use crate::pki::{self, GroupCa, Validity};
 
 const CA_DAYS: i32 = 3650;
 const MEMBER_DAYS: i32 = 365;
 const RENEW_BEFORE_DAYS: i32 = 30;
 const NOT_AFTER_ANNOTATION: &str = "quorate.dev/not-after";
-const CA_HASH_ANNOTATION: &str = "quorate.dev/ca-hash";
 
 #[derive(Clone)]
 pub struct GroupTls {
     pub client: TlsClientConfig,
     /// Changes when the members' certificate or the CA changes.
     pub hash: String,
+    /// Changes when the CA changes.
+    pub ca_hash: String,
+    /// Set when the CA's Secret was found lost after this was read: why, and what to do.
+    pub ca_lost: Option<String>,
 }
 
 fn hash_of(parts: &[&str]) -> String {
@@ -99,12 +110,14 @@ async fn apply(api: &Api<Secret>, s: &Secret) -> Result<(), Error> {
 }
 
 /// The groups' TLS material as last read or written, so that a reconcile (on the failover path
-/// too) spends no API call on certificates that rarely change. An entry is used until the
-/// member certificate is due for renewal, or until the Secret watch shows one of the group's
-/// Secrets changed, deleted or re-listed (operator/stores.rs): then the Secrets are read again.
-#[derive(Default)]
+/// too) mostly spends no API call on certificates that rarely change. An entry is used until
+/// the member certificate is due for renewal, or for `reread` at most: the operator does not
+/// watch Secrets (that would need list and watch on every Secret of the cluster), it reads the
+/// group's two Secrets by name, so a Secret someone else changed or deleted is noticed within
+/// that time (by default two reads per group per half hour: 1000 groups cost ~1 read a second).
 pub struct TlsCache {
     entries: std::sync::Mutex<std::collections::HashMap<TlsKey, Entry>>,
+    reread: std::time::Duration,
 }
 
 /// (namespace, group name, group uid).
@@ -113,13 +126,14 @@ type TlsKey = (String, String, String);
 /// What was read or written, the renewal day, and when it was read.
 type Entry = (GroupTls, jiff::civil::Date, std::time::Instant);
 
-/// How long what was read is used before the Secrets are read again. The operator does not
-/// watch Secrets (that would need list and watch on every Secret of the cluster): it reads the
-/// group's two Secrets by name, so a Secret someone else changed or deleted is noticed within
-/// this time (two reads per group per half hour: 1000 groups cost ~1 read a second).
-pub const TLS_REREAD: std::time::Duration = std::time::Duration::from_secs(1800);
-
 impl TlsCache {
+    pub fn new(reread: std::time::Duration) -> Self {
+        Self {
+            entries: Default::default(),
+            reread,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<TlsKey, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -137,14 +151,28 @@ impl TlsCache {
         );
         if let Some((tls, renew_on, read_at)) = self.lock().get(&key)
             && today() < *renew_on
-            && read_at.elapsed() < TLS_REREAD
+            && read_at.elapsed() < self.reread
         {
             return Ok(tls.clone());
         }
-        let (tls, renew_on) = ensure(client, group, names).await?;
-        self.lock()
-            .insert(key, (tls.clone(), renew_on, std::time::Instant::now()));
-        Ok(tls)
+        match ensure(client, group, names).await {
+            Ok((tls, renew_on)) => {
+                self.lock()
+                    .insert(key, (tls.clone(), renew_on, std::time::Instant::now()));
+                Ok(tls)
+            }
+            // The members run on, and routing must follow them: go on with what was read
+            // before, and say what was lost. After a restart the operator has nothing to go on.
+            Err(Error::CaLost(why)) => match self.lock().get_mut(&key) {
+                Some((tls, _, read_at)) => {
+                    tls.ca_lost = Some(why);
+                    *read_at = std::time::Instant::now();
+                    Ok(tls.clone())
+                }
+                None => Err(Error::CaLost(why)),
+            },
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -178,6 +206,11 @@ pub async fn ensure(
         .await
         .context(|| format!("reading Secret {}", names.ca_secret()))?;
     refuse_foreign(ca_secret.as_ref(), group)?;
+    let agent_secret = api
+        .get_opt(&names.agent_tls_secret())
+        .await
+        .context(|| format!("reading Secret {}", names.agent_tls_secret()))?;
+    refuse_foreign(agent_secret.as_ref(), group)?;
     let existing_ca = ca_secret.as_ref().and_then(|s| {
         Some(GroupCa {
             common_name: format!("quorate {}/{}", names.namespace, names.name),
@@ -185,6 +218,9 @@ pub async fn ensure(
             key_pem: text(s, "ca.key")?,
         })
     });
+    if existing_ca.is_none() && agent_secret.is_some() {
+        return Err(Error::CaLost(ca_lost_message(names, ca_secret.is_some())));
+    }
     // The operator's certificate is kept while it speaks for the operator; one issued before
     // certificates carried identities (agents refuse it every admin RPC) is replaced.
     let existing_operator = ca_secret.as_ref().and_then(|s| {
@@ -232,12 +268,6 @@ pub async fn ensure(
         }
     };
     let ca_hash = hash_of(&[&ca.cert_pem]);
-
-    let agent_secret = api
-        .get_opt(&names.agent_tls_secret())
-        .await
-        .context(|| format!("reading Secret {}", names.agent_tls_secret()))?;
-    refuse_foreign(agent_secret.as_ref(), group)?;
     let current = agent_secret.as_ref().and_then(|s| {
         let annotations = s.metadata.annotations.as_ref()?;
         let not_after: jiff::civil::Date = annotations.get(NOT_AFTER_ANNOTATION)?.parse().ok()?;
@@ -297,9 +327,30 @@ pub async fn ensure(
         GroupTls {
             client,
             hash: hash_of(&[&ca.cert_pem, &member_cert]),
+            ca_hash,
+            ca_lost: None,
         },
         renew_on,
     ))
+}
+
+/// Why the group's CA is lost, and the two ways out, for the group's status and Event.
+pub fn ca_lost_message(names: &GroupNames, present: bool) -> String {
+    let (ns, ca, members) = (
+        &names.namespace,
+        names.ca_secret(),
+        names.agent_tls_secret(),
+    );
+    let what = if present {
+        "has no usable ca.crt and ca.key"
+    } else {
+        "is missing"
+    };
+    format!(
+        "Secret {ca} (the group CA) {what}, but the members still trust that CA: the operator does not make a new one they would refuse. \
+         Restore {ca} from a backup (kubectl apply -n {ns} -f ...; the members keep running and the operator keeps routing meanwhile), \
+         or replace the CA, which restarts every member at once: kubectl delete secret -n {ns} {members}"
+    )
 }
 
 /// The member certificate is re-issued `RENEW_BEFORE_DAYS` before it expires.

@@ -62,6 +62,24 @@ pub(super) struct Lifecycle {
     pub stranded: Vec<StrandedMember>,
 }
 
+/// Pods that trust another group CA than the current one: after the CA was replaced (its
+/// Secret lost, and the members' one deleted on purpose: docs/security.md) they cannot talk to
+/// members that trust the new one, so they restart together instead of one at a time (a roll
+/// would stall on its first pod). Pods of earlier versions (no CA hash) and pods already going
+/// away are left alone; nothing happens while the CA is lost.
+pub fn trusting_another_ca(observed: &Observed) -> Vec<String> {
+    if observed.ca_hash.is_empty() || observed.ca_lost.is_some() {
+        return Vec::new();
+    }
+    observed
+        .pods
+        .iter()
+        .filter(|p| !p.terminating)
+        .filter(|p| p.ca_hash.as_deref().is_some_and(|h| h != observed.ca_hash))
+        .map(|p| p.name.clone())
+        .collect()
+}
+
 /// A new member the scheduler cannot place because volumes of its were already provisioned for
 /// a node where another member runs. The scheduler binds a pod's claims one by one; when one
 /// write conflicts (another controller updated the claim meanwhile) the pod is retried, but

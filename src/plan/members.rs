@@ -519,6 +519,16 @@ pub(super) fn stateful_sets(
     out
 }
 
+/// Which certificates and which CA the pod template's pods get (a change rolls them; a new CA
+/// restarts them together: `plan::lifecycle`).
+fn tls_annotations(observed: &Observed) -> impl Iterator<Item = (String, String)> {
+    [
+        (TLS_HASH_ANNOTATION.to_owned(), observed.tls_hash.clone()),
+        (CA_HASH_ANNOTATION.to_owned(), observed.ca_hash.clone()),
+    ]
+    .into_iter()
+}
+
 fn member_set(
     group: &ReplicaGroup,
     names: &GroupNames,
@@ -533,7 +543,7 @@ fn member_set(
         .extend(labels(names, COMPONENT_MEMBER));
     meta.annotations
         .get_or_insert_with(Default::default)
-        .insert(TLS_HASH_ANNOTATION.into(), observed.tls_hash.clone());
+        .extend(tls_annotations(observed));
 
     let pod = template.spec.get_or_insert_with(PodSpec::default);
     // Member pods talk only to each other and to the operator.
@@ -605,10 +615,7 @@ fn witness_set(
     let mut template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels(names, COMPONENT_WITNESS)),
-            annotations: Some(BTreeMap::from([(
-                TLS_HASH_ANNOTATION.to_owned(),
-                observed.tls_hash.clone(),
-            )])),
+            annotations: Some(tls_annotations(observed).collect()),
             ..Default::default()
         }),
         spec: Some(PodSpec {

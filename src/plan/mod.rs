@@ -10,7 +10,7 @@ mod lifecycle;
 mod members;
 mod routing;
 mod status;
-pub use status::blocked_by_name_conflict;
+pub use status::{Blocked, blocked, with_refused_writes};
 #[cfg(test)]
 mod tests;
 
@@ -57,6 +57,9 @@ pub struct MemberPod {
     pub node: Option<String>,
     /// The scheduler found no node for it (`PodScheduled` False, reason `Unschedulable`).
     pub unschedulable: bool,
+    /// The `quorate.dev/ca-hash` of its template: which group CA it trusts (none on pods of
+    /// earlier versions).
+    pub ca_hash: Option<String>,
     /// Only for an unschedulable pod: its claims that were already provisioned for a node
     /// (claim name, node from the claim's `volume.kubernetes.io/selected-node`).
     pub pinned_claims: Vec<(String, String)>,
@@ -166,6 +169,11 @@ pub struct Observed {
     pub route: Option<RouteObserved>,
     /// Hash of the group's TLS material (rolls the pods when certificates change).
     pub tls_hash: String,
+    /// Hash of the group CA (pods that trust another one restart together).
+    pub ca_hash: String,
+    /// The group CA's Secret is gone or unusable while the members still trust it: the
+    /// operator goes on with what it read before and says so (why, and the recovery steps).
+    pub ca_lost: Option<String>,
     /// Gateways named in parentRefs that do not exist (namespace/name).
     pub missing_gateways: Vec<String>,
     /// Objects under names this group derives that exist and are not this group's.
@@ -176,6 +184,17 @@ pub struct Observed {
     /// Why the API server refused to create a member or witness pod lately (the StatefulSet's
     /// latest `FailedCreate` Event), while pods are missing.
     pub pods_rejected: Option<String>,
+}
+
+/// An object derived from the spec that the API server refused as invalid (a template field it
+/// checks and the CRD schema cannot: a container without an image, a quantity that does not
+/// parse, a hostname): the spec is at fault, and the group says so (`Degraded`/`InvalidSpec`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RefusedWrite {
+    pub kind: String,
+    pub name: String,
+    /// The API server's message (it names the field).
+    pub message: String,
 }
 
 /// An object under one of the group's derived names that is not the group's (another owner,
@@ -270,6 +289,9 @@ pub struct Plan {
     /// New members stuck on volumes provisioned for the wrong node: delete those claims, then
     /// the pod, and the StatefulSet creates both again.
     pub release_stranded: Vec<StrandedMember>,
+    /// Pods that trust a replaced group CA: deleted together, after the objects (their
+    /// StatefulSet creates them again with the new CA).
+    pub restart_for_new_ca: Vec<String>,
     /// Look again after this long at the latest (lease expiry, dwell time, safety net).
     pub requeue_ms: u64,
 }
@@ -284,6 +306,11 @@ pub const RESYNC_MS: u64 = 300_000;
 pub const PODS_MISSING_POLL_MS: u64 = 5_000;
 /// How soon once a refusal is reported (a fix of the namespace's policy is not watched).
 pub const PODS_REJECTED_POLL_MS: u64 = 30_000;
+
+/// How soon a group blocked by a Secret under its name, or whose CA is lost, looks again
+/// (Secrets are not watched, so the removal of the one in the way, or the restored CA, is
+/// noticed by this poll, or by a change of the group).
+pub const SECRETS_POLL_MS: u64 = 30_000;
 
 /// Fewer member or witness pods exist than the spec asks for.
 pub fn pods_missing(group: &ReplicaGroup, pods: &[MemberPod]) -> bool {
@@ -403,6 +430,17 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
             ),
         });
     }
+    let restart_for_new_ca = lifecycle::trusting_another_ca(observed);
+    if !restart_for_new_ca.is_empty() {
+        events.push(PlannedEvent {
+            warning: true,
+            reason: "CaReplaced".into(),
+            note: format!(
+                "the group CA was replaced: restarting {} together (they trust the old CA and cannot talk to members that trust the new one)",
+                restart_for_new_ca.join(", ")
+            ),
+        });
+    }
     let role_labels = routing::role_labels(group, observed, &traffic);
     // Pods the StatefulSets have not created: nothing watched changes when the API server
     // refuses one (only the StatefulSet's Events say why), so look again soon.
@@ -417,6 +455,7 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
         traffic.requeue_ms,
         lifecycle.requeue_ms,
         rejection_poll_ms,
+        observed.ca_lost.is_some().then_some(SECRETS_POLL_MS),
     ]
     .into_iter()
     .flatten()
@@ -431,6 +470,7 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
         role_labels,
         clear_switchover_request: lifecycle.clear_switchover_request,
         release_stranded: lifecycle.stranded,
+        restart_for_new_ca,
         requeue_ms,
     }
 }

@@ -25,6 +25,10 @@ pub const DEGRADED: &str = "Degraded";
 const CONNECTING: &str = "Connecting";
 /// The Degraded reason of an object under the group's names that is not the group's.
 pub const NAME_CONFLICT: &str = "NameConflict";
+/// The Degraded reason of a spec whose derived objects the API server refuses.
+pub const INVALID_SPEC: &str = "InvalidSpec";
+/// The Degraded reason of a group CA Secret that is gone while the members trust it.
+pub const CA_LOST: &str = "CaLost";
 /// The Degraded reason that gets no event (members are unhealthy for a while in every rollout).
 const MEMBERS_UNHEALTHY: &str = "MembersUnhealthy";
 /// The most of a failed hook's output the status keeps (the supervisor sends up to 1 KiB).
@@ -612,6 +616,9 @@ fn degradation<'a>(
         };
         return Some((NAME_CONFLICT, format!("{}{more}", conflict.message())));
     }
+    if let Some(lost) = &observed.ca_lost {
+        return Some((CA_LOST, lost.clone()));
+    }
     if let Some(rejected) = &observed.pods_rejected {
         return Some(("PodsRejected", rejected.clone()));
     }
@@ -652,12 +659,36 @@ fn degradation<'a>(
     None
 }
 
-/// The status of a group the operator cannot reconcile at all, because the name of one of its
-/// Secrets is taken (operator/tls.rs checks them before anything else): the previous status,
-/// with Degraded/NameConflict, Ready false and phase Failed; and the event when that is news.
-pub fn blocked_by_name_conflict(
+/// Why the operator cannot reconcile a group at all (operator/tls.rs checks its Secrets before
+/// anything else): the name of one of them is taken, or its CA is lost and the operator has
+/// nothing read before to go on with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Blocked {
+    NameConflict(NameConflict),
+    CaLost(String),
+}
+
+impl Blocked {
+    fn reason(&self) -> &'static str {
+        match self {
+            Blocked::NameConflict(_) => NAME_CONFLICT,
+            Blocked::CaLost(_) => CA_LOST,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Blocked::NameConflict(c) => c.message(),
+            Blocked::CaLost(m) => m.clone(),
+        }
+    }
+}
+
+/// The status of a group the operator cannot reconcile at all: the previous status, with
+/// Degraded and the reason, Ready false and phase Failed; and the event when that is news.
+pub fn blocked(
     group: &ReplicaGroup,
-    conflict: &NameConflict,
+    why: &Blocked,
     now_ms: i64,
 ) -> (ReplicaGroupStatus, Vec<PlannedEvent>) {
     let previous = group.status.clone().unwrap_or_default();
@@ -672,21 +703,73 @@ pub fn blocked_by_name_conflict(
             .cloned()
             .collect(),
     };
-    c.set(DEGRADED, true, NAME_CONFLICT, conflict.message());
+    c.set(DEGRADED, true, why.reason(), why.message());
     ready(&mut c);
-    let events = if reason_of(&previous.conditions, DEGRADED) == Some(NAME_CONFLICT) {
+    let events = if reason_of(&previous.conditions, DEGRADED) == Some(why.reason()) {
         Vec::new()
     } else {
         vec![PlannedEvent {
             warning: true,
-            reason: NAME_CONFLICT.into(),
-            note: conflict.message(),
+            reason: why.reason().into(),
+            note: why.message(),
         }]
     };
     let status = ReplicaGroupStatus {
         conditions: c.out,
         phase: Some(GroupPhase::Failed),
         ..previous
+    };
+    (status, events)
+}
+
+/// The planned status once the API server refused objects derived from the spec (`refused`,
+/// not empty): Degraded/InvalidSpec naming the first object and the API server's message (which
+/// names the field), Ready false and phase Failed; and the event when that is news. What else
+/// the plan found is kept (the refused objects stay as they were, the rest was written).
+pub fn with_refused_writes(
+    group: &ReplicaGroup,
+    planned: ReplicaGroupStatus,
+    refused: &[super::RefusedWrite],
+    now_ms: i64,
+) -> (ReplicaGroupStatus, Vec<PlannedEvent>) {
+    let Some(first) = refused.first() else {
+        return (planned, Vec::new());
+    };
+    let more = match refused.len() - 1 {
+        0 => String::new(),
+        n => format!(" (and {n} more object(s))"),
+    };
+    let message = format!(
+        "the API server refused {} {}, derived from this spec: {}{more}",
+        first.kind, first.name, first.message
+    );
+    let previous = group.status.clone().unwrap_or_default();
+    let mut c = Conditions {
+        previous: &previous.conditions,
+        now_ms,
+        generation: group.metadata.generation,
+        out: planned
+            .conditions
+            .iter()
+            .filter(|x| x.type_ != DEGRADED && x.type_ != READY)
+            .cloned()
+            .collect(),
+    };
+    c.set(DEGRADED, true, INVALID_SPEC, message.clone());
+    ready(&mut c);
+    let events = if reason_of(&previous.conditions, DEGRADED) == Some(INVALID_SPEC) {
+        Vec::new()
+    } else {
+        vec![PlannedEvent {
+            warning: true,
+            reason: INVALID_SPEC.into(),
+            note: message,
+        }]
+    };
+    let status = ReplicaGroupStatus {
+        conditions: c.out,
+        phase: Some(GroupPhase::Failed),
+        ..planned
     };
     (status, events)
 }

@@ -114,6 +114,8 @@ fn observed(pods: Vec<MemberPod>, agents: AgentsObserved) -> Observed {
         gateway_api: true,
         route: None,
         tls_hash: "tls-1".into(),
+        ca_hash: "ca-1".into(),
+        ca_lost: None,
         missing_gateways: vec![],
         name_conflicts: vec![],
         services: vec![],
@@ -913,7 +915,8 @@ fn a_secret_under_the_groups_name_blocks_it_with_a_status_that_says_so() {
         name: "cache-ca".into(),
         owner: "no owner".into(),
     };
-    let (status, events) = blocked_by_name_conflict(&g, &conflict, NOW);
+    let conflict = Blocked::NameConflict(conflict);
+    let (status, events) = blocked(&g, &conflict, NOW);
     let find = |t: &str| {
         status
             .conditions
@@ -934,9 +937,150 @@ fn a_secret_under_the_groups_name_blocks_it_with_a_status_that_says_so() {
     assert!(events[0].warning && events[0].reason == "NameConflict");
     // Once reported, the same conflict is no news.
     g.status = Some(status.clone());
-    let (again, events) = blocked_by_name_conflict(&g, &conflict, NOW + 1000);
+    let (again, events) = blocked(&g, &conflict, NOW + 1000);
     assert!(events.is_empty());
     assert_eq!(again, status);
+}
+
+#[test]
+fn a_lost_ca_is_reported_while_the_group_is_still_routed() {
+    let g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
+    let mut o = observed(pods(3), connected(view(3, 0, 4)));
+    o.ca_lost = Some("Secret cache-ca (the group CA) is missing".into());
+    let p = plan(&g, &o, &settings());
+    let degraded = p
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .expect("a Degraded condition");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "CaLost")
+    );
+    assert!(degraded.message.contains("cache-ca"));
+    assert!(p.events.iter().any(|e| e.warning && e.reason == "CaLost"));
+    // Routing and objects go on: the members run with what they have.
+    assert!(statefulset(&p, "cache").is_some());
+    assert!(p.requeue_ms <= SECRETS_POLL_MS);
+    assert!(p.restart_for_new_ca.is_empty());
+    // Once reported, no new Event.
+    let mut again = g.clone();
+    again.status = Some(p.status.clone());
+    let p = plan(&again, &o, &settings());
+    assert!(!p.events.iter().any(|e| e.reason == "CaLost"));
+}
+
+#[test]
+fn a_lost_ca_with_nothing_read_before_blocks_the_group() {
+    let g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
+    let why = Blocked::CaLost("Secret cache-ca (the group CA) is missing".into());
+    let (status, events) = blocked(&g, &why, NOW);
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .expect("a Degraded condition");
+    assert_eq!(degraded.reason, "CaLost");
+    assert_eq!(status.phase, Some(crate::api::GroupPhase::Failed));
+    assert_eq!(events.len(), 1);
+}
+
+#[test]
+fn objects_refused_as_invalid_are_reported_once_with_the_api_servers_message() {
+    let mut g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
+    let p = plan(
+        &g,
+        &observed(pods(3), connected(view(3, 0, 4))),
+        &settings(),
+    );
+    let refused = vec![
+        RefusedWrite {
+            kind: "StatefulSet".into(),
+            name: "cache".into(),
+            message: "StatefulSet.apps \"cache\" is invalid: spec.template.spec.containers[0].image: Required value".into(),
+        },
+        RefusedWrite {
+            kind: "Service".into(),
+            name: "cache-rw".into(),
+            message: "invalid".into(),
+        },
+    ];
+    let (status, events) = with_refused_writes(&g, p.status.clone(), &refused, NOW);
+    let find = |s: &ReplicaGroupStatus, t: &str| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {t} condition"))
+    };
+    let degraded = find(&status, "Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "InvalidSpec")
+    );
+    assert!(
+        degraded.message.contains("StatefulSet cache")
+            && degraded
+                .message
+                .contains("containers[0].image: Required value")
+            && degraded.message.contains("and 1 more"),
+        "{}",
+        degraded.message
+    );
+    assert_eq!(find(&status, "Ready").status, "False");
+    assert_eq!(status.phase, Some(GroupPhase::Failed));
+    // The rest of what the plan found stays.
+    assert_eq!(status.primary, p.status.primary);
+    assert_eq!(find(&status, "Quorum"), find(&p.status, "Quorum"));
+    assert_eq!(events.len(), 1);
+    assert!(events[0].warning && events[0].reason == "InvalidSpec");
+    // Reported once; nothing refused leaves the plan's status as it was.
+    g.status = Some(status.clone());
+    let (again, events) = with_refused_writes(&g, p.status.clone(), &refused, NOW + 1000);
+    assert!(events.is_empty());
+    assert_eq!(again, status);
+    let (untouched, events) = with_refused_writes(&g, p.status.clone(), &[], NOW);
+    assert!(events.is_empty());
+    assert_eq!(untouched, p.status);
+}
+
+#[test]
+fn pods_that_trust_a_replaced_ca_restart_together() {
+    let g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
+    let mut ps = pods(3);
+    ps[0].ca_hash = Some("ca-0".into());
+    ps[1].ca_hash = Some("ca-0".into());
+    ps[1].terminating = true;
+    // A pod of an earlier version says nothing of its CA: left to the roll.
+    ps[2].ca_hash = None;
+    let mut o = observed(ps.clone(), connected(view(3, 0, 4)));
+    let p = plan(&g, &o, &settings());
+    assert_eq!(p.restart_for_new_ca, ["cache-0"]);
+    assert!(
+        p.events
+            .iter()
+            .any(|e| e.reason == "CaReplaced" && e.note.contains("cache-0"))
+    );
+    // The template carries the CA its pods will trust.
+    let sts = statefulset(&p, "cache").expect("member StatefulSet");
+    let annotations = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        annotations.get("quorate.dev/ca-hash").map(String::as_str),
+        Some("ca-1")
+    );
+    // Pods that trust the current CA stay; nothing restarts while the CA is lost.
+    ps[0].ca_hash = Some("ca-1".into());
+    o.pods = ps;
+    assert!(plan(&g, &o, &settings()).restart_for_new_ca.is_empty());
+    o.pods[0].ca_hash = Some("ca-0".into());
+    o.ca_lost = Some("lost".into());
+    assert!(plan(&g, &o, &settings()).restart_for_new_ca.is_empty());
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! The operator on a real cluster: install with Helm, groups from the example, failover, graceful
 //! hand-off, scaling, switchover, pause, leader loss mid-failover, bad templates, clean deletion.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -28,6 +30,9 @@ pub fn tests() -> Vec<crate::support::Test> {
         objects_in_the_way_are_reported_and_never_taken_over,
         pods_refused_by_pod_security_are_reported_in_the_status,
         a_group_with_one_voter_has_no_disruption_budget,
+        a_lost_ca_is_an_incident_and_a_replaced_one_restarts_the_members,
+        specs_whose_objects_the_api_server_refuses_are_reported,
+        a_new_member_certificate_rolls_the_members_with_traffic_running,
     ]
 }
 
@@ -35,6 +40,9 @@ pub const OPERATOR_NAMESPACE: &str = "quorate-system";
 pub const RELEASE: &str = "quorate";
 
 static OPERATOR: OnceCell<()> = OnceCell::const_new();
+
+/// How often the suites' operator reads the groups' Secrets again (1800 by default).
+const SECRET_REREAD_SECONDS: u64 = 10;
 
 /// The operator's pods before the suites installed the operator: on a kept test bed they run an
 /// older build (and an older chart's rights) until the upgrade replaces them; the RBAC phase
@@ -72,6 +80,9 @@ pub async fn ensure_operator(ctx: &Ctx) -> Result<()> {
                 "logFormat=text",
                 "--set",
                 "logLevel=debug",
+                // The suites delete a group's CA Secret and wait for the report.
+                "--set",
+                &format!("extraArgs[0]=--secret-reread-seconds={SECRET_REREAD_SECONDS}"),
                 "--set-string",
                 &image_id,
                 "--wait",
@@ -953,5 +964,349 @@ async fn a_group_with_one_voter_has_no_disruption_budget(ctx: Ctx) -> Result<()>
         ])?;
         wait_budget(present).await?;
     }
+    Ok(())
+}
+
+/// The pods of a group and their uids.
+fn pod_uids(ctx: &Ctx, ns: &str, group: &str) -> Result<BTreeMap<String, String>> {
+    let out = ctx.kubectl(&[
+        "get",
+        "pods",
+        "-n",
+        ns,
+        "-l",
+        &format!("quorate.dev/group={group}"),
+        "-o",
+        r#"jsonpath={range .items[*]}{.metadata.name}={.metadata.uid}{"\n"}{end}"#,
+    ])?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(pod, uid)| (pod.to_owned(), uid.to_owned()))
+        .collect())
+}
+
+/// Makes the operator look at the group now (a change of the group triggers a reconcile; the
+/// Secrets are read again once `SECRET_REREAD_SECONDS` have passed): every 30th call of a
+/// `wait_for` poll (every ~3 s).
+fn poke(ctx: &Ctx, ns: &str, group: &str, n: u32) -> Result<()> {
+    if n % 30 != 0 {
+        return Ok(());
+    }
+    ctx.kubectl(&[
+        "annotate",
+        "replicagroup",
+        group,
+        "-n",
+        ns,
+        "--overwrite",
+        &format!("e2e.quorate.dev/poke={}", n / 30),
+    ])?;
+    Ok(())
+}
+
+/// A deleted group CA is an incident, not a reset: the group says so with the recovery steps,
+/// no new CA is made, and the group keeps failing over and routing on what the operator read
+/// before. Restored from a backup it is healthy again. Replaced on purpose (the members'
+/// Secret deleted too, as the message says), every member restarts together with the new CA
+/// and the group is Ready again, with its state.
+async fn a_lost_ca_is_an_incident_and_a_replaced_one_restarts_the_members(ctx: Ctx) -> Result<()> {
+    ensure_operator(&ctx).await?;
+    let ns = ctx.namespace("op-ca")?;
+    create_group(&ctx, &ns.name, &test_group(&ctx, "db", "PrimaryBackup", 3)).await?;
+    wait_ready(&ctx, &ns.name, "db", Duration::from_secs(180)).await?;
+    let (old, epoch) =
+        wait_routed_primary(&ctx, &ns.name, "db", 0, Duration::from_secs(30)).await?;
+    let secret = |name: &str| -> Result<Value> {
+        Ok(serde_json::from_str(&ctx.kubectl(&[
+            "get", "secret", name, "-n", &ns.name, "-o", "json",
+        ])?)?)
+    };
+    let mut backup = secret("db-ca")?;
+    ctx.kubectl(&["delete", "secret", "db-ca", "-n", &ns.name])?;
+
+    // Reported, with both ways out, as a condition and an Event; no new CA.
+    let poked = std::sync::atomic::AtomicU32::new(0);
+    let message = wait_for(
+        "db: Degraded with reason CaLost",
+        Duration::from_secs(90),
+        || async {
+            poke(&ctx, &ns.name, "db", poked.fetch_add(1, Ordering::Relaxed))?;
+            let g = groups(&ctx, &ns.name).get("db").await?;
+            Ok(g.status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded"))
+                .filter(|c| c.status == "True" && c.reason == "CaLost")
+                .map(|c| c.message.clone()))
+        },
+    )
+    .await?;
+    let replace = format!("kubectl delete secret -n {} db-agent-tls", ns.name);
+    ensure!(
+        message.contains("Secret db-ca") && message.contains(&replace),
+        "CaLost message: {message}"
+    );
+    ensure!(
+        event_messages(&ctx, &ns.name, "CaLost")?.contains("Secret db-ca"),
+        "no CaLost Event"
+    );
+    let made = ctx.kubectl(&[
+        "get",
+        "secret",
+        "db-ca",
+        "-n",
+        &ns.name,
+        "--ignore-not-found",
+        "-o",
+        "name",
+    ])?;
+    ensure!(made.trim().is_empty(), "a new CA was made: {made}");
+
+    // The members run on, and a crashed primary is still replaced and routed.
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns.name);
+    pods.delete(
+        &old,
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let (new, new_epoch) =
+        wait_routed_primary(&ctx, &ns.name, "db", epoch, Duration::from_secs(30)).await?;
+    ensure!(new != old, "the deleted primary {old} is primary again");
+
+    // Restored from the backup: healthy again.
+    let metadata = backup["metadata"].as_object_mut().context("metadata")?;
+    for field in [
+        "resourceVersion",
+        "uid",
+        "creationTimestamp",
+        "managedFields",
+    ] {
+        metadata.remove(field);
+    }
+    ctx.kubectl_stdin(
+        &["create", "-n", &ns.name, "-f", "-"],
+        Some(&backup.to_string()),
+    )?;
+    wait_for(
+        "db: Ready with the restored CA",
+        Duration::from_secs(120),
+        || async {
+            poke(&ctx, &ns.name, "db", poked.fetch_add(1, Ordering::Relaxed))?;
+            let g = groups(&ctx, &ns.name).get("db").await?;
+            Ok(condition_true(&g, "Ready").then_some(()))
+        },
+    )
+    .await?;
+
+    // Replaced on purpose: every member restarts at once with the new CA; the group keeps its
+    // state (the epoch goes on from where it was) and is Ready again.
+    let before = pod_uids(&ctx, &ns.name, "db")?;
+    ctx.kubectl(&["delete", "secret", "db-ca", "db-agent-tls", "-n", &ns.name])?;
+    wait_for(
+        "every member restarted with the new CA, and db Ready",
+        Duration::from_secs(240),
+        || async {
+            poke(&ctx, &ns.name, "db", poked.fetch_add(1, Ordering::Relaxed))?;
+            let now = pod_uids(&ctx, &ns.name, "db")?;
+            let all_new = now.len() == before.len()
+                && now.iter().all(|(pod, uid)| before.get(pod) != Some(uid));
+            let g = groups(&ctx, &ns.name).get("db").await?;
+            Ok((all_new && condition_true(&g, "Ready")).then_some(()))
+        },
+    )
+    .await?;
+    let replaced = secret("db-ca")?;
+    ensure!(
+        replaced["data"]["ca.crt"] != backup["data"]["ca.crt"],
+        "the CA was not replaced"
+    );
+    ensure!(
+        event_messages(&ctx, &ns.name, "CaReplaced")?.contains("restarting"),
+        "no CaReplaced Event"
+    );
+    // The group's state survived: its epoch goes on from where it was.
+    wait_routed_primary(&ctx, &ns.name, "db", new_epoch - 1, Duration::from_secs(60)).await?;
+    Ok(())
+}
+
+/// Specs the ReplicaGroup schema accepts but whose derived objects the API server refuses: each
+/// group says so within a reconcile (`Degraded`/`InvalidSpec` with the object, the field and
+/// the API server's message, and an Event), and a fixed spec clears it.
+async fn specs_whose_objects_the_api_server_refuses_are_reported(ctx: Ctx) -> Result<()> {
+    ensure_operator(&ctx).await?;
+    let ns = ctx.namespace("op-refused")?;
+    type Change = fn(&mut Value);
+    let cases: [(&str, Change, &str); 11] = [
+        (
+            "no-image",
+            |c| {
+                c.as_object_mut().map(|c| c.remove("image"));
+            },
+            "image: Required value",
+        ),
+        (
+            "bad-quantity",
+            |c| c["resources"]["limits"]["memory"] = json!("lots"),
+            "quantities must match",
+        ),
+        (
+            "bad-container-name",
+            |c| c["name"] = json!("Bad_Name"),
+            "containers[0].name",
+        ),
+        (
+            "long-port-name",
+            |c| c["ports"][0]["name"] = json!("a-very-long-port-name"),
+            "must be no more than 15 characters",
+        ),
+        (
+            "missing-volume",
+            |c| c["volumeMounts"] = json!([{"name": "data", "mountPath": "/data"}]),
+            "volumeMounts[0].name: Not found",
+        ),
+        (
+            "request-above-limit",
+            |c| {
+                c["resources"] =
+                    json!({"requests": {"memory": "128Mi"}, "limits": {"memory": "64Mi"}})
+            },
+            "must be less than or equal to memory limit",
+        ),
+        (
+            "bad-pull-policy",
+            |c| c["imagePullPolicy"] = json!("Sometimes"),
+            "imagePullPolicy: Unsupported value",
+        ),
+        (
+            "negative-uid",
+            |c| c["securityContext"]["runAsUser"] = json!(-1),
+            "runAsUser",
+        ),
+        (
+            "two-probe-handlers",
+            |c| {
+                c["livenessProbe"] =
+                    json!({"exec": {"command": ["true"]}, "httpGet": {"port": 8080}})
+            },
+            "more than 1 handler type",
+        ),
+        (
+            "bad-env-name",
+            |c| c["env"] = json!([{"name": "A=B", "value": "x"}]),
+            "env[0].name",
+        ),
+        (
+            "bad-env-source",
+            |c| c["env"] = json!([{"name": "A", "value": "x", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]),
+            "env[0].valueFrom",
+        ),
+    ];
+    for (name, change, _) in &cases {
+        let mut group = test_group(&ctx, name, "ActiveActive", 1);
+        change(&mut group["spec"]["template"]["spec"]["containers"][0]);
+        create_group(&ctx, &ns.name, &group).await?;
+    }
+    for (name, _, expected) in &cases {
+        let message = wait_degraded(&ctx, &ns.name, name, "InvalidSpec").await?;
+        ensure!(
+            message.contains(&format!("StatefulSet {name}")) && message.contains(expected),
+            "{name}: the InvalidSpec message does not say {expected:?}: {message}"
+        );
+    }
+    let events = event_messages(&ctx, &ns.name, "InvalidSpec")?;
+    for (name, _, _) in &cases {
+        ensure!(
+            events.contains(&format!("StatefulSet {name},")),
+            "no InvalidSpec Event for {name}: {events}"
+        );
+    }
+    // Fixed, the group runs.
+    create_group(
+        &ctx,
+        &ns.name,
+        &test_group(&ctx, "no-image", "ActiveActive", 1),
+    )
+    .await?;
+    wait_ready(&ctx, &ns.name, "no-image", Duration::from_secs(120)).await?;
+    Ok(())
+}
+
+/// A re-issued members' certificate (as 30 days before it expires; here because its Secret was
+/// deleted, which asks for the same with the CA kept) rolls the members one at a time with the
+/// same CA: old and new members talk throughout, and `NAME-rw` keeps answering as the primary,
+/// with no gap longer than a hand-off's.
+async fn a_new_member_certificate_rolls_the_members_with_traffic_running(ctx: Ctx) -> Result<()> {
+    ensure_operator(&ctx).await?;
+    let ns = ctx.namespace("op-rotate")?;
+    create_group(&ctx, &ns.name, &test_group(&ctx, "db", "PrimaryBackup", 3)).await?;
+    wait_ready(&ctx, &ns.name, "db", Duration::from_secs(180)).await?;
+    wait_routed_primary(&ctx, &ns.name, "db", 0, Duration::from_secs(30)).await?;
+    let data = |name: &str, key: &str| -> Result<String> {
+        ctx.kubectl(&[
+            "get",
+            "secret",
+            name,
+            "-n",
+            &ns.name,
+            "-o",
+            &format!("jsonpath={{.data.{}}}", key.replace('.', "\\.")),
+        ])
+    };
+    let (ca_before, cert_before) = (data("db-ca", "ca.crt")?, data("db-agent-tls", "tls.crt")?);
+    let before = pod_uids(&ctx, &ns.name, "db")?;
+    let rw = service_ip(&ctx, &ns.name, "db-rw").await?;
+    ctx.kubectl(&["delete", "secret", "db-agent-tls", "-n", &ns.name])?;
+
+    // Bounded: the roll of three members takes well under a minute here.
+    let started = Instant::now();
+    let mut last_answer = Instant::now();
+    let (mut longest_gap, mut answers, mut asked) = (Duration::ZERO, 0u32, 0u32);
+    loop {
+        ensure!(
+            started.elapsed() < Duration::from_secs(300),
+            "the members did not roll within 300 s ({answers} answers of {asked})"
+        );
+        poke(&ctx, &ns.name, "db", asked)?;
+        asked += 1;
+        let primary = who_answers(&ctx, &rw)
+            .await
+            .is_ok_and(|a| a["role"] == "Primary");
+        if primary {
+            longest_gap = longest_gap.max(last_answer.elapsed());
+            last_answer = Instant::now();
+            answers += 1;
+        }
+        if asked % 10 == 0 {
+            let now = pod_uids(&ctx, &ns.name, "db")?;
+            let all_new = now.len() == before.len()
+                && now.iter().all(|(pod, uid)| before.get(pod) != Some(uid));
+            if all_new && condition_true(&groups(&ctx, &ns.name).get("db").await?, "Ready") {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    longest_gap = longest_gap.max(last_answer.elapsed());
+    eprintln!(
+        "    member certificate roll: {} ms, longest gap through db-rw {} ms, {answers} answers of {asked}",
+        started.elapsed().as_millis(),
+        longest_gap.as_millis()
+    );
+    ensure!(
+        data("db-ca", "ca.crt")? == ca_before,
+        "the CA changed: a re-issue keeps it"
+    );
+    ensure!(
+        data("db-agent-tls", "tls.crt")? != cert_before,
+        "the members' certificate was not re-issued"
+    );
+    ensure!(
+        longest_gap < Duration::from_secs(8),
+        "db-rw did not answer as the primary for {} ms during the roll",
+        longest_gap.as_millis()
+    );
     Ok(())
 }
