@@ -163,6 +163,33 @@ fn status_of_a_healthy_primary_backup_group() {
 }
 
 #[test]
+fn status_events_are_the_latest_ten_oldest_first_with_age_type_and_count() {
+    use quorate::cli::format::{GroupEvent, events_section};
+    let at = |secs_ago: i64| Some(now() - jiff::SignedDuration::from_secs(secs_ago));
+    let mut events: Vec<GroupEvent> = (0..11)
+        .map(|i| GroupEvent {
+            at: at(600 - i * 30),
+            warning: false,
+            reason: "RoutingChanged".into(),
+            message: format!(
+                "cache-rw routes to cache-{} (10.88.1.{i}) at epoch {i}",
+                i % 3
+            ),
+            count: 1,
+        })
+        .collect();
+    events.push(GroupEvent {
+        at: at(5),
+        warning: true,
+        reason: "Failover".into(),
+        message: "cache-1 appointed primary with epoch 12\nafter cache-0's lease expired".into(),
+        count: 3,
+    });
+    insta::assert_snapshot!("status_events", events_section(&events, now()));
+    assert_eq!(events_section(&[], now()), "Events: none\n");
+}
+
+#[test]
 fn status_of_a_degraded_group_after_a_failover() {
     insta::assert_snapshot!(
         "status_primary_backup_degraded",
@@ -583,6 +610,11 @@ fn binary_help_and_version() {
         pause.contains("no new primary is appointed automatically")
             && pause.contains("Routing still follows member health"),
         "{pause}"
+    );
+    let status = stdout(&run(&["status", "--help"]));
+    assert!(
+        status.contains("--watch") && status.contains("kubectl quorate status cache --watch"),
+        "{status}"
     );
     let switchover = stdout(&run(&["switchover", "--help"]));
     for word in [

@@ -87,6 +87,11 @@ pub struct NameArg {
 }
 
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
+#[command(after_help = "Examples:\n  \
+    kubectl quorate status cache              # one group, with its latest Events\n  \
+    kubectl quorate status cache --watch      # and again on every change, until Ctrl-C\n  \
+    kubectl quorate status -A                 # every group of every namespace\n  \
+    kubectl quorate status cache -o yaml      # the raw status")]
 pub struct StatusArgs {
     /// Name of the ReplicaGroup (omit it to list the groups).
     pub name: Option<String>,
@@ -97,6 +102,10 @@ pub struct StatusArgs {
     /// each group).
     #[arg(short = 'o', long, value_enum, value_name = "FORMAT")]
     pub output: Option<OutputFormat>,
+    /// After printing, watch: print again whenever the group (or a listed group) changes, until
+    /// interrupted (Ctrl-C). Each view starts with a line saying when.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

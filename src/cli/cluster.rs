@@ -7,8 +7,11 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::Value;
 
+use k8s_openapi::api::core::v1::Event;
+
 use super::CliError;
 use super::args::ClusterArgs;
+use super::format::GroupEvent;
 use crate::api::ReplicaGroup;
 
 /// The field manager of the plugin's patches (shown in managedFields).
@@ -104,6 +107,55 @@ impl Cluster {
         }
     }
 
+    /// The Events about a group (any age the API server still keeps, about an hour by default).
+    pub async fn events(&self, name: &str) -> Result<Vec<GroupEvent>, CliError> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        let params = ListParams::default().fields(&format!(
+            "involvedObject.kind=ReplicaGroup,involvedObject.name={name}"
+        ));
+        match api.list(&params).await {
+            Ok(list) => Ok(list.items.iter().map(group_event).collect()),
+            Err(e) => Err(self
+                .explain(
+                    e,
+                    format!(
+                        "list the events of replicagroup \"{name}\" in namespace \"{}\"",
+                        self.namespace
+                    ),
+                    None,
+                )
+                .await),
+        }
+    }
+
+    /// Watches one group (`Some(name)`) or the groups of the namespace or of all namespaces:
+    /// yields whenever one of them changed (and once at the start).
+    pub fn changes(
+        &self,
+        name: Option<&str>,
+        all_namespaces: bool,
+    ) -> impl futures::Stream<Item = Result<(), CliError>> + use<> {
+        use futures::StreamExt;
+        let api: Api<ReplicaGroup> = if all_namespaces {
+            Api::all(self.client.clone())
+        } else {
+            self.api()
+        };
+        let mut config = kube::runtime::watcher::Config::default();
+        if let Some(name) = name {
+            config = config.fields(&format!("metadata.name={name}"));
+        }
+        kube::runtime::watcher(api, config).filter_map(|event| async move {
+            use kube::runtime::watcher::Event as Change;
+            match event {
+                // One yield per change, and one after the initial list.
+                Ok(Change::Apply(_) | Change::Delete(_) | Change::InitDone) => Some(Ok(())),
+                Ok(Change::Init | Change::InitApply(_)) => None,
+                Err(e) => Some(Err(CliError::Watch(e.to_string()))),
+            }
+        })
+    }
+
     /// Applies a JSON merge patch to a group and returns the result.
     pub async fn merge_patch(&self, name: &str, patch: &Value) -> Result<ReplicaGroup, CliError> {
         let params = PatchParams {
@@ -162,5 +214,29 @@ impl Cluster {
                 source: error,
             },
         }
+    }
+}
+
+/// An Event as `status` shows it: its latest timestamp (a series' last observation, the last
+/// timestamp, or the event time) and its count.
+fn group_event(e: &Event) -> GroupEvent {
+    let series = e.series.as_ref();
+    let at = [
+        series
+            .and_then(|s| s.last_observed_time.as_ref())
+            .map(|t| t.0),
+        e.last_timestamp.as_ref().map(|t| t.0),
+        e.event_time.as_ref().map(|t| t.0),
+        e.first_timestamp.as_ref().map(|t| t.0),
+    ]
+    .into_iter()
+    .flatten()
+    .max();
+    GroupEvent {
+        at,
+        warning: e.type_.as_deref() == Some("Warning"),
+        reason: e.reason.clone().unwrap_or_default(),
+        message: e.message.clone().unwrap_or_default(),
+        count: series.and_then(|s| s.count).or(e.count).unwrap_or(1).max(1),
     }
 }

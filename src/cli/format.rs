@@ -337,6 +337,57 @@ pub fn format_status(group: &ReplicaGroup, now: Timestamp) -> String {
     out
 }
 
+/// An Event about a group, as `status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupEvent {
+    /// When it last happened (the latest of its timestamps).
+    pub at: Option<Timestamp>,
+    pub warning: bool,
+    pub reason: String,
+    pub message: String,
+    /// How many times it happened (1 when the API server does not say).
+    pub count: i32,
+}
+
+/// How many of the latest Events `status` shows.
+pub const SHOWN_EVENTS: usize = 10;
+
+/// The `Events:` section of `status NAME`: the latest [`SHOWN_EVENTS`], oldest first (as
+/// `kubectl describe` does), with their age at `now`.
+pub fn events_section(events: &[GroupEvent], now: Timestamp) -> String {
+    let mut sorted: Vec<&GroupEvent> = events.iter().collect();
+    sorted.sort_by_key(|e| e.at);
+    let shown = &sorted[sorted.len().saturating_sub(SHOWN_EVENTS)..];
+    if shown.is_empty() {
+        return "Events: none\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = shown
+        .iter()
+        .map(|e| {
+            let age =
+                e.at.map_or_else(|| NONE.to_owned(), |at| human_age(at, now));
+            vec![
+                if e.count > 1 {
+                    format!("{age} (x{})", e.count)
+                } else {
+                    age
+                },
+                if e.warning { "Warning" } else { "Normal" }.to_owned(),
+                e.reason.clone(),
+                e.message.clone(),
+            ]
+        })
+        .collect();
+    let more = match sorted.len() - shown.len() {
+        0 => String::new(),
+        n => format!(" (the latest {SHOWN_EVENTS}; {n} older not shown)"),
+    };
+    format!(
+        "Events{more}:\n{}",
+        render_table("  ", &["AGE", "TYPE", "REASON", "MESSAGE"], &rows)
+    )
+}
+
 /// The table of several groups (`kubectl quorate status` without a name).
 pub fn format_list(
     groups: &[ReplicaGroup],

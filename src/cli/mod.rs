@@ -95,6 +95,10 @@ pub enum CliError {
     )]
     DeletedWhileWaiting { name: String, namespace: String },
 
+    /// The watch of `status --watch` failed (it retries on its own; this is what it said).
+    #[error("watching replicagroups: {0}")]
+    Watch(String),
+
     #[error("cannot format the output as {format}: {message}")]
     Output {
         format: &'static str,

@@ -57,13 +57,54 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
 }
 
 async fn status(cluster: &Cluster, args: &StatusArgs) -> Result<ExitCode, CliError> {
+    if !args.watch {
+        emit(&status_view(cluster, args).await?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Every change of the watched group(s) prints the view again; the watch re-lists and
+    // retries on its own, a failure is noted and the watch goes on. Ends with Ctrl-C.
+    let mut changes = std::pin::pin!(cluster.changes(args.name.as_deref(), args.all_namespaces));
+    while let Some(change) = futures::StreamExt::next(&mut changes).await {
+        match change {
+            Ok(()) => match status_view(cluster, args).await {
+                Ok(view) => emit(&format!(
+                    "--- {}\n{view}",
+                    Timestamp::now()
+                        .round(jiff::Unit::Second)
+                        .unwrap_or_else(|_| Timestamp::now())
+                )),
+                Err(CliError::NotFound { name, namespace }) => {
+                    emit(&format!(
+                        "--- {}\nreplicagroup \"{name}\" in namespace \"{namespace}\" does not exist (now)\n",
+                        Timestamp::now()
+                            .round(jiff::Unit::Second)
+                            .unwrap_or_else(|_| Timestamp::now())
+                    ));
+                }
+                Err(e) => return Err(e),
+            },
+            Err(e) => note(&format!("{e}; retrying")),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `status` prints once.
+async fn status_view(cluster: &Cluster, args: &StatusArgs) -> Result<String, CliError> {
     let now = Timestamp::now();
     let text = match &args.name {
         Some(name) => {
             let group = cluster.get(name).await?;
             match args.output {
                 Some(output) => format::raw_status(&group, output)?,
-                None => format::format_status(&group, now),
+                None => {
+                    let events = match cluster.events(name).await {
+                        Ok(events) => format::events_section(&events, now),
+                        // The group is shown all the same; say why its Events are not.
+                        Err(e) => format!("Events: not shown: {e}\n"),
+                    };
+                    format!("{}{events}", format::format_status(&group, now))
+                }
             }
         }
         None => {
@@ -74,8 +115,7 @@ async fn status(cluster: &Cluster, args: &StatusArgs) -> Result<ExitCode, CliErr
             }
         }
     };
-    emit(&text);
-    Ok(ExitCode::SUCCESS)
+    Ok(text)
 }
 
 async fn switchover(cluster: &Cluster, args: &SwitchoverArgs) -> Result<ExitCode, CliError> {

@@ -457,6 +457,68 @@ async fn scale_up_and_down_keeps_one_primary(ctx: Ctx) -> Result<()> {
     Ok(())
 }
 
+/// `kubectl quorate status NAME --watch` running in the background, its output collected.
+struct WatchedStatus {
+    child: std::process::Child,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl WatchedStatus {
+    fn start(ctx: &Ctx, ns: &str, group: &str) -> Result<Self> {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-quorate"))
+            .arg("--kubeconfig")
+            .arg(&ctx.kubeconfig)
+            .args(["-n", ns, "status", group, "--watch"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().context("the watch's stdout")?;
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let collected = output.clone();
+        // Ends when the process does (its stdout closes).
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut out = collected.lock().unwrap_or_else(|p| p.into_inner());
+                out.push_str(&line);
+                out.push('\n');
+            }
+        });
+        Ok(Self { child, output })
+    }
+
+    fn output(&self) -> String {
+        self.output
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Stops it (it runs until interrupted) and checks it had not failed before.
+    fn stop(mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "status --watch ended by itself ({status}): {}",
+                self.output()
+            );
+        }
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for WatchedStatus {
+    fn drop(&mut self) {
+        // A failed test must not leave the watch running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub fn plugin(ctx: &Ctx, args: &[&str]) -> Result<String> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-quorate"))
         .arg("--kubeconfig")
@@ -486,6 +548,8 @@ async fn switchover_through_the_kubectl_plugin(ctx: Ctx) -> Result<()> {
         .into_iter()
         .find(|m| *m != old)
         .context("a target")?;
+    // `status --watch` shows every change, until it is stopped.
+    let watch = WatchedStatus::start(&ctx, &ns.name, "db")?;
     let out = plugin(
         &ctx,
         &[
@@ -511,6 +575,31 @@ async fn switchover_through_the_kubectl_plugin(ctx: Ctx) -> Result<()> {
         status.contains(target) && status.contains("Primary"),
         "status output: {status}"
     );
+    ensure!(
+        status.contains("Events") && status.contains("Switchover"),
+        "status shows no Switchover Event: {status}"
+    );
+    let primary_line = |view: &str, key: &str| -> Option<String> {
+        view.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .map(str::to_owned)
+    };
+    let views = wait_for(
+        "status --watch to show the new primary",
+        Duration::from_secs(30),
+        || async {
+            let out = watch.output();
+            let last = out.rsplit("--- ").next().unwrap_or_default().to_owned();
+            let shown = primary_line(&last, "Primary:").as_deref() == Some(target)
+                && primary_line(&last, "Epoch:") == Some(epoch2.to_string());
+            Ok(shown.then(|| out.matches("--- ").count()))
+        },
+    )
+    .await
+    .with_context(|| format!("status --watch printed: {}", watch.output()))?;
+    ensure!(views >= 2, "status --watch printed {views} view(s)");
+    watch.stop()?;
     let missing = plugin(&ctx, &["-n", &ns.name, "status", "nosuch"])
         .expect_err("a missing group is an error")
         .to_string();
