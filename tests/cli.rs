@@ -616,6 +616,23 @@ fn binary_help_and_version() {
         status.contains("--watch") && status.contains("kubectl quorate status cache --watch"),
         "{status}"
     );
+    let logs = stdout(&run(&["logs", "--help"]));
+    for word in [
+        "--since <DURATION>",
+        "[default: 10m]",
+        "--follow",
+        "--of <WHOSE>",
+        "kubectl quorate logs cache -f",
+    ] {
+        assert!(logs.contains(word), "logs --help lacks {word:?}:\n{logs}");
+    }
+    let bad = run(&["logs", "cache", "--since", "0s"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--since must be at least 1s"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
     let switchover = stdout(&run(&["switchover", "--help"]));
     for word in [
         "--to <MEMBER>",

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// Operate Quorate ReplicaGroups: show their state, switch the primary over, pause and resume
-/// automatic failover, and validate manifests offline.
+/// Operate Quorate ReplicaGroups: show and watch their state and Events, read their members'
+/// logs, switch the primary over, pause and resume automatic failover, and validate manifests
+/// offline.
 ///
 /// kubectl runs this plugin as `kubectl quorate ...` when `kubectl-quorate` is on the PATH.
 /// It talks only to the Kubernetes API, with the credentials of your kubeconfig; the operator
@@ -21,6 +22,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(after_help = "Examples:\n  \
     kubectl quorate status cache\n  \
     kubectl quorate status -A\n  \
+    kubectl quorate status cache --watch\n  \
+    kubectl quorate logs cache --since 1h -f\n  \
     kubectl quorate switchover cache --to cache-2\n  \
     kubectl quorate pause cache\n  \
     kubectl quorate validate -f examples/redis.yaml")]
@@ -76,8 +79,42 @@ pub enum Command {
     /// file (empty documents are not counted). A group that appears twice in the input is
     /// checked the second time as an update of the first, as `kubectl apply` would apply it.
     Validate(ValidateArgs),
+    /// Print the logs of every member and witness of a group — the agent's and the workload's —
+    /// interleaved by time, each line prefixed with its time, pod and container.
+    Logs(LogsArgs),
     /// Print the version of this plugin.
     Version,
+}
+
+/// Which containers `logs` reads.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogsOf {
+    /// The agents (`quorate-agent`).
+    Agent,
+    /// The workload containers (the template's).
+    Workload,
+    /// Both.
+    All,
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+#[command(after_help = "Examples:\n  \
+    kubectl quorate logs cache                      # the last 10 minutes of every member, by time\n  \
+    kubectl quorate logs cache --since 1h --of agent\n  \
+    kubectl quorate logs cache -f                   # and follow, until Ctrl-C")]
+pub struct LogsArgs {
+    /// Name of the ReplicaGroup.
+    pub name: String,
+    /// How far back: a number of seconds or a duration such as `90s`, `10m`, `2h`.
+    #[arg(long, default_value = "10m", value_parser = parse_since, value_name = "DURATION")]
+    pub since: Duration,
+    /// Keep printing new lines as they are written, until interrupted (Ctrl-C). The lines read
+    /// at the start are sorted by time; followed lines are printed as they arrive.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Whose logs: the agents, the workload containers, or both.
+    #[arg(long, value_enum, default_value = "all", value_name = "WHOSE")]
+    pub of: LogsOf,
 }
 
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
@@ -150,6 +187,26 @@ pub struct ValidateArgs {
 
 /// Parses `--timeout`: a positive number of seconds, or a number with `ms`, `s`, `m` or `h`.
 pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.is_zero() {
+        return Err(
+            "the timeout must be greater than 0 (use --no-wait to skip waiting)".to_owned(),
+        );
+    }
+    Ok(duration)
+}
+
+/// Parses `logs --since`: as `--timeout`.
+pub fn parse_since(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration < Duration::from_secs(1) {
+        return Err("--since must be at least 1s".to_owned());
+    }
+    Ok(duration)
+}
+
+/// A number of seconds, or a number with `ms`, `s`, `m` or `h`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -168,11 +225,6 @@ pub fn parse_timeout(text: &str) -> Result<Duration, String> {
         "h" => Duration::from_secs(n.saturating_mul(3600)),
         _ => return Err(invalid()),
     };
-    if duration.is_zero() {
-        return Err(
-            "the timeout must be greater than 0 (use --no-wait to skip waiting)".to_owned(),
-        );
-    }
     Ok(duration)
 }
 

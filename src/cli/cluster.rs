@@ -7,12 +7,17 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::Value;
 
-use k8s_openapi::api::core::v1::Event;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::ResourceExt;
+use kube::api::LogParams;
 
 use super::CliError;
-use super::args::ClusterArgs;
+use super::args::{ClusterArgs, LogsOf};
 use super::format::GroupEvent;
+use super::logs::Source;
 use crate::api::ReplicaGroup;
+use crate::api::names::{AGENT_CONTAINER, GROUP_LABEL};
 
 /// The field manager of the plugin's patches (shown in managedFields).
 pub const FIELD_MANAGER: &str = "kubectl-quorate";
@@ -156,6 +161,86 @@ impl Cluster {
         })
     }
 
+    /// The containers whose logs `logs` reads: every pod of the group (members and witnesses),
+    /// its agent and/or its workload containers, by pod and container name.
+    pub async fn log_sources(&self, name: &str, of: LogsOf) -> Result<Vec<Source>, CliError> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let params = ListParams::default().labels(&format!("{GROUP_LABEL}={name}"));
+        let pods = match api.list(&params).await {
+            Ok(list) => list.items,
+            Err(e) => {
+                return Err(self
+                    .explain(
+                        e,
+                        format!(
+                            "list the pods of replicagroup \"{name}\" in namespace \"{}\"",
+                            self.namespace
+                        ),
+                        None,
+                    )
+                    .await);
+            }
+        };
+        let mut sources = Vec::new();
+        for pod in &pods {
+            let Some(spec) = &pod.spec else { continue };
+            // The agent is a native sidecar (an init container) in members, a container in
+            // witnesses; other init containers (the supervisor's installer) are left out.
+            let agent = spec
+                .init_containers
+                .iter()
+                .flatten()
+                .chain(spec.containers.iter())
+                .filter(|c| c.name == AGENT_CONTAINER)
+                .map(|c| c.name.clone());
+            let workload = spec
+                .containers
+                .iter()
+                .filter(|c| c.name != AGENT_CONTAINER)
+                .map(|c| c.name.clone());
+            let containers: Vec<String> = match of {
+                LogsOf::Agent => agent.collect(),
+                LogsOf::Workload => workload.collect(),
+                LogsOf::All => agent.chain(workload).collect(),
+            };
+            sources.extend(containers.into_iter().map(|container| Source {
+                pod: pod.name_any(),
+                container,
+            }));
+        }
+        sources.sort();
+        Ok(sources)
+    }
+
+    /// A container's log since `since` (with the kubelet's timestamps), or why it has none.
+    pub async fn log(&self, source: &Source, since: Timestamp) -> Result<String, String> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        api.logs(&source.pod, &log_params(source, since, false))
+            .await
+            .map_err(|e| match e {
+                kube::Error::Api(status) => status.message.clone(),
+                other => other.to_string(),
+            })
+    }
+
+    /// A container's log from `since` on, as it is written, line by line.
+    pub async fn follow(
+        &self,
+        source: &Source,
+        since: Timestamp,
+    ) -> Result<impl futures::Stream<Item = std::io::Result<String>> + use<>, String> {
+        use futures::AsyncBufReadExt;
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        match api
+            .log_stream(&source.pod, &log_params(source, since, true))
+            .await
+        {
+            Ok(read) => Ok(read.lines()),
+            Err(kube::Error::Api(status)) => Err(status.message.clone()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// Applies a JSON merge patch to a group and returns the result.
     pub async fn merge_patch(&self, name: &str, patch: &Value) -> Result<ReplicaGroup, CliError> {
         let params = PatchParams {
@@ -238,5 +323,15 @@ fn group_event(e: &Event) -> GroupEvent {
         reason: e.reason.clone().unwrap_or_default(),
         message: e.message.clone().unwrap_or_default(),
         count: series.and_then(|s| s.count).or(e.count).unwrap_or(1).max(1),
+    }
+}
+
+fn log_params(source: &Source, since: Timestamp, follow: bool) -> LogParams {
+    LogParams {
+        container: Some(source.container.clone()),
+        follow,
+        since_time: Some(since),
+        timestamps: true,
+        ..LogParams::default()
     }
 }

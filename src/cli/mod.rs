@@ -1,15 +1,17 @@
 //! `kubectl quorate`: the kubectl plugin for ReplicaGroups (`src/bin/kubectl-quorate.rs` is its
-//! thin main). It talks only to the Kubernetes API: `status` reads a group, `switchover` sets the
+//! thin main). It talks only to the Kubernetes API: `status` reads (and `--watch` watches) a
+//! group and its Events, `logs` reads its pods' logs, `switchover` sets the
 //! `quorate.dev/switchover-to` annotation, `pause`/`resume` patch `spec.paused`; the operator
 //! does the rest. `validate` checks manifests offline with the CRD's own schema and CEL rules.
 //!
 //! The parts that decide or format are pure and tested without a cluster: [`format`] (the
-//! status views), [`switchover`] (the `--to` checks, the patches and the wait condition) and
+//! status views), [`logs`] (interleaving by time), [`switchover`] (the `--to` checks, the patches and the wait condition) and
 //! [`validate`] (manifest checks). [`cluster`] holds the few API calls and [`run`] wires them.
 
 pub mod args;
 pub mod cluster;
 pub mod format;
+pub mod logs;
 pub mod switchover;
 pub mod validate;
 

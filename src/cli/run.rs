@@ -7,13 +7,13 @@ use std::time::Duration;
 use jiff::Timestamp;
 use kube::ResourceExt;
 
-use super::args::{Cli, Command, StatusArgs, SwitchoverArgs};
+use super::args::{Cli, Command, LogsArgs, StatusArgs, SwitchoverArgs};
 use super::cluster::{Cluster, connect};
 use super::switchover::{
     Progress, check_switchover, describe_waiting, paused_patch, switchover_patch,
     switchover_progress,
 };
-use super::{CliError, SWITCHOVER_ANNOTATION, format, validate};
+use super::{CliError, SWITCHOVER_ANNOTATION, format, logs, validate};
 
 /// How often `switchover --wait` reads the group.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -53,6 +53,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Switchover(args) => switchover(&connect(&cli.cluster).await?, &args).await,
         Command::Pause(args) => set_paused(&connect(&cli.cluster).await?, &args.name, true).await,
         Command::Resume(args) => set_paused(&connect(&cli.cluster).await?, &args.name, false).await,
+        Command::Logs(args) => print_logs(&connect(&cli.cluster).await?, &args).await,
     }
 }
 
@@ -193,6 +194,67 @@ async fn switchover(cluster: &Cluster, args: &SwitchoverArgs) -> Result<ExitCode
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
+}
+
+async fn print_logs(cluster: &Cluster, args: &LogsArgs) -> Result<ExitCode, CliError> {
+    use futures::StreamExt;
+    let sources = cluster.log_sources(&args.name, args.of).await?;
+    if sources.is_empty() {
+        // A missing group is an error; a group without pods (yet) is not.
+        cluster.get(&args.name).await?;
+        note(&format!("replicagroup \"{}\" has no pods (yet)", args.name));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let started = Timestamp::now();
+    let since = jiff::SignedDuration::try_from(args.since)
+        .ok()
+        .and_then(|d| started.checked_sub(d).ok())
+        .unwrap_or(Timestamp::UNIX_EPOCH);
+    let mut backlog = Vec::new();
+    let mut followed_from = std::collections::BTreeMap::new();
+    for source in &sources {
+        match cluster.log(source, since).await {
+            Ok(text) => {
+                followed_from.insert(source.clone(), logs::last_time(&text));
+                backlog.push((source.clone(), text));
+            }
+            // A container not started yet, or gone: the others are still worth reading.
+            Err(why) => note(&format!("{source}: no log: {why}")),
+        }
+    }
+    for line in logs::interleave(backlog) {
+        emit(&format!("{line}\n"));
+    }
+    if !args.follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Each container from its last line read (or from the start of the command), without
+    // printing that line again; lines are printed as they arrive.
+    let mut streams = Vec::new();
+    for source in sources {
+        let last = followed_from.get(&source).copied().flatten();
+        match cluster.follow(&source, last.unwrap_or(started)).await {
+            Ok(lines) => {
+                let tagged = source.clone();
+                streams.push(lines.map(move |l| (tagged.clone(), last, l)).boxed());
+            }
+            Err(why) => note(&format!("{source}: cannot follow: {why}")),
+        }
+    }
+    let mut merged = futures::stream::select_all(streams);
+    while let Some((source, last, line)) = merged.next().await {
+        match line {
+            Ok(raw) => {
+                let line = logs::parse_line(&raw);
+                if line.at.is_some() && line.at <= last {
+                    continue;
+                }
+                emit(&format!("{}\n", logs::render(&source, &line)));
+            }
+            Err(e) => note(&format!("{source}: {e}")),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn set_paused(cluster: &Cluster, name: &str, paused: bool) -> Result<ExitCode, CliError> {

@@ -457,18 +457,19 @@ async fn scale_up_and_down_keeps_one_primary(ctx: Ctx) -> Result<()> {
     Ok(())
 }
 
-/// `kubectl quorate status NAME --watch` running in the background, its output collected.
-struct WatchedStatus {
+/// A `kubectl quorate` command that runs until stopped (`status --watch`, `logs -f`), in the
+/// background, its output collected.
+struct Background {
     child: std::process::Child,
     output: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
-impl WatchedStatus {
-    fn start(ctx: &Ctx, ns: &str, group: &str) -> Result<Self> {
+impl Background {
+    fn start(ctx: &Ctx, args: &[&str]) -> Result<Self> {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-quorate"))
             .arg("--kubeconfig")
             .arg(&ctx.kubeconfig)
-            .args(["-n", ns, "status", group, "--watch"])
+            .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()?;
@@ -500,10 +501,7 @@ impl WatchedStatus {
     /// Stops it (it runs until interrupted) and checks it had not failed before.
     fn stop(mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
-            bail!(
-                "status --watch ended by itself ({status}): {}",
-                self.output()
-            );
+            bail!("it ended by itself ({status}): {}", self.output());
         }
         self.child.kill()?;
         self.child.wait()?;
@@ -511,7 +509,7 @@ impl WatchedStatus {
     }
 }
 
-impl Drop for WatchedStatus {
+impl Drop for Background {
     fn drop(&mut self) {
         // A failed test must not leave the watch running.
         let _ = self.child.kill();
@@ -548,8 +546,14 @@ async fn switchover_through_the_kubectl_plugin(ctx: Ctx) -> Result<()> {
         .into_iter()
         .find(|m| *m != old)
         .context("a target")?;
-    // `status --watch` shows every change, until it is stopped.
-    let watch = WatchedStatus::start(&ctx, &ns.name, "db")?;
+    // `status --watch` shows every change, and `logs -f` every new line, until stopped.
+    let watch = Background::start(&ctx, &["-n", &ns.name, "status", "db", "--watch"])?;
+    let followed = Background::start(
+        &ctx,
+        &[
+            "-n", &ns.name, "logs", "db", "-f", "--since", "1s", "--of", "agent",
+        ],
+    )?;
     let out = plugin(
         &ctx,
         &[
@@ -600,16 +604,61 @@ async fn switchover_through_the_kubectl_plugin(ctx: Ctx) -> Result<()> {
     .with_context(|| format!("status --watch printed: {}", watch.output()))?;
     ensure!(views >= 2, "status --watch printed {views} view(s)");
     watch.stop()?;
-    let missing = plugin(&ctx, &["-n", &ns.name, "status", "nosuch"])
-        .expect_err("a missing group is an error")
-        .to_string();
+    // The switchover's lines of the agents, as they were written.
+    wait_for(
+        "logs -f to print the agents' lines of the switchover",
+        Duration::from_secs(30),
+        || async {
+            let out = followed.output();
+            Ok(out
+                .lines()
+                .any(|l| l.contains(&format!("{target}/quorate-agent")))
+                .then_some(()))
+        },
+    )
+    .await
+    .with_context(|| format!("logs -f printed: {}", followed.output()))?;
+    followed.stop()?;
+
+    // The logs of every member in time order (the test workload writes none of its own).
+    let logs = plugin(&ctx, &["-n", &ns.name, "logs", "db", "--since", "10m"])?;
+    for member in ["db-0", "db-1", "db-2"] {
+        ensure!(
+            logs.contains(&format!(" {member}/quorate-agent ")),
+            "no lines of {member}'s agent in: {logs}"
+        );
+    }
+    let times: Vec<&str> = logs
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|t| !t.starts_with('-'))
+        .collect();
     ensure!(
-        missing.contains(&format!(
-            "replicagroup \"nosuch\" not found in namespace \"{}\"",
-            ns.name
-        )),
-        "{missing}"
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "the lines are not in time order: {logs}"
     );
+    let agents = plugin(&ctx, &["-n", &ns.name, "logs", "db", "--of", "agent"])?;
+    ensure!(
+        !agents.is_empty() && !agents.contains("/app "),
+        "--of agent: {agents}"
+    );
+    let workload = plugin(&ctx, &["-n", &ns.name, "logs", "db", "--of", "workload"])?;
+    ensure!(
+        !workload.contains("/quorate-agent "),
+        "--of workload: {workload}"
+    );
+    for command in ["status", "logs"] {
+        let missing = plugin(&ctx, &["-n", &ns.name, command, "nosuch"])
+            .expect_err("a missing group is an error")
+            .to_string();
+        ensure!(
+            missing.contains(&format!(
+                "replicagroup \"nosuch\" not found in namespace \"{}\"",
+                ns.name
+            )),
+            "{command}: {missing}"
+        );
+    }
 
     Ok(())
 }
