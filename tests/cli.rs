@@ -626,6 +626,18 @@ fn binary_help_and_version() {
     ] {
         assert!(logs.contains(word), "logs --help lacks {word:?}:\n{logs}");
     }
+    let report = stdout(&run(&["report", "--help"]));
+    for word in [
+        "--output-dir <DIR>",
+        "--since <DURATION>",
+        "[default: 1h]",
+        "<redacted>",
+    ] {
+        assert!(
+            report.contains(word),
+            "report --help lacks {word:?}:\n{report}"
+        );
+    }
     let bad = run(&["logs", "cache", "--since", "0s"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(

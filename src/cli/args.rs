@@ -24,6 +24,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     kubectl quorate status -A\n  \
     kubectl quorate status cache --watch\n  \
     kubectl quorate logs cache --since 1h -f\n  \
+    kubectl quorate report cache\n  \
     kubectl quorate switchover cache --to cache-2\n  \
     kubectl quorate pause cache\n  \
     kubectl quorate validate -f examples/redis.yaml")]
@@ -82,8 +83,28 @@ pub enum Command {
     /// Print the logs of every member and witness of a group — the agent's and the workload's —
     /// interleaved by time, each line prefixed with its time, pod and container.
     Logs(LogsArgs),
+    /// Write a diagnostics bundle of a group into a new directory: the group, its objects, its
+    /// and their Events, what each agent says of itself, and the recent logs of every container.
+    /// Secrets appear with their key names only, and literal environment variable values are
+    /// replaced by <redacted>.
+    Report(ReportArgs),
     /// Print the version of this plugin.
     Version,
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+#[command(after_help = "Examples:\n  \
+    kubectl quorate report cache                 # into ./quorate-report-cache-<time>/\n  \
+    kubectl quorate report cache --since 6h --output-dir /tmp/cache-report")]
+pub struct ReportArgs {
+    /// Name of the ReplicaGroup.
+    pub name: String,
+    /// The directory to create (it must not exist); default `quorate-report-NAME-TIME`.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+    /// How far back the logs go: a number of seconds or a duration such as `90s`, `2h`.
+    #[arg(long, default_value = "1h", value_parser = parse_since, value_name = "DURATION")]
+    pub since: Duration,
 }
 
 /// Which containers `logs` reads.

@@ -17,7 +17,7 @@ use super::args::{ClusterArgs, LogsOf};
 use super::format::GroupEvent;
 use super::logs::Source;
 use crate::api::ReplicaGroup;
-use crate::api::names::{AGENT_CONTAINER, GROUP_LABEL};
+use crate::api::names::{AGENT_CONTAINER, AGENT_HTTP_PORT, GROUP_LABEL};
 
 /// The field manager of the plugin's patches (shown in managedFields).
 pub const FIELD_MANAGER: &str = "kubectl-quorate";
@@ -239,6 +239,140 @@ impl Cluster {
             Err(kube::Error::Api(status)) => Err(status.message.clone()),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    /// Every object of a group (by its label) that a report holds, as the API server returns
+    /// them: Secrets as metadata only (their data is never read). A kind that cannot be listed
+    /// (no right, or the Gateway API not installed) is a note, not a failure.
+    pub async fn group_objects(&self, name: &str) -> (Vec<Value>, Vec<String>) {
+        use k8s_openapi::api::apps::v1::StatefulSet;
+        use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service};
+        use k8s_openapi::api::discovery::v1::EndpointSlice;
+        use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+        let params = ListParams::default().labels(&format!("{GROUP_LABEL}={name}"));
+        let (mut objects, mut notes) = (Vec::new(), Vec::new());
+        let mut add = |kind: &str, listed: Result<Vec<Value>, kube::Error>| match listed {
+            Ok(items) => objects.extend(items),
+            Err(e) => notes.push(format!("{kind}: not listed: {e}")),
+        };
+        add(
+            "StatefulSets",
+            self.list_values::<StatefulSet>(&params).await,
+        );
+        add("Pods", self.list_values::<Pod>(&params).await);
+        add("Services", self.list_values::<Service>(&params).await);
+        add(
+            "EndpointSlices",
+            self.list_values::<EndpointSlice>(&params).await,
+        );
+        add(
+            "PodDisruptionBudgets",
+            self.list_values::<PodDisruptionBudget>(&params).await,
+        );
+        add(
+            "PersistentVolumeClaims",
+            self.list_values::<PersistentVolumeClaim>(&params).await,
+        );
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        add(
+            "Secrets",
+            secrets.list_metadata(&params).await.map(|list| {
+                list.items
+                    .into_iter()
+                    .map(|m| {
+                        serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": m.metadata})
+                    })
+                    .collect()
+            }),
+        );
+        let routes: Api<kube::api::DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &self.namespace,
+            &crate::operator::http_route_resource(),
+        );
+        match routes.list(&params).await {
+            Ok(list) => objects.extend(
+                list.items
+                    .iter()
+                    .filter_map(|o| serde_json::to_value(o).ok()),
+            ),
+            // No Gateway API in this cluster: nothing to report.
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => notes.push(format!("HTTPRoutes: not listed: {e}")),
+        }
+        (objects, notes)
+    }
+
+    async fn list_values<K>(&self, params: &ListParams) -> Result<Vec<Value>, kube::Error>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), &self.namespace);
+        let list = api.list(params).await?;
+        Ok(list
+            .items
+            .iter()
+            .filter_map(|o| {
+                let mut v = serde_json::to_value(o).ok()?;
+                // Items of a list come without their type.
+                v["apiVersion"] = K::api_version(&()).into_owned().into();
+                v["kind"] = K::kind(&()).into_owned().into();
+                Some(v)
+            })
+            .collect())
+    }
+
+    /// The namespace's Events about the group and its objects (whose names are the group's or
+    /// start with it), as `KIND/NAME` and the event.
+    pub async fn events_about(&self, name: &str) -> Result<Vec<(String, GroupEvent)>, CliError> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        match api.list(&ListParams::default()).await {
+            Ok(list) => Ok(list
+                .items
+                .iter()
+                .filter(|e| {
+                    e.involved_object
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| n == name || n.starts_with(&format!("{name}-")))
+                })
+                .map(|e| {
+                    let object = format!(
+                        "{}/{}",
+                        e.involved_object.kind.as_deref().unwrap_or("?"),
+                        e.involved_object.name.as_deref().unwrap_or("?")
+                    );
+                    (object, group_event(e))
+                })
+                .collect()),
+            Err(e) => Err(self
+                .explain(
+                    e,
+                    format!("list the events of namespace \"{}\"", self.namespace),
+                    None,
+                )
+                .await),
+        }
+    }
+
+    /// What a pod's agent says of itself (`GET /role` on its HTTP port, through the API
+    /// server's pod proxy), or why it cannot be read.
+    pub async fn agent_role(&self, pod: &str) -> Result<String, String> {
+        let path = format!(
+            "/api/v1/namespaces/{}/pods/{pod}:{AGENT_HTTP_PORT}/proxy/role",
+            self.namespace
+        );
+        let request = hyper::Request::get(path)
+            .body(Vec::new())
+            .map_err(|e| e.to_string())?;
+        self.client
+            .request_text(request)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Applies a JSON merge patch to a group and returns the result.

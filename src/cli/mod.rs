@@ -12,6 +12,7 @@ pub mod args;
 pub mod cluster;
 pub mod format;
 pub mod logs;
+pub mod report;
 pub mod switchover;
 pub mod validate;
 
@@ -100,6 +101,14 @@ pub enum CliError {
     /// The watch of `status --watch` failed (it retries on its own; this is what it said).
     #[error("watching replicagroups: {0}")]
     Watch(String),
+
+    /// `report` could not write its bundle.
+    #[error("cannot write the report to {path}: {source}")]
+    ReportWrite {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 
     #[error("cannot format the output as {format}: {message}")]
     Output {

@@ -7,13 +7,13 @@ use std::time::Duration;
 use jiff::Timestamp;
 use kube::ResourceExt;
 
-use super::args::{Cli, Command, LogsArgs, StatusArgs, SwitchoverArgs};
+use super::args::{Cli, Command, LogsArgs, ReportArgs, StatusArgs, SwitchoverArgs};
 use super::cluster::{Cluster, connect};
 use super::switchover::{
     Progress, check_switchover, describe_waiting, paused_patch, switchover_patch,
     switchover_progress,
 };
-use super::{CliError, SWITCHOVER_ANNOTATION, format, logs, validate};
+use super::{CliError, SWITCHOVER_ANNOTATION, format, logs, report, validate};
 
 /// How often `switchover --wait` reads the group.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -54,6 +54,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Pause(args) => set_paused(&connect(&cli.cluster).await?, &args.name, true).await,
         Command::Resume(args) => set_paused(&connect(&cli.cluster).await?, &args.name, false).await,
         Command::Logs(args) => print_logs(&connect(&cli.cluster).await?, &args).await,
+        Command::Report(args) => write_report(&connect(&cli.cluster).await?, &args).await,
     }
 }
 
@@ -206,10 +207,7 @@ async fn print_logs(cluster: &Cluster, args: &LogsArgs) -> Result<ExitCode, CliE
         return Ok(ExitCode::SUCCESS);
     }
     let started = Timestamp::now();
-    let since = jiff::SignedDuration::try_from(args.since)
-        .ok()
-        .and_then(|d| started.checked_sub(d).ok())
-        .unwrap_or(Timestamp::UNIX_EPOCH);
+    let since = since_start(started, args.since);
     let mut backlog = Vec::new();
     let mut followed_from = std::collections::BTreeMap::new();
     for source in &sources {
@@ -255,6 +253,150 @@ async fn print_logs(cluster: &Cluster, args: &LogsArgs) -> Result<ExitCode, CliE
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The start of `since` before `now`.
+fn since_start(now: Timestamp, since: Duration) -> Timestamp {
+    jiff::SignedDuration::try_from(since)
+        .ok()
+        .and_then(|d| now.checked_sub(d).ok())
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+async fn write_report(cluster: &Cluster, args: &ReportArgs) -> Result<ExitCode, CliError> {
+    let now = Timestamp::now();
+    let group = cluster.get(&args.name).await?;
+    let dir = args.output_dir.clone().unwrap_or_else(|| {
+        format!(
+            "quorate-report-{}-{}",
+            args.name,
+            now.strftime("%Y%m%dT%H%M%SZ")
+        )
+        .into()
+    });
+    let write = |file: &str, text: &str| -> Result<(), CliError> {
+        let path = dir.join(file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| CliError::ReportWrite {
+                path: parent.to_owned(),
+                source,
+            })?;
+        }
+        std::fs::write(&path, text).map_err(|source| CliError::ReportWrite { path, source })
+    };
+    // A new directory: never mix with, or overwrite, an earlier report.
+    std::fs::create_dir(&dir).map_err(|source| CliError::ReportWrite {
+        path: dir.clone(),
+        source,
+    })?;
+    let mut notes: Vec<String> = Vec::new();
+
+    let group_value = serde_json::to_value(&group).unwrap_or_default();
+    write(
+        "replicagroup.yaml",
+        &report::yaml_documents(vec![group_value]).unwrap_or_else(|e| format!("# {e}\n")),
+    )?;
+    let events = cluster.events(&args.name).await.unwrap_or_else(|e| {
+        notes.push(format!("the group's Events: {e}"));
+        Vec::new()
+    });
+    write(
+        "status.txt",
+        &format!(
+            "{}{}",
+            format::format_status(&group, now),
+            format::events_section(&events, now)
+        ),
+    )?;
+    let (objects, object_notes) = cluster.group_objects(&args.name).await;
+    notes.extend(object_notes);
+    write(
+        "objects.yaml",
+        &report::yaml_documents(objects).unwrap_or_else(|e| format!("# {e}\n")),
+    )?;
+    match cluster.events_about(&args.name).await {
+        Ok(mut about) => {
+            about.sort_by_key(|(_, e)| e.at);
+            let lines: String = about
+                .iter()
+                .map(|(object, e)| {
+                    let at = e.at.map_or_else(|| "-".to_owned(), |t| t.to_string());
+                    let kind = if e.warning { "Warning" } else { "Normal" };
+                    format!(
+                        "{at} {kind} {} {object} (x{}) {}\n",
+                        e.reason,
+                        e.count,
+                        e.message.replace('\n', " ")
+                    )
+                })
+                .collect();
+            write("events.txt", &lines)?;
+        }
+        Err(e) => notes.push(format!("the namespace's Events: {e}")),
+    }
+    let sources = cluster
+        .log_sources(&args.name, super::args::LogsOf::All)
+        .await?;
+    let mut pods: Vec<&str> = sources.iter().map(|s| s.pod.as_str()).collect();
+    pods.dedup();
+    for pod in pods {
+        match cluster.agent_role(pod).await {
+            Ok(role) => write(&format!("agents/{pod}.json"), &role)?,
+            Err(e) => notes.push(format!("{pod}: the agent's /role: {e}")),
+        }
+    }
+    let since = since_start(now, args.since);
+    for source in &sources {
+        match cluster.log(source, since).await {
+            Ok(text) => write(
+                &format!(
+                    "logs/{}",
+                    report::log_file_name(&source.pod, &source.container)
+                ),
+                &text,
+            )?,
+            Err(e) => notes.push(format!("{source}: no log: {e}")),
+        }
+    }
+    let mut readme = format!(
+        "Quorate report of replicagroup {}/{} at {now}\n\n\
+         replicagroup.yaml  the group (spec and status)\n\
+         status.txt         kubectl quorate status, with the group's latest Events\n\
+         objects.yaml       its StatefulSets, pods, Services, EndpointSlices, budget, claims, Secrets (metadata only), HTTPRoute\n\
+         events.txt         the namespace's Events about the group and its objects, oldest first\n\
+         agents/POD.json    each agent's own view (GET /role through the API server)\n\
+         logs/POD_CONTAINER.log  the last {} of every container\n\n\
+         Redacted: Secret values (never read), literal env values, managedFields and kubectl's last-applied-configuration.\n",
+        cluster.namespace,
+        args.name,
+        humantime_like(args.since),
+    );
+    if !notes.is_empty() {
+        readme.push_str("\nNot included:\n");
+        for note in &notes {
+            readme.push_str(&format!("  {note}\n"));
+        }
+    }
+    write("README.txt", &readme)?;
+    for n in &notes {
+        note(n);
+    }
+    emit(&format!(
+        "replicagroup \"{}\": report written to {}\n",
+        args.name,
+        dir.display()
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `3600s` as `1h`, `90s` as `90s`.
+fn humantime_like(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 async fn set_paused(cluster: &Cluster, name: &str, paused: bool) -> Result<ExitCode, CliError> {

@@ -9,6 +9,7 @@ mod hub;
 mod leader;
 mod metrics;
 mod observe;
+pub use observe::http_route_resource;
 mod reconcile;
 mod stores;
 mod tls;

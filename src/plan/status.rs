@@ -692,34 +692,57 @@ pub fn blocked(
     now_ms: i64,
 ) -> (ReplicaGroupStatus, Vec<PlannedEvent>) {
     let previous = group.status.clone().unwrap_or_default();
+    let (conditions, events) = degraded_with(
+        group,
+        &previous.conditions,
+        why.reason(),
+        why.message(),
+        now_ms,
+    );
+    let status = ReplicaGroupStatus {
+        conditions,
+        phase: Some(GroupPhase::Failed),
+        ..previous
+    };
+    (status, events)
+}
+
+/// `conditions` with Degraded set to `reason` and `message` and Ready judged again; and the
+/// Warning event of that reason, unless the group already said so.
+fn degraded_with(
+    group: &ReplicaGroup,
+    conditions: &[Condition],
+    reason: &str,
+    message: String,
+    now_ms: i64,
+) -> (Vec<Condition>, Vec<PlannedEvent>) {
+    let previous = group
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
     let mut c = Conditions {
-        previous: &previous.conditions,
+        previous,
         now_ms,
         generation: group.metadata.generation,
-        out: previous
-            .conditions
+        out: conditions
             .iter()
             .filter(|x| x.type_ != DEGRADED && x.type_ != READY)
             .cloned()
             .collect(),
     };
-    c.set(DEGRADED, true, why.reason(), why.message());
+    c.set(DEGRADED, true, reason, message.clone());
     ready(&mut c);
-    let events = if reason_of(&previous.conditions, DEGRADED) == Some(why.reason()) {
+    let events = if reason_of(previous, DEGRADED) == Some(reason) {
         Vec::new()
     } else {
         vec![PlannedEvent {
             warning: true,
-            reason: why.reason().into(),
-            note: why.message(),
+            reason: reason.into(),
+            note: message,
         }]
     };
-    let status = ReplicaGroupStatus {
-        conditions: c.out,
-        phase: Some(GroupPhase::Failed),
-        ..previous
-    };
-    (status, events)
+    (c.out, events)
 }
 
 /// The planned status once the API server refused objects derived from the spec (`refused`,
@@ -743,31 +766,10 @@ pub fn with_refused_writes(
         "the API server refused {} {}, derived from this spec: {}{more}",
         first.kind, first.name, first.message
     );
-    let previous = group.status.clone().unwrap_or_default();
-    let mut c = Conditions {
-        previous: &previous.conditions,
-        now_ms,
-        generation: group.metadata.generation,
-        out: planned
-            .conditions
-            .iter()
-            .filter(|x| x.type_ != DEGRADED && x.type_ != READY)
-            .cloned()
-            .collect(),
-    };
-    c.set(DEGRADED, true, INVALID_SPEC, message.clone());
-    ready(&mut c);
-    let events = if reason_of(&previous.conditions, DEGRADED) == Some(INVALID_SPEC) {
-        Vec::new()
-    } else {
-        vec![PlannedEvent {
-            warning: true,
-            reason: INVALID_SPEC.into(),
-            note: message,
-        }]
-    };
+    let (conditions, events) =
+        degraded_with(group, &planned.conditions, INVALID_SPEC, message, now_ms);
     let status = ReplicaGroupStatus {
-        conditions: c.out,
+        conditions,
         phase: Some(GroupPhase::Failed),
         ..planned
     };

@@ -647,7 +647,51 @@ async fn switchover_through_the_kubectl_plugin(ctx: Ctx) -> Result<()> {
         !workload.contains("/quorate-agent "),
         "--of workload: {workload}"
     );
-    for command in ["status", "logs"] {
+    // A report: everything a bug report needs, no key material.
+    let dir = std::env::temp_dir().join(format!("quorate-e2e-report-{}", ns.name));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let out = plugin(
+        &ctx,
+        &["-n", &ns.name, "report", "db", "--output-dir", &dir_arg],
+    )?;
+    ensure!(out.contains("report written to"), "{out}");
+    let read =
+        |file: &str| std::fs::read_to_string(dir.join(file)).with_context(|| file.to_owned());
+    ensure!(read("status.txt")?.contains("Switchover"), "status.txt");
+    let objects = read("objects.yaml")?;
+    for kind in [
+        "kind: StatefulSet",
+        "kind: Pod",
+        "kind: EndpointSlice",
+        "kind: Secret",
+    ] {
+        ensure!(objects.contains(kind), "objects.yaml lacks {kind}");
+    }
+    ensure!(
+        read("events.txt")?.contains("ReplicaGroup/db"),
+        "events.txt"
+    );
+    ensure!(
+        read(&format!("agents/{target}.json"))?.contains("Primary"),
+        "agents/{target}.json"
+    );
+    ensure!(
+        !read("logs/db-0_quorate-agent.log")?.is_empty(),
+        "the agent's log"
+    );
+    ensure!(read("README.txt")?.contains("Redacted"), "README.txt");
+    for entry in walk(&dir)? {
+        let text = std::fs::read_to_string(&entry).unwrap_or_default();
+        ensure!(
+            !text.contains("PRIVATE KEY") && !text.contains("BEGIN CERTIFICATE"),
+            "key material in {}",
+            entry.display()
+        );
+    }
+    std::fs::remove_dir_all(&dir)?;
+
+    for command in ["status", "logs", "report"] {
         let missing = plugin(&ctx, &["-n", &ns.name, command, "nosuch"])
             .expect_err("a missing group is an error")
             .to_string();
@@ -1128,7 +1172,7 @@ fn pod_uids(ctx: &Ctx, ns: &str, group: &str) -> Result<BTreeMap<String, String>
 /// Secrets are read again once `SECRET_REREAD_SECONDS` have passed): every 30th call of a
 /// `wait_for` poll (every ~3 s).
 fn poke(ctx: &Ctx, ns: &str, group: &str, n: u32) -> Result<()> {
-    if n % 30 != 0 {
+    if !n.is_multiple_of(30) {
         return Ok(());
     }
     ctx.kubectl(&[
@@ -1417,7 +1461,7 @@ async fn a_new_member_certificate_rolls_the_members_with_traffic_running(ctx: Ct
             last_answer = Instant::now();
             answers += 1;
         }
-        if asked % 10 == 0 {
+        if asked.is_multiple_of(10) {
             let now = pod_uids(&ctx, &ns.name, "db")?;
             let all_new = now.len() == before.len()
                 && now.iter().all(|(pod, uid)| before.get(pod) != Some(uid));
@@ -1447,4 +1491,18 @@ async fn a_new_member_certificate_rolls_the_members_with_traffic_running(ctx: Ct
         longest_gap.as_millis()
     );
     Ok(())
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            files.extend(walk(&path)?);
+        } else {
+            files.push(path);
+        }
+    }
+    Ok(files)
 }
