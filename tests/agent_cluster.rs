@@ -727,6 +727,75 @@ async fn every_rpc_is_authorized_by_the_identity_in_the_callers_certificate() ->
     Ok(())
 }
 
+/// Oversized and malformed messages, even from a member of the group, are refused with a gRPC
+/// status before anything reaches Raft, and the agent serves on: never a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_malformed_rpcs_are_refused_with_a_status() -> TestResult {
+    use quorate::agent::client::TlsClientConfig;
+    use quorate::agent::proto;
+
+    let (c, _) = started(ClusterOptions {
+        members: 3,
+        tls: true,
+        ..Default::default()
+    })
+    .await?;
+    let ca = &c.tls.as_ref().ok_or("no tls")?.ca;
+    let v = quorate::pki::Validity::days_from(jiff::Zoned::now().date(), 30)?;
+    let member = quorate::pki::issue_member_certificate(ca, "g-9", &["g-9".into()], &[], &v)?;
+    let tls = TlsClientConfig::from_pem(&member.cert_pem, &member.key_pem, &ca.cert_pem)?;
+    let channel = quorate::agent::transport::channel(&c.nodes[0].grpc(), Some(&tls))?;
+
+    // One byte more than the agents decode.
+    let mut peer =
+        proto::peer_client::PeerClient::new(channel.clone()).max_encoding_message_size(usize::MAX);
+    let huge = proto::RaftMessage {
+        from_id: 424_243,
+        to_id: 424_242,
+        payload: vec![0; quorate::agent::MAX_MESSAGE_BYTES + 1],
+    };
+    let refused = peer
+        .append_entries(huge)
+        .await
+        .expect_err("an oversized message is refused");
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+
+    // Not a RaftMessage: a string where the sender's id (a varint) belongs.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Garbled {
+        #[prost(string, tag = "1")]
+        from_id: String,
+    }
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await?;
+    let garbled = grpc
+        .unary(
+            tonic::Request::new(Garbled {
+                from_id: "not a number".into(),
+            }),
+            tonic::codegen::http::uri::PathAndQuery::from_static(
+                "/quorate.agent.v1.Peer/AppendEntries",
+            ),
+            tonic_prost::ProstCodec::<Garbled, proto::RaftMessage>::default(),
+        )
+        .await
+        .expect_err("a malformed message is refused");
+    assert!(
+        matches!(
+            garbled.code(),
+            tonic::Code::Internal | tonic::Code::InvalidArgument
+        ),
+        "{garbled:?}"
+    );
+
+    // The agent serves on, and the group is unharmed.
+    proto::agent_client::AgentClient::new(channel)
+        .status(proto::StatusRequest {})
+        .await?;
+    c.check_invariants()?;
+    Ok(())
+}
+
 // --- Coordinator changes and rejoining members -----------------------------------------------
 //
 // The Kubernetes test bed showed a restarted member deposing a healthy coordinator (its peers
