@@ -720,6 +720,12 @@ async fn every_rpc_is_authorized_by_the_identity_in_the_callers_certificate() ->
             format!("quorate_agent_rpc_refused_total{{method=\"{method}\",caller=\"{caller}\"}} 1");
         assert!(metrics.contains(&line), "{line} not in /metrics");
     }
+    for name in [
+        "quorate_build_info{component=\"agent\"",
+        "quorate_agent_lease_remaining_seconds ",
+    ] {
+        assert!(metrics.contains(name), "{name} not in /metrics");
+    }
     // The group is unharmed, and the operator's client resumes it (following a member's
     // pointer to the coordinator when node 0 is not it).
     c.client(0).await?.resume().await?;

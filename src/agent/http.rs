@@ -134,8 +134,8 @@ async fn role(State(h): State<AgentHandle>) -> Response {
 async fn metrics(State(h): State<AgentHandle>) -> Response {
     let now = monotonic_millis();
     h.metrics
-        .lease_remaining_millis
-        .set(h.core().lease_remaining(now) as i64);
+        .lease_remaining_seconds
+        .set(h.core().lease_remaining(now) as f64 / 1000.0);
     (
         StatusCode::OK,
         [(

@@ -42,7 +42,7 @@ pub struct Metrics {
     pub epoch: Gauge,
     pub term: Gauge,
     pub is_coordinator: Gauge,
-    pub lease_remaining_millis: Gauge,
+    pub lease_remaining_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Appointments this node made as coordinator, by reason.
     pub failovers: Family<CauseLabels, Counter>,
     pub demotions: Family<CauseLabels, Counter>,
@@ -60,12 +60,14 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("quorate_agent");
+        let mut root = Registry::default();
+        crate::build_info::register(&mut root, "agent");
+        let registry = root.sub_registry_with_prefix("quorate_agent");
         let role = Family::<RoleLabels, Gauge>::default();
         let epoch = Gauge::default();
         let term = Gauge::default();
         let is_coordinator = Gauge::default();
-        let lease_remaining_millis = Gauge::default();
+        let lease_remaining_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let failovers = Family::<CauseLabels, Counter>::default();
         let demotions = Family::<CauseLabels, Counter>::default();
         let rpc_requests = Family::<MethodLabels, Counter>::default();
@@ -87,9 +89,9 @@ impl Metrics {
             is_coordinator.clone(),
         );
         registry.register(
-            "lease_remaining_millis",
-            "Milliseconds left on the primary lease this member holds",
-            lease_remaining_millis.clone(),
+            "lease_remaining_seconds",
+            "Seconds left on the primary lease this member holds",
+            lease_remaining_seconds.clone(),
         );
         registry.register(
             "failovers",
@@ -113,12 +115,12 @@ impl Metrics {
             rpc_refused.clone(),
         );
         Self {
-            registry,
+            registry: root,
             role,
             epoch,
             term,
             is_coordinator,
-            lease_remaining_millis,
+            lease_remaining_seconds,
             failovers,
             demotions,
             rpc_requests,

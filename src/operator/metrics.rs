@@ -44,7 +44,9 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("quorate_operator");
+        let mut root = Registry::default();
+        crate::build_info::register(&mut root, "operator");
+        let registry = root.sub_registry_with_prefix("quorate_operator");
         let reconciles = Family::<Labels, Counter>::default();
         let reconcile_errors = Family::<Labels, Counter>::default();
         let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
@@ -108,7 +110,7 @@ impl Metrics {
             cpu_seconds.clone(),
         );
         Self {
-            registry,
+            registry: root,
             reconciles,
             reconcile_errors,
             reconcile_duration,
