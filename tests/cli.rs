@@ -638,6 +638,18 @@ fn binary_help_and_version() {
             "report --help lacks {word:?}:\n{report}"
         );
     }
+    let restart = stdout(&run(&["restart", "--help"]));
+    for word in [
+        "--timeout <DURATION>",
+        "[default: 5m]",
+        "one planned switchover",
+        "kubectl quorate restart cache",
+    ] {
+        assert!(
+            restart.contains(word),
+            "restart --help lacks {word:?}:\n{restart}"
+        );
+    }
     let bad = run(&["logs", "cache", "--since", "0s"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(

@@ -6,8 +6,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Operate Quorate ReplicaGroups: show and watch their state and Events, read their members'
-/// logs, switch the primary over, pause and resume automatic failover, and validate manifests
-/// offline.
+/// logs, write a diagnostics report, restart them one member at a time, switch the primary
+/// over, pause and resume automatic failover, and validate manifests offline.
 ///
 /// kubectl runs this plugin as `kubectl quorate ...` when `kubectl-quorate` is on the PATH.
 /// It talks only to the Kubernetes API, with the credentials of your kubeconfig; the operator
@@ -25,6 +25,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     kubectl quorate status cache --watch\n  \
     kubectl quorate logs cache --since 1h -f\n  \
     kubectl quorate report cache\n  \
+    kubectl quorate restart cache\n  \
     kubectl quorate switchover cache --to cache-2\n  \
     kubectl quorate pause cache\n  \
     kubectl quorate validate -f examples/redis.yaml")]
@@ -88,6 +89,10 @@ pub enum Command {
     /// Secrets appear with their key names only, and literal environment variable values are
     /// replaced by <redacted>.
     Report(ReportArgs),
+    /// Restart every member and witness of a group, one at a time: backups and witnesses first
+    /// (each back and the group Ready before the next), then one planned switchover to a
+    /// restarted member, then the old primary. Refused for a group that is not Ready.
+    Restart(RestartArgs),
     /// Print the version of this plugin.
     Version,
 }
@@ -105,6 +110,19 @@ pub struct ReportArgs {
     /// How far back the logs go: a number of seconds or a duration such as `90s`, `2h`.
     #[arg(long, default_value = "1h", value_parser = parse_since, value_name = "DURATION")]
     pub since: Duration,
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+#[command(after_help = "Examples:\n  \
+    kubectl quorate restart cache\n  \
+    kubectl quorate restart cache --timeout 10m   # per step: a member back, the switchover")]
+pub struct RestartArgs {
+    /// Name of the ReplicaGroup.
+    pub name: String,
+    /// How long each step may take (a pod back and the group Ready; the switchover): a number
+    /// of seconds or a duration such as `90s`, `5m`.
+    #[arg(long, default_value = "5m", value_parser = parse_timeout, value_name = "DURATION")]
+    pub timeout: Duration,
 }
 
 /// Which containers `logs` reads.

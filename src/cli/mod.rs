@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod format;
 pub mod logs;
 pub mod report;
+pub mod restart;
 pub mod switchover;
 pub mod validate;
 
@@ -101,6 +102,16 @@ pub enum CliError {
     /// The watch of `status --watch` failed (it retries on its own; this is what it said).
     #[error("watching replicagroups: {0}")]
     Watch(String),
+
+    /// `restart` of a group that is not Ready.
+    #[error(
+        "replicagroup \"{name}\" is not Ready ({why}): a restart could cost it its majority; wait until it is Ready"
+    )]
+    NotReady { name: String, why: String },
+
+    /// A restarted pod did not come back in time.
+    #[error("timed out after {}s waiting for {what}", waited.as_secs_f64())]
+    RestartTimeout { what: String, waited: Duration },
 
     /// `report` could not write its bundle.
     #[error("cannot write the report to {path}: {source}")]

@@ -7,13 +7,13 @@ use std::time::Duration;
 use jiff::Timestamp;
 use kube::ResourceExt;
 
-use super::args::{Cli, Command, LogsArgs, ReportArgs, StatusArgs, SwitchoverArgs};
+use super::args::{Cli, Command, LogsArgs, ReportArgs, RestartArgs, StatusArgs, SwitchoverArgs};
 use super::cluster::{Cluster, connect};
 use super::switchover::{
     Progress, check_switchover, describe_waiting, paused_patch, switchover_patch,
     switchover_progress,
 };
-use super::{CliError, SWITCHOVER_ANNOTATION, format, logs, report, validate};
+use super::{CliError, SWITCHOVER_ANNOTATION, format, logs, report, restart, validate};
 
 /// How often `switchover --wait` reads the group.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -55,6 +55,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Resume(args) => set_paused(&connect(&cli.cluster).await?, &args.name, false).await,
         Command::Logs(args) => print_logs(&connect(&cli.cluster).await?, &args).await,
         Command::Report(args) => write_report(&connect(&cli.cluster).await?, &args).await,
+        Command::Restart(args) => rolling_restart(&connect(&cli.cluster).await?, &args).await,
     }
 }
 
@@ -253,6 +254,71 @@ async fn print_logs(cluster: &Cluster, args: &LogsArgs) -> Result<ExitCode, CliE
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn rolling_restart(cluster: &Cluster, args: &RestartArgs) -> Result<ExitCode, CliError> {
+    let group = cluster.get(&args.name).await?;
+    let plan = restart::plan_restart(&group)?;
+    for pod in &plan.first {
+        restart_pod(cluster, &args.name, pod, args.timeout).await?;
+    }
+    if let Some(primary) = &plan.primary {
+        // The one change of primary: to the best candidate, every one of them restarted.
+        switchover(
+            cluster,
+            &SwitchoverArgs {
+                name: args.name.clone(),
+                to: None,
+                wait: true,
+                no_wait: false,
+                timeout: args.timeout,
+            },
+        )
+        .await?;
+        restart_pod(cluster, &args.name, primary, args.timeout).await?;
+    }
+    emit(&format!(
+        "replicagroup \"{}\": every member restarted\n",
+        args.name
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Deletes `pod` and waits until its StatefulSet made a new one, that one is Ready (its agent
+/// rejoined and caught up) and the group is Ready again.
+async fn restart_pod(
+    cluster: &Cluster,
+    group: &str,
+    pod: &str,
+    timeout: Duration,
+) -> Result<(), CliError> {
+    let before = cluster.pod_state(pod).await?.map(|(uid, _)| uid);
+    cluster.delete_pod(pod).await?;
+    emit(&format!("replicagroup \"{group}\": restarting {pod}\n"));
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let state = cluster.pod_state(pod).await?;
+        if let Some((uid, true)) = &state
+            && Some(uid) != before.as_ref()
+        {
+            let g = cluster.get(group).await?;
+            let ready = g.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            });
+            if ready {
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() + POLL_INTERVAL > deadline {
+            return Err(CliError::RestartTimeout {
+                what: format!("{pod} to come back and replicagroup \"{group}\" to be Ready"),
+                waited: timeout,
+            });
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
 }
 
 /// The start of `since` before `now`.

@@ -33,6 +33,7 @@ pub fn tests() -> Vec<crate::support::Test> {
         a_lost_ca_is_an_incident_and_a_replaced_one_restarts_the_members,
         specs_whose_objects_the_api_server_refuses_are_reported,
         a_new_member_certificate_rolls_the_members_with_traffic_running,
+        a_rolling_restart_through_the_plugin_changes_the_primary_once,
     ]
 }
 
@@ -1505,4 +1506,51 @@ fn walk(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
         }
     }
     Ok(files)
+}
+
+/// `kubectl quorate restart`: every member restarts, backups first, and the group changes its
+/// primary exactly once (a planned switchover to a restarted member), ending Ready.
+async fn a_rolling_restart_through_the_plugin_changes_the_primary_once(ctx: Ctx) -> Result<()> {
+    ensure_operator(&ctx).await?;
+    let ns = ctx.namespace("op-restart")?;
+    create_group(&ctx, &ns.name, &test_group(&ctx, "db", "PrimaryBackup", 3)).await?;
+    wait_ready(&ctx, &ns.name, "db", Duration::from_secs(180)).await?;
+    let (old, epoch) =
+        wait_routed_primary(&ctx, &ns.name, "db", 0, Duration::from_secs(30)).await?;
+    let before = pod_uids(&ctx, &ns.name, "db")?;
+    let out = plugin(
+        &ctx,
+        &["-n", &ns.name, "restart", "db", "--timeout", "180s"],
+    )?;
+    // The old primary restarts last, after the switchover.
+    let restarted: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_once("restarting ").map(|(_, pod)| pod.trim()))
+        .collect();
+    ensure!(
+        restarted.len() == 3 && restarted.last() == Some(&old.as_str()),
+        "restart order: {restarted:?} (primary {old}): {out}"
+    );
+    let now = pod_uids(&ctx, &ns.name, "db")?;
+    ensure!(
+        now.len() == before.len() && now.iter().all(|(pod, uid)| before.get(pod) != Some(uid)),
+        "not every pod restarted: {before:?} -> {now:?}"
+    );
+    let g = wait_ready(&ctx, &ns.name, "db", Duration::from_secs(60)).await?;
+    let status = g.status.context("status")?;
+    ensure!(
+        status.epoch == Some(epoch as i64 + 1),
+        "one switchover expected: epoch {epoch} -> {:?}",
+        status.epoch
+    );
+    ensure!(
+        status.primary.as_deref() != Some(old.as_str()),
+        "{old} is primary again"
+    );
+    // A missing group is an error (one that is not Ready is refused: src/cli/restart.rs).
+    let refused = plugin(&ctx, &["-n", &ns.name, "restart", "nosuch"])
+        .expect_err("a missing group")
+        .to_string();
+    ensure!(refused.contains("not found"), "{refused}");
+    Ok(())
 }
