@@ -286,6 +286,18 @@ pub async fn wait_routed_primary(
     .await
 }
 
+/// A namespace with a Ready three-member group `db` of the test workload, and its routed primary
+/// and epoch: where most of these tests start.
+async fn routed_db(ctx: &Ctx, prefix: &str) -> Result<(crate::support::Namespace, String, u64)> {
+    ensure_operator(ctx).await?;
+    let ns = ctx.namespace(prefix)?;
+    create_group(ctx, &ns.name, &test_group(ctx, "db", "PrimaryBackup", 3)).await?;
+    wait_ready(ctx, &ns.name, "db", Duration::from_secs(180)).await?;
+    let (primary, epoch) =
+        wait_routed_primary(ctx, &ns.name, "db", 0, Duration::from_secs(30)).await?;
+    Ok((ns, primary, epoch))
+}
+
 async fn create_group(ctx: &Ctx, ns: &str, group: &Value) -> Result<()> {
     ctx.kubectl_stdin(
         &["apply", "--server-side", "-n", ns, "-f", "-"],
@@ -295,12 +307,7 @@ async fn create_group(ctx: &Ctx, ns: &str, group: &Value) -> Result<()> {
 }
 
 async fn crashed_primary_is_replaced_and_comes_back_as_a_backup(ctx: Ctx) -> Result<()> {
-    ensure_operator(&ctx).await?;
-    let ns = ctx.namespace("op-crash")?;
-    create_group(&ctx, &ns.name, &test_group(&ctx, "db", "PrimaryBackup", 3)).await?;
-    wait_ready(&ctx, &ns.name, "db", Duration::from_secs(180)).await?;
-    let (old, epoch) =
-        wait_routed_primary(&ctx, &ns.name, "db", 0, Duration::from_secs(30)).await?;
+    let (ns, old, epoch) = routed_db(&ctx, "op-crash").await?;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns.name);
     let started = Instant::now();
     pods.delete(
@@ -345,12 +352,7 @@ async fn crashed_primary_is_replaced_and_comes_back_as_a_backup(ctx: Ctx) -> Res
 }
 
 async fn graceful_deletion_hands_over_at_once(ctx: Ctx) -> Result<()> {
-    ensure_operator(&ctx).await?;
-    let ns = ctx.namespace("op-graceful")?;
-    create_group(&ctx, &ns.name, &test_group(&ctx, "db", "PrimaryBackup", 3)).await?;
-    wait_ready(&ctx, &ns.name, "db", Duration::from_secs(180)).await?;
-    let (old, epoch) =
-        wait_routed_primary(&ctx, &ns.name, "db", 0, Duration::from_secs(30)).await?;
+    let (ns, old, epoch) = routed_db(&ctx, "op-graceful").await?;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns.name);
     let started = Instant::now();
     pods.delete(&old, &DeleteParams::default()).await?;
@@ -537,12 +539,7 @@ pub fn plugin(ctx: &Ctx, args: &[&str]) -> Result<String> {
 }
 
 async fn switchover_through_the_kubectl_plugin(ctx: Ctx) -> Result<()> {
-    ensure_operator(&ctx).await?;
-    let ns = ctx.namespace("op-switch")?;
-    create_group(&ctx, &ns.name, &test_group(&ctx, "db", "PrimaryBackup", 3)).await?;
-    wait_ready(&ctx, &ns.name, "db", Duration::from_secs(180)).await?;
-    let (old, epoch) =
-        wait_routed_primary(&ctx, &ns.name, "db", 0, Duration::from_secs(30)).await?;
+    let (ns, old, epoch) = routed_db(&ctx, "op-switch").await?;
     let target = ["db-0", "db-1", "db-2"]
         .into_iter()
         .find(|m| *m != old)
@@ -711,12 +708,7 @@ async fn switchover_through_the_kubectl_plugin(ctx: Ctx) -> Result<()> {
 /// Pause freezes every automatic change of primary, the operator's own hand-off from a
 /// terminating primary pod included; resume lets the group replace the lost primary.
 async fn pause_and_resume_through_the_kubectl_plugin(ctx: Ctx) -> Result<()> {
-    ensure_operator(&ctx).await?;
-    let ns = ctx.namespace("op-pause")?;
-    create_group(&ctx, &ns.name, &test_group(&ctx, "db", "PrimaryBackup", 3)).await?;
-    wait_ready(&ctx, &ns.name, "db", Duration::from_secs(180)).await?;
-    let (new, epoch2) =
-        wait_routed_primary(&ctx, &ns.name, "db", 0, Duration::from_secs(30)).await?;
+    let (ns, new, epoch2) = routed_db(&ctx, "op-pause").await?;
     // Paused: a crashed primary is not replaced; routing drains it once its lease is gone.
     plugin(&ctx, &["-n", &ns.name, "pause", "db"])?;
     wait_for(
@@ -770,12 +762,7 @@ async fn pause_and_resume_through_the_kubectl_plugin(ctx: Ctx) -> Result<()> {
 }
 
 async fn leader_loss_during_a_failover_still_ends_routed(ctx: Ctx) -> Result<()> {
-    ensure_operator(&ctx).await?;
-    let ns = ctx.namespace("op-ha")?;
-    create_group(&ctx, &ns.name, &test_group(&ctx, "db", "PrimaryBackup", 3)).await?;
-    wait_ready(&ctx, &ns.name, "db", Duration::from_secs(180)).await?;
-    let (old, epoch) =
-        wait_routed_primary(&ctx, &ns.name, "db", 0, Duration::from_secs(30)).await?;
+    let (ns, old, epoch) = routed_db(&ctx, "op-ha").await?;
     let holder = lease_holder(&ctx)?;
     ensure!(!holder.is_empty(), "no operator holds the lease");
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns.name);
@@ -1194,12 +1181,7 @@ fn poke(ctx: &Ctx, ns: &str, group: &str, n: u32) -> Result<()> {
 /// Secret deleted too, as the message says), every member restarts together with the new CA
 /// and the group is Ready again, with its state.
 async fn a_lost_ca_is_an_incident_and_a_replaced_one_restarts_the_members(ctx: Ctx) -> Result<()> {
-    ensure_operator(&ctx).await?;
-    let ns = ctx.namespace("op-ca")?;
-    create_group(&ctx, &ns.name, &test_group(&ctx, "db", "PrimaryBackup", 3)).await?;
-    wait_ready(&ctx, &ns.name, "db", Duration::from_secs(180)).await?;
-    let (old, epoch) =
-        wait_routed_primary(&ctx, &ns.name, "db", 0, Duration::from_secs(30)).await?;
+    let (ns, old, epoch) = routed_db(&ctx, "op-ca").await?;
     let secret = |name: &str| -> Result<Value> {
         Ok(serde_json::from_str(&ctx.kubectl(&[
             "get", "secret", name, "-n", &ns.name, "-o", "json",
@@ -1422,11 +1404,7 @@ async fn specs_whose_objects_the_api_server_refuses_are_reported(ctx: Ctx) -> Re
 /// same CA: old and new members talk throughout, and `NAME-rw` keeps answering as the primary,
 /// with no gap longer than a hand-off's.
 async fn a_new_member_certificate_rolls_the_members_with_traffic_running(ctx: Ctx) -> Result<()> {
-    ensure_operator(&ctx).await?;
-    let ns = ctx.namespace("op-rotate")?;
-    create_group(&ctx, &ns.name, &test_group(&ctx, "db", "PrimaryBackup", 3)).await?;
-    wait_ready(&ctx, &ns.name, "db", Duration::from_secs(180)).await?;
-    wait_routed_primary(&ctx, &ns.name, "db", 0, Duration::from_secs(30)).await?;
+    let (ns, _, _) = routed_db(&ctx, "op-rotate").await?;
     let data = |name: &str, key: &str| -> Result<String> {
         ctx.kubectl(&[
             "get",
@@ -1511,12 +1489,7 @@ fn walk(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
 /// `kubectl quorate restart`: every member restarts, backups first, and the group changes its
 /// primary exactly once (a planned switchover to a restarted member), ending Ready.
 async fn a_rolling_restart_through_the_plugin_changes_the_primary_once(ctx: Ctx) -> Result<()> {
-    ensure_operator(&ctx).await?;
-    let ns = ctx.namespace("op-restart")?;
-    create_group(&ctx, &ns.name, &test_group(&ctx, "db", "PrimaryBackup", 3)).await?;
-    wait_ready(&ctx, &ns.name, "db", Duration::from_secs(180)).await?;
-    let (old, epoch) =
-        wait_routed_primary(&ctx, &ns.name, "db", 0, Duration::from_secs(30)).await?;
+    let (ns, old, epoch) = routed_db(&ctx, "op-restart").await?;
     let before = pod_uids(&ctx, &ns.name, "db")?;
     let out = plugin(
         &ctx,
