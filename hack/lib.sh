@@ -19,9 +19,13 @@ RELEASE_TARGET=x86_64-unknown-linux-gnu
 # when ARGS hold a `--` (`test ... -- --test-threads=2`, `clippy ... -- -D warnings`); after it
 # they would reach the test binary or rustc, and cargo would build for the host with the static
 # flags, which proc-macros cannot be.
+# INSTA_WORKSPACE_ROOT: the target cache is shared between checkouts, and a test binary built in
+# another checkout (CI's clone) is fresh for cargo here; insta would then look for its snapshots
+# under that checkout's path, baked in at compile time.
 release_cargo() {
   local sub=$1; shift
-  (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo "$sub" --locked --target "$RELEASE_TARGET" "$@")
+  (cd "$ROOT" && INSTA_WORKSPACE_ROOT="$ROOT" RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo "$sub" --locked --target "$RELEASE_TARGET" "$@")
 }
 
 # tool_dir NAME VERSION: where the pinned build of a component lives.
