@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make bench-agent|bench-failover|bench-weights|bench-scale|bench-workloads|bench-compare|
-# bench-node-loss`: a
+# bench-node-loss|bench-upgrade`: a
 # benchmark (agent and compare on loopback, the others on the test bed).
-#   hack/bench.sh agent|failover|weights|scale|workloads|compare|nodes
+#   hack/bench.sh agent|failover|weights|scale|workloads|compare|nodes|upgrade
 # For the test-bed ones: brings the test bed up when it is not running (and down again afterwards unless
 # KEEP_CLUSTER=1), builds and imports the images, then runs `cargo bench --bench <name>`, which
 # prints its figures.
@@ -12,7 +12,7 @@ HACK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HACK/lib.sh"
 cd "$ROOT"
 name="${1:-}"
-[[ "$name" =~ ^(agent|failover|weights|scale|workloads|compare|nodes)$ ]] || die "usage: hack/bench.sh agent|failover|weights|scale|workloads|compare|nodes"
+[[ "$name" =~ ^(agent|failover|weights|scale|workloads|compare|nodes|upgrade)$ ]] || die "usage: hack/bench.sh agent|failover|weights|scale|workloads|compare|nodes|upgrade"
 if [[ "$name" == agent ]]; then
   # Agent processes on loopback: no cluster.
   release_cargo bench --bench agent
@@ -82,4 +82,13 @@ QUORATE_KUBECTL="$(bin_dir kubernetes)/kubectl" HELM="$(bin_dir helm)/helm" QUOR
 QUORATE_AUDIT_LOG="$("$HACK/cluster.sh" audit-log)"
 export_workload_images
 export QUORATE_KUBECONFIG QUORATE_KUBECTL HELM QUORATE_IMAGE QUORATE_IMAGE_ID QUORATE_AUDIT_LOG
+if [[ "$name" == upgrade ]]; then
+  # The version upgraded to: the same image under another tag, on every node.
+  QUORATE_UPGRADE_IMAGE="$QUORATE_IMAGE-upgrade"
+  for sock in $("$HACK/cluster.sh" containerd-sockets); do
+    "$(bin_dir containerd)/ctr" --address "$sock" -n k8s.io images tag --force "$QUORATE_IMAGE" "$QUORATE_UPGRADE_IMAGE" >/dev/null \
+      || die "tagging $QUORATE_IMAGE as $QUORATE_UPGRADE_IMAGE in $sock failed"
+  done
+  export QUORATE_UPGRADE_IMAGE
+fi
 release_cargo bench --bench "$name"

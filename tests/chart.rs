@@ -1157,6 +1157,7 @@ fn rbac_is_exactly_what_the_operator_uses() {
             &["gateways"],
             &["list", "watch"],
         ),
+        ("ClusterRole", "", &["pods/eviction"], &["create"]),
         (
             "ClusterRole",
             "apiextensions.k8s.io",

@@ -31,6 +31,9 @@ pub const TLS_HASH_ANNOTATION: &str = "quorate.dev/tls-hash";
 /// (which CA the pod trusts). Pods that trust a replaced CA restart together: they cannot talk
 /// to members that trust the new one, so rolling them one at a time would never finish.
 pub const CA_HASH_ANNOTATION: &str = "quorate.dev/ca-hash";
+/// Hash of the pod template the operator rendered, on the template itself: a pod whose value
+/// differs from its StatefulSet's is on an older template and is rolled (`plan::roll`).
+pub const TEMPLATE_HASH_ANNOTATION: &str = "quorate.dev/template-hash";
 /// Pod label set by the StatefulSet controller; per-member Services select on it.
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 /// The operator's server-side apply field manager.

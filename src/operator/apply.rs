@@ -211,6 +211,30 @@ pub async fn restart_for_new_ca(
     Ok(())
 }
 
+/// Evicts the pod the roll restarts now: through the Eviction API, so the group's
+/// PodDisruptionBudget (which node drains share) has the last word. A refusal (429: the budget
+/// allows no disruption now) is not an error; the roll asks again on its next poll.
+pub async fn evict_for_roll(
+    client: &Client,
+    names: &GroupNames,
+    pod: Option<&str>,
+) -> Result<(), Error> {
+    let Some(pod) = pod else { return Ok(()) };
+    let api: Api<Pod> = Api::namespaced(client.clone(), &names.namespace);
+    match api.evict(pod, &Default::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 429 => {
+            tracing::info!(group = %names.name, namespace = %names.namespace, %pod, "the disruption budget refused the roll's eviction for now: {}", e.message);
+            Ok(())
+        }
+        Err(e) => Err(Error::Kube {
+            context: format!("evicting pod {pod} (rolling it onto the current template)"),
+            source: e,
+        }),
+    }
+}
+
 async fn delete_if_present<K>(api: &Api<K>, name: &str, why: &str) -> Result<(), Error>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -450,6 +474,7 @@ mod tests {
             role_labels: vec![],
             release_stranded: vec![],
             restart_for_new_ca: vec![],
+            evict: None,
             clear_switchover_request: false,
             requeue_ms: 1000,
         }

@@ -94,6 +94,10 @@ fn member_pod(names: &GroupNames, pod: &Pod) -> Option<MemberPod> {
             })
         }),
         ca_hash: pod.annotations().get(CA_HASH_ANNOTATION).cloned(),
+        template_hash: pod.annotations().get(TEMPLATE_HASH_ANNOTATION).cloned(),
+        ready: status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
         pinned_claims: Vec::new(),
     })
 }

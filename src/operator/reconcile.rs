@@ -202,6 +202,7 @@ async fn reconcile_group(
         apply::delete_objects(&ctx.client, &ctx.applied, names, &plan.delete).await?;
         apply::release_stranded(&ctx.client, names, &plan.release_stranded).await?;
         apply::restart_for_new_ca(&ctx.client, names, &plan.restart_for_new_ca).await?;
+        apply::evict_for_roll(&ctx.client, names, plan.evict.as_deref()).await?;
         // After the routing and the objects: nothing routes by a role label, and one that
         // cannot be written (its error is returned once the status is written) holds up
         // neither the objects nor the status.

@@ -438,14 +438,47 @@ fn spread_over_nodes(pod: &mut PodSpec, names: &GroupNames) {
     });
 }
 
+/// The hash the rendered pod template carries (`TEMPLATE_HASH_ANNOTATION`): of its JSON, whose
+/// field order is fixed and whose maps are sorted. `DefaultHasher::new()` has fixed keys, so a
+/// build of the operator gives the same hash every time; another build may give another, which
+/// costs one orderly roll — as that build's new agent image does anyway.
+fn template_hash(template: &PodTemplateSpec) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(template)
+        .unwrap_or_default()
+        .hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// The template hash of a StatefulSet the plan rendered.
+pub(super) fn rendered_template_hash(set: &StatefulSet) -> Option<&str> {
+    set.spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(TEMPLATE_HASH_ANNOTATION)
+        .map(String::as_str)
+}
+
 fn stateful_set(
     group: &ReplicaGroup,
     names: &GroupNames,
     name: String,
     component: &str,
     replicas: i32,
-    template: PodTemplateSpec,
+    mut template: PodTemplateSpec,
 ) -> StatefulSet {
+    let hash = template_hash(&template);
+    template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(TEMPLATE_HASH_ANNOTATION.to_owned(), hash);
     StatefulSet {
         metadata: meta(names, name, component),
         spec: Some(StatefulSetSpec {
@@ -457,8 +490,10 @@ fn stateful_set(
             },
             // Members form the Raft group together: start them all at once.
             pod_management_policy: Some("Parallel".into()),
+            // The operator rolls the pods itself (`plan::roll`): in the group's order (the
+            // primary last, after one switchover), and only while the group is Ready.
             update_strategy: Some(StatefulSetUpdateStrategy {
-                type_: Some("RollingUpdate".into()),
+                type_: Some("OnDelete".into()),
                 ..Default::default()
             }),
             // A removed member's volume goes with it: if it comes back it joins with a new id.

@@ -8,6 +8,7 @@
 
 mod lifecycle;
 mod members;
+mod roll;
 mod routing;
 mod status;
 pub use status::{Blocked, blocked, with_refused_writes};
@@ -30,6 +31,7 @@ use crate::supervisor::protocol::HookOutcome;
 pub use crate::api::names::HTTPROUTE_API_VERSION;
 pub use lifecycle::{AgentAction, StrandedMember};
 pub use members::claim_names;
+pub use roll::ROLL_SWITCHOVER_REASON;
 pub use routing::{ROUTE_RULE_NAME, merge_route};
 
 /// Settings of the operator itself (from its flags), not of a group.
@@ -60,6 +62,10 @@ pub struct MemberPod {
     /// The `quorate.dev/ca-hash` of its template: which group CA it trusts (none on pods of
     /// earlier versions).
     pub ca_hash: Option<String>,
+    /// The `quorate.dev/template-hash` of its template (none on pods of earlier versions).
+    pub template_hash: Option<String>,
+    /// Its `Ready` condition is True.
+    pub ready: bool,
     /// Only for an unschedulable pod: its claims that were already provisioned for a node
     /// (claim name, node from the claim's `volume.kubernetes.io/selected-node`).
     pub pinned_claims: Vec<(String, String)>,
@@ -292,6 +298,8 @@ pub struct Plan {
     /// Pods that trust a replaced group CA: deleted together, after the objects (their
     /// StatefulSet creates them again with the new CA).
     pub restart_for_new_ca: Vec<String>,
+    /// The pod the roll onto a new template restarts now (evicted, after the objects).
+    pub evict: Option<String>,
     /// Look again after this long at the latest (lease expiry, dwell time, safety net).
     pub requeue_ms: u64,
 }
@@ -301,6 +309,10 @@ pub struct Plan {
 /// deadlines: lease expiry, dwell times, polls). At 1000 idle groups a 60 s resync was most of
 /// the operator's idle reconciles (bench-scale).
 pub const RESYNC_MS: u64 = 300_000;
+
+/// How soon a group looks again after the roll evicted a pod (an eviction the
+/// PodDisruptionBudget refused is not watched; what else the roll waits for is).
+pub const ROLL_POLL_MS: u64 = 2_000;
 
 /// How soon a group with missing pods is reconciled again, to report a refusal.
 pub const PODS_MISSING_POLL_MS: u64 = 5_000;
@@ -405,7 +417,7 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
     });
     delete.retain(|o| !conflicting(o.kind, &o.name));
 
-    let (status, mut events) = status::build(&status::StatusInputs {
+    let (mut status, mut events) = status::build(&status::StatusInputs {
         group,
         names: &names,
         observed,
@@ -441,6 +453,37 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
             ),
         });
     }
+    let rendered = |name: String| {
+        apply.iter().find_map(|d| match d {
+            Desired::StatefulSet(s) if s.metadata.name.as_deref() == Some(name.as_str()) => {
+                members::rendered_template_hash(s).map(str::to_owned)
+            }
+            _ => None,
+        })
+    };
+    let hashes = (rendered(names.members()), rendered(names.witnesses()));
+    let roll = roll::decide(
+        group,
+        observed,
+        (hashes.0.as_deref(), hashes.1.as_deref()),
+        status::ready_gate(&status),
+        roll::Busy {
+            action: lifecycle.action.as_ref(),
+            draining: lifecycle.draining.len(),
+            restarting_for_new_ca: restart_for_new_ca.len(),
+        },
+    );
+    status::add_roll_condition(group, &mut status, observed.now_ms, &roll);
+    if let Some(pod) = &roll.evict {
+        events.push(PlannedEvent {
+            warning: false,
+            reason: "RollingUpdate".into(),
+            note: format!(
+                "restarting {pod} onto the current pod template ({} of the group's pods are on an older one)",
+                roll.outdated.len()
+            ),
+        });
+    }
     let role_labels = routing::role_labels(group, observed, &traffic);
     // Pods the StatefulSets have not created: nothing watched changes when the API server
     // refuses one (only the StatefulSet's Events say why), so look again soon.
@@ -456,6 +499,7 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
         lifecycle.requeue_ms,
         rejection_poll_ms,
         observed.ca_lost.is_some().then_some(SECRETS_POLL_MS),
+        roll.evict.is_some().then_some(ROLL_POLL_MS),
     ]
     .into_iter()
     .flatten()
@@ -464,13 +508,14 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
     Plan {
         apply,
         delete,
-        action: lifecycle.action,
+        action: lifecycle.action.or(roll.action),
         status,
         events,
         role_labels,
         clear_switchover_request: lifecycle.clear_switchover_request,
         release_stranded: lifecycle.stranded,
         restart_for_new_ca,
+        evict: roll.evict,
         requeue_ms,
     }
 }

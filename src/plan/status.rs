@@ -20,6 +20,8 @@ pub const AVAILABLE: &str = "Available";
 pub const QUORUM: &str = "Quorum";
 pub const ROUTING_CONVERGED: &str = "RoutingConverged";
 pub const DEGRADED: &str = "Degraded";
+/// Every pod runs its StatefulSet's current template (False while a roll is under way or waits).
+pub const UP_TO_DATE: &str = "UpToDate";
 
 /// The Quorum reason while the state stream is being set up: the phase does not call that Failed.
 const CONNECTING: &str = "Connecting";
@@ -774,6 +776,73 @@ pub fn with_refused_writes(
         ..planned
     };
     (status, events)
+}
+
+/// The group's Ready condition as a gate: Ok, or why not.
+pub(super) fn ready_gate(status: &ReplicaGroupStatus) -> Result<(), String> {
+    match status.conditions.iter().find(|c| c.type_ == READY) {
+        Some(c) if c.status == "True" => Ok(()),
+        Some(c) => Err(c.message.clone()),
+        None => Err("no Ready condition".into()),
+    }
+}
+
+/// The UpToDate condition from the roll's step (it has no part in Ready: a group is Ready on
+/// an older template, and the roll itself waits for Ready).
+pub(super) fn add_roll_condition(
+    group: &ReplicaGroup,
+    status: &mut ReplicaGroupStatus,
+    now_ms: i64,
+    roll: &super::roll::Roll,
+) {
+    let previous = group
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let mut c = Conditions {
+        previous,
+        now_ms,
+        generation: group.metadata.generation,
+        out: Vec::new(),
+    };
+    let to_go = format!(
+        "{} pod(s) on an older pod template: {}",
+        roll.outdated.len(),
+        roll.outdated.join(", ")
+    );
+    if roll.outdated.is_empty() {
+        c.set(
+            UP_TO_DATE,
+            true,
+            "UpToDate",
+            "every pod runs the current pod template",
+        );
+    } else if let Some(pod) = &roll.evict {
+        c.set(
+            UP_TO_DATE,
+            false,
+            "Rolling",
+            format!("restarting {pod}; {to_go}"),
+        );
+    } else if roll.action.is_some() {
+        let primary = status.primary.clone().unwrap_or_default();
+        c.set(
+            UP_TO_DATE,
+            false,
+            "Rolling",
+            format!("switching over from {primary} before it restarts; {to_go}"),
+        );
+    } else {
+        let why = roll.waiting.clone().unwrap_or_default();
+        c.set(
+            UP_TO_DATE,
+            false,
+            "RollWaiting",
+            format!("{to_go}; waiting: {why}"),
+        );
+    }
+    status.conditions.extend(c.out);
 }
 
 /// Ready when the other four are as they should be; otherwise it names the reasons why not.

@@ -8,6 +8,7 @@ use proptest::prelude::*;
 use serde_json::json;
 
 use super::*;
+use crate::api::names::SWITCHOVER_ANNOTATION;
 use crate::api::{FailoverSpec, GroupMode, GroupPhase, MemberRole, ReplicaGroupSpec};
 use crate::supervisor::protocol::HookOutcome;
 
@@ -50,6 +51,7 @@ fn pods(n: u32) -> Vec<MemberPod> {
             agent_running: true,
             terminating: false,
             role_label: None,
+            ready: true,
             ..MemberPod::default()
         })
         .collect()
@@ -178,20 +180,179 @@ fn statefulset<'a>(
     })
 }
 
+/// Routing as it follows `primary` (of `n` members) at `epoch`.
+fn route(o: &mut Observed, n: u32, primary: u32, epoch: u64) {
+    let ip = |i: u32| format!("10.88.1.{}", i + 10);
+    o.routed_epoch = Some(epoch);
+    o.routed_addresses = vec![ip(primary)];
+    o.ro_addresses = (0..n).filter(|i| *i != primary).map(ip).collect();
+    o.r_addresses = (0..n).map(ip).collect();
+}
+
+/// A PrimaryBackup group of `n` members, `primary` at `epoch`, routed.
+fn routed_to(n: u32, primary: u32, epoch: u64) -> Observed {
+    let mut o = observed(pods(n), connected(view(n, primary, epoch)));
+    route(&mut o, n, primary, epoch);
+    o
+}
+
+/// Marks every pod as created from the template `plan` renders for its StatefulSet.
+fn on_current_template(o: &mut Observed, plan: &Plan, g: &ReplicaGroup) {
+    let names = GroupNames::new(
+        g.metadata.name.clone().unwrap_or_default(),
+        g.metadata.namespace.clone().unwrap_or_default(),
+    );
+    for pod in &mut o.pods {
+        let set = if pod.witness {
+            names.witnesses()
+        } else {
+            names.members()
+        };
+        pod.template_hash = statefulset(plan, &set)
+            .and_then(members::rendered_template_hash)
+            .map(str::to_owned);
+    }
+}
+
 #[test]
 fn steady_primary_backup_group_snapshot() {
     let g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
-    let mut o = observed(pods(3), connected(view(3, 1, 4)));
-    o.routed_epoch = Some(4);
-    o.routed_addresses = vec!["10.88.1.11".into()];
-    o.ro_addresses = vec!["10.88.1.10".into(), "10.88.1.12".into()];
-    o.r_addresses = vec![
-        "10.88.1.10".into(),
-        "10.88.1.11".into(),
-        "10.88.1.12".into(),
-    ];
+    let mut o = routed_to(3, 1, 4);
+    let first = plan(&g, &o, &settings());
+    on_current_template(&mut o, &first, &g);
     let p = plan(&g, &o, &settings());
     insta::assert_yaml_snapshot!("primary_backup_steady", p);
+}
+
+/// Applies a roll's eviction the way the cluster would: the pod comes back on the current
+/// template.
+fn step(o: &mut Observed, p: &Plan) {
+    let current = statefulset(p, "cache")
+        .and_then(members::rendered_template_hash)
+        .map(str::to_owned);
+    if let Some(pod) = &p.evict {
+        let pod = o
+            .pods
+            .iter_mut()
+            .find(|x| &x.name == pod)
+            .expect("evicted pod");
+        pod.template_hash = current;
+    }
+}
+
+#[test]
+fn a_roll_restarts_backups_first_then_switches_over_once_then_restarts_the_old_primary() {
+    let g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
+    let mut o = routed_to(3, 1, 4);
+    let mut order = Vec::new();
+    let mut switchovers = 0;
+    for _ in 0..6 {
+        let p = plan(&g, &o, &settings());
+        if let Some(pod) = &p.evict {
+            assert_eq!(condition(&p, "UpToDate").reason, "Rolling");
+            assert!(
+                p.events.iter().any(|e| e.reason == "RollingUpdate"),
+                "{:?}",
+                p.events
+            );
+            assert_eq!(
+                p.action, None,
+                "never an eviction and a switchover together"
+            );
+            order.push(pod.clone());
+            step(&mut o, &p);
+        } else if let Some(action) = &p.action {
+            assert_eq!(
+                action,
+                &AgentAction::Switchover {
+                    target: None,
+                    reason: ROLL_SWITCHOVER_REASON.into()
+                }
+            );
+            switchovers += 1;
+            // The group hands over to a restarted member (cache-2 or cache-0), as it would.
+            let hashes = o.pods.clone();
+            o = routed_to(3, 0, 5);
+            o.pods = hashes;
+        } else {
+            assert_eq!(condition(&p, "UpToDate").status, "True", "{:?}", p.status);
+            break;
+        }
+    }
+    assert_eq!(order, ["cache-2", "cache-0", "cache-1"]);
+    assert_eq!(switchovers, 1);
+}
+
+#[test]
+fn a_roll_waits_while_the_group_is_not_whole_and_says_why() {
+    let g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
+    type BreakIt = Box<dyn Fn(&mut Observed, &mut ReplicaGroup)>;
+    let cases: Vec<(&str, BreakIt)> = vec![
+        (
+            "cache-0 is not ready",
+            Box::new(|o, _| o.pods[0].ready = false),
+        ),
+        (
+            "cache-2 is terminating",
+            Box::new(|o, _| o.pods[2].terminating = true),
+        ),
+        (
+            "pod is missing",
+            Box::new(|o, _| {
+                o.pods.pop();
+            }),
+        ),
+        (
+            "cache-0 is not a healthy voter",
+            Box::new(|o, _| {
+                if let AgentsObserved::Connected { view, .. } = &mut o.agents {
+                    view.members[0].healthy = false;
+                }
+            }),
+        ),
+        (
+            "the group is paused",
+            Box::new(|o, g| {
+                g.spec.paused = true;
+                if let AgentsObserved::Connected { view, .. } = &mut o.agents {
+                    view.paused = true;
+                }
+            }),
+        ),
+        ("not Ready", Box::new(|o, _| o.routed_addresses.clear())),
+        (
+            "membership or primary goes first",
+            Box::new(|_, g| {
+                g.metadata.annotations =
+                    Some([(SWITCHOVER_ANNOTATION.to_owned(), "cache-0".to_owned())].into());
+            }),
+        ),
+    ];
+    for (why, break_it) in cases {
+        let (mut g, mut o) = (g.clone(), routed_to(3, 1, 4));
+        break_it(&mut o, &mut g);
+        let p = plan(&g, &o, &settings());
+        assert_eq!(p.evict, None, "{why}");
+        assert!(
+            !matches!(&p.action, Some(AgentAction::Switchover { reason, .. }) if reason == ROLL_SWITCHOVER_REASON),
+            "{why}"
+        );
+        let c = condition(&p, "UpToDate");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "RollWaiting"),
+            "{why}"
+        );
+        assert!(c.message.contains(why), "{why}: {}", c.message);
+    }
+}
+
+#[test]
+fn a_group_of_one_restarts_its_member_without_a_switchover() {
+    let g = bootstrapped(group(GroupMode::PrimaryBackup, 1));
+    let p = plan(&g, &routed_to(1, 0, 2), &settings());
+    assert_eq!(p.evict.as_deref(), Some("cache-0"));
+    assert_eq!(p.action, None);
 }
 
 #[test]
@@ -1986,14 +2147,7 @@ fn hooks_that_keep_succeeding_do_not_change_the_status() {
 }
 
 fn routed(mut o: Observed) -> Observed {
-    o.routed_epoch = Some(4);
-    o.routed_addresses = vec!["10.88.1.11".into()];
-    o.ro_addresses = vec!["10.88.1.10".into(), "10.88.1.12".into()];
-    o.r_addresses = vec![
-        "10.88.1.10".into(),
-        "10.88.1.11".into(),
-        "10.88.1.12".into(),
-    ];
+    route(&mut o, 3, 1, 4);
     o
 }
 
