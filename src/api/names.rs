@@ -34,6 +34,9 @@ pub const CA_HASH_ANNOTATION: &str = "quorate.dev/ca-hash";
 /// Hash of the pod template the operator rendered, on the template itself: a pod whose value
 /// differs from its StatefulSet's is on an older template and is rolled (`plan::roll`).
 pub const TEMPLATE_HASH_ANNOTATION: &str = "quorate.dev/template-hash";
+/// Set on a group's pod template by `kubectl quorate restart`: a new template, so the operator
+/// rolls every member onto it (as `kubectl.kubernetes.io/restartedAt` does for Deployments).
+pub const RESTARTED_AT_ANNOTATION: &str = "quorate.dev/restarted-at";
 /// Pod label set by the StatefulSet controller; per-member Services select on it.
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 /// The operator's server-side apply field manager.

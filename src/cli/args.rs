@@ -89,9 +89,11 @@ pub enum Command {
     /// Secrets appear with their key names only, and literal environment variable values are
     /// replaced by <redacted>.
     Report(ReportArgs),
-    /// Restart every member and witness of a group, one at a time: backups and witnesses first
-    /// (each back and the group Ready before the next), then one planned switchover to a
-    /// restarted member, then the old primary. Refused for a group that is not Ready.
+    /// Restart every member and witness of a group, one at a time: the plugin stamps the pod
+    /// template (quorate.dev/restarted-at) and the operator rolls the members onto it, backups
+    /// and witnesses first (each back and the group Ready before the next), then one planned
+    /// switchover to a restarted member, then the old primary; the plugin follows the roll
+    /// until it is done. Refused for a group that is not Ready.
     Restart(RestartArgs),
     /// Print the version of this plugin.
     Version,
@@ -115,7 +117,7 @@ pub struct ReportArgs {
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
 #[command(after_help = "Examples:\n  \
     kubectl quorate restart cache\n  \
-    kubectl quorate restart cache --timeout 10m   # per step: a member back, the switchover")]
+    kubectl quorate restart cache --timeout 10m   # per step of the roll: a member back, the switchover")]
 pub struct RestartArgs {
     /// Name of the ReplicaGroup.
     pub name: String,

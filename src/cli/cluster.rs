@@ -375,44 +375,6 @@ impl Cluster {
             .map_err(|e| e.to_string())
     }
 
-    /// A pod's uid and whether it is Ready (every container, the agent's readiness included:
-    /// a member of the initialized group, caught up); None when it does not exist.
-    pub async fn pod_state(&self, pod: &str) -> Result<Option<(String, bool)>, CliError> {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
-        match api.get_opt(pod).await {
-            Ok(found) => Ok(found.map(|p| {
-                let ready = p
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-                (p.metadata.uid.unwrap_or_default(), ready)
-            })),
-            Err(e) => Err(self
-                .explain(
-                    e,
-                    format!("get pod \"{pod}\" in namespace \"{}\"", self.namespace),
-                    None,
-                )
-                .await),
-        }
-    }
-
-    /// Deletes a pod with its own grace period (its StatefulSet creates it again).
-    pub async fn delete_pod(&self, pod: &str) -> Result<(), CliError> {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
-        match api.delete(pod, &kube::api::DeleteParams::default()).await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(self
-                .explain(
-                    e,
-                    format!("delete pod \"{pod}\" in namespace \"{}\"", self.namespace),
-                    None,
-                )
-                .await),
-        }
-    }
-
     /// Applies a JSON merge patch to a group and returns the result.
     pub async fn merge_patch(&self, name: &str, patch: &Value) -> Result<ReplicaGroup, CliError> {
         let params = PatchParams {

@@ -95,9 +95,13 @@ pub enum CliError {
     },
 
     #[error(
-        "replicagroup \"{name}\" in namespace \"{namespace}\" was deleted while waiting for the switchover"
+        "replicagroup \"{name}\" in namespace \"{namespace}\" was deleted while waiting for {waiting_for}"
     )]
-    DeletedWhileWaiting { name: String, namespace: String },
+    DeletedWhileWaiting {
+        name: String,
+        namespace: String,
+        waiting_for: &'static str,
+    },
 
     /// The watch of `status --watch` failed (it retries on its own; this is what it said).
     #[error("watching replicagroups: {0}")]

@@ -176,7 +176,11 @@ async fn switchover(cluster: &Cluster, args: &SwitchoverArgs) -> Result<ExitCode
                 }
             },
             Err(CliError::NotFound { name, namespace }) => {
-                return Err(CliError::DeletedWhileWaiting { name, namespace });
+                return Err(CliError::DeletedWhileWaiting {
+                    name,
+                    namespace,
+                    waiting_for: "the switchover",
+                });
             }
             // A transient failure (network, API server restart): keep trying until the deadline.
             Err(CliError::SwitchoverTimeout { .. }) => {
@@ -258,63 +262,61 @@ async fn print_logs(cluster: &Cluster, args: &LogsArgs) -> Result<ExitCode, CliE
 
 async fn rolling_restart(cluster: &Cluster, args: &RestartArgs) -> Result<ExitCode, CliError> {
     let group = cluster.get(&args.name).await?;
-    let plan = restart::plan_restart(&group)?;
-    for pod in &plan.first {
-        restart_pod(cluster, &args.name, pod, args.timeout).await?;
-    }
-    if let Some(primary) = &plan.primary {
-        // The one change of primary: to the best candidate, every one of them restarted.
-        switchover(
-            cluster,
-            &SwitchoverArgs {
-                name: args.name.clone(),
-                to: None,
-                wait: true,
-                no_wait: false,
-                timeout: args.timeout,
-            },
+    restart::check_ready(&group)?;
+    let stamped = cluster
+        .merge_patch(
+            &args.name,
+            &restart::restart_patch(&Timestamp::now().to_string()),
         )
         .await?;
-        restart_pod(cluster, &args.name, primary, args.timeout).await?;
-    }
+    let generation = stamped.metadata.generation.unwrap_or(0);
     emit(&format!(
-        "replicagroup \"{}\": every member restarted\n",
+        "replicagroup \"{}\": restart requested; the operator restarts the members one at a time, backups first, then one switchover, then the old primary\n",
         args.name
     ));
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Deletes `pod` and waits until its StatefulSet made a new one, that one is Ready (its agent
-/// rejoined and caught up) and the group is Ready again.
-async fn restart_pod(
-    cluster: &Cluster,
-    group: &str,
-    pod: &str,
-    timeout: Duration,
-) -> Result<(), CliError> {
-    let before = cluster.pod_state(pod).await?.map(|(uid, _)| uid);
-    cluster.delete_pod(pod).await?;
-    emit(&format!("replicagroup \"{group}\": restarting {pod}\n"));
-    let deadline = tokio::time::Instant::now() + timeout;
+    // `--timeout` bounds each step: the deadline moves whenever the roll says something new.
+    let mut last = String::new();
+    let mut deadline = tokio::time::Instant::now() + args.timeout;
     loop {
-        let state = cluster.pod_state(pod).await?;
-        if let Some((uid, true)) = &state
-            && Some(uid) != before.as_ref()
-        {
-            let g = cluster.get(group).await?;
-            let ready = g.status.as_ref().is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-            });
-            if ready {
-                return Ok(());
+        match cluster.get(&args.name).await {
+            Ok(g) => match restart::roll_progress(&g, generation) {
+                restart::RollProgress::Done => {
+                    let status = g.status.unwrap_or_default();
+                    let primary = match (&status.primary, status.epoch) {
+                        (Some(p), Some(e)) => format!(" (primary {p}, epoch {e})"),
+                        _ => String::new(),
+                    };
+                    emit(&format!(
+                        "replicagroup \"{}\": every member restarted{primary}\n",
+                        args.name
+                    ));
+                    return Ok(ExitCode::SUCCESS);
+                }
+                restart::RollProgress::Rolling(message) => {
+                    if message != last {
+                        emit(&format!("replicagroup \"{}\": {message}\n", args.name));
+                        last = message;
+                        deadline = tokio::time::Instant::now() + args.timeout;
+                    }
+                }
+            },
+            Err(CliError::NotFound { name, namespace }) => {
+                return Err(CliError::DeletedWhileWaiting {
+                    name,
+                    namespace,
+                    waiting_for: "its restart",
+                });
             }
+            // A transient failure (network, API server restart): keep trying until the deadline.
+            Err(_) => {}
         }
         if tokio::time::Instant::now() + POLL_INTERVAL > deadline {
             return Err(CliError::RestartTimeout {
-                what: format!("{pod} to come back and replicagroup \"{group}\" to be Ready"),
-                waited: timeout,
+                what: format!(
+                    "replicagroup \"{}\" to go on with its roll (last: {last})",
+                    args.name
+                ),
+                waited: args.timeout,
             });
         }
         tokio::time::sleep(POLL_INTERVAL).await;

@@ -66,7 +66,7 @@ fn main() -> Result<()> {
                 let (ctx, image) = (ctx.clone(), image.clone());
                 tokio::task::spawn_blocking(move || operator::install_operator(&ctx, &image))
             };
-            let seen = operator::roll_with_traffic(&ctx, &ns.name, epoch, || Ok(())).await;
+            let seen = operator::roll_with_traffic(&ctx, &ns.name, epoch, || Ok(()), true).await;
             let helm = helm.await.context("helm upgrade")?;
             match (seen, helm) {
                 (Ok(seen), Ok(())) => {
@@ -83,7 +83,11 @@ fn main() -> Result<()> {
         // The suites' image again, whatever happened.
         operator::install_operator(&ctx, &ctx.image)?;
         result?;
-        println!("upgrade_write_gap_ms {}", common::Summary::of(gaps));
+        let gap = common::Summary::of(gaps);
+        println!(
+            "upgrade_write_gap_ms p50={} max={} n={}",
+            gap.p50, gap.max, gap.n
+        );
         println!("upgrade_switchovers_per_group max={switchovers}");
         Ok(())
     })

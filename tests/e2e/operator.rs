@@ -35,6 +35,7 @@ pub fn tests() -> Vec<crate::support::Test> {
         a_rolling_restart_through_the_plugin_changes_the_primary_once,
         a_new_member_certificate_rolls_the_members_with_traffic_running,
         a_template_change_rolls_the_members_with_one_switchover,
+        a_rollback_during_a_roll_restarts_only_what_rolled_and_keeps_the_primary,
     ]
 }
 
@@ -997,12 +998,13 @@ async fn objects_in_the_way_are_reported_and_never_taken_over(ctx: Ctx) -> Resul
     }
     // The rest of web is created: its members run (the group cannot be Ready without its
     // Service, and says so).
+    // (`kubectl rollout status` does not follow OnDelete StatefulSets: the ready replicas do.)
     ctx.kubectl(&[
-        "rollout",
-        "status",
+        "wait",
         "statefulset/web",
         "-n",
         &ns.name,
+        "--for=jsonpath={.status.readyReplicas}=3",
         "--timeout=180s",
     ])?;
     let untouched = |ctx: &Ctx| -> Result<()> {
@@ -1435,18 +1437,26 @@ impl std::fmt::Display for RollSeen {
 }
 
 /// Runs `start` (something that gives the members a new pod template) on the Ready group `db`
-/// in `ns`, then asks `db-rw` who answers every 100 ms until every pod was replaced and the
-/// group is Ready and UpToDate again. Bounded: a roll of three members takes well under a
+/// in `ns`, then asks `db-rw` who answers every 100 ms until the operator saw the change and
+/// the group is Ready and UpToDate again (and, with `every_pod`, every pod was replaced). Bounded: a roll of three members takes well under a
 /// minute here.
 pub async fn roll_with_traffic(
     ctx: &Ctx,
     ns: &str,
     epoch: u64,
     start: impl FnOnce() -> Result<()>,
+    every_pod: bool,
 ) -> Result<RollSeen> {
     let before = pod_uids(ctx, ns, "db")?;
     let rw = service_ip(ctx, ns, "db-rw").await?;
     start()?;
+    // Done once the operator saw the change (it may come later: an upgrade's new leader).
+    let generation = groups(ctx, ns)
+        .get("db")
+        .await?
+        .metadata
+        .generation
+        .unwrap_or(0);
     let started = Instant::now();
     let mut last_answer = Instant::now();
     let (mut longest_gap, mut answers, mut asked) = (Duration::ZERO, 0u32, 0u32);
@@ -1470,26 +1480,23 @@ pub async fn roll_with_traffic(
             let all_new = now.len() == before.len()
                 && now.iter().all(|(pod, uid)| before.get(pod) != Some(uid));
             let g = groups(ctx, ns).get("db").await?;
-            if all_new && condition_true(&g, "Ready") && condition_true(&g, "UpToDate") {
+            let seen = g
+                .status
+                .as_ref()
+                .and_then(|s| s.observed_generation)
+                .is_some_and(|o| o >= generation);
+            if (all_new || !every_pod)
+                && seen
+                && condition_true(&g, "Ready")
+                && condition_true(&g, "UpToDate")
+            {
                 break g;
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     longest_gap = longest_gap.max(last_answer.elapsed());
-    // The new pods by creation: the order the roll restarted them in (steps seconds apart).
-    let listed = ctx.kubectl(&[
-        "get",
-        "pods",
-        "-n",
-        ns,
-        "-l",
-        "quorate.dev/group=db,quorate.dev/component=member",
-        "--sort-by=.metadata.creationTimestamp",
-        "-o",
-        "jsonpath={.items[*].metadata.name}",
-    ])?;
-    let order = listed.split_whitespace().map(str::to_owned).collect();
+    let order = restart_order(ctx, ns)?;
     Ok(RollSeen {
         took: started.elapsed(),
         longest_gap,
@@ -1501,6 +1508,23 @@ pub async fn roll_with_traffic(
         ),
         order,
     })
+}
+
+/// The member pods of `db` by creation: the order a roll restarted them in (its steps are
+/// seconds apart, the timestamps' resolution is one).
+fn restart_order(ctx: &Ctx, ns: &str) -> Result<Vec<String>> {
+    let listed = ctx.kubectl(&[
+        "get",
+        "pods",
+        "-n",
+        ns,
+        "-l",
+        "quorate.dev/group=db,quorate.dev/component=member",
+        "--sort-by=.metadata.creationTimestamp",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ])?;
+    Ok(listed.split_whitespace().map(str::to_owned).collect())
 }
 
 /// A roll changes the primary once, restarts the old primary last, and `NAME-rw` answers as
@@ -1539,10 +1563,16 @@ async fn a_new_member_certificate_rolls_the_members_with_traffic_running(ctx: Ct
         ])
     };
     let (ca_before, cert_before) = (data("db-ca", "ca.crt")?, data("db-agent-tls", "tls.crt")?);
-    let seen = roll_with_traffic(&ctx, &ns.name, epoch, || {
-        ctx.kubectl(&["delete", "secret", "db-agent-tls", "-n", &ns.name])
-            .map(drop)
-    })
+    let seen = roll_with_traffic(
+        &ctx,
+        &ns.name,
+        epoch,
+        || {
+            ctx.kubectl(&["delete", "secret", "db-agent-tls", "-n", &ns.name])
+                .map(drop)
+        },
+        true,
+    )
     .await?;
     eprintln!("    member certificate roll: {seen}");
     ensure!(
@@ -1561,9 +1591,44 @@ async fn a_new_member_certificate_rolls_the_members_with_traffic_running(ctx: Ct
 /// primary last.
 async fn a_template_change_rolls_the_members_with_one_switchover(ctx: Ctx) -> Result<()> {
     let (ns, primary, epoch) = routed_db(&ctx, "op-roll").await?;
-    let seen = roll_with_traffic(&ctx, &ns.name, epoch, || {
-        let patch = json!({"spec": {"template": {"metadata": {"annotations": {
+    let seen = roll_with_traffic(
+        &ctx,
+        &ns.name,
+        epoch,
+        || {
+            let patch = json!({"spec": {"template": {"metadata": {"annotations": {
             "example.com/restarted-at": "2026-12-07T00:00:00Z"}}}}});
+            ctx.kubectl(&[
+                "patch",
+                "replicagroup",
+                "db",
+                "-n",
+                &ns.name,
+                "--type",
+                "merge",
+                "-p",
+                &patch.to_string(),
+            ])
+            .map(drop)
+        },
+        true,
+    )
+    .await?;
+    eprintln!("    template roll: {seen}");
+    one_switchover_and_no_gap(&seen, &primary)
+}
+
+/// A rollback in the middle of a roll: the template goes back to the one the group started
+/// with while the roll is under way. The pods already restarted roll back, the others (the
+/// primary among them) were never touched and are up to date again: the group keeps its
+/// primary, and `NAME-rw` answers throughout.
+async fn a_rollback_during_a_roll_restarts_only_what_rolled_and_keeps_the_primary(
+    ctx: Ctx,
+) -> Result<()> {
+    let (ns, primary, epoch) = routed_db(&ctx, "op-rollback").await?;
+    let annotate = |value: Option<&str>| -> Result<()> {
+        let patch = json!({"spec": {"template": {"metadata": {"annotations": {
+            "example.com/release": value}}}}});
         ctx.kubectl(&[
             "patch",
             "replicagroup",
@@ -1576,10 +1641,55 @@ async fn a_template_change_rolls_the_members_with_one_switchover(ctx: Ctx) -> Re
             &patch.to_string(),
         ])
         .map(drop)
-    })
+    };
+    let before = pod_uids(&ctx, &ns.name, "db")?;
+    let seen = roll_with_traffic(
+        &ctx,
+        &ns.name,
+        epoch,
+        || {
+            annotate(Some("2"))?;
+            // Back as soon as the first pod was replaced (bounded: a restart takes seconds here).
+            let started = Instant::now();
+            loop {
+                let now = pod_uids(&ctx, &ns.name, "db")?;
+                if now
+                    .iter()
+                    .any(|(pod, uid)| before.get(pod).is_some_and(|b| b != uid))
+                {
+                    break;
+                }
+                ensure!(
+                    started.elapsed() < Duration::from_secs(120),
+                    "no pod was restarted within 120 s of the change"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            annotate(None)
+        },
+        false,
+    )
     .await?;
-    eprintln!("    template roll: {seen}");
-    one_switchover_and_no_gap(&seen, &primary)
+    eprintln!("    rollback during a roll: {seen}");
+    let g = groups(&ctx, &ns.name).get("db").await?;
+    let status = g.status.context("status")?;
+    ensure!(
+        status.epoch == Some(epoch as i64) && status.primary.as_deref() == Some(primary.as_str()),
+        "a rollback before the primary's turn keeps the primary: {primary} at {epoch} -> {:?} at {:?}",
+        status.primary,
+        status.epoch
+    );
+    let now = pod_uids(&ctx, &ns.name, "db")?;
+    ensure!(
+        now.get(&primary) == before.get(&primary),
+        "the primary {primary} was restarted"
+    );
+    ensure!(
+        seen.longest_gap < Duration::from_secs(3),
+        "db-rw did not answer as the primary for {} ms: {seen}",
+        seen.longest_gap.as_millis()
+    );
+    Ok(())
 }
 
 /// Every file under `dir`.
@@ -1605,13 +1715,14 @@ async fn a_rolling_restart_through_the_plugin_changes_the_primary_once(ctx: Ctx)
         &ctx,
         &["-n", &ns.name, "restart", "db", "--timeout", "180s"],
     )?;
-    // The old primary restarts last, after the switchover.
-    let restarted: Vec<&str> = out
-        .lines()
-        .filter_map(|l| l.split_once("restarting ").map(|(_, pod)| pod.trim()))
-        .collect();
     ensure!(
-        restarted.len() == 3 && restarted.last() == Some(&old.as_str()),
+        out.contains("on an older pod template") && out.contains("every member restarted"),
+        "the plugin did not follow the roll: {out}"
+    );
+    // The old primary restarts last, after the switchover.
+    let restarted = restart_order(&ctx, &ns.name)?;
+    ensure!(
+        restarted.len() == 3 && restarted.last() == Some(&old),
         "restart order: {restarted:?} (primary {old}): {out}"
     );
     let now = pod_uids(&ctx, &ns.name, "db")?;
