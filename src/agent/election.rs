@@ -144,7 +144,9 @@ impl ElectionGate {
             && is_voter
             && self.allowed
             && now >= self.not_before
-            && now >= self.last_leader_contact + self.timers.leader_lease_millis + self.jitter
+            // Strictly after the lease: at its last millisecond the leader still counts as
+            // alive (`leader_alive`), and this member would refuse its own pre-vote.
+            && now > self.last_leader_contact + self.timers.leader_lease_millis + self.jitter
     }
 
     /// A campaign (pre-vote round) starts at `now`; `jitter` is fresh randomness in
@@ -208,8 +210,8 @@ mod tests {
     fn a_restarted_member_waits_a_full_lease_before_campaigning() {
         let g = ElectionGate::new(1000, T, 40);
         assert!(!g.campaign_due(1000, false, true));
-        assert!(!g.campaign_due(1339, false, true));
-        assert!(g.campaign_due(1340, false, true));
+        assert!(!g.campaign_due(1340, false, true));
+        assert!(g.campaign_due(1341, false, true));
         // Never as leader, learner, or while forbidden.
         assert!(!g.campaign_due(5000, true, true));
         assert!(!g.campaign_due(5000, false, false));
@@ -222,8 +224,8 @@ mod tests {
     fn leader_contact_postpones_and_attempts_are_spaced() {
         let mut g = ElectionGate::new(0, T, 0);
         g.on_leader_contact(250);
-        assert!(!g.campaign_due(549, false, true));
-        assert!(g.campaign_due(550, false, true));
+        assert!(!g.campaign_due(550, false, true));
+        assert!(g.campaign_due(551, false, true));
         g.on_campaign(550, 60);
         assert!(!g.campaign_due(809, false, true));
         assert!(g.campaign_due(810, false, true));

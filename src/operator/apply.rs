@@ -471,6 +471,7 @@ mod tests {
             action: None,
             status: Default::default(),
             events: vec![],
+            done_events: vec![],
             role_labels: vec![],
             release_stranded: vec![],
             restart_for_new_ca: vec![],

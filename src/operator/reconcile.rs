@@ -243,6 +243,9 @@ async fn reconcile_group(
         };
     let (refused, labels_result) = objects_result?;
     debug!(group = %names.name, namespace = %names.namespace, observed_ms, applied_ms = started.elapsed().as_millis() as u64, "reconciled objects");
+    // What was done is told now: a status write that meets a conflict below is planned again,
+    // these writes are not.
+    let mut done = plan.done_events.clone();
 
     let mut events = plan.events.clone();
     // Objects the API server refused as invalid: the spec is at fault, and the status says so.
@@ -260,7 +263,7 @@ async fn reconcile_group(
         match result {
             Ok(summary) => {
                 info!(group = %names.name, namespace = %names.namespace, action = ?action, "{summary}");
-                events.push(plan::PlannedEvent {
+                done.push(plan::PlannedEvent {
                     warning: false,
                     reason: action_reason(action).into(),
                     note: summary,
@@ -269,13 +272,14 @@ async fn reconcile_group(
             // The group refused (e.g. a member cannot be removed yet): its answer, not our fault.
             Err(e) if e.code() == Some(tonic::Code::FailedPrecondition) => {
                 warn!(group = %names.name, action = ?action, error = %e, "the group refused");
-                events.push(plan::PlannedEvent {
+                done.push(plan::PlannedEvent {
                     warning: true,
                     reason: format!("{}Refused", action_reason(action)),
                     note: e.to_string(),
                 });
             }
             Err(source) => {
+                publish(ctx, group, &done).await;
                 publish(ctx, group, &events).await;
                 return Err(Error::Agent {
                     action: action_reason(action).into(),
@@ -284,6 +288,7 @@ async fn reconcile_group(
             }
         }
     }
+    publish(ctx, group, &done).await;
     if plan.clear_switchover_request {
         apply::clear_switchover_request(&ctx.client, names).await?;
     }

@@ -286,7 +286,12 @@ pub struct Plan {
     pub delete: Vec<Obsolete>,
     pub action: Option<AgentAction>,
     pub status: ReplicaGroupStatus,
+    /// Events about the new status (a new primary, a problem): published after the status
+    /// write, and planned again with it when that write meets a conflict.
     pub events: Vec<PlannedEvent>,
+    /// Events about what this reconcile's own writes do (an eviction, pods deleted): published
+    /// as soon as those writes are done, whatever happens to the status write after them.
+    pub done_events: Vec<PlannedEvent>,
     /// Role labels to change on member and witness pods, written after the objects (see
     /// `Plan::writes`). Nothing routes by them.
     pub role_labels: Vec<RoleLabel>,
@@ -417,7 +422,7 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
     });
     delete.retain(|o| !conflicting(o.kind, &o.name));
 
-    let (mut status, mut events) = status::build(&status::StatusInputs {
+    let (mut status, events) = status::build(&status::StatusInputs {
         group,
         names: &names,
         observed,
@@ -426,8 +431,9 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
         traffic: &traffic,
         template_problem: template_problem.as_deref(),
     });
+    let mut done_events = Vec::new();
     for s in &lifecycle.stranded {
-        events.push(PlannedEvent {
+        done_events.push(PlannedEvent {
             warning: true,
             reason: "StrandedVolumes".into(),
             note: format!(
@@ -444,7 +450,7 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
     }
     let restart_for_new_ca = lifecycle::trusting_another_ca(observed);
     if !restart_for_new_ca.is_empty() {
-        events.push(PlannedEvent {
+        done_events.push(PlannedEvent {
             warning: true,
             reason: "CaReplaced".into(),
             note: format!(
@@ -475,7 +481,7 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
     );
     status::add_roll_condition(group, &mut status, observed.now_ms, &roll);
     if let Some(pod) = &roll.evict {
-        events.push(PlannedEvent {
+        done_events.push(PlannedEvent {
             warning: false,
             reason: "RollingUpdate".into(),
             note: format!(
@@ -511,6 +517,7 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
         action: lifecycle.action.or(roll.action),
         status,
         events,
+        done_events,
         role_labels,
         clear_switchover_request: lifecycle.clear_switchover_request,
         release_stranded: lifecycle.stranded,

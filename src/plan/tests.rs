@@ -251,9 +251,9 @@ fn a_roll_restarts_backups_first_then_switches_over_once_then_restarts_the_old_p
         if let Some(pod) = &p.evict {
             assert_eq!(condition(&p, "UpToDate").reason, "Rolling");
             assert!(
-                p.events.iter().any(|e| e.reason == "RollingUpdate"),
+                p.done_events.iter().any(|e| e.reason == "RollingUpdate"),
                 "{:?}",
-                p.events
+                p.done_events
             );
             assert_eq!(
                 p.action, None,
@@ -1219,7 +1219,7 @@ fn pods_that_trust_a_replaced_ca_restart_together() {
     let p = plan(&g, &o, &settings());
     assert_eq!(p.restart_for_new_ca, ["cache-0"]);
     assert!(
-        p.events
+        p.done_events
             .iter()
             .any(|e| e.reason == "CaReplaced" && e.note.contains("cache-0"))
     );
@@ -2426,7 +2426,7 @@ fn a_new_member_stranded_on_another_members_node_gets_its_claims_and_pod_deleted
         }]
     );
     let event = p
-        .events
+        .done_events
         .iter()
         .find(|e| e.reason == "StrandedVolumes")
         .expect("an event");

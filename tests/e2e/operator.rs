@@ -1458,44 +1458,34 @@ pub async fn roll_with_traffic(
         .generation
         .unwrap_or(0);
     let started = Instant::now();
-    let mut last_answer = Instant::now();
-    let (mut longest_gap, mut answers, mut asked) = (Duration::ZERO, 0u32, 0u32);
+    let probe = PrimaryProbe::start(ctx, &rw);
+    let mut polls = 0u32;
     let group = loop {
-        ensure!(
-            started.elapsed() < Duration::from_secs(300),
-            "the members did not roll within 300 s ({answers} answers of {asked})"
-        );
-        poke(ctx, ns, "db", asked)?;
-        asked += 1;
-        let primary = who_answers(ctx, &rw)
-            .await
-            .is_ok_and(|a| a["role"] == "Primary");
-        if primary {
-            longest_gap = longest_gap.max(last_answer.elapsed());
-            last_answer = Instant::now();
-            answers += 1;
+        if started.elapsed() > Duration::from_secs(300) {
+            let (_, answers, asked) = probe.stop()?;
+            bail!("the members did not roll within 300 s ({answers} answers of {asked})");
         }
-        if asked.is_multiple_of(10) {
-            let now = pod_uids(ctx, ns, "db")?;
-            let all_new = now.len() == before.len()
-                && now.iter().all(|(pod, uid)| before.get(pod) != Some(uid));
-            let g = groups(ctx, ns).get("db").await?;
-            let seen = g
-                .status
-                .as_ref()
-                .and_then(|s| s.observed_generation)
-                .is_some_and(|o| o >= generation);
-            if (all_new || !every_pod)
-                && seen
-                && condition_true(&g, "Ready")
-                && condition_true(&g, "UpToDate")
-            {
-                break g;
-            }
+        poke(ctx, ns, "db", polls)?;
+        polls += 1;
+        let now = pod_uids(ctx, ns, "db")?;
+        let all_new =
+            now.len() == before.len() && now.iter().all(|(pod, uid)| before.get(pod) != Some(uid));
+        let g = groups(ctx, ns).get("db").await?;
+        let seen = g
+            .status
+            .as_ref()
+            .and_then(|s| s.observed_generation)
+            .is_some_and(|o| o >= generation);
+        if (all_new || !every_pod)
+            && seen
+            && condition_true(&g, "Ready")
+            && condition_true(&g, "UpToDate")
+        {
+            break g;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
     };
-    longest_gap = longest_gap.max(last_answer.elapsed());
+    let (longest_gap, answers, asked) = probe.stop()?;
     let order = restart_order(ctx, ns)?;
     Ok(RollSeen {
         took: started.elapsed(),
@@ -1508,6 +1498,55 @@ pub async fn roll_with_traffic(
         ),
         order,
     })
+}
+
+/// Asks `http://IP:8080/` every 100 ms who answers, on a thread and runtime of its own: the
+/// checks beside it run kubectl (blocking), which must not hold up the asking and show up as a
+/// gap of the service. Bounded: it stops when told, or after 600 s.
+struct PrimaryProbe {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Result<(Duration, u32, u32)>>,
+}
+
+impl PrimaryProbe {
+    fn start(ctx: &Ctx, ip: &str) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ctx, ip, flag) = (ctx.clone(), ip.to_owned(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let started = Instant::now();
+                let mut last_answer = Instant::now();
+                let (mut longest_gap, mut answers, mut asked) = (Duration::ZERO, 0u32, 0u32);
+                while !flag.load(std::sync::atomic::Ordering::Relaxed)
+                    && started.elapsed() < Duration::from_secs(600)
+                {
+                    asked += 1;
+                    let primary = who_answers(&ctx, &ip)
+                        .await
+                        .is_ok_and(|a| a["role"] == "Primary");
+                    if primary {
+                        longest_gap = longest_gap.max(last_answer.elapsed());
+                        last_answer = Instant::now();
+                        answers += 1;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok((longest_gap.max(last_answer.elapsed()), answers, asked))
+            })
+        });
+        Self { stop, thread }
+    }
+
+    /// (longest gap between answers as the primary, answers, asked).
+    fn stop(self) -> Result<(Duration, u32, u32)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the probe thread panicked"))?
+    }
 }
 
 /// The member pods of `db` by creation: the order a roll restarted them in (its steps are
