@@ -476,6 +476,7 @@ mod tests {
             release_stranded: vec![],
             restart_for_new_ca: vec![],
             evict: None,
+            outdated: vec![],
             clear_switchover_request: false,
             requeue_ms: 1000,
         }

@@ -191,6 +191,7 @@ impl AgentHub {
                     if !keep {
                         info!(namespace = %ns, group = %name, "group deleted; closing its state stream");
                         entry.task.abort();
+                        metrics.forget_group(ns, name);
                         deleted.push(format!(".{name}-peers.{ns}."));
                     }
                     keep

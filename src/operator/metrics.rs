@@ -16,18 +16,37 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::api::GroupPhase;
+use crate::api::{GroupPhase, ReplicaGroupStatus};
 
 type Labels = Vec<(String, String)>;
+
+fn group_labels(namespace: &str, name: &str) -> Labels {
+    vec![
+        ("namespace".to_owned(), namespace.to_owned()),
+        ("group".to_owned(), name.to_owned()),
+    ]
+}
+
+/// The reasons of `status.lastFailover` (api::FailoverRecord), the `reason` label of failovers.
+const FAILOVER_REASONS: &[&str] = &[
+    "LeaseExpired",
+    "Released",
+    "WorkloadUnhealthy",
+    "Switchover",
+];
 
 pub struct Metrics {
     registry: Registry,
     pub reconciles: Family<Labels, Counter>,
     pub reconcile_errors: Family<Labels, Counter>,
     pub reconcile_duration: Histogram,
-    pub failovers: Family<Labels, Counter>,
+    failovers: Family<Labels, Counter>,
     pub failover_duration: Histogram,
     pub groups: Family<Labels, Gauge>,
+    /// Per group (`namespace`, `group`): a handful of series each, removed with the group.
+    group_epoch: Family<Labels, Gauge>,
+    group_ready: Family<Labels, Gauge>,
+    group_pods_outdated: Family<Labels, Gauge>,
     pub agent_streams: Gauge,
     pub agent_state_changes: Counter,
     pub leader: Gauge,
@@ -53,6 +72,9 @@ impl Metrics {
         let failovers = Family::<Labels, Counter>::default();
         let failover_duration = Histogram::new(exponential_buckets(0.1, 1.5, 14));
         let groups = Family::<Labels, Gauge>::default();
+        let group_epoch = Family::<Labels, Gauge>::default();
+        let group_ready = Family::<Labels, Gauge>::default();
+        let group_pods_outdated = Family::<Labels, Gauge>::default();
         let agent_streams = Gauge::default();
         let agent_state_changes = Counter::default();
         let leader = Gauge::default();
@@ -75,8 +97,23 @@ impl Metrics {
         );
         registry.register(
             "failovers",
-            "Changes of primary routed by the operator, by reason",
+            "Changes of primary routed by the operator, by group and reason",
             failovers.clone(),
+        );
+        registry.register(
+            "group_epoch",
+            "The group's fencing epoch as last reported in its status",
+            group_epoch.clone(),
+        );
+        registry.register(
+            "group_ready",
+            "1 while the group's Ready condition is True",
+            group_ready.clone(),
+        );
+        registry.register(
+            "group_pods_outdated",
+            "The group's pods on an older pod template than their StatefulSet's (a roll to go)",
+            group_pods_outdated.clone(),
         );
         registry.register(
             "failover_duration_seconds",
@@ -117,6 +154,9 @@ impl Metrics {
             failovers,
             failover_duration,
             groups,
+            group_epoch,
+            group_ready,
+            group_pods_outdated,
             agent_streams,
             agent_state_changes,
             leader,
@@ -133,6 +173,10 @@ impl Metrics {
             return;
         }
         phases.insert(group.to_owned(), phase);
+        self.publish_phases(&phases);
+    }
+
+    fn publish_phases(&self, phases: &HashMap<String, Option<GroupPhase>>) {
         let mut counts: HashMap<String, i64> = HashMap::new();
         for p in phases.values() {
             *counts
@@ -150,6 +194,59 @@ impl Metrics {
             self.groups
                 .get_or_create(&vec![("phase".to_owned(), name.to_owned())])
                 .set(counts.get(name).copied().unwrap_or(0));
+        }
+    }
+
+    /// A group's own series, from the status just written and the roll's pods to go.
+    pub fn record_group(
+        &self,
+        namespace: &str,
+        name: &str,
+        status: &ReplicaGroupStatus,
+        outdated_pods: usize,
+    ) {
+        let labels = group_labels(namespace, name);
+        let ready = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        self.group_epoch
+            .get_or_create(&labels)
+            .set(status.epoch.unwrap_or(0));
+        self.group_ready
+            .get_or_create(&labels)
+            .set(i64::from(ready));
+        self.group_pods_outdated
+            .get_or_create(&labels)
+            .set(outdated_pods as i64);
+    }
+
+    /// Counts a change of primary of a group, once it is routed.
+    pub fn count_failover(&self, namespace: &str, name: &str, reason: &str) {
+        let mut labels = group_labels(namespace, name);
+        labels.push(("reason".to_owned(), reason.to_owned()));
+        self.failovers.get_or_create(&labels).inc();
+    }
+
+    /// Drops a deleted group's series (and its phase from the per-phase counts).
+    pub fn forget_group(&self, namespace: &str, name: &str) {
+        let labels = group_labels(namespace, name);
+        for family in [
+            &self.group_epoch,
+            &self.group_ready,
+            &self.group_pods_outdated,
+        ] {
+            family.remove(&labels);
+        }
+        for reason in FAILOVER_REASONS {
+            let mut with_reason = labels.clone();
+            with_reason.push(("reason".to_owned(), (*reason).to_owned()));
+            self.failovers.remove(&with_reason);
+        }
+        let key = format!("{namespace}/{name}");
+        let mut phases = self.phases.lock().unwrap_or_else(|p| p.into_inner());
+        if phases.remove(&key).is_some() {
+            self.publish_phases(&phases);
         }
     }
 
@@ -232,4 +329,40 @@ fn cpu_seconds() -> f64 {
     }
     let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_group_series_are_labelled_and_go_with_the_group() {
+        let m = Metrics::new();
+        let status: ReplicaGroupStatus = serde_json::from_value(serde_json::json!({
+            "epoch": 4,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Ready", "message": "",
+                            "lastTransitionTime": "2026-12-07T10:00:00Z"}],
+        }))
+        .expect("fixture status");
+        m.record_group("shop", "cache", &status, 2);
+        m.count_failover("shop", "cache", "Switchover");
+        m.record_phase("shop/cache", Some(GroupPhase::Ready));
+        let text = m.encode();
+        for line in [
+            r#"quorate_operator_group_epoch{namespace="shop",group="cache"} 4"#,
+            r#"quorate_operator_group_ready{namespace="shop",group="cache"} 1"#,
+            r#"quorate_operator_group_pods_outdated{namespace="shop",group="cache"} 2"#,
+            r#"quorate_operator_failovers_total{namespace="shop",group="cache",reason="Switchover"} 1"#,
+            r#"quorate_operator_groups{phase="Ready"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        m.forget_group("shop", "cache");
+        let text = m.encode();
+        assert!(!text.contains(r#"group="cache""#), "{text}");
+        assert!(
+            text.contains(r#"quorate_operator_groups{phase="Ready"} 0"#),
+            "{text}"
+        );
+    }
 }

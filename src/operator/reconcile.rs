@@ -304,6 +304,8 @@ async fn reconcile_group(
     }
     ctx.metrics
         .record_phase(&format!("{}/{}", names.namespace, names.name), status.phase);
+    ctx.metrics
+        .record_group(&names.namespace, &names.name, &status, plan.outdated.len());
     publish(ctx, group, &events).await;
     labels_result?;
     Ok(Action::requeue(Duration::from_millis(plan.requeue_ms)))
@@ -333,11 +335,11 @@ fn record_failover_metrics(
     let newly_routed = new.routed_at.is_some()
         && before.is_none_or(|b| b.epoch != new.epoch || b.routed_at.is_none());
     if newly_routed {
-        let reason = new.reason.clone().unwrap_or_default();
-        ctx.metrics
-            .failovers
-            .get_or_create(&vec![("reason".to_owned(), reason)])
-            .inc();
+        ctx.metrics.count_failover(
+            &group.namespace().unwrap_or_default(),
+            &group.name_any(),
+            new.reason.as_deref().unwrap_or_default(),
+        );
         if let Some(ms) = new.duration_millis {
             ctx.metrics
                 .failover_duration

@@ -305,6 +305,8 @@ pub struct Plan {
     pub restart_for_new_ca: Vec<String>,
     /// The pod the roll onto a new template restarts now (evicted, after the objects).
     pub evict: Option<String>,
+    /// The pods on an older template, in the order the roll restarts them.
+    pub outdated: Vec<String>,
     /// Look again after this long at the latest (lease expiry, dwell time, safety net).
     pub requeue_ms: u64,
 }
@@ -523,6 +525,7 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
         release_stranded: lifecycle.stranded,
         restart_for_new_ca,
         evict: roll.evict,
+        outdated: roll.outdated,
         requeue_ms,
     }
 }
