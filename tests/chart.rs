@@ -24,7 +24,8 @@ const CHART: &str = "charts/quorate";
 /// `go install` build of helm assumes v1.20, which the chart rejects.
 const KUBE_VERSION: &str = "1.33.0";
 /// The values of the second snapshot.
-const MONITORING_VALUES: &str = "serviceMonitor.enabled=true,replicaCount=3,logFormat=text";
+const MONITORING_VALUES: &str =
+    "serviceMonitor.enabled=true,podMonitor.enabled=true,replicaCount=3,logFormat=text";
 
 // ---------------------------------------------------------------------------------------------
 // helm
@@ -710,6 +711,8 @@ fn rendered_objects_have_valid_kubernetes_types() {
                 "RoleBinding" => check::<rbac::v1::RoleBinding>(&doc),
                 // Not in k8s-openapi: the checks are in servicemonitor_is_optional_and_selects_the_metrics_service.
                 "ServiceMonitor" => Ok(()),
+                // Likewise: podmonitor_selects_the_agents_of_every_group.
+                "PodMonitor" => Ok(()),
                 other => Err(format!("unexpected kind {other}: add it to this test")),
             };
             failures.extend(result.err());
@@ -960,6 +963,59 @@ fn servicemonitor_is_optional_and_selects_the_metrics_service() {
     assert_eq!(endpoint["path"], "/metrics");
     assert_eq!(endpoint["interval"], "15s");
     assert_eq!(endpoint["scrapeTimeout"], "5s");
+}
+
+#[test]
+fn podmonitor_selects_the_agents_of_every_group() {
+    use quorate::api::names::{
+        AGENT_HTTP_PORT_NAME, COMPONENT_LABEL, COMPONENT_MEMBER, COMPONENT_WITNESS, GROUP_LABEL,
+        ROLE_LABEL,
+    };
+    assert!(find(&documents(&render(&[])), "PodMonitor").is_empty());
+    let docs = documents(&render(&[
+        "podMonitor.enabled=true,podMonitor.interval=15s,podMonitor.scrapeTimeout=5s",
+        "podMonitor.labels.release=prometheus",
+    ]));
+    let monitor = one(&docs, "PodMonitor");
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(monitor["spec"]["namespaceSelector"]["any"], true);
+    // The labels and port the operator puts on member and witness pods (src/plan/members.rs).
+    assert_eq!(
+        monitor["spec"]["selector"]["matchExpressions"],
+        serde_json::json!([{"key": COMPONENT_LABEL, "operator": "In",
+                            "values": [COMPONENT_MEMBER, COMPONENT_WITNESS]}])
+    );
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["port"], AGENT_HTTP_PORT_NAME);
+    assert_eq!(endpoint["path"], "/metrics");
+    assert_eq!(endpoint["interval"], "15s");
+    assert_eq!(endpoint["scrapeTimeout"], "5s");
+    // Prometheus' names of pod labels: every character outside [a-zA-Z0-9_] becomes `_`.
+    let meta = |label: &str| {
+        format!(
+            "__meta_kubernetes_pod_label_{}",
+            label.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+        )
+    };
+    let relabel: Vec<(String, String)> = endpoint["relabelings"]
+        .as_array()
+        .expect("relabelings")
+        .iter()
+        .map(|r| {
+            (
+                r["sourceLabels"][0].as_str().unwrap_or_default().to_owned(),
+                r["targetLabel"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        relabel,
+        [
+            (meta(GROUP_LABEL), "group".to_owned()),
+            (meta(ROLE_LABEL), "role".to_owned())
+        ]
+    );
 }
 
 #[test]
