@@ -50,6 +50,7 @@ pub const MAX_HOOK_TIMEOUT_MILLIS: i32 = 3_600_000;
     printcolumn(name = "Primary", type_ = "string", json_path = ".status.primary", description = "Current primary"),
     printcolumn(name = "Epoch", type_ = "integer", json_path = ".status.epoch", description = "Fencing epoch of the current appointment"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Lifecycle phase"),
+    printcolumn(name = "Up-To-Date", type_ = "string", json_path = ".status.conditions[?(@.type==\"UpToDate\")].status", description = "Every pod runs the current pod template (False while a roll is under way or waits)"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("!has(self.metadata.name) || !self.metadata.name.endsWith('-witness')")
         .message("metadata.name may not end in -witness: NAME-witness is the StatefulSet (and NAME-witness-0 the pods) of the witnesses of the group NAME, so the objects of the two groups would have the same names"),
