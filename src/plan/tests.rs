@@ -348,6 +348,36 @@ fn a_roll_waits_while_the_group_is_not_whole_and_says_why() {
 }
 
 #[test]
+fn an_active_active_group_rolls_highest_ordinal_first_without_a_switchover() {
+    let g = bootstrapped(group(GroupMode::ActiveActive, 3));
+    let mut v = view(3, 0, 0);
+    v.primary = None;
+    v.lease = LeaseView::None;
+    for m in &mut v.members {
+        m.role = MemberRole::Active;
+    }
+    let mut o = observed(pods(3), connected(v));
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        let busy = roll::Busy {
+            action: None,
+            draining: 0,
+            restarting_for_new_ca: 0,
+        };
+        let r = roll::decide(&g, &o, (Some("new"), None), Ok(()), busy);
+        assert_eq!(r.action, None);
+        let Some(pod) = r.evict else { break };
+        o.pods
+            .iter_mut()
+            .find(|p| p.name == pod)
+            .expect("evicted pod")
+            .template_hash = Some("new".into());
+        order.push(pod);
+    }
+    assert_eq!(order, ["cache-2", "cache-1", "cache-0"]);
+}
+
+#[test]
 fn a_group_of_one_restarts_its_member_without_a_switchover() {
     let g = bootstrapped(group(GroupMode::PrimaryBackup, 1));
     let p = plan(&g, &routed_to(1, 0, 2), &settings());
