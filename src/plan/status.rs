@@ -49,7 +49,21 @@ struct Conditions<'a> {
     out: Vec<Condition>,
 }
 
-impl Conditions<'_> {
+impl<'a> Conditions<'a> {
+    /// None set yet, over the conditions `group` has now.
+    fn of(group: &'a ReplicaGroup, now_ms: i64) -> Self {
+        Self {
+            previous: group
+                .status
+                .as_ref()
+                .map(|s| s.conditions.as_slice())
+                .unwrap_or_default(),
+            now_ms,
+            generation: group.metadata.generation,
+            out: Vec::new(),
+        }
+    }
+
     fn set(&mut self, type_: &str, status: bool, reason: &str, message: impl Into<String>) {
         self.set_raw(
             type_,
@@ -718,21 +732,13 @@ fn degraded_with(
     message: String,
     now_ms: i64,
 ) -> (Vec<Condition>, Vec<PlannedEvent>) {
-    let previous = group
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    let mut c = Conditions {
-        previous,
-        now_ms,
-        generation: group.metadata.generation,
-        out: conditions
-            .iter()
-            .filter(|x| x.type_ != DEGRADED && x.type_ != READY)
-            .cloned()
-            .collect(),
-    };
+    let mut c = Conditions::of(group, now_ms);
+    let previous = c.previous;
+    c.out = conditions
+        .iter()
+        .filter(|x| x.type_ != DEGRADED && x.type_ != READY)
+        .cloned()
+        .collect();
     c.set(DEGRADED, true, reason, message.clone());
     ready(&mut c);
     let events = if reason_of(previous, DEGRADED) == Some(reason) {
@@ -795,17 +801,7 @@ pub(super) fn add_roll_condition(
     now_ms: i64,
     roll: &super::roll::Roll,
 ) {
-    let previous = group
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    let mut c = Conditions {
-        previous,
-        now_ms,
-        generation: group.metadata.generation,
-        out: Vec::new(),
-    };
+    let mut c = Conditions::of(group, now_ms);
     let to_go = format!(
         "{} pod(s) on an older pod template: {}",
         roll.outdated.len(),

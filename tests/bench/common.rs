@@ -275,3 +275,12 @@ pub async fn restart_operator(ctx: &Ctx) -> Result<()> {
     )
     .await
 }
+
+/// Rounds of a benchmark: `BENCH_ROUNDS` when set to a positive number, else `default`.
+pub fn rounds(default: usize) -> usize {
+    std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .filter(|r| *r > 0)
+        .unwrap_or(default)
+}

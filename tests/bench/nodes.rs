@@ -40,11 +40,7 @@ use support::Ctx;
 /// Rounds per kind of fault; `BENCH_ROUNDS` overrides (a round with the operator leader takes
 /// a few minutes: the node stays out until its taints are lifted).
 fn rounds() -> usize {
-    std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .filter(|r| *r > 0)
-        .unwrap_or(5)
+    common::rounds(5)
 }
 
 async fn primary_and_epoch(ctx: &Ctx, ns: &str) -> Result<(String, u64)> {

@@ -15,6 +15,7 @@
 //! service account's requests), then `db`'s primary pod is deleted with grace period 0, 20
 //! times, as `make bench-failover` does.
 
+#[allow(dead_code)]
 mod common;
 #[path = "../common/manifests.rs"]
 #[allow(dead_code)]

@@ -30,11 +30,7 @@ use support::Ctx;
 
 /// Upgrades measured; `BENCH_ROUNDS` overrides.
 fn rounds() -> usize {
-    std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .filter(|r| *r > 0)
-        .unwrap_or(6)
+    common::rounds(6)
 }
 
 fn main() -> Result<()> {

@@ -1625,6 +1625,23 @@ async fn a_new_member_certificate_rolls_the_members_with_traffic_running(ctx: Ct
     one_switchover_and_no_gap(&seen, &primary)
 }
 
+/// Sets (or with `None` removes) an annotation of group `db`'s pod template: a new template.
+fn annotate_template(ctx: &Ctx, ns: &str, key: &str, value: Option<&str>) -> Result<()> {
+    let patch = json!({"spec": {"template": {"metadata": {"annotations": {key: value}}}}});
+    ctx.kubectl(&[
+        "patch",
+        "replicagroup",
+        "db",
+        "-n",
+        ns,
+        "--type",
+        "merge",
+        "-p",
+        &patch.to_string(),
+    ])
+    .map(drop)
+}
+
 /// A change of the group's pod template (here an annotation, as `kubectl rollout restart` makes)
 /// is rolled by the operator, not by the StatefulSet: backups first, one switchover, the old
 /// primary last.
@@ -1635,20 +1652,12 @@ async fn a_template_change_rolls_the_members_with_one_switchover(ctx: Ctx) -> Re
         &ns.name,
         epoch,
         || {
-            let patch = json!({"spec": {"template": {"metadata": {"annotations": {
-            "example.com/restarted-at": "2026-12-07T00:00:00Z"}}}}});
-            ctx.kubectl(&[
-                "patch",
-                "replicagroup",
-                "db",
-                "-n",
+            annotate_template(
+                &ctx,
                 &ns.name,
-                "--type",
-                "merge",
-                "-p",
-                &patch.to_string(),
-            ])
-            .map(drop)
+                "example.com/restarted-at",
+                Some("2026-12-07T00:00:00Z"),
+            )
         },
         true,
     )
@@ -1665,22 +1674,8 @@ async fn a_rollback_during_a_roll_restarts_only_what_rolled_and_keeps_the_primar
     ctx: Ctx,
 ) -> Result<()> {
     let (ns, primary, epoch) = routed_db(&ctx, "op-rollback").await?;
-    let annotate = |value: Option<&str>| -> Result<()> {
-        let patch = json!({"spec": {"template": {"metadata": {"annotations": {
-            "example.com/release": value}}}}});
-        ctx.kubectl(&[
-            "patch",
-            "replicagroup",
-            "db",
-            "-n",
-            &ns.name,
-            "--type",
-            "merge",
-            "-p",
-            &patch.to_string(),
-        ])
-        .map(drop)
-    };
+    let annotate =
+        |value: Option<&str>| annotate_template(&ctx, &ns.name, "example.com/release", value);
     let before = pod_uids(&ctx, &ns.name, "db")?;
     let seen = roll_with_traffic(
         &ctx,
