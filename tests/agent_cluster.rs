@@ -603,15 +603,8 @@ async fn every_rpc_is_authorized_by_the_identity_in_the_callers_certificate() ->
     use quorate::agent::proto;
     use quorate::pki::Identity;
 
-    let (c, _) = started(ClusterOptions {
-        members: 3,
-        tls: true,
-        ..Default::default()
-    })
-    .await?;
+    let (c, v, member) = tls_cluster_and_a_member_certificate().await?;
     let ca = &c.tls.as_ref().ok_or("no tls")?.ca;
-    let v = quorate::pki::Validity::days_from(jiff::Zoned::now().date(), 30)?;
-    let member = quorate::pki::issue_member_certificate(ca, "g-9", &["g-9".into()], &[], &v)?;
     let operator = quorate::pki::issue_client_certificate(
         ca,
         "quorate-operator",
@@ -733,13 +726,10 @@ async fn every_rpc_is_authorized_by_the_identity_in_the_callers_certificate() ->
     Ok(())
 }
 
-/// Oversized and malformed messages, even from a member of the group, are refused with a gRPC
-/// status before anything reaches Raft, and the agent serves on: never a panic.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_and_malformed_rpcs_are_refused_with_a_status() -> TestResult {
-    use quorate::agent::client::TlsClientConfig;
-    use quorate::agent::proto;
-
+/// Three agents with TLS, the validity of certificates issued for the test, and a certificate
+/// of the group's CA for a member `g-9` (of the group, but not one of the three).
+async fn tls_cluster_and_a_member_certificate()
+-> TestResult<(Cluster, quorate::pki::Validity, quorate::pki::CertifiedKey)> {
     let (c, _) = started(ClusterOptions {
         members: 3,
         tls: true,
@@ -749,6 +739,18 @@ async fn oversized_and_malformed_rpcs_are_refused_with_a_status() -> TestResult 
     let ca = &c.tls.as_ref().ok_or("no tls")?.ca;
     let v = quorate::pki::Validity::days_from(jiff::Zoned::now().date(), 30)?;
     let member = quorate::pki::issue_member_certificate(ca, "g-9", &["g-9".into()], &[], &v)?;
+    Ok((c, v, member))
+}
+
+/// Oversized and malformed messages, even from a member of the group, are refused with a gRPC
+/// status before anything reaches Raft, and the agent serves on: never a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_malformed_rpcs_are_refused_with_a_status() -> TestResult {
+    use quorate::agent::client::TlsClientConfig;
+    use quorate::agent::proto;
+
+    let (c, _, member) = tls_cluster_and_a_member_certificate().await?;
+    let ca = &c.tls.as_ref().ok_or("no tls")?.ca;
     let tls = TlsClientConfig::from_pem(&member.cert_pem, &member.key_pem, &ca.cert_pem)?;
     let channel = quorate::agent::transport::channel(&c.nodes[0].grpc(), Some(&tls))?;
 
