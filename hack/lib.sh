@@ -60,6 +60,7 @@ bin_dir() {
     crictl) tool_dir crictl "$CRI_TOOLS_VERSION" ;;
     coredns) tool_dir coredns "$COREDNS_VERSION" ;;
     helm) tool_dir helm "$HELM_VERSION" ;;
+    prometheus) tool_dir prometheus "$PROMETHEUS_VERSION" ;;
     provisioner) tool_dir hostpath-provisioner "$(provisioner_version)" ;;
     traefik) tool_dir traefik "$TRAEFIK_VERSION" ;;
     *) die "unknown component $1" ;;

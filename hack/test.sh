@@ -64,8 +64,8 @@ trap on_exit EXIT
 
 phase tools
 "$HACK/build-tools.sh"
-HELM="$(bin_dir helm)/helm"
-export HELM
+HELM="$(bin_dir helm)/helm" PROMTOOL="$(bin_dir prometheus)/promtool"
+export HELM PROMTOOL
 
 # Early: a formatting or clippy error fails the run in minutes, not after the cluster suites.
 # clippy shares the build's target directory, profile and flags, so the build scripts and

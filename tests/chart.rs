@@ -30,50 +30,8 @@ const MONITORING_VALUES: &str =
 // ---------------------------------------------------------------------------------------------
 // helm
 
-/// `HELM_VERSION` from `hack/versions.env` (`KEY=value` lines, `#` comments).
-fn pinned_helm_version() -> String {
-    let path = repo_root().join("hack/versions.env");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    text.lines()
-        .map(str::trim)
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| line.split_once('='))
-        .find(|(key, _)| key.trim() == "HELM_VERSION")
-        .map(|(_, value)| {
-            value
-                .trim()
-                .trim_matches(|c| c == '"' || c == '\'')
-                .to_owned()
-        })
-        .filter(|value| !value.is_empty())
-        .unwrap_or_else(|| panic!("{} has no HELM_VERSION=... line", path.display()))
-}
-
-fn non_empty_env(name: &str) -> Option<PathBuf> {
-    std::env::var_os(name)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-}
-
 fn helm() -> PathBuf {
-    if let Some(helm) = non_empty_env("HELM") {
-        return helm;
-    }
-    let version = pinned_helm_version();
-    let cache = non_empty_env("QUORATE_CACHE").unwrap_or_else(|| {
-        non_empty_env("HOME")
-            .expect("neither QUORATE_CACHE nor HOME is set")
-            .join(".cache/quorate")
-    });
-    let helm = cache.join(format!("tools/helm-{version}/bin/helm"));
-    assert!(
-        helm.is_file(),
-        "helm {version} not found at {}: run `hack/build-tools.sh helm` (or `make tools`) to build \
-         it, or set HELM to a helm 3 binary",
-        helm.display()
-    );
-    helm
+    common::tools::tool("HELM", "helm", "HELM_VERSION", "helm")
 }
 
 fn run_helm(args: &[&str]) -> Output {
@@ -969,7 +927,6 @@ fn servicemonitor_is_optional_and_selects_the_metrics_service() {
 fn podmonitor_selects_the_agents_of_every_group() {
     use quorate::api::names::{
         AGENT_HTTP_PORT_NAME, COMPONENT_LABEL, COMPONENT_MEMBER, COMPONENT_WITNESS, GROUP_LABEL,
-        ROLE_LABEL,
     };
     assert!(find(&documents(&render(&[])), "PodMonitor").is_empty());
     let docs = documents(&render(&[
@@ -1009,13 +966,55 @@ fn podmonitor_selects_the_agents_of_every_group() {
             )
         })
         .collect();
-    assert_eq!(
-        relabel,
-        [
-            (meta(GROUP_LABEL), "group".to_owned()),
-            (meta(ROLE_LABEL), "role".to_owned())
-        ]
+    assert_eq!(relabel, [(meta(GROUP_LABEL), "group".to_owned())]);
+}
+
+#[test]
+fn prometheus_rule_is_the_checked_rule_file() {
+    assert!(find(&documents(&render(&[])), "PrometheusRule").is_empty());
+    let docs = documents(&render(&[
+        "prometheusRule.enabled=true",
+        "prometheusRule.labels.release=prometheus",
+    ]));
+    let rule = one(&docs, "PrometheusRule");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+    // The very rules promtool checks and unit-tests (tests/monitoring.rs).
+    let path = repo_root().join("charts/quorate/files/alerts.yaml");
+    let file: Value = serde_saphyr::from_str(&std::fs::read_to_string(&path).expect("alerts.yaml"))
+        .expect("alerts.yaml is YAML");
+    assert_eq!(rule["spec"], file);
+}
+
+#[test]
+fn grafana_dashboard_configmap_carries_the_dashboard_for_the_sidecar() {
+    assert!(
+        find(&documents(&render(&[])), "ConfigMap")
+            .iter()
+            .all(|c| !name(c).ends_with("-dashboard"))
     );
+    let docs = documents(&render(&[
+        "grafanaDashboard.enabled=true,grafanaDashboard.namespace=monitoring",
+        "grafanaDashboard.annotations.grafana_folder=Quorate",
+    ]));
+    let map = find(&docs, "ConfigMap")
+        .into_iter()
+        .find(|c| name(c) == "quorate-dashboard")
+        .expect("the dashboard ConfigMap");
+    assert_eq!(map["metadata"]["namespace"], "monitoring");
+    assert_eq!(map["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(map["metadata"]["annotations"]["grafana_folder"], "Quorate");
+    let path = repo_root().join("charts/quorate/files/dashboard.json");
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard"))
+        .expect("dashboard.json is JSON");
+    let shipped: Value = serde_json::from_str(
+        map["data"]["quorate-groups.json"]
+            .as_str()
+            .expect("the dashboard as text"),
+    )
+    .expect("the ConfigMap's dashboard is JSON");
+    assert_eq!(shipped, file);
 }
 
 #[test]

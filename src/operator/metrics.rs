@@ -19,6 +19,139 @@ use prometheus_client::registry::Registry;
 use crate::api::{GroupPhase, ReplicaGroupStatus};
 
 type Labels = Vec<(String, String)>;
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+/// (namespace, name) of a group.
+type GroupKey = (String, String);
+
+/// The per-group gauges: what dashboards and alerts read about each group
+/// (charts/quorate/files/). Their names are `quorate_operator_` + [`GroupGauge::name`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GroupGauge {
+    Epoch,
+    Condition,
+    PodsOutdated,
+    Member,
+    MemberHealthy,
+    MemberWeight,
+    LastFailoverDuration,
+    CertificateExpiry,
+}
+
+impl GroupGauge {
+    pub const ALL: [GroupGauge; 8] = [
+        GroupGauge::Epoch,
+        GroupGauge::Condition,
+        GroupGauge::PodsOutdated,
+        GroupGauge::Member,
+        GroupGauge::MemberHealthy,
+        GroupGauge::MemberWeight,
+        GroupGauge::LastFailoverDuration,
+        GroupGauge::CertificateExpiry,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupGauge::Epoch => "group_epoch",
+            GroupGauge::Condition => "group_condition",
+            GroupGauge::PodsOutdated => "group_pods_outdated",
+            GroupGauge::Member => "group_member",
+            GroupGauge::MemberHealthy => "group_member_healthy",
+            GroupGauge::MemberWeight => "group_member_weight",
+            GroupGauge::LastFailoverDuration => "group_last_failover_duration_seconds",
+            GroupGauge::CertificateExpiry => "group_certificate_expiry_timestamp_seconds",
+        }
+    }
+
+    fn help(self) -> &'static str {
+        match self {
+            GroupGauge::Epoch => "The group's fencing epoch as last reported in its status",
+            GroupGauge::Condition => {
+                "The group's conditions (condition, reason): 1 while True, 0 while False"
+            }
+            GroupGauge::PodsOutdated => {
+                "The group's pods on an older pod template than their StatefulSet's (a roll to go)"
+            }
+            GroupGauge::Member => "1 for each member of the group, with its role",
+            GroupGauge::MemberHealthy => "1 while the member's agent reports its workload healthy",
+            GroupGauge::MemberWeight => "The member's traffic weight (0 = drained)",
+            GroupGauge::LastFailoverDuration => {
+                "The group's last change of primary, from detection to the -rw EndpointSlice naming the new one"
+            }
+            GroupGauge::CertificateExpiry => {
+                "When the members' certificate expires (Unix time); it is re-issued 30 days before"
+            }
+        }
+    }
+}
+
+/// A group's gauge series for one status: pure, so what a dashboard sees is unit-tested.
+/// `certificate_expiry` is the members' certificate's end, Unix seconds.
+pub fn group_series(
+    namespace: &str,
+    name: &str,
+    status: &ReplicaGroupStatus,
+    outdated_pods: usize,
+    certificate_expiry: Option<i64>,
+) -> Vec<(GroupGauge, Labels, f64)> {
+    let labels = group_labels(namespace, name);
+    let with = |extra: &[(&str, &str)]| {
+        let mut l = labels.clone();
+        l.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        l
+    };
+    let mut out = vec![
+        (
+            GroupGauge::Epoch,
+            labels.clone(),
+            status.epoch.unwrap_or(0) as f64,
+        ),
+        (
+            GroupGauge::PodsOutdated,
+            labels.clone(),
+            outdated_pods as f64,
+        ),
+    ];
+    for c in &status.conditions {
+        out.push((
+            GroupGauge::Condition,
+            with(&[("condition", &c.type_), ("reason", &c.reason)]),
+            if c.status == "True" { 1.0 } else { 0.0 },
+        ));
+    }
+    for m in &status.members {
+        let member = with(&[("member", &m.name)]);
+        out.push((
+            GroupGauge::Member,
+            with(&[("member", &m.name), ("role", m.role.as_str())]),
+            1.0,
+        ));
+        out.push((
+            GroupGauge::MemberHealthy,
+            member.clone(),
+            if m.healthy { 1.0 } else { 0.0 },
+        ));
+        out.push((GroupGauge::MemberWeight, member, f64::from(m.weight)));
+    }
+    if let Some(ms) = status
+        .last_failover
+        .as_ref()
+        .and_then(|f| f.duration_millis)
+    {
+        out.push((
+            GroupGauge::LastFailoverDuration,
+            labels.clone(),
+            ms.max(0) as f64 / 1000.0,
+        ));
+    }
+    if let Some(at) = certificate_expiry {
+        out.push((GroupGauge::CertificateExpiry, labels, at as f64));
+    }
+    out
+}
 
 fn group_labels(namespace: &str, name: &str) -> Labels {
     vec![
@@ -43,10 +176,12 @@ pub struct Metrics {
     failovers: Family<Labels, Counter>,
     pub failover_duration: Histogram,
     pub groups: Family<Labels, Gauge>,
-    /// Per group (`namespace`, `group`): a handful of series each, removed with the group.
-    group_epoch: Family<Labels, Gauge>,
-    group_ready: Family<Labels, Gauge>,
-    group_pods_outdated: Family<Labels, Gauge>,
+    /// Per group (`namespace`, `group`, and `member` or `condition` where the gauge says): a
+    /// few series per group and member, replaced on each reconcile and removed with the group.
+    group_gauges: HashMap<GroupGauge, Family<Labels, FloatGauge>>,
+    /// The series each group published last, to remove the ones a new status no longer has
+    /// (a member scaled away, a condition's old reason).
+    published: Mutex<HashMap<GroupKey, Vec<(GroupGauge, Labels)>>>,
     pub agent_streams: Gauge,
     pub agent_state_changes: Counter,
     pub leader: Gauge,
@@ -72,9 +207,10 @@ impl Metrics {
         let failovers = Family::<Labels, Counter>::default();
         let failover_duration = Histogram::new(exponential_buckets(0.1, 1.5, 14));
         let groups = Family::<Labels, Gauge>::default();
-        let group_epoch = Family::<Labels, Gauge>::default();
-        let group_ready = Family::<Labels, Gauge>::default();
-        let group_pods_outdated = Family::<Labels, Gauge>::default();
+        let group_gauges: HashMap<GroupGauge, Family<Labels, FloatGauge>> = GroupGauge::ALL
+            .into_iter()
+            .map(|g| (g, Family::default()))
+            .collect();
         let agent_streams = Gauge::default();
         let agent_state_changes = Counter::default();
         let leader = Gauge::default();
@@ -100,21 +236,9 @@ impl Metrics {
             "Changes of primary routed by the operator, by group and reason",
             failovers.clone(),
         );
-        registry.register(
-            "group_epoch",
-            "The group's fencing epoch as last reported in its status",
-            group_epoch.clone(),
-        );
-        registry.register(
-            "group_ready",
-            "1 while the group's Ready condition is True",
-            group_ready.clone(),
-        );
-        registry.register(
-            "group_pods_outdated",
-            "The group's pods on an older pod template than their StatefulSet's (a roll to go)",
-            group_pods_outdated.clone(),
-        );
+        for gauge in GroupGauge::ALL {
+            registry.register(gauge.name(), gauge.help(), group_gauges[&gauge].clone());
+        }
         registry.register(
             "failover_duration_seconds",
             "From the group noticing the old primary gone to the -rw EndpointSlice naming the new one",
@@ -154,9 +278,8 @@ impl Metrics {
             failovers,
             failover_duration,
             groups,
-            group_epoch,
-            group_ready,
-            group_pods_outdated,
+            group_gauges,
+            published: Mutex::default(),
             agent_streams,
             agent_state_changes,
             leader,
@@ -197,28 +320,28 @@ impl Metrics {
         }
     }
 
-    /// A group's own series, from the status just written and the roll's pods to go.
+    /// A group's own series, from the status just written, the roll's pods to go and the
+    /// members' certificate's end (Unix seconds).
     pub fn record_group(
         &self,
         namespace: &str,
         name: &str,
         status: &ReplicaGroupStatus,
         outdated_pods: usize,
+        certificate_expiry: Option<i64>,
     ) {
-        let labels = group_labels(namespace, name);
-        let ready = status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
-        self.group_epoch
-            .get_or_create(&labels)
-            .set(status.epoch.unwrap_or(0));
-        self.group_ready
-            .get_or_create(&labels)
-            .set(i64::from(ready));
-        self.group_pods_outdated
-            .get_or_create(&labels)
-            .set(outdated_pods as i64);
+        let series = group_series(namespace, name, status, outdated_pods, certificate_expiry);
+        let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (namespace.to_owned(), name.to_owned());
+        for (gauge, labels) in published.remove(&key).unwrap_or_default() {
+            if !series.iter().any(|(g, l, _)| *g == gauge && *l == labels) {
+                self.group_gauges[&gauge].remove(&labels);
+            }
+        }
+        for (gauge, labels, value) in &series {
+            self.group_gauges[gauge].get_or_create(labels).set(*value);
+        }
+        published.insert(key, series.into_iter().map(|(g, l, _)| (g, l)).collect());
     }
 
     /// Counts a change of primary of a group, once it is routed.
@@ -231,12 +354,14 @@ impl Metrics {
     /// Drops a deleted group's series (and its phase from the per-phase counts).
     pub fn forget_group(&self, namespace: &str, name: &str) {
         let labels = group_labels(namespace, name);
-        for family in [
-            &self.group_epoch,
-            &self.group_ready,
-            &self.group_pods_outdated,
-        ] {
-            family.remove(&labels);
+        let key = (namespace.to_owned(), name.to_owned());
+        let gone = self
+            .published
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        for (gauge, series) in gone.unwrap_or_default() {
+            self.group_gauges[&gauge].remove(&series);
         }
         for reason in FAILOVER_REASONS {
             let mut with_reason = labels.clone();
@@ -248,6 +373,23 @@ impl Metrics {
         if phases.remove(&key).is_some() {
             self.publish_phases(&phases);
         }
+    }
+
+    /// Drops every group's series: a replica that stops leading must not go on serving what
+    /// it last saw (a group's old `Available` 0 would keep an alert firing); the new leader
+    /// publishes them.
+    pub fn forget_all_groups(&self) {
+        self.published
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        for family in self.group_gauges.values() {
+            family.clear();
+        }
+        self.failovers.clear();
+        let mut phases = self.phases.lock().unwrap_or_else(|p| p.into_inner());
+        phases.clear();
+        self.publish_phases(&phases);
     }
 
     pub fn encode(&self) -> String {
@@ -335,34 +477,77 @@ fn cpu_seconds() -> f64 {
 mod tests {
     use super::*;
 
+    fn fixture_status(members: &[(&str, &str, bool, i32)]) -> ReplicaGroupStatus {
+        let members: Vec<_> = members
+            .iter()
+            .map(|(name, role, healthy, weight)| {
+                serde_json::json!({"name": name, "role": role, "healthy": healthy,
+                                   "voter": true, "weight": weight})
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "epoch": 4,
+            "members": members,
+            "lastFailover": {"durationMillis": 1250, "reason": "LeaseExpired", "epoch": 4},
+            "conditions": [
+                {"type": "Ready", "status": "True", "reason": "Ready", "message": "",
+                 "lastTransitionTime": "2026-12-07T10:00:00Z"},
+                {"type": "Degraded", "status": "False", "reason": "AsExpected", "message": "",
+                 "lastTransitionTime": "2026-12-07T10:00:00Z"},
+            ],
+        }))
+        .expect("fixture status")
+    }
+
     #[test]
     fn per_group_series_are_labelled_and_go_with_the_group() {
         let m = Metrics::new();
-        let status: ReplicaGroupStatus = serde_json::from_value(serde_json::json!({
-            "epoch": 4,
-            "conditions": [{"type": "Ready", "status": "True", "reason": "Ready", "message": "",
-                            "lastTransitionTime": "2026-12-07T10:00:00Z"}],
-        }))
-        .expect("fixture status");
-        m.record_group("shop", "cache", &status, 2);
+        let status = fixture_status(&[
+            ("cache-0", "Primary", true, 100),
+            ("cache-1", "Backup", false, 0),
+        ]);
+        m.record_group("shop", "cache", &status, 2, Some(1_800_000_000));
         m.count_failover("shop", "cache", "Switchover");
         m.record_phase("shop/cache", Some(GroupPhase::Ready));
         let text = m.encode();
         for line in [
-            r#"quorate_operator_group_epoch{namespace="shop",group="cache"} 4"#,
-            r#"quorate_operator_group_ready{namespace="shop",group="cache"} 1"#,
-            r#"quorate_operator_group_pods_outdated{namespace="shop",group="cache"} 2"#,
+            r#"quorate_operator_group_epoch{namespace="shop",group="cache"} 4.0"#,
+            r#"quorate_operator_group_condition{namespace="shop",group="cache",condition="Ready",reason="Ready"} 1.0"#,
+            r#"quorate_operator_group_condition{namespace="shop",group="cache",condition="Degraded",reason="AsExpected"} 0.0"#,
+            r#"quorate_operator_group_pods_outdated{namespace="shop",group="cache"} 2.0"#,
+            r#"quorate_operator_group_member{namespace="shop",group="cache",member="cache-0",role="Primary"} 1.0"#,
+            r#"quorate_operator_group_member_healthy{namespace="shop",group="cache",member="cache-1"} 0.0"#,
+            r#"quorate_operator_group_member_weight{namespace="shop",group="cache",member="cache-0"} 100.0"#,
+            r#"quorate_operator_group_last_failover_duration_seconds{namespace="shop",group="cache"} 1.25"#,
+            r#"quorate_operator_group_certificate_expiry_timestamp_seconds{namespace="shop",group="cache"} 1800000000.0"#,
             r#"quorate_operator_failovers_total{namespace="shop",group="cache",reason="Switchover"} 1"#,
             r#"quorate_operator_groups{phase="Ready"} 1"#,
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
+        // A member scaled away and a role changed: their old series go.
+        let status = fixture_status(&[("cache-1", "Primary", true, 100)]);
+        m.record_group("shop", "cache", &status, 0, Some(1_800_000_000));
+        let text = m.encode();
+        assert!(!text.contains(r#"member="cache-0""#), "{text}");
+        assert!(
+            !text.contains(r#"member="cache-1",role="Backup""#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"quorate_operator_group_member{namespace="shop",group="cache",member="cache-1",role="Primary"} 1.0"#),
+            "{text}"
+        );
+        m.record_group("shop", "other", &status, 0, None);
         m.forget_group("shop", "cache");
         let text = m.encode();
         assert!(!text.contains(r#"group="cache""#), "{text}");
+        assert!(text.contains(r#"group="other""#), "{text}");
         assert!(
             text.contains(r#"quorate_operator_groups{phase="Ready"} 0"#),
             "{text}"
         );
+        m.forget_all_groups();
+        assert!(!m.encode().contains("group="), "{}", m.encode());
     }
 }

@@ -7,7 +7,7 @@ mod applied;
 mod apply;
 mod hub;
 mod leader;
-mod metrics;
+pub mod metrics;
 mod observe;
 pub use observe::http_route_resource;
 mod reconcile;
@@ -178,6 +178,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         };
         term.stop();
         metrics.leader.set(0);
+        metrics.forget_all_groups();
         leadership.stop().await;
         if !lost {
             return result;

@@ -304,8 +304,13 @@ async fn reconcile_group(
     }
     ctx.metrics
         .record_phase(&format!("{}/{}", names.namespace, names.name), status.phase);
-    ctx.metrics
-        .record_group(&names.namespace, &names.name, &status, plan.outdated.len());
+    ctx.metrics.record_group(
+        &names.namespace,
+        &names.name,
+        &status,
+        plan.outdated.len(),
+        Some(tls.member_expiry),
+    );
     publish(ctx, group, &events).await;
     labels_result?;
     Ok(Action::requeue(Duration::from_millis(plan.requeue_ms)))

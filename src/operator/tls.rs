@@ -43,6 +43,8 @@ pub struct GroupTls {
     pub ca_hash: String,
     /// Set when the CA's Secret was found lost after this was read: why, and what to do.
     pub ca_lost: Option<String>,
+    /// When the members' certificate expires, Unix seconds (for the expiry alert).
+    pub member_expiry: i64,
 }
 
 fn hash_of(parts: &[&str]) -> String {
@@ -277,9 +279,9 @@ pub async fn ensure(
         let fresh = annotations.get(CA_HASH_ANNOTATION) == Some(&ca_hash)
             && today < renew_on
             && matches!(pki::Identity::of_pem(&cert), Some(pki::Identity::Member(_)));
-        fresh.then_some((cert, renew_on))
+        fresh.then_some((cert, renew_on, not_after))
     });
-    let (member_cert, renew_on) = match current {
+    let (member_cert, renew_on, not_after) = match current {
         Some(found) => found,
         None => {
             let validity =
@@ -318,7 +320,7 @@ pub async fn ensure(
             .await?;
             let renew_on = renewal_day(validity.not_after)
                 .ok_or_else(|| Error::Tls("the member certificate's renewal day".into()))?;
-            (member.cert_pem, renew_on)
+            (member.cert_pem, renew_on, validity.not_after)
         }
     };
     let client = TlsClientConfig::from_pem(&operator_cert, &operator_key, &ca.cert_pem)
@@ -329,6 +331,7 @@ pub async fn ensure(
             hash: hash_of(&[&ca.cert_pem, &member_cert]),
             ca_hash,
             ca_lost: None,
+            member_expiry: unix_seconds(not_after),
         },
         renew_on,
     ))
@@ -351,6 +354,13 @@ pub fn ca_lost_message(names: &GroupNames, present: bool) -> String {
          Restore {ca} from a backup (kubectl apply -n {ns} -f ...; the members keep running and the operator keeps routing meanwhile), \
          or replace the CA, which restarts every member at once: kubectl delete secret -n {ns} {members}"
     )
+}
+
+/// The start of `day` (UTC), which is when a certificate with that `not_after` day expires
+/// (pki::Validity sets 00:00:00 UTC).
+fn unix_seconds(day: jiff::civil::Date) -> i64 {
+    day.to_zoned(jiff::tz::TimeZone::UTC)
+        .map_or(0, |z| z.timestamp().as_second())
 }
 
 /// The member certificate is re-issued `RENEW_BEFORE_DAYS` before it expires.
