@@ -29,7 +29,7 @@ tools: ## build the pinned test-bed components (cached)
 
 crds: check-cargo ## regenerate the CRD YAML from the Rust types
 	source hack/lib.sh && release_cargo run --quiet --release --bin crdgen > crds/replicagroups.quorate.dev.yaml
-	cp crds/replicagroups.quorate.dev.yaml charts/quorate/crds/replicagroups.quorate.dev.yaml
+	cp crds/replicagroups.quorate.dev.yaml charts/quorate/files/crds/replicagroups.quorate.dev.yaml
 
 build: check-cargo ## release binaries (static; the build make test, the images and the benchmarks share)
 	source hack/lib.sh && release_cargo build --release --bins --examples  # --examples: see hack/images.sh

@@ -12,7 +12,7 @@ const CRD_FILE: &str = "replicagroups.quorate.dev.yaml";
 #[test]
 fn committed_crds_match_the_code() {
     let generated = quorate::api::crd_yaml().expect("CRD serializes");
-    for dir in ["crds", "charts/quorate/crds"] {
+    for dir in ["crds", "charts/quorate/files/crds"] {
         let path = repo_root().join(dir).join(CRD_FILE);
         let committed = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));

@@ -31,7 +31,7 @@ pub const SWITCHOVER_ANNOTATION: &str = "quorate.dev/switchover-to";
 /// How to install the CRD, for the error shown when it is missing.
 pub const CRD_INSTALL_HINT: &str = "install the operator with Helm, which installs the CRD too: \
 `helm install quorate charts/quorate --namespace quorate-system --create-namespace`; \
-or apply the CRD alone: `kubectl apply --server-side -f charts/quorate/crds/`";
+or apply the CRD alone: `kubectl apply --server-side -f crds/` (in the Quorate repository)";
 
 /// Everything that can go wrong in a `kubectl quorate` command, worded for the user.
 #[derive(Debug, thiserror::Error)]

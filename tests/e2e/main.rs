@@ -2,7 +2,8 @@
 //! plain `cargo test`. A small harness instead of libtest because the suites run in phases that
 //! share cluster-wide fixtures (the CRD, the installed operator): smoke first, then the operator,
 //! then traffic, then workloads, then node faults (one test at a time), then the operator's use of
-//! its RBAC (the audit log), then the uninstall check.
+//! its RBAC (the audit log), then the chart upgrade from the previous chart, then the uninstall
+//! check.
 //! Tests within a phase run concurrently, each in its own namespace. Arguments filter tests by substring, like libtest.
 
 #[path = "../common/manifests.rs"]
@@ -14,6 +15,7 @@ mod rbac;
 mod smoke;
 mod support;
 mod traffic;
+mod upgrade;
 mod workloads;
 
 use std::time::Instant;
@@ -46,6 +48,8 @@ fn main() -> std::process::ExitCode {
         ("nodes", nodes::tests()),
         // After everything the operator does, before it is uninstalled.
         ("rbac", rbac::tests()),
+        // Alone: it uninstalls the operator and installs the previous chart's.
+        ("upgrade", upgrade::tests()),
         ("uninstall", smoke::last_tests()),
     ];
     rbac::EVERY_SUITE_RAN.store(filters.is_empty(), std::sync::atomic::Ordering::SeqCst);

@@ -456,7 +456,8 @@ async fn api_server_rejects_every_invalid_manifest(ctx: Ctx) -> Result<()> {
     Ok(())
 }
 
-/// Runs last: the operator installed by the operator phase (or now) must uninstall cleanly.
+/// Runs last: the operator installed by the operator phase (or now) must uninstall cleanly,
+/// leaving only the CRD (crds.keep).
 async fn helm_install_and_uninstall_leave_nothing_behind(ctx: Ctx) -> Result<()> {
     use crate::operator::{OPERATOR_NAMESPACE, RELEASE, ensure_operator};
     ensure_operator(&ctx).await?;
@@ -490,7 +491,20 @@ async fn helm_install_and_uninstall_leave_nothing_behind(ctx: Ctx) -> Result<()>
             "left behind: {:?}",
             labelled_objects(&ctx, RELEASE).unwrap_or_default()
         )
-    })
+    })?;
+    // Except the CRD, on purpose (crds.keep): deleting it would delete every ReplicaGroup.
+    let policy = ctx.kubectl(&[
+        "get",
+        "crd",
+        "replicagroups.quorate.dev",
+        "-o",
+        "jsonpath={.metadata.annotations.helm\\.sh/resource-policy}",
+    ])?;
+    ensure!(
+        policy == "keep",
+        "the CRD after helm uninstall: resource policy {policy:?}, wanted keep"
+    );
+    Ok(())
 }
 
 /// Every object (namespaced or not) labelled as part of a Helm release.
