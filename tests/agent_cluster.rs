@@ -428,6 +428,77 @@ async fn graceful_stop_and_unhealthy_workload_hand_off_at_once() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_member_keeps_running_but_is_never_appointed() -> TestResult {
+    let (mut c, s1) = started(ClusterOptions {
+        members: 3,
+        ..Default::default()
+    })
+    .await?;
+    let first = primary_index(&c, &s1)?;
+    let name = |c: &Cluster, i: usize| c.nodes[i].spec.name.clone();
+    let (fenced, other) = match first {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
+    };
+    let client = c.client(other).await?;
+    // The primary is switched away first, not fenced.
+    let refused = client
+        .fence(&name(&c, first), true)
+        .await
+        .expect_err("fencing the primary");
+    assert!(
+        refused.to_string().contains("switch over first"),
+        "{refused}"
+    );
+    client.fence(&name(&c, fenced), true).await?;
+    let s2 = c
+        .wait_state(Duration::from_secs(10), "the fence applied", |s| {
+            s.members
+                .iter()
+                .any(|m| m.name == name(&c, fenced) && m.fenced)
+        })
+        .await?;
+    // The primary dies: the fenced member, which runs and is healthy, is not appointed.
+    c.kill9(first);
+    let s3 = c
+        .wait_state(Duration::from_secs(15), "a new primary", |s| {
+            live(s) && s.epoch == s2.epoch + 1
+        })
+        .await?;
+    assert_eq!(
+        primary_name(&s3),
+        Some(name(&c, other)),
+        "the fenced member was appointed"
+    );
+    assert!(
+        s3.members
+            .iter()
+            .any(|m| m.name == name(&c, fenced) && m.healthy && m.fenced),
+        "the fenced member should keep running: {:?}",
+        s3.members
+    );
+    // Unfenced, it is a candidate again: a switchover may go to it.
+    let client = c.client(other).await?;
+    client.fence(&name(&c, fenced), false).await?;
+    c.wait_state(Duration::from_secs(10), "the fence lifted", |s| {
+        s.members.iter().all(|m| !m.fenced)
+    })
+    .await?;
+    client.switchover(&name(&c, fenced)).await?;
+    let s4 = c
+        .wait_state(
+            Duration::from_secs(15),
+            "the switchover to the unfenced member",
+            |s| live(s) && primary_name(s) == Some(name(&c, fenced)),
+        )
+        .await?;
+    assert_eq!(s4.epoch, s3.epoch + 1);
+    c.check_invariants()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flap_guard_stops_automatic_failovers_until_resume() -> TestResult {
     let (mut c, s1) = started(ClusterOptions {
         members: 3,
@@ -657,6 +728,14 @@ async fn every_rpc_is_authorized_by_the_identity_in_the_callers_certificate() ->
                 // Pause is undone by the Resume that follows.
                 Rpc::Pause => agent.pause(proto::PauseRequest {}).await.map(|_| ()),
                 Rpc::Resume => agent.resume(proto::ResumeRequest {}).await.map(|_| ()),
+                // A member that does not exist: refused (not found) when allowed, nothing fenced.
+                Rpc::Fence => agent
+                    .fence(proto::FenceRequest {
+                        member: "nobody".into(),
+                        fenced: true,
+                    })
+                    .await
+                    .map(|_| ()),
                 Rpc::Touch => agent.touch(proto::TouchRequest {}).await.map(|_| ()),
                 Rpc::AppendEntries => peer.append_entries(raft(424_243)).await.map(|_| ()),
                 Rpc::Vote => peer.vote(raft(424_243)).await.map(|_| ()),

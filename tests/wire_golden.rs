@@ -94,6 +94,13 @@ fn commands() -> Vec<(&'static str, GroupCommand)> {
             GroupCommand::SetPaused { paused: true },
         ),
         ("command-trip-flap-guard.json", GroupCommand::TripFlapGuard),
+        (
+            "command-set-fenced.json",
+            GroupCommand::SetFenced {
+                member: member(3),
+                fenced: true,
+            },
+        ),
         ("command-touch.json", GroupCommand::Touch { nonce: 7 }),
     ]
 }
@@ -249,6 +256,8 @@ fn proto_goldens() -> Vec<Golden> {
             workload_position: Some(42),
             workload_message: String::new(),
             hooks: vec![hook.clone()],
+            // A fenced member's field in an older release's encoding: absent (false).
+            fenced: false,
         }],
         failovers: vec![proto::FailoverRecord {
             from: Some(member_ref(1)),

@@ -3,7 +3,7 @@
 //! ([`crate::pki::Identity`]) says whether it is a member or the operator:
 //! - Raft, reports and demotions come only from members;
 //! - everything that changes the group (bootstrap, membership, switchover, pause, resume,
-//!   touch) and fault injection comes only from the operator;
+//!   fence, touch) and fault injection comes only from the operator;
 //! - `Status` and `Watch` (read-only) from either.
 //!
 //! Without TLS (tests and local experiments only; the operator always configures it) there is
@@ -22,6 +22,7 @@ pub enum Rpc {
     Switchover,
     Pause,
     Resume,
+    Fence,
     Touch,
     AppendEntries,
     Vote,
@@ -41,7 +42,7 @@ pub enum Audience {
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 16] = [
+    pub const ALL: [Rpc; 17] = [
         Rpc::Status,
         Rpc::Watch,
         Rpc::Bootstrap,
@@ -50,6 +51,7 @@ impl Rpc {
         Rpc::Switchover,
         Rpc::Pause,
         Rpc::Resume,
+        Rpc::Fence,
         Rpc::Touch,
         Rpc::AppendEntries,
         Rpc::Vote,
@@ -70,6 +72,7 @@ impl Rpc {
             Rpc::Switchover => "Switchover",
             Rpc::Pause => "Pause",
             Rpc::Resume => "Resume",
+            Rpc::Fence => "Fence",
             Rpc::Touch => "Touch",
             Rpc::AppendEntries => "AppendEntries",
             Rpc::Vote => "Vote",
@@ -90,6 +93,7 @@ impl Rpc {
             | Rpc::Switchover
             | Rpc::Pause
             | Rpc::Resume
+            | Rpc::Fence
             | Rpc::Touch
             | Rpc::InjectFault => Audience::Operator,
             Rpc::AppendEntries

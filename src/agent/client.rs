@@ -234,6 +234,17 @@ impl AgentClient {
         .map(|r| r.log_index)
     }
 
+    /// Fences `member` (never appointed, no traffic) or unfences it; 0 when nothing changed.
+    pub async fn fence(&self, member: &str, fenced: bool) -> Result<u64, ClientError> {
+        let request = proto::FenceRequest {
+            member: member.to_owned(),
+            fenced,
+        };
+        self.on_coordinator(request, |mut c, r| async move { c.fence(r).await })
+            .await
+            .map(|r| r.log_index)
+    }
+
     /// One replicated no-op write (a commit round trip).
     pub async fn touch(&self) -> Result<u64, ClientError> {
         self.on_coordinator(proto::TouchRequest {}, |mut c, r| async move {

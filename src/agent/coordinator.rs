@@ -137,13 +137,15 @@ pub struct CandidateInfo {
     pub position_fresh: bool,
     pub priority: u32,
     pub is_coordinator: bool,
+    /// Fenced (`kubectl quorate fence`): never appointed.
+    pub fenced: bool,
 }
 
 /// Positions within this many entries of the best count as equally caught up: they differ only
 /// by reports taken at slightly different moments.
 pub const POSITION_TOLERANCE: u64 = 16;
 
-/// Candidate choice: healthy voters that are not witnesses and not leaving; when workload
+/// Candidate choice: healthy voters that are not witnesses, not fenced and not leaving; when workload
 /// positions are reported, only members with one, and of those only the highest (a replication
 /// stream is ordered, so the member furthest along holds every write any other member holds: with
 /// synchronous acknowledgement, every acknowledged one); then the highest Raft log position; then
@@ -153,7 +155,9 @@ pub const POSITION_TOLERANCE: u64 = 16;
 pub fn choose_candidate(candidates: &[CandidateInfo], exclude: Option<NodeId>) -> Option<NodeId> {
     let eligible: Vec<&CandidateInfo> = candidates
         .iter()
-        .filter(|c| c.healthy && c.voter && !c.witness && !c.leaving && Some(c.id) != exclude)
+        .filter(|c| {
+            c.healthy && c.voter && !c.witness && !c.fenced && !c.leaving && Some(c.id) != exclude
+        })
         .collect();
     let eligible = match eligible.iter().filter_map(|c| c.workload_position).max() {
         Some(best) => eligible
@@ -557,6 +561,7 @@ impl Coordinator {
                         .is_some_and(|t| report.is_some_and(|r| r.position_token >= t)),
                     priority: report.map_or(0, |r| r.priority),
                     is_coordinator: *id == self.settings.id,
+                    fenced: self.state.fenced.contains(id),
                 }
             })
             .collect()
@@ -576,6 +581,36 @@ impl Coordinator {
         }
         if !c.healthy || c.leaving {
             return Err(format!("{} is not healthy", c.name));
+        }
+        if c.fenced {
+            return Err(format!("{} is fenced (kubectl quorate unfence)", c.name));
+        }
+        Ok(())
+    }
+
+    /// Can `member` be fenced right now? Not when no other member could be primary then
+    /// (PrimaryBackup) or serve (ActiveActive): fencing the only healthy member would leave the
+    /// group with nothing to fail over to.
+    pub fn fence_ok(&self, now: u64, member: NodeId) -> Result<(), String> {
+        let candidates = self.candidates(now);
+        let Some(target) = candidates.iter().find(|c| c.id == member) else {
+            return Err(format!("{member} is not a member"));
+        };
+        if target.witness {
+            return Err(format!(
+                "{} is a witness: witnesses are never primary and serve no traffic",
+                target.name
+            ));
+        }
+        let others = candidates
+            .iter()
+            .filter(|c| c.id != member && c.healthy && c.voter && !c.witness && !c.fenced)
+            .count();
+        if others == 0 {
+            return Err(format!(
+                "{} would leave no healthy, unfenced member to take over: fence it once another member is healthy, or unfence one",
+                target.name
+            ));
         }
         Ok(())
     }
@@ -1105,6 +1140,7 @@ mod tests {
             position_fresh: true,
             priority: 50,
             is_coordinator: false,
+            fenced: false,
         };
         let c = |id: NodeId, name: &str, wp: Option<u64>, priority: u32| CandidateInfo {
             id,
@@ -1520,6 +1556,7 @@ mod tests {
             position_fresh: false,
             priority: 50,
             is_coordinator: false,
+            fenced: false,
         };
         let c = |id: NodeId, name: &str, f: &dyn Fn(&mut CandidateInfo)| {
             let mut x = CandidateInfo {
@@ -1553,12 +1590,13 @@ mod tests {
             c(6, "a-1", &|x| x.healthy = false),
         ];
         assert_eq!(choose_candidate(&all, None), Some(5));
-        // Witnesses, learners, leaving and unhealthy members never.
+        // Witnesses, learners, leaving, unhealthy and fenced members never.
         let all = vec![
             c(1, "a-0", &|x| x.witness = true),
             c(2, "a-1", &|x| x.voter = false),
             c(3, "a-2", &|x| x.leaving = true),
             c(4, "a-3", &|x| x.healthy = false),
+            c(7, "a-4", &|x| x.fenced = true),
         ];
         assert_eq!(choose_candidate(&all, None), None);
         // The coordinator only if it is the only one.
@@ -1568,6 +1606,50 @@ mod tests {
         ];
         assert_eq!(choose_candidate(&all, None), Some(6));
         assert_eq!(choose_candidate(&all, Some(6)), Some(5));
+    }
+
+    #[test]
+    fn a_fenced_member_is_never_chosen_and_the_last_candidate_is_not_fenced() {
+        let (mut c, mut state, roster) = leading(0);
+        apply(
+            &mut c,
+            &mut state,
+            &roster,
+            &[Action::Propose(GroupCommand::SetFenced {
+                member: MemberName {
+                    id: 2,
+                    name: "m-2".into(),
+                },
+                fenced: true,
+            })],
+        );
+        for id in [1, 2, 3] {
+            c.on_report(0, id, healthy());
+        }
+        // Member 2 would be first (lowest ordinal that is not the coordinator).
+        let a = c.tick(1, 0);
+        assert_eq!(appointed(&a), Some((3, 1)));
+        apply(&mut c, &mut state, &roster, &a);
+        assert!(
+            c.switchover_target_ok(2, 2)
+                .is_err_and(|e| e.contains("fenced"))
+        );
+        // Member 1 may be fenced (3 stays); then 3 is the last unfenced healthy one.
+        assert_eq!(c.fence_ok(2, 1), Ok(()));
+        apply(
+            &mut c,
+            &mut state,
+            &roster,
+            &[Action::Propose(GroupCommand::SetFenced {
+                member: MemberName {
+                    id: 1,
+                    name: "m-1".into(),
+                },
+                fenced: true,
+            })],
+        );
+        let refused = c.fence_ok(3, 3).expect_err("the only candidate left");
+        assert!(refused.contains("no healthy, unfenced member"), "{refused}");
     }
 
     // --- Property: a coordinator never lets two leases overlap -------------------------------

@@ -5,7 +5,7 @@
 //! line of defence for the invariants that only depend on the log: an `Appoint` must carry exactly
 //! `epoch + 1` (epochs never regress and each names one member).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -159,6 +159,9 @@ pub enum GroupCommand {
     SetPaused { paused: bool },
     /// Record that the flap guard stopped an automatic failover.
     TripFlapGuard,
+    /// Fence (never appoint) or unfence a member. Refused for the current primary: it is
+    /// switched away first.
+    SetFenced { member: MemberName, fenced: bool },
     /// A harmless write (benchmarks, liveness checks).
     Touch { nonce: u64 },
 }
@@ -194,6 +197,11 @@ pub struct ReplicatedState {
     /// Most recent last.
     pub history: VecDeque<FailoverRecord>,
     pub touches: u64,
+    /// Members that keep running but are never appointed (`kubectl quorate fence`). Left out
+    /// of the encoding while empty, so that state written before fencing existed reads back
+    /// unchanged.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub fenced: BTreeSet<NodeId>,
 }
 
 impl ReplicatedState {
@@ -245,6 +253,10 @@ impl ReplicatedState {
                         "stale appointment: epoch {epoch} but current epoch is {}",
                         self.epoch
                     ));
+                }
+                // Proposed before a fence was applied: the coordinator chooses again.
+                if self.fenced.contains(&member.id) {
+                    return CommandOutcome::Rejected(format!("{} is fenced", member.name));
                 }
                 self.epoch = *epoch;
                 self.primary = Some(member.clone());
@@ -311,6 +323,20 @@ impl ReplicatedState {
             }
             GroupCommand::TripFlapGuard => {
                 self.flap_guard_tripped = true;
+                CommandOutcome::Applied
+            }
+            GroupCommand::SetFenced { member, fenced } => {
+                if *fenced && self.primary_id() == Some(member.id) {
+                    return CommandOutcome::Rejected(format!(
+                        "{} is the primary: switch over first",
+                        member.name
+                    ));
+                }
+                if *fenced {
+                    self.fenced.insert(member.id);
+                } else {
+                    self.fenced.remove(&member.id);
+                }
                 CommandOutcome::Applied
             }
             GroupCommand::Touch { .. } => {
@@ -434,6 +460,42 @@ mod tests {
         ));
         assert_eq!(s.primary_id(), Some(7));
         assert_eq!(s.epoch, 1);
+    }
+
+    #[test]
+    fn a_fenced_member_is_never_appointed_and_the_primary_is_not_fenced() {
+        let mut s = configured(6);
+        let fence = |id, fenced| GroupCommand::SetFenced {
+            member: name(id),
+            fenced,
+        };
+        assert_eq!(s.apply(&appoint(1, 7, None, 0)), CommandOutcome::Applied);
+        // The primary: refused, it is switched away first.
+        assert!(
+            matches!(s.apply(&fence(7, true)), CommandOutcome::Rejected(w) if w.contains("switch over first"))
+        );
+        assert!(s.fenced.is_empty());
+        assert_eq!(s.apply(&fence(8, true)), CommandOutcome::Applied);
+        // An appointment proposed before the fence was applied loses.
+        assert!(
+            matches!(s.apply(&appoint(2, 8, None, 0)), CommandOutcome::Rejected(w) if w.contains("fenced"))
+        );
+        assert_eq!((s.primary_id(), s.epoch), (Some(7), 1));
+        assert_eq!(s.apply(&appoint(2, 9, None, 0)), CommandOutcome::Applied);
+        assert_eq!(s.apply(&fence(8, false)), CommandOutcome::Applied);
+        assert!(s.fenced.is_empty());
+        assert_eq!(s.apply(&appoint(3, 8, None, 0)), CommandOutcome::Applied);
+    }
+
+    #[test]
+    fn state_without_fenced_members_encodes_as_before() {
+        // Older agents wrote no `fenced` field; an empty set must not add one (snapshots and the
+        // golden files of earlier releases stay byte for byte what they were).
+        let s = configured(6);
+        let json = serde_json::to_string(&s).expect("encode");
+        assert!(!json.contains("fenced"), "{json}");
+        let back: ReplicatedState = serde_json::from_str(&json).expect("decode");
+        assert_eq!(back, s);
     }
 
     #[test]

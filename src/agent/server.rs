@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use super::authz::{self, Caller, Rpc};
 use super::clock::{monotonic_millis, unix_millis};
 use super::coordinator::MemberReport;
-use super::group::{CommandOutcome, GroupCommand, MemberNode, Mode, NodeId};
+use super::group::{CommandOutcome, GroupCommand, MemberName, MemberNode, Mode, NodeId};
 use super::handle::AgentHandle;
 use super::metrics::RpcTimer;
 use super::proto::{self, agent_server::AgentServer, peer_server::PeerServer};
@@ -446,6 +446,43 @@ impl AgentApi {
         Ok(proto::CommandReply { log_index })
     }
 
+    async fn fence_here(
+        &self,
+        request: proto::FenceRequest,
+    ) -> Result<proto::CommandReply, Status> {
+        let applied = self.applied();
+        let Some(id) = applied.roster.find(&request.member) else {
+            return Err(Status::not_found(format!("no member {:?}", request.member)));
+        };
+        if applied.state.fenced.contains(&id) == request.fenced {
+            return Ok(proto::CommandReply { log_index: 0 });
+        }
+        if request.fenced {
+            if applied.state.primary_id() == Some(id) {
+                return Err(Status::failed_precondition(format!(
+                    "{} is the primary: switch over first",
+                    request.member
+                )));
+            }
+            self.h
+                .core()
+                .coordinator()
+                .fence_ok(monotonic_millis(), id)
+                .map_err(Status::failed_precondition)?;
+        }
+        let log_index = self
+            .propose(GroupCommand::SetFenced {
+                member: MemberName {
+                    id,
+                    name: request.member.clone(),
+                },
+                fenced: request.fenced,
+            })
+            .await?;
+        tracing::info!(member = %request.member, fenced = request.fenced, log_index, "fence changed");
+        Ok(proto::CommandReply { log_index })
+    }
+
     async fn touch_here(&self) -> Result<proto::CommandReply, Status> {
         let log_index = self
             .propose(GroupCommand::Touch {
@@ -567,6 +604,17 @@ impl proto::agent_server::Agent for AgentApi {
         let _t = admit(&self.h, Rpc::Resume, &request)?;
         self.on_coordinator()?;
         self.set_paused(false).await.map(Response::new)
+    }
+
+    async fn fence(
+        &self,
+        request: Request<proto::FenceRequest>,
+    ) -> Result<Response<proto::CommandReply>, Status> {
+        let _t = admit(&self.h, Rpc::Fence, &request)?;
+        self.on_coordinator()?;
+        self.fence_here(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn touch(

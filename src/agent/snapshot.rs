@@ -98,6 +98,7 @@ pub fn group_state(core: &AgentCore, raft: RaftFacts, now: u64) -> proto::GroupS
                 voter: entry.voter,
                 witness: entry.node.witness,
                 role: proto::Role::from(role) as i32,
+                fenced: state.fenced.contains(id),
                 ..s
             }
         })
