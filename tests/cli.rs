@@ -598,6 +598,8 @@ fn binary_help_and_version() {
         "pause",
         "resume",
         "validate",
+        "fence",
+        "unfence",
         "version",
         "--kubeconfig",
         "--context",
@@ -610,6 +612,29 @@ fn binary_help_and_version() {
         pause.contains("no new primary is appointed automatically")
             && pause.contains("Routing still follows member health"),
         "{pause}"
+    );
+    for (command, what) in [
+        ("fence", "never appointed primary"),
+        ("unfence", "a candidate for primary"),
+    ] {
+        let help = stdout(&run(&[command, "--help"]));
+        for word in [
+            what,
+            "Examples:",
+            "kubectl quorate fence cache cache-2",
+            "--no-wait",
+            "--timeout",
+        ] {
+            assert!(
+                help.contains(word),
+                "{command} --help lacks {word:?}:\n{help}"
+            );
+        }
+    }
+    let fence = stdout(&run(&["fence", "cache"]));
+    assert!(
+        fence.is_empty(),
+        "fence without a member must fail: {fence}"
     );
     let status = stdout(&run(&["status", "--help"]));
     assert!(

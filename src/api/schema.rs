@@ -30,6 +30,15 @@ pub(crate) fn map_of_bounded_ints(
 /// `<metadata.name>-<ordinal>` with ordinal below `spec.replicas`. It sits at the root because
 /// only there can CEL see `metadata.name`.
 pub(crate) fn member_key_rule(path: &str) -> Rule {
+    member_name_rule(path, "key")
+}
+
+/// Like [`member_key_rule`], for a list of member names (each `entry`).
+pub(crate) fn member_list_rule(path: &str) -> Rule {
+    member_name_rule(path, "entry")
+}
+
+fn member_name_rule(path: &str, what: &str) -> Rule {
     let (parent, field) = path.rsplit_once('.').unwrap_or(("", path));
     let parent = if parent.is_empty() {
         "self.spec".to_owned()
@@ -43,7 +52,7 @@ pub(crate) fn member_key_rule(path: &str) -> Rule {
          && {ordinal}.matches('^(0|[1-9][0-9]?)$') && int({ordinal}) < self.spec.replicas)"
     ))
     .message(Message::Message(format!(
-        "spec.{path}: every key must name an existing member: the group's name, a dash and an ordinal below \
+        "spec.{path}: every {what} must name an existing member: the group's name, a dash and an ordinal below \
          spec.replicas (for a group cache with 3 replicas: cache-0, cache-1 or cache-2)"
     )))
     .field_path(format!(".spec.{path}"))

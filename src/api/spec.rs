@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::schema::{map_of_bounded_ints, member_key_rule};
+use super::schema::{map_of_bounded_ints, member_key_rule, member_list_rule};
 use super::status::ReplicaGroupStatus;
 
 /// Largest group: 15 members keeps Raft quorum traffic and failover decisions fast.
@@ -56,6 +56,7 @@ pub const MAX_HOOK_TIMEOUT_MILLIS: i32 = 3_600_000;
         .message("metadata.name may not end in -witness: NAME-witness is the StatefulSet (and NAME-witness-0 the pods) of the witnesses of the group NAME, so the objects of the two groups would have the same names"),
     validation = member_key_rule("traffic.weights"),
     validation = member_key_rule("failover.priorities"),
+    validation = member_list_rule("fencedMembers"),
 )]
 #[x_kube(
     validation = Rule::new("self.mode != 'PrimaryBackup' || self.replicas >= 2")
@@ -193,6 +194,16 @@ pub struct ReplicaGroupSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub switchover_to: Option<String>,
+
+    /// Members to fence, for example `[cache-2]`: a fenced member keeps running (and
+    /// replicating) but is never appointed primary and gets no traffic (it leaves `NAME-ro`,
+    /// `NAME-r` and the Gateway weights), for maintenance or an investigation. A fenced primary
+    /// is switched away first. Fencing is refused while it would leave no healthy, unfenced
+    /// member to take over (the group reports `FenceRefused`). Also `kubectl quorate fence`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 15))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub fenced_members: Vec<String>,
 }
 
 /// How the members of a group share work.

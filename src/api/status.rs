@@ -117,6 +117,10 @@ pub struct MemberStatus {
     /// The weight published for this member (0 = drained).
     #[serde(default)]
     pub weight: i32,
+    /// Fenced (`spec.fencedMembers`): the member keeps running but is never appointed primary
+    /// and gets no traffic.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fenced: bool,
     /// The primary's lease: Live, Expired or Released (only on the primary).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<String>,

@@ -239,6 +239,17 @@ fn check(value: &Value, schema: &Value, path: &str, errors: &mut Vec<FieldError>
                 ),
             ));
         }
+        // A set: the API server refuses the second of two equal items.
+        if schema.get("x-kubernetes-list-type").and_then(Value::as_str) == Some("set") {
+            for (i, item) in items.iter().enumerate() {
+                if items[..i].contains(item) {
+                    errors.push(err(
+                        &format!("{path}[{i}]"),
+                        format!("Duplicate value: {item}"),
+                    ));
+                }
+            }
+        }
         if let Some(item_schema) = schema.get("items") {
             for (i, item) in items.iter().enumerate() {
                 check(item, item_schema, &format!("{path}[{i}]"), errors);

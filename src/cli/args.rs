@@ -7,7 +7,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Operate Quorate ReplicaGroups: show and watch their state and Events, read their members'
 /// logs, write a diagnostics report, restart them one member at a time, switch the primary
-/// over, pause and resume automatic failover, and validate manifests offline.
+/// over, pause and resume automatic failover, fence and unfence members, and validate
+/// manifests offline.
 ///
 /// kubectl runs this plugin as `kubectl quorate ...` when `kubectl-quorate` is on the PATH.
 /// It talks only to the Kubernetes API, with the credentials of your kubeconfig; the operator
@@ -28,6 +29,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     kubectl quorate restart cache\n  \
     kubectl quorate switchover cache --to cache-2\n  \
     kubectl quorate pause cache\n  \
+    kubectl quorate fence cache cache-2\n  \
     kubectl quorate validate -f examples/redis.yaml")]
 pub struct Cli {
     #[command(flatten)]
@@ -73,6 +75,17 @@ pub enum Command {
     Pause(NameArg),
     /// Resume automatic failover of a paused group (sets spec.paused to false).
     Resume(NameArg),
+    /// Fence a member: it keeps running (and replicating) but is never appointed primary and
+    /// gets no traffic: it leaves NAME-ro, NAME-r and the Gateway weights.
+    ///
+    /// Adds the member to spec.fencedMembers; the operator has the group fence it, switching
+    /// the primary away first when the member is the primary. Refused when it would leave the
+    /// group no healthy, unfenced member to take over. By default the command then waits until
+    /// the group's status shows the member fenced (and no longer primary). Undo with `unfence`.
+    Fence(FenceArgs),
+    /// Unfence a member: it is a candidate for primary and gets traffic again (removes it from
+    /// spec.fencedMembers).
+    Unfence(FenceArgs),
     /// Check ReplicaGroup manifests offline, with the schema and CEL rules of the CRD (the same
     /// checks the API server runs). Documents of other kinds are ignored.
     ///
@@ -207,6 +220,24 @@ pub struct SwitchoverArgs {
     #[arg(long, overrides_with = "wait")]
     pub no_wait: bool,
     /// How long to wait: a number of seconds or a duration such as `90s`, `2m`, `1500ms`.
+    #[arg(long, default_value = "60s", value_parser = parse_timeout, value_name = "DURATION")]
+    pub timeout: Duration,
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+#[command(after_help = "Examples:\n  \
+    kubectl quorate fence cache cache-2             # cache-2 keeps running, gets no traffic, is never primary\n  \
+    kubectl quorate fence cache cache-0 --timeout 2m  # the primary: switched away first\n  \
+    kubectl quorate unfence cache cache-2")]
+pub struct FenceArgs {
+    /// Name of the ReplicaGroup.
+    pub name: String,
+    /// The member, `NAME-<ordinal>`.
+    pub member: String,
+    /// Return as soon as the request is recorded, without waiting for the group.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to wait: a number of seconds or a duration such as `90s`, `2m`.
     #[arg(long, default_value = "60s", value_parser = parse_timeout, value_name = "DURATION")]
     pub timeout: Duration,
 }

@@ -144,7 +144,7 @@ fn time_with_age(time: Option<&Time>, now: Timestamp) -> String {
     }
 }
 
-/// The members table: name, role, healthy, voter, weight, lease, load, latency.
+/// The members table: name, role, healthy, voter, fenced, weight, lease, load, latency.
 pub fn members_table(indent: &str, members: &[MemberStatus]) -> String {
     let rows: Vec<Vec<String>> = members
         .iter()
@@ -154,6 +154,7 @@ pub fn members_table(indent: &str, members: &[MemberStatus]) -> String {
                 m.role.as_str().to_owned(),
                 yes_no(m.healthy).to_owned(),
                 yes_no(m.voter).to_owned(),
+                yes_no(m.fenced).to_owned(),
                 m.weight.to_string(),
                 m.lease.clone().unwrap_or_else(|| NONE.to_owned()),
                 m.load.map_or_else(|| NONE.to_owned(), decimal),
@@ -165,7 +166,7 @@ pub fn members_table(indent: &str, members: &[MemberStatus]) -> String {
     render_table(
         indent,
         &[
-            "NAME", "ROLE", "HEALTHY", "VOTER", "WEIGHT", "LEASE", "LOAD", "LATENCY",
+            "NAME", "ROLE", "HEALTHY", "VOTER", "FENCED", "WEIGHT", "LEASE", "LOAD", "LATENCY",
         ],
         &rows,
     )

@@ -10,6 +10,7 @@
 
 pub mod args;
 pub mod cluster;
+pub mod fence;
 pub mod format;
 pub mod logs;
 pub mod report;
@@ -113,9 +114,28 @@ pub enum CliError {
     )]
     NotReady { name: String, why: String },
 
-    /// A restarted pod did not come back in time.
+    /// What a command waits for did not happen in time (a restarted pod back, a fence shown).
     #[error("timed out after {}s waiting for {what}", waited.as_secs_f64())]
-    RestartTimeout { what: String, waited: Duration },
+    WaitTimeout { what: String, waited: Duration },
+
+    /// `fence`/`unfence` of a name that is not a member of the group.
+    #[error(
+        "replicagroup \"{name}\" in namespace \"{namespace}\" has no member {member:?}: its members are {members}"
+    )]
+    NoSuchMember {
+        name: String,
+        namespace: String,
+        member: String,
+        members: String,
+    },
+
+    /// `fence` that would leave the group nobody to take over.
+    #[error("replicagroup \"{name}\" in namespace \"{namespace}\": {why}")]
+    FenceRefused {
+        name: String,
+        namespace: String,
+        why: String,
+    },
 
     /// `report` could not write its bundle.
     #[error("cannot write the report to {path}: {source}")]

@@ -7,13 +7,15 @@ use std::time::Duration;
 use jiff::Timestamp;
 use kube::ResourceExt;
 
-use super::args::{Cli, Command, LogsArgs, ReportArgs, RestartArgs, StatusArgs, SwitchoverArgs};
+use super::args::{
+    Cli, Command, FenceArgs, LogsArgs, ReportArgs, RestartArgs, StatusArgs, SwitchoverArgs,
+};
 use super::cluster::{Cluster, connect};
 use super::switchover::{
     Progress, check_switchover, describe_waiting, paused_patch, switchover_patch,
     switchover_progress,
 };
-use super::{CliError, SWITCHOVER_ANNOTATION, format, logs, report, restart, validate};
+use super::{CliError, SWITCHOVER_ANNOTATION, fence, format, logs, report, restart, validate};
 
 /// How often `switchover --wait` reads the group.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -53,6 +55,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Switchover(args) => switchover(&connect(&cli.cluster).await?, &args).await,
         Command::Pause(args) => set_paused(&connect(&cli.cluster).await?, &args.name, true).await,
         Command::Resume(args) => set_paused(&connect(&cli.cluster).await?, &args.name, false).await,
+        Command::Fence(args) => set_fenced(&connect(&cli.cluster).await?, &args, true).await,
+        Command::Unfence(args) => set_fenced(&connect(&cli.cluster).await?, &args, false).await,
         Command::Logs(args) => print_logs(&connect(&cli.cluster).await?, &args).await,
         Command::Report(args) => write_report(&connect(&cli.cluster).await?, &args).await,
         Command::Restart(args) => rolling_restart(&connect(&cli.cluster).await?, &args).await,
@@ -311,7 +315,7 @@ async fn rolling_restart(cluster: &Cluster, args: &RestartArgs) -> Result<ExitCo
             Err(_) => {}
         }
         if tokio::time::Instant::now() + POLL_INTERVAL > deadline {
-            return Err(CliError::RestartTimeout {
+            return Err(CliError::WaitTimeout {
                 what: format!(
                     "replicagroup \"{}\" to go on with its roll (last: {last})",
                     args.name
@@ -465,6 +469,77 @@ fn humantime_like(d: Duration) -> String {
         s if s % 60 == 0 => format!("{}m", s / 60),
         s => format!("{s}s"),
     }
+}
+
+/// `fence` (`fenced`) or `unfence`: the conditional patch of spec.fencedMembers (read again and
+/// retried when someone else changed the group meanwhile), then the wait for the status.
+async fn set_fenced(
+    cluster: &Cluster,
+    args: &FenceArgs,
+    fenced: bool,
+) -> Result<ExitCode, CliError> {
+    let (name, member) = (&args.name, &args.member);
+    let word = if fenced { "fenced" } else { "unfenced" };
+    let mut conflicts = 0;
+    loop {
+        let group = cluster.get(name).await?;
+        if !fence::check_fence(&group, member, fenced)? {
+            break;
+        }
+        match cluster
+            .merge_patch(name, &fence::fence_patch(&group, member, fenced))
+            .await
+        {
+            Ok(_) => break,
+            Err(CliError::Api {
+                source: kube::Error::Api(status),
+                ..
+            }) if status.code == 409 && conflicts < 5 => conflicts += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    if args.no_wait {
+        emit(&format!(
+            "replicagroup \"{name}\": {member} to be {word} (requested)\n"
+        ));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    loop {
+        match cluster.get(name).await {
+            Ok(g) if fence::fence_done(&g, member, fenced) => break,
+            Ok(_) => {}
+            Err(CliError::NotFound { name, namespace }) => {
+                return Err(CliError::DeletedWhileWaiting {
+                    name,
+                    namespace,
+                    waiting_for: "the fence",
+                });
+            }
+            // A transient failure (network, API server restart): keep trying until the deadline.
+            Err(_) => {}
+        }
+        if tokio::time::Instant::now() + POLL_INTERVAL > deadline {
+            return Err(CliError::WaitTimeout {
+                what: format!(
+                    "replicagroup \"{name}\" to show {member} {word}: `kubectl quorate status {name}` shows its Events (a FenceRefused Event says why the group refuses)"
+                ),
+                waited: args.timeout,
+            });
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    let what = if fenced {
+        format!(
+            "it keeps running but is never appointed primary and gets no traffic, until `kubectl quorate unfence {name} {member}`"
+        )
+    } else {
+        "it is a candidate for primary and gets traffic again".to_owned()
+    };
+    emit(&format!(
+        "replicagroup \"{name}\": {member} {word}: {what}\n"
+    ));
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn set_paused(cluster: &Cluster, name: &str, paused: bool) -> Result<ExitCode, CliError> {

@@ -22,7 +22,7 @@ pub fn member_ordinal(group: &str, member: &str) -> Option<u32> {
 }
 
 /// The members that can be named: `cache-0 to cache-2`.
-fn member_range(name: &str, replicas: i32) -> String {
+pub(crate) fn member_range(name: &str, replicas: i32) -> String {
     match replicas {
         ..=0 => "none".to_owned(),
         1 => format!("{name}-0"),

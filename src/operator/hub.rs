@@ -315,6 +315,15 @@ impl AgentHub {
                     .resume()
                     .await
                     .map(|_| "resumed automatic failover".to_owned()),
+                AgentAction::SetFenced { member, fenced } => {
+                    client.fence(member, *fenced).await.map(|_| {
+                        if *fenced {
+                            format!("fenced {member}: it is never appointed and gets no traffic")
+                        } else {
+                            format!("unfenced {member}")
+                        }
+                    })
+                }
                 AgentAction::Bootstrap { .. } => unreachable_bootstrap(),
             };
             match result {
@@ -385,6 +394,7 @@ pub fn view_of(state: &GroupState) -> GroupView {
                 position: m.workload_position,
                 message: m.workload_message.clone(),
                 hooks: crate::agent::wire::hook_outcomes(&m.hooks),
+                fenced: m.fenced,
             })
             .collect(),
         failovers: state

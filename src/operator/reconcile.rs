@@ -324,6 +324,8 @@ fn action_reason(action: &AgentAction) -> &'static str {
         AgentAction::Switchover { .. } => "Switchover",
         AgentAction::Pause => "Paused",
         AgentAction::Resume => "Resumed",
+        AgentAction::SetFenced { fenced: true, .. } => "Fenced",
+        AgentAction::SetFenced { fenced: false, .. } => "Unfenced",
     }
 }
 

@@ -41,6 +41,11 @@ pub enum AgentAction {
     },
     Pause,
     Resume,
+    /// Fence (never appoint, no traffic) or unfence a member.
+    SetFenced {
+        member: String,
+        fenced: bool,
+    },
 }
 
 #[derive(Clone, Debug, Default)]
@@ -259,16 +264,19 @@ pub(super) fn decide(
         Some((true, o)) => o >= desired_witnesses,
         None => true,
     };
+    // Members being removed, and fenced ones (by the group's word, or about to be), get no
+    // traffic.
     out.draining = view
         .members
         .iter()
-        .filter(|m| extra(&m.name))
+        .filter(|m| extra(&m.name) || m.fenced || spec.fenced_members.contains(&m.name))
         .map(|m| m.name.clone())
         .collect();
 
     out.action = switchover(group, observed, view, &mut out, &extra)
         .or_else(|| membership(names, observed, view, &wanted, &extra, &mut out))
-        .or_else(|| pause(group, view));
+        .or_else(|| pause(group, view))
+        .or_else(|| fence(group, view, &mut out));
     out
 }
 
@@ -299,7 +307,7 @@ fn switchover(
     let candidate = |name: &str| {
         view.members
             .iter()
-            .any(|m| m.name == name && m.voter && !m.witness && m.healthy)
+            .any(|m| m.name == name && m.voter && !m.witness && m.healthy && !m.fenced)
     };
     // 1. An explicit request (annotation): hand it over once, then forget it.
     if let Some(request) = group
@@ -357,11 +365,22 @@ fn switchover(
             reason: "PrimaryPodTerminating".into(),
         });
     }
-    // 3. Scale-down removes the primary's member: move the primary first.
+    // 3. Scale-down removes the primary's member, or the primary is to be fenced: move the
+    // primary first.
     if extra(primary) {
         return Some(AgentAction::Switchover {
             target: None,
             reason: "PrimaryRemoved".into(),
+        });
+    }
+    if group.spec.fenced_members.iter().any(|m| m == primary) {
+        if let Err(why) = fence_leaves_a_candidate(primary, takers(view)) {
+            out.rejected_request = Some(("FenceRefused".into(), why));
+            return None;
+        }
+        return Some(AgentAction::Switchover {
+            target: None,
+            reason: "PrimaryFenced".into(),
         });
     }
     // 4. The declared preference.
@@ -450,6 +469,65 @@ fn membership(
             id: member.id,
             name: member.name.clone(),
             reason: "scaled down".into(),
+        });
+    }
+    None
+}
+
+/// Fencing `name` must leave another member that could take over (be primary, or serve in an
+/// ActiveActive group): `takers` are the group's healthy, unfenced, voting non-witness members.
+/// The operator checks it against the group's state, `kubectl quorate fence` against the
+/// status, before asking.
+pub fn fence_leaves_a_candidate<'a>(
+    name: &str,
+    takers: impl IntoIterator<Item = &'a str>,
+) -> Result<(), String> {
+    if !takers.into_iter().any(|t| t != name) {
+        return Err(format!(
+            "fencing {name} would leave no healthy, unfenced member to take over; \
+             it is fenced once another member is healthy (or unfence one)"
+        ));
+    }
+    Ok(())
+}
+
+/// The members of `view` that could take over from a fenced one.
+fn takers(view: &GroupView) -> impl Iterator<Item = &str> {
+    view.members
+        .iter()
+        .filter(|m| m.voter && !m.witness && m.healthy && !m.fenced)
+        .map(|m| m.name.as_str())
+}
+
+/// `spec.fencedMembers` against the members the group has fenced, one change per reconcile:
+/// unfencing first (it only adds candidates). The primary is switched away before it is fenced
+/// (`switchover`); a member that is not in the group yet is fenced once it joins.
+fn fence(group: &ReplicaGroup, view: &GroupView, out: &mut Lifecycle) -> Option<AgentAction> {
+    let wanted = &group.spec.fenced_members;
+    if let Some(m) = view
+        .members
+        .iter()
+        .find(|m| m.fenced && !wanted.contains(&m.name))
+    {
+        return Some(AgentAction::SetFenced {
+            member: m.name.clone(),
+            fenced: false,
+        });
+    }
+    for name in wanted {
+        let Some(m) = view.members.iter().find(|m| &m.name == name) else {
+            continue;
+        };
+        if m.fenced || view.primary.as_deref() == Some(name.as_str()) {
+            continue;
+        }
+        if let Err(why) = fence_leaves_a_candidate(name, takers(view)) {
+            out.rejected_request = Some(("FenceRefused".into(), why));
+            continue;
+        }
+        return Some(AgentAction::SetFenced {
+            member: name.clone(),
+            fenced: true,
         });
     }
     None

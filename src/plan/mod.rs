@@ -29,7 +29,7 @@ use crate::api::{MemberRole, ReplicaGroup, ReplicaGroupStatus};
 use crate::supervisor::protocol::HookOutcome;
 
 pub use crate::api::names::HTTPROUTE_API_VERSION;
-pub use lifecycle::{AgentAction, StrandedMember};
+pub use lifecycle::{AgentAction, StrandedMember, fence_leaves_a_candidate};
 pub use members::claim_names;
 pub use roll::ROLL_SWITCHOVER_REASON;
 pub use routing::{ROUTE_RULE_NAME, merge_route};
@@ -102,6 +102,8 @@ pub struct MemberView {
     pub message: String,
     /// The latest outcome of each hook the member's supervisor ran.
     pub hooks: Vec<HookOutcome>,
+    /// Fenced: keeps running, is never appointed, gets no traffic.
+    pub fenced: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -286,6 +286,7 @@ pub(super) fn member_statuses(inputs: &StatusInputs) -> Vec<MemberStatus> {
                 healthy,
                 voter: in_view.is_some_and(|m| m.voter),
                 weight: traffic.weights.get(name).copied().unwrap_or(0),
+                fenced: in_view.is_some_and(|m| m.fenced),
                 lease: (is_primary && group.spec.mode == GroupMode::PrimaryBackup).then(|| {
                     match view.map(|v| v.lease) {
                         Some(LeaseView::Live) if primary_live => "Live",

@@ -70,6 +70,7 @@ fn member(i: u32, role: MemberRole) -> MemberView {
         position: None,
         message: String::new(),
         hooks: vec![],
+        fenced: false,
     }
 }
 
@@ -949,6 +950,111 @@ fn pause_and_resume_follow_the_spec() {
     assert_eq!(
         plan(&g, &observed(pods(3), connected(v)), &settings()).action,
         Some(AgentAction::Resume)
+    );
+}
+
+#[test]
+fn a_fenced_backup_is_fenced_drained_and_passed_over() {
+    let mut g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
+    g.spec.fenced_members = vec!["cache-2".into()];
+    // Asked for: the group fences it; meanwhile it is already out of the read traffic.
+    let p = plan(
+        &g,
+        &observed(pods(3), connected(view(3, 0, 1))),
+        &settings(),
+    );
+    assert_eq!(
+        p.action,
+        Some(AgentAction::SetFenced {
+            member: "cache-2".into(),
+            fenced: true
+        })
+    );
+    assert_eq!(slice_ips(&p, "cache-ro"), Some(vec!["10.88.1.11".into()]));
+    // Fenced: nothing more to do, it keeps running, weight 0, out of -ro and -r; the status
+    // says so.
+    let mut v = view(3, 0, 1);
+    v.members[2].fenced = true;
+    let p = plan(&g, &observed(pods(3), connected(v.clone())), &settings());
+    assert_eq!(p.action, None);
+    assert_eq!(slice_ips(&p, "cache-ro"), Some(vec!["10.88.1.11".into()]));
+    assert_eq!(
+        slice_ips(&p, "cache-r"),
+        Some(vec!["10.88.1.10".into(), "10.88.1.11".into()])
+    );
+    let m2 = p.status.members.iter().find(|m| m.name == "cache-2");
+    assert!(
+        m2.is_some_and(|m| m.fenced && m.healthy && m.weight == 0),
+        "{m2:?}"
+    );
+    // A switchover to it is refused.
+    let mut requested = g.clone();
+    requested.metadata.annotations = Some(BTreeMap::from([(
+        crate::cli::SWITCHOVER_ANNOTATION.to_owned(),
+        "cache-2".to_owned(),
+    )]));
+    let p = plan(
+        &requested,
+        &observed(pods(3), connected(v.clone())),
+        &settings(),
+    );
+    assert_eq!(p.action, None);
+    assert!(
+        p.events.iter().any(|e| e.reason == "SwitchoverRejected"),
+        "{:?}",
+        p.events
+    );
+    // Removed from the spec: unfenced.
+    g.spec.fenced_members.clear();
+    assert_eq!(
+        plan(&g, &observed(pods(3), connected(v)), &settings()).action,
+        Some(AgentAction::SetFenced {
+            member: "cache-2".into(),
+            fenced: false
+        })
+    );
+}
+
+#[test]
+fn a_primary_to_fence_is_switched_away_first_and_the_last_candidate_is_not_fenced() {
+    let mut g = bootstrapped(group(GroupMode::PrimaryBackup, 3));
+    g.spec.fenced_members = vec!["cache-0".into()];
+    assert_eq!(
+        plan(
+            &g,
+            &observed(pods(3), connected(view(3, 0, 1))),
+            &settings()
+        )
+        .action,
+        Some(AgentAction::Switchover {
+            target: None,
+            reason: "PrimaryFenced".into()
+        })
+    );
+    // cache-1 is fenced and cache-2 unhealthy: fencing the primary would leave nobody.
+    let mut v = view(3, 0, 1);
+    v.members[1].fenced = true;
+    v.members[2].healthy = false;
+    g.spec.fenced_members = vec!["cache-0".into(), "cache-1".into()];
+    let p = plan(&g, &observed(pods(3), connected(v.clone())), &settings());
+    assert_eq!(p.action, None);
+    let refused = p.events.iter().find(|e| e.reason == "FenceRefused");
+    assert!(
+        refused.is_some_and(|e| e.warning && e.note.contains("no healthy, unfenced member")),
+        "{:?}",
+        p.events
+    );
+    // Likewise a backup that is the only healthy member besides a fenced primary-to-be.
+    let mut v = view(2, 0, 1);
+    v.members[0].healthy = false;
+    let mut g = bootstrapped(group(GroupMode::PrimaryBackup, 2));
+    g.spec.fenced_members = vec!["cache-1".into()];
+    let p = plan(&g, &observed(pods(2), connected(v)), &settings());
+    assert_eq!(p.action, None);
+    assert!(
+        p.events.iter().any(|e| e.reason == "FenceRefused"),
+        "{:?}",
+        p.events
     );
 }
 

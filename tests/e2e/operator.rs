@@ -24,6 +24,7 @@ pub fn tests() -> Vec<crate::support::Test> {
         scale_up_and_down_keeps_one_primary,
         switchover_through_the_kubectl_plugin,
         pause_and_resume_through_the_kubectl_plugin,
+        fence_and_unfence_through_the_kubectl_plugin,
         leader_loss_during_a_failover_still_ends_routed,
         invalid_template_is_reported_without_a_crash_loop,
         deleting_a_group_removes_everything_it_created,
@@ -204,6 +205,16 @@ pub async fn wait_ready(
     )
     .await;
     r.with_context(|| format!("last conditions: {}", last.lock().expect("lock")))
+}
+
+/// The addresses in the EndpointSlice `name`.
+pub async fn slice_addresses(ctx: &Ctx, ns: &str, name: &str) -> Result<Vec<String>> {
+    let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), ns);
+    let s = api.get(name).await?;
+    Ok(s.endpoints
+        .iter()
+        .flat_map(|e| e.addresses.clone())
+        .collect())
 }
 
 /// The addresses in the `-rw` EndpointSlice and its epoch annotation.
@@ -724,6 +735,109 @@ async fn switchover_through_the_kubectl_plugin(ctx: Ctx) -> Result<()> {
 
 /// Pause freezes every automatic change of primary, the operator's own hand-off from a
 /// terminating primary pod included; resume lets the group replace the lost primary.
+async fn fence_and_unfence_through_the_kubectl_plugin(ctx: Ctx) -> Result<()> {
+    let (ns, primary, epoch) = routed_db(&ctx, "op-fence").await?;
+    let backups: Vec<&str> = ["db-0", "db-1", "db-2"]
+        .into_iter()
+        .filter(|m| *m != primary)
+        .collect();
+    let (fenced, other) = (backups[0], backups[1]);
+    let ip = |m: String| {
+        let ctx = ctx.clone();
+        let ns = ns.name.clone();
+        async move { pod_ip(&ctx, &ns, &m).await?.context("a pod IP") }
+    };
+    let (fenced_ip, other_ip, primary_ip) = (
+        ip(fenced.to_owned()).await?,
+        ip(other.to_owned()).await?,
+        ip(primary.clone()).await?,
+    );
+    let out = plugin(&ctx, &["-n", &ns.name, "fence", "db", fenced])?;
+    ensure!(
+        out.contains(&format!("{fenced} fenced")),
+        "plugin output: {out}"
+    );
+    // Out of the read traffic, still running and healthy.
+    wait_for(
+        "the fenced member out of db-ro",
+        Duration::from_secs(30),
+        || async {
+            let ro = slice_addresses(&ctx, &ns.name, "db-ro").await?;
+            Ok((!ro.contains(&fenced_ip) && ro.contains(&other_ip)).then_some(()))
+        },
+    )
+    .await?;
+    let r = slice_addresses(&ctx, &ns.name, "db-r").await?;
+    ensure!(
+        !r.contains(&fenced_ip),
+        "db-r still routes to {fenced}: {r:?}"
+    );
+    let g = groups(&ctx, &ns.name).get("db").await?;
+    let member = g
+        .status
+        .as_ref()
+        .and_then(|s| s.members.iter().find(|m| m.name == fenced).cloned());
+    ensure!(
+        member
+            .as_ref()
+            .is_some_and(|m| m.fenced && m.healthy && m.weight == 0),
+        "{fenced} in the status: {member:?}"
+    );
+    // The primary: switched away first, to the only candidate left.
+    let out = plugin(
+        &ctx,
+        &["-n", &ns.name, "fence", "db", &primary, "--timeout", "90s"],
+    )?;
+    ensure!(
+        out.contains(&format!("{primary} fenced")),
+        "plugin output: {out}"
+    );
+    let (new, epoch2) =
+        wait_routed_primary(&ctx, &ns.name, "db", epoch, Duration::from_secs(30)).await?;
+    ensure!(
+        new == other && epoch2 == epoch + 1,
+        "after fencing the primary {primary}: {new} at epoch {epoch2}, wanted {other} at {}",
+        epoch + 1
+    );
+    // The last candidate: refused, saying why, and nothing changes.
+    let refused = plugin(&ctx, &["-n", &ns.name, "fence", "db", other])
+        .err()
+        .context("fencing the only healthy, unfenced member must fail")?
+        .to_string();
+    ensure!(
+        refused.contains("no healthy, unfenced member") && refused.contains(&ns.name),
+        "refusal: {refused}"
+    );
+    // Unfenced, both serve reads again.
+    for m in [fenced, primary.as_str()] {
+        let out = plugin(&ctx, &["-n", &ns.name, "unfence", "db", m])?;
+        ensure!(
+            out.contains(&format!("{m} unfenced")),
+            "plugin output: {out}"
+        );
+    }
+    wait_for(
+        "both members back in db-ro",
+        Duration::from_secs(30),
+        || async {
+            let ro = slice_addresses(&ctx, &ns.name, "db-ro").await?;
+            Ok((ro.contains(&fenced_ip) && ro.contains(&primary_ip)).then_some(()))
+        },
+    )
+    .await?;
+    let g = groups(&ctx, &ns.name).get("db").await?;
+    ensure!(
+        g.spec.fenced_members.is_empty()
+            && g.status
+                .as_ref()
+                .is_some_and(|s| s.members.iter().all(|m| !m.fenced)),
+        "still fenced: {:?} {:?}",
+        g.spec.fenced_members,
+        g.status.map(|s| s.members)
+    );
+    Ok(())
+}
+
 async fn pause_and_resume_through_the_kubectl_plugin(ctx: Ctx) -> Result<()> {
     let (ns, new, epoch2) = routed_db(&ctx, "op-pause").await?;
     // Paused: a crashed primary is not replaced; routing drains it once its lease is gone.

@@ -31,6 +31,7 @@ struct RelevantMember {
     voter: bool,
     role: i32,
     healthy: bool,
+    fenced: bool,
     /// (load, latency) rounded; `None` unless the group is load-sensitive.
     signals: Option<(Option<Rounded>, Option<Rounded>)>,
     /// The workload message without its digits.
@@ -86,6 +87,7 @@ impl Relevant {
                     voter: m.voter,
                     role: m.role,
                     healthy: m.healthy,
+                    fenced: m.fenced,
                     signals: load_sensitive
                         .then(|| (m.load.map(rounded), m.latency_ms.map(rounded))),
                     message: m
@@ -201,6 +203,7 @@ mod tests {
             ("member health", |s| s.members[0].healthy = false),
             ("member role", |s| s.members[0].role += 1),
             ("member voter", |s| s.members[0].voter = false),
+            ("member fenced", |s| s.members[0].fenced = true),
             ("member added", |s| s.members.push(Default::default())),
             ("workload message", |s| {
                 s.members[0].workload_message = "the workload's health check fails".into()
