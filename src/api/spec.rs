@@ -201,7 +201,9 @@ pub struct ReplicaGroupSpec {
     /// is switched away first. Fencing is refused while it would leave no healthy, unfenced
     /// member to take over (the group reports `FenceRefused`). Also `kubectl quorate fence`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 15))]
+    // Bounded (member names are pod names, DNS labels) so that the API server can afford the
+    // CEL rule that checks every entry.
+    #[schemars(length(max = 15), inner(length(min = 1, max = 63)))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub fenced_members: Vec<String>,
 }
