@@ -9,7 +9,7 @@ export CARGO_TARGET_DIR ?= $(QUORATE_CACHE)/target
 
 .DEFAULT_GOAL := help
 .PHONY: help demo test tools crds build images cluster-up cluster-down cluster-status \
-        bench-agent bench-failover bench-weights bench-scale bench-workloads bench-compare bench-node-loss bench-upgrade lint kind-up kind-e2e check-cargo
+        bench-agent bench-failover bench-weights bench-scale bench-workloads bench-compare bench-node-loss bench-upgrade dashboard-snapshot lint kind-up kind-e2e check-cargo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -69,6 +69,9 @@ bench-node-loss: check-cargo ## the primary's whole node partitioned or frozen (
 
 bench-upgrade: check-cargo ## operator upgrades (helm upgrade to another tag and back) with a group answering through -rw: the longest gap per upgrade, switchovers per group
 	hack/bench.sh upgrade
+
+dashboard-snapshot: ## the Grafana dashboard's panels from a scripted run on the test bed (crash, switchover, fence) into docs/images/dashboard.png
+	hack/dashboard-snapshot.sh
 
 lint: check-cargo ## rustfmt --check, clippy -D warnings (every target), shellcheck (hack/), helm lint --strict
 	hack/lint.sh

@@ -40,23 +40,12 @@ print(m["layers"][0]["digest"].split(":")[1])' "$archive")"
     mkdir -p "$rootfs/scripts" "$rootfs/var/lib/postgresql/data" "$rootfs/run/quorate/bin"
     touch "$rootfs/run/quorate/bin/quorate-run" "$rootfs/.complete"
   fi
-  requirements="$HACK/patroni-requirements.txt"
-  wheels="$QUORATE_CACHE/wheels/patroni-$(sha256sum "$requirements" | cut -c1-12)"
-  if [[ ! -e "$wheels/.complete" ]]; then
-    log "downloading Patroni's packages ($requirements) into $wheels"
-    tmp="$(mktemp -d)"
-    /usr/bin/python3 -m venv "$tmp/venv"
-    "$tmp/venv/bin/pip" download -q --no-deps --prefer-binary -d "$wheels" -r "$requirements"
-    rm -rf "$tmp"
-    touch "$wheels/.complete"
-  fi
   release_cargo bench --no-run --bench compare
   # World-readable (Patroni runs as nobody); removed afterwards.
   work="$(mktemp -d /tmp/quorate-compare.XXXXXX)"
   trap 'rm -rf --one-file-system "$work"' EXIT
   chmod 0755 "$work"
-  /usr/bin/python3 -m venv "$work/venv"
-  "$work/venv/bin/pip" install -q --no-index --no-deps --find-links "$wheels" -r "$requirements"
+  venv_from_wheels "$HACK/patroni-requirements.txt" "$work/venv"
   export QUORATE_PG_ROOT="$work/pgroot" QUORATE_PATRONI="$work/venv/bin/patroni" QUORATE_COMPARE_DIR="$work"
   # A network namespace with only loopback, and a mount namespace in which the cached root
   # filesystem (under $HOME) appears in the world-readable $work for Patroni's user.

@@ -171,6 +171,18 @@ build_prometheus() {
   finish $name "$v"
 }
 
+# The Prometheus server, same module and version: only hack/dashboard-snapshot.sh runs it (not in
+# the default set: make test does not need it).
+build_prometheus_server() {
+  local v=$PROMETHEUS_VERSION name=prometheus-server m=github.com/prometheus/prometheus
+  installed $name "$v" prometheus --version "version ${v#v}" && return 0
+  begin $name "$v"
+  local out; out="$(tool_dir $name "$v")/bin"; mkdir -p "$out"
+  GOBIN="$out" CGO_ENABLED=0 go install -trimpath -tags remove_all_sd \
+    -ldflags "-s -w -X github.com/prometheus/common/version.Version=${v#v}" "$m/cmd/prometheus@$v"
+  finish $name "$v"
+}
+
 build_provisioner() {
   local v; v="$(provisioner_version)"; local name=hostpath-provisioner
   installed $name "$v" hostpath-provisioner --version "$v" && return 0
@@ -275,9 +287,9 @@ all="kubernetes etcd containerd runc cni crictl coredns helm prometheus provisio
 components=("$@")
 ((${#components[@]} > 0)) || read -ra components <<<"$all"
 for c in "${components[@]}"; do
-  declare -F "build_$c" >/dev/null || die "unknown component '$c' (known: $all)"
+  declare -F "build_${c//-/_}" >/dev/null || die "unknown component '$c' (known: $all prometheus-server)"
   # Not `( build ) || die`: errexit is ignored inside anything that is tested with ||, so a
   # failed step would not stop the build and a broken component would be reported as built.
-  set +e; ( set -e; "build_$c" ); rc=$?; set -e
+  set +e; ( set -e; "build_${c//-/_}" ); rc=$?; set -e
   ((rc == 0)) || die "building $c failed (see the output above)"
 done

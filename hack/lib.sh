@@ -61,6 +61,7 @@ bin_dir() {
     coredns) tool_dir coredns "$COREDNS_VERSION" ;;
     helm) tool_dir helm "$HELM_VERSION" ;;
     prometheus) tool_dir prometheus "$PROMETHEUS_VERSION" ;;
+    prometheus-server) tool_dir prometheus-server "$PROMETHEUS_VERSION" ;;
     provisioner) tool_dir hostpath-provisioner "$(provisioner_version)" ;;
     traefik) tool_dir traefik "$TRAEFIK_VERSION" ;;
     *) die "unknown component $1" ;;
@@ -141,4 +142,23 @@ workload_archive() {
   key="$({ awk -v n="$1" '$1 == n' "$HACK/debian-images.txt" "$HACK/debian-images.lock" 2>/dev/null
     printf '%s\n' "${!pin:-}"; cat "$HACK/debian-image.sh" "$HACK/mkoci.py"; } | sha256sum | cut -c1-12)"
   printf '%s/images/%s-%s.tar' "$QUORATE_CACHE" "$1" "$key"
+}
+
+# venv_from_wheels REQUIREMENTS DIR: a virtual environment of Debian's /usr/bin/python3 at DIR
+# with exactly the packages of REQUIREMENTS (pinned, --no-deps), installed from wheels cached
+# under $QUORATE_CACHE/wheels (downloaded once per version of the file).
+venv_from_wheels() {
+  local requirements=$1 dir=$2 wheels tmp
+  [[ -x /usr/bin/python3 ]] || die "needs /usr/bin/python3 (Debian's python3 and python3-venv)"
+  wheels="$QUORATE_CACHE/wheels/$(basename "$requirements" .txt)-$(sha256sum "$requirements" | cut -c1-12)"
+  if [[ ! -e "$wheels/.complete" ]]; then
+    log "downloading the packages of $requirements into $wheels"
+    tmp="$(mktemp -d)"
+    /usr/bin/python3 -m venv "$tmp/venv"
+    "$tmp/venv/bin/pip" download -q --no-deps --prefer-binary -d "$wheels" -r "$requirements"
+    rm -rf "$tmp"
+    touch "$wheels/.complete"
+  fi
+  /usr/bin/python3 -m venv "$dir"
+  "$dir/bin/pip" install -q --no-index --no-deps --find-links "$wheels" -r "$requirements"
 }

@@ -991,6 +991,8 @@ fn servicemonitor_is_optional_and_selects_the_metrics_service() {
     assert_eq!(endpoint["port"], service["spec"]["ports"][0]["name"]);
     assert_eq!(endpoint["path"], "/metrics");
     assert_eq!(endpoint["interval"], "15s");
+    // The group series' own `namespace` label wins over the target's.
+    assert_eq!(endpoint["honorLabels"], true);
     assert_eq!(endpoint["scrapeTimeout"], "5s");
 }
 

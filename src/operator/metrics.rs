@@ -160,6 +160,12 @@ fn group_labels(namespace: &str, name: &str) -> Labels {
     ]
 }
 
+fn failover_labels(namespace: &str, name: &str, reason: &str) -> Labels {
+    let mut labels = group_labels(namespace, name);
+    labels.push(("reason".to_owned(), reason.to_owned()));
+    labels
+}
+
 /// The reasons of `status.lastFailover` (api::FailoverRecord), the `reason` label of failovers.
 const FAILOVER_REASONS: &[&str] = &[
     "LeaseExpired",
@@ -342,18 +348,25 @@ impl Metrics {
             self.group_gauges[gauge].get_or_create(labels).set(*value);
         }
         published.insert(key, series.into_iter().map(|(g, l, _)| (g, l)).collect());
+        // Every reason's counter exists from the start, at 0: `increase()` over a counter that
+        // first appears at 1 is 0, and a group's first failover would not show.
+        for reason in FAILOVER_REASONS {
+            drop(
+                self.failovers
+                    .get_or_create(&failover_labels(namespace, name, reason)),
+            );
+        }
     }
 
     /// Counts a change of primary of a group, once it is routed.
     pub fn count_failover(&self, namespace: &str, name: &str, reason: &str) {
-        let mut labels = group_labels(namespace, name);
-        labels.push(("reason".to_owned(), reason.to_owned()));
-        self.failovers.get_or_create(&labels).inc();
+        self.failovers
+            .get_or_create(&failover_labels(namespace, name, reason))
+            .inc();
     }
 
     /// Drops a deleted group's series (and its phase from the per-phase counts).
     pub fn forget_group(&self, namespace: &str, name: &str) {
-        let labels = group_labels(namespace, name);
         let key = (namespace.to_owned(), name.to_owned());
         let gone = self
             .published
@@ -364,9 +377,8 @@ impl Metrics {
             self.group_gauges[&gauge].remove(&series);
         }
         for reason in FAILOVER_REASONS {
-            let mut with_reason = labels.clone();
-            with_reason.push(("reason".to_owned(), (*reason).to_owned()));
-            self.failovers.remove(&with_reason);
+            self.failovers
+                .remove(&failover_labels(namespace, name, reason));
         }
         let key = format!("{namespace}/{name}");
         let mut phases = self.phases.lock().unwrap_or_else(|p| p.into_inner());
@@ -521,6 +533,7 @@ mod tests {
             r#"quorate_operator_group_last_failover_duration_seconds{namespace="shop",group="cache"} 1.25"#,
             r#"quorate_operator_group_certificate_expiry_timestamp_seconds{namespace="shop",group="cache"} 1800000000.0"#,
             r#"quorate_operator_failovers_total{namespace="shop",group="cache",reason="Switchover"} 1"#,
+            r#"quorate_operator_failovers_total{namespace="shop",group="cache",reason="LeaseExpired"} 0"#,
             r#"quorate_operator_groups{phase="Ready"} 1"#,
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
