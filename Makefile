@@ -70,7 +70,7 @@ bench-node-loss: check-cargo ## the primary's whole node partitioned or frozen (
 bench-upgrade: check-cargo ## operator upgrades (helm upgrade to another tag and back) with a group answering through -rw: the longest gap per upgrade, switchovers per group
 	hack/bench.sh upgrade
 
-dashboard-snapshot: ## the Grafana dashboard's panels from a scripted run on the test bed (crash, switchover, fence) into docs/images/dashboard.png
+dashboard-snapshot: ## the Grafana dashboard's panels from a scripted run on the test bed (primary deleted, switchover, fence) into docs/images/dashboard.png
 	hack/dashboard-snapshot.sh
 
 lint: check-cargo ## rustfmt --check, clippy -D warnings (every target), shellcheck (hack/), helm lint --strict

@@ -158,30 +158,25 @@ build_helm() {
   finish $name "$v"
 }
 
-# promtool only (`make test` checks the chart's alerting rules and runs their unit tests with it).
-# remove_all_sd leaves out Prometheus' service discoveries (cloud SDKs), which promtool's rule
-# checks do not use: a third of the build.
-build_prometheus() {
-  local v=$PROMETHEUS_VERSION name=prometheus m=github.com/prometheus/prometheus
-  installed $name "$v" promtool --version "version ${v#v}" && return 0
-  begin $name "$v"
-  local out; out="$(tool_dir $name "$v")/bin"; mkdir -p "$out"
+# go_install_prometheus NAME COMMAND: one command of the Prometheus module at the pinned version.
+# remove_all_sd leaves out Prometheus' service discoveries (cloud SDKs): neither the rule checks
+# nor the dashboard's scrapes (file_sd, kept) use them, and they are a third of the build.
+go_install_prometheus() {
+  local v=$PROMETHEUS_VERSION name=$1 cmd=$2
+  installed "$name" "$v" "$cmd" --version "version ${v#v}" && return 0
+  begin "$name" "$v"
+  local out; out="$(tool_dir "$name" "$v")/bin"; mkdir -p "$out"
   GOBIN="$out" CGO_ENABLED=0 go install -trimpath -tags remove_all_sd \
-    -ldflags "-s -w -X github.com/prometheus/common/version.Version=${v#v}" "$m/cmd/promtool@$v"
-  finish $name "$v"
+    -ldflags "-s -w -X github.com/prometheus/common/version.Version=${v#v}" \
+    "github.com/prometheus/prometheus/cmd/$cmd@$v"
+  finish "$name" "$v"
 }
 
-# The Prometheus server, same module and version: only hack/dashboard-snapshot.sh runs it (not in
-# the default set: make test does not need it).
-build_prometheus_server() {
-  local v=$PROMETHEUS_VERSION name=prometheus-server m=github.com/prometheus/prometheus
-  installed $name "$v" prometheus --version "version ${v#v}" && return 0
-  begin $name "$v"
-  local out; out="$(tool_dir $name "$v")/bin"; mkdir -p "$out"
-  GOBIN="$out" CGO_ENABLED=0 go install -trimpath -tags remove_all_sd \
-    -ldflags "-s -w -X github.com/prometheus/common/version.Version=${v#v}" "$m/cmd/prometheus@$v"
-  finish $name "$v"
-}
+# promtool: `make test` checks the chart's alerting rules and runs their unit tests with it.
+build_prometheus() { go_install_prometheus prometheus promtool; }
+
+# The Prometheus server: only hack/dashboard-snapshot.sh runs it (not in the default set).
+build_prometheus_server() { go_install_prometheus prometheus-server prometheus; }
 
 build_provisioner() {
   local v; v="$(provisioner_version)"; local name=hostpath-provisioner

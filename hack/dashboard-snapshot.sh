@@ -5,8 +5,8 @@
 # of the test workload in the namespace dashboard-demo, and runs Prometheus (built from its Go
 # module like promtool) on 127.0.0.1:9099, scraping the operator and every agent on their pod
 # IPs (the targets file is rewritten every 2 s, with the labels the chart's ServiceMonitor and
-# PodMonitor give). Meanwhile it crashes the primary, asks for a switchover, fences a backup and
-# unfences it, a minute apart. hack/render-dashboard.py then runs every panel's queries against
+# PodMonitor give). Meanwhile it force-deletes the primary's pod, asks for a switchover, fences a
+# backup and unfences it, a minute apart. hack/render-dashboard.py then runs every panel's queries against
 # that Prometheus over the run and draws them where the dashboard places them. Grafana is not
 # used (its licence); the picture is the dashboard's queries on this run's data.
 # Prometheus, the targets loop and the namespace are removed at the end.
@@ -105,7 +105,7 @@ step() { log "$1"; sleep "$2"; }
 step "recording the group at rest" 60
 old="$(primary)"
 k delete pod -n "$ns" "$old" --grace-period=0 --force >/dev/null 2>&1
-step "crashed the primary $old" 75
+step "force-deleted the primary's pod $old" 75
 k annotate rg -n "$ns" "$group" quorate.dev/switchover-to= --overwrite >/dev/null
 step "asked for a switchover (away from $(primary))" 60
 backup="$(k get rg -n "$ns" "$group" -o json | jq -r '[.status.members[] | select(.role == "Backup") | .name][0]')"

@@ -1610,19 +1610,17 @@ mod tests {
 
     #[test]
     fn a_fenced_member_is_never_chosen_and_the_last_candidate_is_not_fenced() {
-        let (mut c, mut state, roster) = leading(0);
-        apply(
-            &mut c,
-            &mut state,
-            &roster,
-            &[Action::Propose(GroupCommand::SetFenced {
+        let fence = |id: NodeId| {
+            Action::Propose(GroupCommand::SetFenced {
                 member: MemberName {
-                    id: 2,
-                    name: "m-2".into(),
+                    id,
+                    name: format!("m-{id}"),
                 },
                 fenced: true,
-            })],
-        );
+            })
+        };
+        let (mut c, mut state, roster) = leading(0);
+        apply(&mut c, &mut state, &roster, &[fence(2)]);
         for id in [1, 2, 3] {
             c.on_report(0, id, healthy());
         }
@@ -1636,18 +1634,7 @@ mod tests {
         );
         // Member 1 may be fenced (3 stays); then 3 is the last unfenced healthy one.
         assert_eq!(c.fence_ok(2, 1), Ok(()));
-        apply(
-            &mut c,
-            &mut state,
-            &roster,
-            &[Action::Propose(GroupCommand::SetFenced {
-                member: MemberName {
-                    id: 1,
-                    name: "m-1".into(),
-                },
-                fenced: true,
-            })],
-        );
+        apply(&mut c, &mut state, &roster, &[fence(1)]);
         let refused = c.fence_ok(3, 3).expect_err("the only candidate left");
         assert!(refused.contains("no healthy, unfenced member"), "{refused}");
     }

@@ -114,6 +114,21 @@ pub fn install_chart(ctx: &Ctx, chart: &std::path::Path, image: &str) -> Result<
     Ok(())
 }
 
+/// `helm uninstall` of the suites' release, waiting for its objects to go (the CRD stays:
+/// crds.keep).
+pub fn uninstall_operator(ctx: &Ctx) -> Result<()> {
+    ctx.helm(&[
+        "uninstall",
+        RELEASE,
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        "--wait",
+        "--timeout",
+        "120s",
+    ])?;
+    Ok(())
+}
+
 /// The names of the operator's pods now (none before the first install).
 pub fn operator_pods(ctx: &Ctx) -> Result<Vec<String>> {
     let listed = ctx.kubectl(&[

@@ -459,22 +459,14 @@ async fn api_server_rejects_every_invalid_manifest(ctx: Ctx) -> Result<()> {
 /// Runs last: the operator installed by the operator phase (or now) must uninstall cleanly,
 /// leaving only the CRD (crds.keep).
 async fn helm_install_and_uninstall_leave_nothing_behind(ctx: Ctx) -> Result<()> {
-    use crate::operator::{OPERATOR_NAMESPACE, RELEASE, ensure_operator};
+    use crate::operator::{OPERATOR_NAMESPACE, RELEASE, ensure_operator, uninstall_operator};
     ensure_operator(&ctx).await?;
     let installed = labelled_objects(&ctx, RELEASE)?;
     ensure!(
         installed.iter().any(|o| o.starts_with("deployment")),
         "no operator Deployment after install: {installed:?}"
     );
-    ctx.helm(&[
-        "uninstall",
-        RELEASE,
-        "--namespace",
-        OPERATOR_NAMESPACE,
-        "--wait",
-        "--timeout",
-        "120s",
-    ])?;
+    uninstall_operator(&ctx)?;
     let left = wait_for(
         "the release's objects to be gone",
         Duration::from_secs(60),

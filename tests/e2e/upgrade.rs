@@ -11,8 +11,8 @@ use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 
 use crate::operator::{
-    OPERATOR_NAMESPACE, RELEASE, create_group, ensure_operator, install_chart, install_operator,
-    test_group, wait_ready, wait_routed_primary,
+    RELEASE, create_group, ensure_operator, install_chart, install_operator, test_group,
+    uninstall_operator, wait_ready, wait_routed_primary,
 };
 use crate::support::Ctx;
 use crate::tests;
@@ -76,15 +76,7 @@ async fn the_crd_upgrades_with_the_chart_and_the_group_keeps_its_primary(ctx: Ct
     // A cluster on the previous chart: the release gone (its CRD and the group stay, crds.keep),
     // the CRD as the previous chart's `helm install` left it (its crds/ file, no Helm labels),
     // then the previous chart itself.
-    ctx.helm(&[
-        "uninstall",
-        RELEASE,
-        "--namespace",
-        OPERATOR_NAMESPACE,
-        "--wait",
-        "--timeout",
-        "120s",
-    ])?;
+    uninstall_operator(&ctx)?;
     let kept = served_crd(&ctx).context("the CRD after helm uninstall (crds.keep)")?;
     ensure!(
         kept["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep",
