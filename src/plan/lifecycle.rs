@@ -484,8 +484,8 @@ pub fn fence_leaves_a_candidate<'a>(
 ) -> Result<(), String> {
     if !takers.into_iter().any(|t| t != name) {
         return Err(format!(
-            "fencing {name} would leave no healthy, unfenced member to take over; \
-             it is fenced once another member is healthy (or unfence one)"
+            "fencing {name} would leave no healthy, unfenced member to take over: \
+             wait until another member is healthy, or unfence one"
         ));
     }
     Ok(())
