@@ -284,7 +284,7 @@ pub async fn observe(
 
     let slices = slices_observed(names, &ctx.stores.slices(names).await?);
     let pods_rejected = if crate::plan::pods_missing(group, &pods) {
-        pod_creation_failure(client, names).await?
+        pod_creation_failure(client, group, names).await?
     } else {
         None
     };
@@ -348,28 +348,37 @@ const POD_CREATION_FAILURE_WINDOW: Duration = Duration::from_secs(300);
 /// StatefulSet's Events say why. Read only while pods are missing.
 async fn pod_creation_failure(
     client: &Client,
+    group: &ReplicaGroup,
     names: &GroupNames,
 ) -> Result<Option<String>, Error> {
     use k8s_openapi::api::core::v1::Event;
     let events: Api<Event> = Api::namespaced(client.clone(), &names.namespace);
-    let listed = events
-        .list(
-            &kube::api::ListParams::default()
-                .fields("involvedObject.kind=StatefulSet,reason=FailedCreate"),
-        )
-        .await
-        .context(|| format!("listing the FailedCreate Events in {}", names.namespace))?;
-    let ours = [names.members(), names.witnesses()];
+    let mut statefulsets = vec![names.members()];
+    if group.spec.effective_witnesses() > 0 {
+        statefulsets.push(names.witnesses());
+    }
+    let mut failures = Vec::new();
+    for statefulset in &statefulsets {
+        // Selected by name on the server: in a namespace of many groups whose pods are refused,
+        // each group reading every group's Events made the reads grow with the square of the
+        // groups (1000 pod-less groups saturated the API server).
+        let selector = format!(
+            "involvedObject.kind=StatefulSet,involvedObject.name={statefulset},reason=FailedCreate"
+        );
+        let listed = events
+            .list(&kube::api::ListParams::default().fields(&selector))
+            .await
+            .context(|| {
+                format!(
+                    "listing the FailedCreate Events of {}/{statefulset}",
+                    names.namespace
+                )
+            })?;
+        failures.extend(listed.items);
+    }
     let now = jiff::Timestamp::now();
-    let latest = listed
-        .items
+    let latest = failures
         .into_iter()
-        .filter(|e| {
-            e.involved_object
-                .name
-                .as_ref()
-                .is_some_and(|n| ours.contains(n))
-        })
         .filter_map(|e| {
             let at = e
                 .series
