@@ -284,7 +284,7 @@ pub async fn observe(
 
     let slices = slices_observed(names, &ctx.stores.slices(names).await?);
     let pods_rejected = if crate::plan::pods_missing(group, &pods) {
-        pod_creation_failure(client, group, names).await?
+        pod_creation_failure(ctx, group, names).await?
     } else {
         None
     };
@@ -345,37 +345,17 @@ const POD_CREATION_FAILURE_WINDOW: Duration = Duration::from_secs(300);
 
 /// The latest `FailedCreate` Event of the group's StatefulSets in the last few minutes: the
 /// API server refused a pod (Pod Security admission, a quota, a webhook), and only the
-/// StatefulSet's Events say why. Read only while pods are missing.
+/// StatefulSet's Events say why. Read (from the watch's store) only while pods are missing.
 async fn pod_creation_failure(
-    client: &Client,
+    ctx: &Context,
     group: &ReplicaGroup,
     names: &GroupNames,
 ) -> Result<Option<String>, Error> {
-    use k8s_openapi::api::core::v1::Event;
-    let events: Api<Event> = Api::namespaced(client.clone(), &names.namespace);
     let mut statefulsets = vec![names.members()];
     if group.spec.effective_witnesses() > 0 {
         statefulsets.push(names.witnesses());
     }
-    let mut failures = Vec::new();
-    for statefulset in &statefulsets {
-        // Selected by name on the server: in a namespace of many groups whose pods are refused,
-        // each group reading every group's Events made the reads grow with the square of the
-        // groups (1000 pod-less groups saturated the API server).
-        let selector = format!(
-            "involvedObject.kind=StatefulSet,involvedObject.name={statefulset},reason=FailedCreate"
-        );
-        let listed = events
-            .list(&kube::api::ListParams::default().fields(&selector))
-            .await
-            .context(|| {
-                format!(
-                    "listing the FailedCreate Events of {}/{statefulset}",
-                    names.namespace
-                )
-            })?;
-        failures.extend(listed.items);
-    }
+    let failures = ctx.stores.failed_creates(names, &statefulsets).await?;
     let now = jiff::Timestamp::now();
     let latest = failures
         .into_iter()
@@ -393,8 +373,8 @@ async fn pod_creation_failure(
     Ok(latest.map(|(_, e)| {
         format!(
             "StatefulSet {}: {}",
-            e.involved_object.name.unwrap_or_default(),
-            e.message.unwrap_or_default()
+            e.involved_object.name.as_deref().unwrap_or_default(),
+            e.message.as_deref().unwrap_or_default()
         )
     }))
 }

@@ -1,5 +1,6 @@
 //! Reflector stores of the objects every reconcile reads (member pods, the operator's
-//! EndpointSlices, and with the Gateway API its HTTPRoutes and the Gateways), kept by watches
+//! EndpointSlices, the StatefulSets' `FailedCreate` Events, and with the Gateway API its
+//! HTTPRoutes and the Gateways), kept by watches
 //! instead of LISTs per reconcile. Each watch also triggers a reconcile of the group an object
 //! belongs to.
 //!
@@ -18,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Event, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::DynamicObject;
 use kube::core::{DeserializeGuard, PartialObjectMeta};
@@ -52,6 +53,11 @@ pub struct Stores {
     /// The operator's Services, metadata only: which per-member Services exist (a scale-down
     /// deletes those of removed members).
     services: Store<PartialObjectMeta<Service>>,
+    /// StatefulSets' `FailedCreate` Events (any StatefulSet's: Events carry no labels to select
+    /// the operator's by): why the API server refuses a group's pods. A LIST per reconcile of a
+    /// group whose pods are refused read every Event of the namespace from etcd, and 1000 such
+    /// groups saturated the API server.
+    failed_creates: Store<Event>,
     /// Read-your-writes for the routing slices: a reconcile right after a routing switch (the
     /// group's state stream triggers them within milliseconds) must see the switch, not the
     /// stored version the watch has not replaced yet; its events and RoutingConverged are
@@ -99,6 +105,33 @@ where
 /// The group an object carries in its group label.
 fn group_of(obj: &impl ResourceExt) -> Option<GroupRef> {
     Some(ObjectRef::new(obj.labels().get(GROUP_LABEL)?).within(&obj.namespace()?))
+}
+
+/// The Events the `failed_creates` store keeps (selected on the server).
+const FAILED_CREATE_SELECTOR: &str = "involvedObject.kind=StatefulSet,reason=FailedCreate";
+
+/// The group whose member or witness StatefulSet an Event is about.
+fn groups_of_statefulset(
+    groups: &Store<DeserializeGuard<ReplicaGroup>>,
+    event: &Event,
+) -> Vec<GroupRef> {
+    let (Some(namespace), Some(statefulset)) = (
+        event.involved_object.namespace.as_deref(),
+        event.involved_object.name.as_deref(),
+    ) else {
+        return Vec::new();
+    };
+    groups
+        .state()
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok())
+        .filter(|g| g.namespace().as_deref() == Some(namespace))
+        .filter(|g| {
+            let names = GroupNames::new(g.name_any(), namespace);
+            names.members() == statefulset || names.witnesses() == statefulset
+        })
+        .map(|g| ObjectRef::new(&g.name_any()).within(namespace))
+        .collect()
 }
 
 /// Groups whose `spec.traffic.gateway.parentRefs` name `namespace/name`.
@@ -204,10 +237,12 @@ impl Stores {
         let pods = Writer::<Pod>::default();
         let slices = Writer::<EndpointSlice>::default();
         let services = Writer::<PartialObjectMeta<Service>>::default();
+        let failed_creates = Writer::<Event>::default();
         let stores = Arc::new(Stores {
             pods: pods.as_reader(),
             slices: slices.as_reader(),
             services: services.as_reader(),
+            failed_creates: failed_creates.as_reader(),
             written: Mutex::default(),
             gateway_api: OnceLock::new(),
             client: client.clone(),
@@ -228,6 +263,17 @@ impl Stores {
                 pods_applied.watched(<Pod as k8s_openapi::Resource>::KIND, e);
             },
             group_of,
+        );
+        // A StatefulSet's refused pod: the group reports it at once.
+        let failed_groups = stores.groups.clone();
+        spawn_reflector(
+            "FailedCreate Events",
+            Api::all(client.clone()),
+            watcher::Config::default().fields(FAILED_CREATE_SELECTOR),
+            failed_creates,
+            trigger.clone(),
+            |_| {},
+            move |e: &Event| groups_of_statefulset(&failed_groups, e),
         );
         let services_applied = applied.clone();
         // The operator's EndpointSlices (the same selector as for its other objects).
@@ -355,6 +401,22 @@ impl Stores {
             .collect();
         found.sort();
         Ok(found)
+    }
+
+    /// The `FailedCreate` Events of StatefulSets `statefulsets` of the group's namespace.
+    pub async fn failed_creates(
+        &self,
+        names: &GroupNames,
+        statefulsets: &[String],
+    ) -> Result<Vec<Arc<Event>>, Error> {
+        Self::ready(&self.failed_creates, "FailedCreate Events").await?;
+        Ok(self.failed_creates.state_filter(|e| {
+            e.involved_object.namespace.as_deref() == Some(names.namespace.as_str())
+                && e.involved_object
+                    .name
+                    .as_ref()
+                    .is_some_and(|n| statefulsets.contains(n))
+        }))
     }
 
     /// An EndpointSlice as the API server answered our write of it.

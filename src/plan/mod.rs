@@ -323,10 +323,10 @@ pub const RESYNC_MS: u64 = 300_000;
 /// PodDisruptionBudget refused is not watched; what else the roll waits for is).
 pub const ROLL_POLL_MS: u64 = 2_000;
 
-/// How soon a group with missing pods is reconciled again, to report a refusal.
-pub const PODS_MISSING_POLL_MS: u64 = 5_000;
-/// How soon once a refusal is reported (a fix of the namespace's policy is not watched).
-pub const PODS_REJECTED_POLL_MS: u64 = 30_000;
+/// How soon a group with missing pods is reconciled again. A refusal's Event is watched and
+/// triggers the group at once; this lets a reported refusal age out of its window
+/// (operator/observe.rs) when the StatefulSet controller's back-off retries seldom.
+pub const PODS_MISSING_POLL_MS: u64 = 30_000;
 
 /// How soon a group blocked by a Secret under its name, or whose CA is lost, looks again
 /// (Secrets are not watched, so the removal of the one in the way, or the restored CA, is
@@ -495,14 +495,8 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
         });
     }
     let role_labels = routing::role_labels(group, observed, &traffic);
-    // Pods the StatefulSets have not created: nothing watched changes when the API server
-    // refuses one (only the StatefulSet's Events say why), so look again soon.
-    let rejection_poll_ms =
-        pods_missing(group, &observed.pods).then_some(if observed.pods_rejected.is_some() {
-            PODS_REJECTED_POLL_MS
-        } else {
-            PODS_MISSING_POLL_MS
-        });
+    // Pods the StatefulSets have not created (why is in the StatefulSets' watched Events).
+    let rejection_poll_ms = pods_missing(group, &observed.pods).then_some(PODS_MISSING_POLL_MS);
     let requeue_ms = [
         Some(RESYNC_MS),
         traffic.requeue_ms,

@@ -651,9 +651,8 @@ fn bootstrap_waits_for_every_member_and_happens_once() {
 #[test]
 fn before_bootstrap_started_agents_are_polled_and_missing_pods_looked_at_for_a_refusal() {
     let g = group(GroupMode::PrimaryBackup, 3);
-    // No pods (a quota, Pod Security): the pod watch reconciles when one appears, and a poll
-    // every few seconds reports why the API server refuses them; a refusal already reported
-    // is looked at less often.
+    // No pods (a quota, Pod Security): the pod watch reconciles when one appears, the Event
+    // watch when one is refused, and a slow poll lets a reported refusal age out.
     let mut none = observed(vec![], AgentsObserved::Connecting);
     assert_eq!(
         plan(&g, &none, &settings()).requeue_ms,
@@ -662,7 +661,7 @@ fn before_bootstrap_started_agents_are_polled_and_missing_pods_looked_at_for_a_r
     none.pods_rejected = Some("StatefulSet cache: forbidden".into());
     assert_eq!(
         plan(&g, &none, &settings()).requeue_ms,
-        crate::plan::PODS_REJECTED_POLL_MS
+        crate::plan::PODS_MISSING_POLL_MS
     );
     // Pods whose agents have not started yet: the pod watch reconciles when they do.
     let mut starting = pods(3);

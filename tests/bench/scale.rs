@@ -291,7 +291,9 @@ fn main() -> Result<()> {
         .build()?;
     runtime.block_on(async {
         let ctx = Ctx::from_env().await?;
-        operator::ensure_operator(&ctx).await?;
+        // The chart's defaults (info logs, Secrets re-read every 30 minutes): the operator's
+        // load as users run it, not the suites' settings.
+        operator::ensure_operator_with(&ctx, operator::OperatorValues::Defaults).await?;
         // Each figure as soon as it is measured: a later phase that fails keeps the earlier ones.
         podless(&ctx).await?;
         under_load(&ctx, &audit_log).await

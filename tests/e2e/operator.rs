@@ -53,15 +53,30 @@ const SECRET_REREAD_SECONDS: u64 = 10;
 /// leaves their requests out (tests/e2e/rbac.rs).
 pub static EARLIER_OPERATOR_PODS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
 
+/// What the operator is installed with besides the image and two replicas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OperatorValues {
+    /// What the suites need: Secrets re-read every `SECRET_REREAD_SECONDS` (the lost-CA test),
+    /// debug logs.
+    Suites,
+    /// The chart's defaults, for benchmarks of the operator's own load.
+    Defaults,
+}
+
 /// Installs the operator once per run (2 replicas, leader election), as a user would.
 pub async fn ensure_operator(ctx: &Ctx) -> Result<()> {
+    ensure_operator_with(ctx, OperatorValues::Suites).await
+}
+
+/// `ensure_operator` with `values`.
+pub async fn ensure_operator_with(ctx: &Ctx, values: OperatorValues) -> Result<()> {
     OPERATOR
         .get_or_try_init(|| async {
             // Operator pods of an earlier install, which this upgrade replaces: their requests
             // are not this run's (tests/e2e/rbac.rs).
             let _ = EARLIER_OPERATOR_PODS.set(operator_pods(ctx)?);
             crate::smoke::apply_crd(ctx)?;
-            install_operator(ctx, &ctx.image)
+            install_chart(ctx, &ctx.root.join("charts/quorate"), &ctx.image, values)
         })
         .await
         .map(|_| ())
@@ -70,7 +85,12 @@ pub async fn ensure_operator(ctx: &Ctx) -> Result<()> {
 /// `helm upgrade --install` of the chart with `image` (operator and agents), as the suites run
 /// it; also what `make bench-upgrade` upgrades with (another tag of the same build).
 pub fn install_operator(ctx: &Ctx, image: &str) -> Result<()> {
-    install_chart(ctx, &ctx.root.join("charts/quorate"), image)
+    install_chart(
+        ctx,
+        &ctx.root.join("charts/quorate"),
+        image,
+        OperatorValues::Suites,
+    )
 }
 
 /// `helm upgrade --install` of `chart` (a directory or a packaged chart) with the suites' values.
@@ -78,39 +98,56 @@ pub fn install_operator(ctx: &Ctx, image: &str) -> Result<()> {
 /// outside Helm would, and a kept test bed may hold one installed from an older chart's crds/
 /// folder; the chart templates the CRD and takes it over, the documented way
 /// (charts/quorate/README.md, "CRDs").
-pub fn install_chart(ctx: &Ctx, chart: &std::path::Path, image: &str) -> Result<()> {
+pub fn install_chart(
+    ctx: &Ctx,
+    chart: &std::path::Path,
+    image: &str,
+    values: OperatorValues,
+) -> Result<()> {
     let (repo, tag) = image.rsplit_once(':').context("image tag")?;
     // A rebuilt image keeps its tag: its digest on the pods makes helm roll them.
     let image_id = std::env::var("QUORATE_IMAGE_ID").unwrap_or_default();
     let image_id = format!("podAnnotations.quorate\\.dev/image-id={image_id}");
-    ctx.helm(&[
-        "upgrade",
-        "--install",
-        RELEASE,
-        &chart.to_string_lossy(),
-        "--namespace",
-        OPERATOR_NAMESPACE,
-        "--create-namespace",
-        "--set",
-        &format!("image.repository={repo}"),
-        "--set",
-        &format!("image.tag={tag}"),
-        "--set",
-        "replicaCount=2",
+    let reread = format!("extraArgs[0]=--secret-reread-seconds={SECRET_REREAD_SECONDS}");
+    let suites = [
         "--set",
         "logFormat=text",
         "--set",
         "logLevel=debug",
         // The suites delete a group's CA Secret and wait for the report.
         "--set",
-        &format!("extraArgs[0]=--secret-reread-seconds={SECRET_REREAD_SECONDS}"),
+        &reread,
+    ];
+    let suites: &[&str] = match values {
+        OperatorValues::Suites => &suites,
+        OperatorValues::Defaults => &[],
+    };
+    let chart = chart.to_string_lossy();
+    let repository = format!("image.repository={repo}");
+    let tag = format!("image.tag={tag}");
+    let mut args = vec![
+        "upgrade",
+        "--install",
+        RELEASE,
+        &chart,
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        "--create-namespace",
+        "--set",
+        &repository,
+        "--set",
+        &tag,
+        "--set",
+        "replicaCount=2",
         "--set-string",
         &image_id,
         "--take-ownership",
         "--wait",
         "--timeout",
         "180s",
-    ])?;
+    ];
+    args.extend_from_slice(suites);
+    ctx.helm(&args)?;
     Ok(())
 }
 

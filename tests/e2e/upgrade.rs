@@ -11,8 +11,8 @@ use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 
 use crate::operator::{
-    RELEASE, create_group, ensure_operator, install_chart, install_operator, test_group,
-    uninstall_operator, wait_ready, wait_routed_primary,
+    OperatorValues, RELEASE, create_group, ensure_operator, install_chart, install_operator,
+    test_group, uninstall_operator, wait_ready, wait_routed_primary,
 };
 use crate::support::Ctx;
 use crate::tests;
@@ -99,7 +99,12 @@ async fn the_crd_upgrades_with_the_chart_and_the_group_keeps_its_primary(ctx: Ct
         printer_columns(&served),
         served["metadata"]
     );
-    install_chart(&ctx, &ctx.root.join(PREVIOUS_CHART), &ctx.image)?;
+    install_chart(
+        &ctx,
+        &ctx.root.join(PREVIOUS_CHART),
+        &ctx.image,
+        OperatorValues::Suites,
+    )?;
     wait_ready(&ctx, &ns.name, "db", Duration::from_secs(120)).await?;
 
     // The upgrade, as a user runs it (charts/quorate/README.md, "CRDs": --take-ownership once).
