@@ -1272,7 +1272,7 @@ fn rbac_is_exactly_what_the_operator_uses() {
             &["events"],
             &["create", "patch"],
         ),
-        ("ClusterRole", "", &["events"], &["list"]),
+        ("ClusterRole", "", &["events"], &["list", "watch"]),
         (
             "ClusterRole",
             "gateway.networking.k8s.io",

@@ -323,10 +323,6 @@ pub const RESYNC_MS: u64 = 300_000;
 /// PodDisruptionBudget refused is not watched; what else the roll waits for is).
 pub const ROLL_POLL_MS: u64 = 2_000;
 
-/// How soon a group with missing pods is reconciled again. A refusal's Event is watched and
-/// triggers the group at once; this lets a reported refusal age out of its window
-/// (operator/observe.rs) when the StatefulSet controller's back-off retries seldom.
-pub const PODS_MISSING_POLL_MS: u64 = 30_000;
 
 /// How soon a group blocked by a Secret under its name, or whose CA is lost, looks again
 /// (Secrets are not watched, so the removal of the one in the way, or the restored CA, is
@@ -495,13 +491,10 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
         });
     }
     let role_labels = routing::role_labels(group, observed, &traffic);
-    // Pods the StatefulSets have not created (why is in the StatefulSets' watched Events).
-    let rejection_poll_ms = pods_missing(group, &observed.pods).then_some(PODS_MISSING_POLL_MS);
     let requeue_ms = [
         Some(RESYNC_MS),
         traffic.requeue_ms,
         lifecycle.requeue_ms,
-        rejection_poll_ms,
         observed.ca_lost.is_some().then_some(SECRETS_POLL_MS),
         roll.evict.is_some().then_some(ROLL_POLL_MS),
     ]
