@@ -709,7 +709,7 @@ fn restricted_check_rejects_an_unhardened_pod() {
 /// not at install time), and the chart renders no kind this test does not know about.
 #[test]
 fn rendered_objects_have_valid_kubernetes_types() {
-    use k8s_openapi::api::{apps, core, policy, rbac};
+    use k8s_openapi::api::{apps, core, networking, policy, rbac};
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     fn check<T: serde::de::DeserializeOwned>(doc: &Value) -> Result<(), String> {
         serde_json::from_value::<T>(doc.clone())
@@ -729,6 +729,7 @@ fn rendered_objects_have_valid_kubernetes_types() {
                 "Service" => check::<core::v1::Service>(&doc),
                 "ServiceAccount" => check::<core::v1::ServiceAccount>(&doc),
                 "PodDisruptionBudget" => check::<policy::v1::PodDisruptionBudget>(&doc),
+                "NetworkPolicy" => check::<networking::v1::NetworkPolicy>(&doc),
                 "ClusterRole" => check::<rbac::v1::ClusterRole>(&doc),
                 "ClusterRoleBinding" => check::<rbac::v1::ClusterRoleBinding>(&doc),
                 "Role" => check::<rbac::v1::Role>(&doc),
@@ -799,6 +800,8 @@ fn operator_deployment_command_line() {
             "--leader-election-lease=quorate",
             "--log-format=json",
             "--log-level=info",
+            "--network-policies=true",
+            "--operator-pod-labels=app.kubernetes.io/component=operator,app.kubernetes.io/instance=quorate,app.kubernetes.io/name=quorate",
         ]
     );
     let env: BTreeMap<&str, &str> = container["env"]
@@ -1275,6 +1278,12 @@ fn rbac_is_exactly_what_the_operator_uses() {
         ("ClusterRole", "", &["events"], &["list", "watch"]),
         (
             "ClusterRole",
+            "networking.k8s.io",
+            &["networkpolicies"],
+            &["get", "list", "watch", "create", "patch", "delete"],
+        ),
+        (
+            "ClusterRole",
             "gateway.networking.k8s.io",
             &["httproutes"],
             &["get", "list", "watch", "create", "patch", "delete"],
@@ -1421,4 +1430,36 @@ fn readme_documents_every_value() {
     }
     assert!(keys.len() >= 20, "README values table not found: {keys:?}");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn network_policies_are_on_by_default_and_the_operator_admits_only_its_ports() {
+    let docs = documents(&render(&[]));
+    let policy = one(&docs, "NetworkPolicy");
+    let deployment = one(&docs, "Deployment");
+    assert!(
+        selects(
+            &policy["spec"]["podSelector"]["matchLabels"],
+            &deployment["spec"]["template"]["metadata"]["labels"]
+        ),
+        "the policy selects the operator pods: {policy}"
+    );
+    assert_eq!(
+        policy["spec"]["ingress"],
+        serde_json::json!([{"ports": [{"port": 8080, "protocol": "TCP"}, {"port": 8081, "protocol": "TCP"}]}])
+    );
+    // The labels the groups' policies admit are the operator pods' own.
+    let args = operator_args(&docs);
+    let labels = arg_value(&args, "--operator-pod-labels");
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    for pair in labels.split(',') {
+        let (k, v) = pair.split_once('=').expect("key=value");
+        assert_eq!(pod_labels[k], v, "{k} in {pod_labels}");
+    }
+    let off = documents(&render(&["networkPolicy.enabled=false"]));
+    assert!(find(&off, "NetworkPolicy").is_empty());
+    assert_eq!(
+        arg_value(&operator_args(&off), "--network-policies"),
+        "false"
+    );
 }

@@ -206,6 +206,41 @@ pub struct ReplicaGroupSpec {
     #[schemars(length(max = 15), inner(length(min = 1, max = 63)))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub fenced_members: Vec<String>,
+
+    /// The group's NetworkPolicy, enforced where the cluster's network plugin enforces
+    /// NetworkPolicies (see docs/security.md, "Network").
+    #[serde(default, skip_serializing_if = "NetworkPolicySpec::is_default")]
+    pub network_policy: NetworkPolicySpec,
+}
+
+/// Whether the operator writes the group's NetworkPolicy `NAME`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Write the NetworkPolicy `NAME` (default true; the operator's `--network-policies=false`,
+    /// the chart's `networkPolicy.enabled`, turns it off for every group). It admits the agents'
+    /// gRPC port (7470: Raft, admin calls) only from the group's own pods and the operator; the
+    /// agents' HTTP port (7471: probes, `/metrics`, the role) and the workload's ports
+    /// (`spec.ports` and the ports its containers declare) from anywhere; nothing else. Other
+    /// NetworkPolicies that select the pods add to what it admits.
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+impl NetworkPolicySpec {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// How the members of a group share work.
@@ -249,6 +284,17 @@ pub enum PortProtocol {
     Udp,
     #[serde(rename = "SCTP")]
     Sctp,
+}
+
+impl PortProtocol {
+    /// Its name in Kubernetes objects (a Service port, a NetworkPolicy port).
+    pub fn name(self) -> &'static str {
+        match self {
+            PortProtocol::Tcp => "TCP",
+            PortProtocol::Udp => "UDP",
+            PortProtocol::Sctp => "SCTP",
+        }
+    }
 }
 
 /// A health check of the local workload, run by the agent. Set exactly one of tcpSocket,

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use quorate::operator::{self, Config};
-use quorate::plan::OperatorSettings;
+use quorate::plan::{OperatorPods, OperatorSettings};
 
 #[derive(Parser)]
 #[command(
@@ -62,6 +62,30 @@ struct RunArgs {
     /// watched: a CA Secret someone deleted is reported within this time.
     #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..=86400))]
     secret_reread_seconds: u64,
+    /// Write each group's NetworkPolicy (`spec.networkPolicy.enabled: false` opts a group out);
+    /// false writes none and deletes those written before.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    network_policies: bool,
+    /// The labels of the operator's own pods, `key=value,...`: the groups' NetworkPolicies admit
+    /// these pods of the operator's namespace to the agents' gRPC port.
+    #[arg(long, default_value = "app.kubernetes.io/name=quorate,app.kubernetes.io/component=operator", value_parser = parse_labels)]
+    operator_pod_labels: std::collections::BTreeMap<String, String>,
+}
+
+/// `key=value,...`, at least one pair, keys and values non-empty.
+fn parse_labels(text: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let labels = text
+        .split(',')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() && !v.trim().is_empty() => {
+                Ok((k.trim().to_owned(), v.trim().to_owned()))
+            }
+            _ => Err(format!(
+                "{pair:?} is not key=value (expected labels such as app.kubernetes.io/name=quorate,app.kubernetes.io/instance=quorate)"
+            )),
+        })
+        .collect::<Result<std::collections::BTreeMap<_, _>, _>>()?;
+    Ok(labels)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -84,6 +108,11 @@ fn main() -> anyhow::Result<()> {
         settings: OperatorSettings {
             agent_image: args.agent_image,
             agent_image_pull_policy: args.agent_image_pull_policy,
+            network_policies: args.network_policies,
+            operator_pods: OperatorPods {
+                namespace: args.namespace.clone(),
+                labels: args.operator_pod_labels,
+            },
         },
         leader_election_lease: Some(args.leader_election_lease).filter(|l| !l.is_empty()),
         namespace: args.namespace,

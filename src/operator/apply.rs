@@ -33,12 +33,14 @@ fn content_hash(v: &Value) -> u64 {
 /// The API resource of a kind the operator writes or deletes.
 pub(super) fn api_resource(kind: &str) -> Option<ApiResource> {
     use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
     use k8s_openapi::api::policy::v1::PodDisruptionBudget;
     Some(match kind {
         StatefulSet::KIND => ApiResource::erase::<StatefulSet>(&()),
         Service::KIND => ApiResource::erase::<Service>(&()),
         EndpointSlice::KIND => ApiResource::erase::<EndpointSlice>(&()),
         PodDisruptionBudget::KIND => ApiResource::erase::<PodDisruptionBudget>(&()),
+        NetworkPolicy::KIND => ApiResource::erase::<NetworkPolicy>(&()),
         HTTPROUTE_KIND => http_route_resource(),
         _ => return None,
     })

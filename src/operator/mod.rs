@@ -21,6 +21,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
@@ -296,6 +297,10 @@ async fn run_controller(
             applied.clone(),
         ))
         .owns_stream(stores::owned_changes::<PodDisruptionBudget>(
+            client.clone(),
+            applied.clone(),
+        ))
+        .owns_stream(stores::owned_changes::<NetworkPolicy>(
             client.clone(),
             applied.clone(),
         ))

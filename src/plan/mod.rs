@@ -8,6 +8,7 @@
 
 mod lifecycle;
 mod members;
+mod network;
 mod roll;
 mod routing;
 mod status;
@@ -21,6 +22,7 @@ use k8s_openapi::Resource as _;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use serde::Serialize;
 
@@ -40,6 +42,17 @@ pub struct OperatorSettings {
     /// Image of the injected agent sidecar.
     pub agent_image: String,
     pub agent_image_pull_policy: String,
+    /// Whether groups get their NetworkPolicy (`spec.networkPolicy.enabled` opts one out).
+    pub network_policies: bool,
+    /// The operator's own pods, which the groups' NetworkPolicies admit to the agents.
+    pub operator_pods: OperatorPods,
+}
+
+/// Where the operator's pods run and the labels that select them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OperatorPods {
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A member or witness pod as the operator sees it.
@@ -234,6 +247,7 @@ pub enum Desired {
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
     PodDisruptionBudget(Box<PodDisruptionBudget>),
+    NetworkPolicy(Box<NetworkPolicy>),
     /// Gateway API HTTPRoute (no typed crate: the `gateway-api` crate is built on kube 4).
     HttpRoute(serde_json::Value),
 }
@@ -249,6 +263,7 @@ impl Desired {
             Desired::Service(o) => (Service::KIND, name(&o.metadata)),
             Desired::EndpointSlice(o) => (EndpointSlice::KIND, name(&o.metadata)),
             Desired::PodDisruptionBudget(o) => (PodDisruptionBudget::KIND, name(&o.metadata)),
+            Desired::NetworkPolicy(o) => (NetworkPolicy::KIND, name(&o.metadata)),
             Desired::HttpRoute(v) => (
                 HTTPROUTE_KIND,
                 v["metadata"]["name"]
@@ -373,6 +388,13 @@ pub fn plan(group: &ReplicaGroup, observed: &Observed, settings: &OperatorSettin
         Some(budget) => apply.push(budget),
         None => delete.push(Obsolete {
             kind: <PodDisruptionBudget as k8s_openapi::Resource>::KIND,
+            name: names.members(),
+        }),
+    }
+    match network::network_policy(group, &names, settings) {
+        Some(policy) => apply.push(policy),
+        None => delete.push(Obsolete {
+            kind: <NetworkPolicy as k8s_openapi::Resource>::KIND,
             name: names.members(),
         }),
     }

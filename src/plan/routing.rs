@@ -316,12 +316,7 @@ fn service_ports(group: &ReplicaGroup) -> Vec<ServicePort> {
 }
 
 fn protocol(p: Option<PortProtocol>) -> String {
-    match p {
-        Some(PortProtocol::Udp) => "UDP",
-        Some(PortProtocol::Sctp) => "SCTP",
-        _ => "TCP",
-    }
-    .to_owned()
+    p.unwrap_or(PortProtocol::Tcp).name().to_owned()
 }
 
 fn service(
@@ -693,8 +688,8 @@ pub(super) fn role_labels(
 
 /// The order of writes, decided here rather than at apply time because it is what a failover
 /// waits for: the `-rw` EndpointSlice (the switch itself, one object and so one write) goes
-/// first, then the other slices, the Services, the HTTPRoute, the PodDisruptionBudget, and the
-/// members' StatefulSets last. The pods' role labels (`Plan::role_labels`) follow them: no
+/// first, then the other slices, the Services, the HTTPRoute, the PodDisruptionBudget and the
+/// NetworkPolicy, and the members' StatefulSets last. The pods' role labels (`Plan::role_labels`) follow them: no
 /// routing depends on a label, and a label that cannot be written must not hold up the objects
 /// the group needs. The status is written after all of them (by the IO shell).
 fn write_rank(d: &Desired) -> u8 {
@@ -710,7 +705,7 @@ fn write_rank(d: &Desired) -> u8 {
         Desired::EndpointSlice(_) => 1,
         Desired::Service(_) => 2,
         Desired::HttpRoute(_) => 3,
-        Desired::PodDisruptionBudget(_) => 4,
+        Desired::PodDisruptionBudget(_) | Desired::NetworkPolicy(_) => 4,
         Desired::StatefulSet(_) => 5,
     }
 }

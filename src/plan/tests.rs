@@ -38,6 +38,14 @@ fn settings() -> OperatorSettings {
     OperatorSettings {
         agent_image: "ghcr.io/quorate-dev/quorate:0.1.0".into(),
         agent_image_pull_policy: "IfNotPresent".into(),
+        network_policies: true,
+        operator_pods: crate::plan::OperatorPods {
+            namespace: "quorate-system".into(),
+            labels: std::collections::BTreeMap::from([(
+                "app.kubernetes.io/name".into(),
+                "quorate".into(),
+            )]),
+        },
     }
 }
 
@@ -2109,6 +2117,7 @@ fn writes_go_routing_switch_first_and_members_last() {
             Desired::Service(_) => "Service".into(),
             Desired::HttpRoute(_) => "HTTPRoute".into(),
             Desired::PodDisruptionBudget(_) => "PodDisruptionBudget".into(),
+            Desired::NetworkPolicy(_) => "NetworkPolicy".into(),
             Desired::StatefulSet(_) => "StatefulSet".into(),
         })
         .collect();
@@ -2123,6 +2132,7 @@ fn writes_go_routing_switch_first_and_members_last() {
             "Service",
             "HTTPRoute",
             "PodDisruptionBudget",
+            "NetworkPolicy",
             "StatefulSet"
         ],
         "{kinds:?}"
@@ -2630,4 +2640,141 @@ fn claim_names_follow_the_statefulset_naming() {
         claim_names(&g, "cache-witness-0", true),
         ["quorate-data-cache-witness-0"]
     );
+}
+
+fn network_policy(p: &Plan) -> Option<&k8s_openapi::api::networking::v1::NetworkPolicy> {
+    p.apply.iter().find_map(|d| match d {
+        Desired::NetworkPolicy(n) => Some(n.as_ref()),
+        _ => None,
+    })
+}
+
+/// The ports (number, protocol) of the policy's rule `rule`.
+fn policy_ports(
+    policy: &k8s_openapi::api::networking::v1::NetworkPolicy,
+    rule: usize,
+) -> Vec<(i32, String)> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let rules = policy.spec.as_ref().and_then(|s| s.ingress.as_ref());
+    rules.expect("ingress rules")[rule]
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| match &p.port {
+            Some(IntOrString::Int(n)) => (*n, p.protocol.clone().unwrap_or_default()),
+            other => panic!("a port by number, got {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn the_network_policy_admits_only_the_group_and_the_operator_to_the_agents() {
+    let mut g = group(GroupMode::PrimaryBackup, 3);
+    // The workload declares its port, a UDP port, and (wrongly) the agent's gRPC port.
+    let container = &mut g.spec.template.spec.as_mut().expect("pod spec").containers[0];
+    container.ports = Some(
+        [(6379, None), (5353, Some("UDP")), (7470, None)]
+            .into_iter()
+            .map(
+                |(port, protocol)| k8s_openapi::api::core::v1::ContainerPort {
+                    container_port: port,
+                    protocol: protocol.map(str::to_owned),
+                    ..Default::default()
+                },
+            )
+            .collect(),
+    );
+    let none = observed(vec![], AgentsObserved::Connecting);
+    let p = plan(&g, &none, &settings());
+    let policy = network_policy(&p).expect("a NetworkPolicy");
+    insta::assert_yaml_snapshot!("network_policy", policy);
+    // The gRPC port: only from the group's pods and the operator's, in its namespace.
+    assert_eq!(policy_ports(policy, 0), vec![(7470, "TCP".to_owned())]);
+    let from = policy.spec.as_ref().unwrap().ingress.as_ref().unwrap()[0]
+        .from
+        .clone()
+        .expect("peers");
+    assert_eq!(from.len(), 2);
+    assert_eq!(
+        from[0].pod_selector.as_ref().unwrap().match_labels,
+        Some(std::collections::BTreeMap::from([(
+            crate::api::names::GROUP_LABEL.to_owned(),
+            "cache".to_owned()
+        )]))
+    );
+    assert!(
+        from[0].namespace_selector.is_none(),
+        "the group's own namespace"
+    );
+    assert_eq!(
+        from[1].pod_selector.as_ref().unwrap().match_labels,
+        Some(settings().operator_pods.labels)
+    );
+    // From anywhere: the HTTP port and the workload's ports, never the gRPC port.
+    assert_eq!(
+        policy_ports(policy, 1),
+        vec![
+            (7471, "TCP".to_owned()),
+            (5353, "UDP".to_owned()),
+            (6379, "TCP".to_owned()),
+            (8080, "TCP".to_owned()),
+        ]
+    );
+    assert!(!p.delete.iter().any(|o| o.kind == "NetworkPolicy"));
+
+    // Turned off for the group, or for every group: none, and an earlier one is deleted.
+    let mut off = g.clone();
+    off.spec.network_policy.enabled = false;
+    let mut no_policies = settings();
+    no_policies.network_policies = false;
+    for p in [
+        plan(&off, &none, &settings()),
+        plan(&g, &none, &no_policies),
+    ] {
+        assert!(network_policy(&p).is_none());
+        assert!(
+            p.delete
+                .iter()
+                .any(|o| o.kind == "NetworkPolicy" && o.name == "cache")
+        );
+    }
+}
+
+proptest! {
+    /// Whatever ports the workload declares, the gRPC port is never opened to everyone, and
+    /// every other declared port is.
+    #[test]
+    fn the_grpc_port_is_never_open_to_everyone(
+        served in proptest::collection::btree_set(1i32..=65535, 0..6),
+        declared in proptest::collection::vec(1i32..=65535, 0..6),
+    ) {
+        let mut g = group(GroupMode::ActiveActive, 2);
+        g.spec.ports = served
+            .iter()
+            .enumerate()
+            .map(|(i, port)| crate::api::MemberPort {
+                name: format!("p{i}"),
+                port: *port,
+                protocol: None,
+                app_protocol: None,
+            })
+            .collect();
+        g.spec.template.spec.as_mut().unwrap().containers[0].ports = Some(
+            declared
+                .iter()
+                .map(|port| k8s_openapi::api::core::v1::ContainerPort {
+                    container_port: *port,
+                    ..Default::default()
+                })
+                .collect(),
+        );
+        let p = plan(&g, &observed(vec![], AgentsObserved::Connecting), &settings());
+        let open: std::collections::BTreeSet<i32> =
+            policy_ports(network_policy(&p).unwrap(), 1).into_iter().map(|(n, _)| n).collect();
+        prop_assert!(!open.contains(&7470));
+        prop_assert!(open.contains(&7471));
+        for port in served.iter().chain(&declared).filter(|p| **p != 7470) {
+            prop_assert!(open.contains(port), "port {port} not open");
+        }
+    }
 }

@@ -31,6 +31,7 @@ pub fn tests() -> Vec<crate::support::Test> {
         objects_in_the_way_are_reported_and_never_taken_over,
         pods_refused_by_pod_security_are_reported_in_the_status,
         a_group_with_one_voter_has_no_disruption_budget,
+        the_network_policy_admits_only_the_group_and_the_operator,
         a_lost_ca_is_an_incident_and_a_replaced_one_restarts_the_members,
         specs_whose_objects_the_api_server_refuses_are_reported,
         a_rolling_restart_through_the_plugin_changes_the_primary_once,
@@ -1318,6 +1319,102 @@ async fn a_group_with_one_voter_has_no_disruption_budget(ctx: Ctx) -> Result<()>
         ])?;
         wait_budget(present).await?;
     }
+    Ok(())
+}
+
+/// The group's NetworkPolicy as the API server holds it: the gRPC port for the group's pods and
+/// the operator's only, the HTTP and workload ports for everyone, repaired when changed and
+/// deleted when the group turns it off. The test bed's kernel cannot run a NetworkPolicy
+/// enforcer (docs/security.md, "Network"): what reaches a pod is not checked here.
+async fn the_network_policy_admits_only_the_group_and_the_operator(ctx: Ctx) -> Result<()> {
+    ensure_operator(&ctx).await?;
+    let ns = ctx.namespace("op-netpol")?;
+    create_group(&ctx, &ns.name, &test_group(&ctx, "db", "PrimaryBackup", 3)).await?;
+    let policy = || -> Result<Option<Value>> {
+        let out = ctx.kubectl(&[
+            "get",
+            "networkpolicy",
+            "-n",
+            &ns.name,
+            "--ignore-not-found",
+            "db",
+            "-o",
+            "json",
+        ])?;
+        if out.trim().is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(serde_json::from_str(&out)?))
+    };
+    let wait_policy = |what: &'static str, want: fn(&Value) -> bool| {
+        let policy = &policy;
+        async move {
+            wait_for(what, Duration::from_secs(60), || async {
+                Ok(policy()?.filter(want))
+            })
+            .await
+        }
+    };
+    let written = wait_policy("the group's NetworkPolicy", |_| true).await?;
+    let ingress = &written["spec"]["ingress"];
+    ensure!(
+        written["spec"]["podSelector"]["matchLabels"] == json!({"quorate.dev/group": "db"})
+            && written["spec"]["policyTypes"] == json!(["Ingress"]),
+        "the policy selects the group's pods for ingress: {written}"
+    );
+    ensure!(
+        ingress[0]["ports"] == json!([{"port": 7470, "protocol": "TCP"}])
+            && ingress[0]["from"][0]
+                == json!({"podSelector": {"matchLabels": {"quorate.dev/group": "db"}}})
+            && ingress[0]["from"][1]["namespaceSelector"]["matchLabels"]
+                == json!({"kubernetes.io/metadata.name": OPERATOR_NAMESPACE})
+            && ingress[0]["from"][1]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+                == "operator"
+            && ingress[0]["from"].as_array().map(Vec::len) == Some(2),
+        "the gRPC port admits the group's pods and the operator's only: {ingress}"
+    );
+    ensure!(
+        ingress[1].get("from").is_none()
+            && ingress[1]["ports"]
+                == json!([{"port": 7471, "protocol": "TCP"}, {"port": 8080, "protocol": "TCP"}]),
+        "the HTTP port and the workload's port admit everyone: {ingress}"
+    );
+    wait_ready(&ctx, &ns.name, "db", Duration::from_secs(180)).await?;
+
+    // Someone opens the gRPC port to everyone: the operator puts its rule back.
+    ctx.kubectl(&[
+        "patch",
+        "networkpolicy",
+        "db",
+        "-n",
+        &ns.name,
+        "--type=json",
+        "-p",
+        r#"[{"op": "remove", "path": "/spec/ingress/0/from"}]"#,
+    ])?;
+    wait_policy("the operator to repair its NetworkPolicy", |p| {
+        p["spec"]["ingress"][0]["from"].as_array().map(Vec::len) == Some(2)
+    })
+    .await?;
+
+    // Turned off for the group: the operator deletes it.
+    ctx.kubectl(&[
+        "patch",
+        "rg",
+        "db",
+        "-n",
+        &ns.name,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"networkPolicy":{"enabled":false}}}"#,
+    ])?;
+    wait_for(
+        "the operator to delete the group's NetworkPolicy",
+        Duration::from_secs(60),
+        || async { Ok(policy()?.is_none().then_some(())) },
+    )
+    .await?;
+    wait_ready(&ctx, &ns.name, "db", Duration::from_secs(60)).await?;
     Ok(())
 }
 

@@ -34,6 +34,15 @@ The helm.sh/chart label value: "<chart>-<version>".
 Selector labels: stable across upgrades (a Deployment's selector is immutable), so they hold
 no version.
 */}}
+{{/* The selector labels as key=value,... (the operator's --operator-pod-labels). */}}
+{{- define "quorate.selectorLabelList" -}}
+{{- $pairs := list -}}
+{{- range $k, $v := (include "quorate.selectorLabels" . | fromYaml) -}}
+{{- $pairs = append $pairs (printf "%s=%s" $k $v) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end }}
+
 {{- define "quorate.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "quorate.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
