@@ -110,7 +110,13 @@ fn group_of(obj: &impl ResourceExt) -> Option<GroupRef> {
 /// The Events the `failed_creates` store keeps (selected on the server).
 const FAILED_CREATE_SELECTOR: &str = "involvedObject.kind=StatefulSet,reason=FailedCreate";
 
-/// The group whose member or witness StatefulSet an Event is about.
+/// An Event seen for the first time: not yet counted again, no series.
+fn first_occurrence(event: &Event) -> bool {
+    event.count.unwrap_or(1) <= 1 && event.series.is_none()
+}
+
+/// The group whose member or witness StatefulSet an Event is about: a lookup by name (the
+/// Events come in bursts while the StatefulSet controller retries, with many groups).
 fn groups_of_statefulset(
     groups: &Store<DeserializeGuard<ReplicaGroup>>,
     event: &Event,
@@ -121,16 +127,20 @@ fn groups_of_statefulset(
     ) else {
         return Vec::new();
     };
-    groups
-        .state()
-        .iter()
-        .filter_map(|g| g.0.as_ref().ok())
-        .filter(|g| g.namespace().as_deref() == Some(namespace))
-        .filter(|g| {
-            let names = GroupNames::new(g.name_any(), namespace);
+    // `NAME` or `NAME-witness`: the candidates are the name and every shorter prefix ending
+    // before a '-'; the one whose derived name is the StatefulSet's is the group.
+    std::iter::once(statefulset)
+        .chain(
+            statefulset
+                .rmatch_indices('-')
+                .map(|(i, _)| &statefulset[..i]),
+        )
+        .filter(|candidate| {
+            let names = GroupNames::new(*candidate, namespace);
             names.members() == statefulset || names.witnesses() == statefulset
         })
-        .map(|g| ObjectRef::new(&g.name_any()).within(namespace))
+        .map(|candidate| ObjectRef::new(candidate).within(namespace))
+        .filter(|group| groups.get(group).is_some())
         .collect()
 }
 
@@ -264,7 +274,10 @@ impl Stores {
             },
             group_of,
         );
-        // A StatefulSet's refused pod: the group reports it at once.
+        // A StatefulSet's refused pod: the group reports it at once. Only the first occurrence
+        // triggers: the StatefulSet controller retries and the Event's count goes up with
+        // every retry, which changes nothing the group reports (at 1000 pod-less groups those
+        // reconciles were most of the operator's idle CPU); the resync reads the rest.
         let failed_groups = stores.groups.clone();
         spawn_reflector(
             "FailedCreate Events",
@@ -273,7 +286,13 @@ impl Stores {
             failed_creates,
             trigger.clone(),
             |_| {},
-            move |e: &Event| groups_of_statefulset(&failed_groups, e),
+            move |e: &Event| {
+                if first_occurrence(e) {
+                    groups_of_statefulset(&failed_groups, e)
+                } else {
+                    Vec::new()
+                }
+            },
         );
         let services_applied = applied.clone();
         // The operator's EndpointSlices (the same selector as for its other objects).
@@ -589,6 +608,55 @@ mod tests {
             [ObjectRef::new("b").within("shop")]
         );
         assert!(groups_of_gateway(&store, "shop", "other").is_empty());
+    }
+
+    #[test]
+    fn a_failed_create_event_triggers_the_group_of_its_statefulset() {
+        let mut writer = Writer::<DeserializeGuard<ReplicaGroup>>::default();
+        // "db-witness" is a group of its own too: its members' StatefulSet is "db-witness",
+        // the witnesses of "db" are "db-witness" as well (both are triggered).
+        for g in [
+            group("shop", "db", None),
+            group("shop", "db-witness", None),
+            group("shop", "web-cache", None),
+            group("blog", "web", None),
+        ] {
+            writer.apply_watcher_event(&watcher::Event::Apply(g));
+        }
+        let store = writer.as_reader();
+        let event = |ns: &str, statefulset: &str| Event {
+            involved_object: k8s_openapi::api::core::v1::ObjectReference {
+                kind: Some("StatefulSet".into()),
+                namespace: Some(ns.into()),
+                name: Some(statefulset.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let groups = |ns: &str, statefulset: &str| {
+            let mut found: Vec<String> = groups_of_statefulset(&store, &event(ns, statefulset))
+                .into_iter()
+                .map(|g| g.name)
+                .collect();
+            found.sort();
+            found
+        };
+        assert_eq!(groups("shop", "db"), ["db"]);
+        assert_eq!(groups("shop", "db-witness"), ["db", "db-witness"]);
+        assert_eq!(groups("shop", "web-cache"), ["web-cache"]);
+        assert_eq!(groups("shop", "web-cache-witness"), ["web-cache"]);
+        // Another namespace's group, a StatefulSet of no group, an Event without a name.
+        assert!(groups("shop", "web").is_empty());
+        assert!(groups("shop", "other").is_empty());
+        assert!(groups_of_statefulset(&store, &Event::default()).is_empty());
+        // Only the first occurrence triggers; the StatefulSet controller's retries count up.
+        let mut retried = event("shop", "db");
+        assert!(first_occurrence(&retried));
+        retried.count = Some(2);
+        assert!(!first_occurrence(&retried));
+        let mut series = event("shop", "db");
+        series.series = Some(Default::default());
+        assert!(!first_occurrence(&series));
     }
 
     fn routing_slice(name: &str, version: &str, address: &str) -> Arc<EndpointSlice> {

@@ -338,7 +338,6 @@ pub const RESYNC_MS: u64 = 300_000;
 /// PodDisruptionBudget refused is not watched; what else the roll waits for is).
 pub const ROLL_POLL_MS: u64 = 2_000;
 
-
 /// How soon a group blocked by a Secret under its name, or whose CA is lost, looks again
 /// (Secrets are not watched, so the removal of the one in the way, or the restored CA, is
 /// noticed by this poll, or by a change of the group).

@@ -663,9 +663,15 @@ fn before_bootstrap_started_agents_are_polled_and_missing_pods_are_not() {
     // watch when one is refused; a poll would cost a reconcile per group every few seconds
     // (1000 pod-less groups kept the operator at 18 % of a core).
     let mut none = observed(vec![], AgentsObserved::Connecting);
-    assert_eq!(plan(&g, &none, &settings()).requeue_ms, crate::plan::RESYNC_MS);
+    assert_eq!(
+        plan(&g, &none, &settings()).requeue_ms,
+        crate::plan::RESYNC_MS
+    );
     none.pods_rejected = Some("StatefulSet cache: forbidden".into());
-    assert_eq!(plan(&g, &none, &settings()).requeue_ms, crate::plan::RESYNC_MS);
+    assert_eq!(
+        plan(&g, &none, &settings()).requeue_ms,
+        crate::plan::RESYNC_MS
+    );
     // Pods whose agents have not started yet: the pod watch reconciles when they do.
     let mut starting = pods(3);
     starting.iter_mut().for_each(|p| p.agent_running = false);
