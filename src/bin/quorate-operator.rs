@@ -125,3 +125,36 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(operator::run(config))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operator_pod_labels_are_key_value_pairs() {
+        let labels = parse_labels("app.kubernetes.io/name=quorate, app.kubernetes.io/instance=q")
+            .expect("valid");
+        assert_eq!(
+            labels,
+            std::collections::BTreeMap::from([
+                ("app.kubernetes.io/instance".to_owned(), "q".to_owned()),
+                ("app.kubernetes.io/name".to_owned(), "quorate".to_owned()),
+            ])
+        );
+        for bad in ["", "name", "name=", "=quorate", "a=b,,c=d"] {
+            let e = parse_labels(bad).expect_err(bad);
+            assert!(e.contains("is not key=value"), "{bad:?}: {e}");
+        }
+        // Through clap: the flag's name is in the message.
+        let e = Cli::try_parse_from([
+            "quorate-operator",
+            "run",
+            "--agent-image=x",
+            "--operator-pod-labels=nope",
+        ])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.contains("--operator-pod-labels"), "{e}");
+    }
+}
